@@ -1,0 +1,3 @@
+"""Postgres change relay: Supabase-Realtime-compatible streaming of committed row changes."""
+
+__version__ = "0.1.0"

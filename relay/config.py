@@ -1,0 +1,126 @@
+"""Configuration: the only module that reads the environment.
+
+Why one place: every variable is documented in one table (README "Configuration"), flags
+override the environment, and the rest of the code receives a frozen :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ENV_VARS", "Config", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the relay can be told.  Defaults are safe for a local, loopback-only run."""
+
+    database_url: str | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 4000
+    slot: str = "realtime_relay"
+    publication: str = "supabase_realtime"
+    max_frame_bytes: int = 5 * 1024 * 1024
+    socket_queue_frames: int = 10_000
+    heartbeat_timeout: float = 60.0
+    publication_poll_interval: float = 1.0
+    compression: bool = False
+    log_level: str = "INFO"
+
+    # -- loading --------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Build from ``RELAY_*`` variables, then apply non-None ``overrides`` (CLI flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = ENV_VARS[f.name][0]
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, var, raw, f.type)
+        for k, v in overrides.items():
+            if v is not None:
+                values[k] = v
+        cfg = cls(**values)
+        return cfg.resolved()
+
+    def resolved(self) -> Config:
+        """Read key material given as file paths (``@file`` or an existing path)."""
+        out = self
+        for name in ("jwt_public_key", "jwt_jwks", "jwt_secret"):
+            v = getattr(out, name)
+            if isinstance(v, str):
+                path = v[1:] if v.startswith("@") else v
+                if (v.startswith("@") or name != "jwt_secret") and _looks_like_path(path):
+                    try:
+                        out = replace(out, **{name: Path(path).read_text()})
+                    except OSError as exc:
+                        raise ConfigError(f"{ENV_VARS[name][0]}: cannot read {path}: {exc}") from None
+        if not (1 <= out.port <= 65535):
+            raise ConfigError(f"RELAY_PORT must be 1..65535, got {out.port}")
+        return out
+
+    def require_database(self) -> str:
+        if not self.database_url:
+            raise ConfigError("no database: set RELAY_DATABASE_URL (or pass --database-url)")
+        return self.database_url
+
+    def require_jwt(self) -> None:
+        if not (self.jwt_secret or self.jwt_public_key or self.jwt_jwks):
+            raise ConfigError(
+                "no JWT key: set RELAY_JWT_SECRET (HS256), RELAY_JWT_PUBLIC_KEY (PEM) or RELAY_JWT_JWKS"
+            )
+
+
+def _looks_like_path(v: str) -> bool:
+    return not v.lstrip().startswith(("{", "-----")) and (os.sep in v or Path(v).exists())
+
+
+def _coerce(name: str, var: str, raw: str, typ: Any) -> Any:
+    t = str(typ)
+    try:
+        if t == "int":
+            return int(raw)
+        if t == "float":
+            return float(raw)
+        if t == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {t}") from None
+    return raw
+
+
+# field -> (environment variable, description).  README's configuration table mirrors this.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "database_url": ("RELAY_DATABASE_URL", "Postgres URL (needs REPLICATION). Unset for `relay demo`: a throwaway local cluster"),
+    "jwt_secret": ("RELAY_JWT_SECRET", "HS256 secret that signs client tokens"),
+    "jwt_public_key": ("RELAY_JWT_PUBLIC_KEY", "PEM public key (RS256/ES256), inline or a file path"),
+    "jwt_jwks": ("RELAY_JWT_JWKS", "JWKS document (inline JSON or a file path) for RS256/ES256 keys"),
+    "host": ("RELAY_HOST", "Address to listen on"),
+    "port": ("RELAY_PORT", "Port to listen on"),
+    "slot": ("RELAY_SLOT", "Name of the persistent logical replication slot"),
+    "publication": ("RELAY_PUBLICATION", "Publication whose tables are streamed"),
+    "max_frame_bytes": ("RELAY_MAX_FRAME_BYTES", "Largest client frame accepted"),
+    "socket_queue_frames": ("RELAY_SOCKET_QUEUE_FRAMES", "Frames queued per socket before it is dropped as too slow"),
+    "heartbeat_timeout": ("RELAY_HEARTBEAT_TIMEOUT", "Seconds of client silence before a socket is closed"),
+    "publication_poll_interval": ("RELAY_PUBLICATION_POLL", "Seconds between publication membership checks"),
+    "compression": ("RELAY_COMPRESSION", "Allow permessage-deflate (costs CPU, disables shared frames)"),
+    "log_level": ("RELAY_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+}

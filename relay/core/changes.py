@@ -1,0 +1,116 @@
+"""Value types that flow through the relay: LSNs, row changes and transactions.
+
+Why a module of its own: every stage (decode, match, authorize, encode, confirm) speaks these
+types, and none of them should need to import another stage to do so.  They are frozen and carry
+no I/O, so the pure logic can be tested from fixtures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "Action",
+    "Begin",
+    "Column",
+    "Commit",
+    "Lsn",
+    "Message",
+    "RowChange",
+]
+
+
+class Lsn(int):
+    """A WAL position.  Postgres prints it as two hex halves, ``16/B374D848``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Lsn:
+        hi, sep, lo = text.partition("/")
+        if not sep:
+            raise ValueError(f"not an LSN: {text!r}")
+        return cls((int(hi, 16) << 32) | int(lo, 16))
+
+    def __str__(self) -> str:
+        return f"{int(self) >> 32:X}/{int(self) & 0xFFFFFFFF:X}"
+
+    def __repr__(self) -> str:
+        return f"Lsn('{self}')"
+
+
+class Action(str, Enum):
+    """The three row events clients subscribe to; the value is the wire spelling."""
+
+    INSERT = "INSERT"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a changed row.  ``type`` is the Postgres ``typname`` (``int4``, ``_text``)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """Start of a transaction.  ``commit_lsn`` is known up front in wal2json v2 (``lsn``)."""
+
+    xid: int | None
+    commit_lsn: Lsn
+    end_lsn: Lsn
+    commit_timestamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """End of a transaction; ``end_lsn`` is what we may confirm once it is handed off."""
+
+    commit_lsn: Lsn
+    end_lsn: Lsn
+    commit_timestamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A logical message (``pg_logical_emit_message``) with a prefix the relay listens to."""
+
+    prefix: str
+    content: str
+    transactional: bool
+    lsn: Lsn
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RowChange:
+    """One decoded row event.
+
+    ``record`` / ``old_record`` hold JSON-ready Python values (int, float, Decimal for exact
+    numerics, str, bool, None, list, dict) keyed by column name, in column order.  ``record`` is
+    ``None`` for DELETE; ``old_record`` is ``None`` for INSERT.
+    ``commit_lsn`` + ``index`` totally order every change the relay ever emits.
+    """
+
+    schema: str
+    table: str
+    action: Action
+    columns: tuple[Column, ...]
+    record: dict[str, Any] | None
+    old_record: dict[str, Any] | None
+    commit_timestamp: str
+    commit_lsn: Lsn
+    index: int
+    pk: tuple[str, ...] = ()
+    column_types: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def filter_row(self) -> dict[str, Any]:
+        """The row filters and policies look at: the old row for DELETE, else the new row."""
+        if self.action is Action.DELETE:
+            return self.old_record or {}
+        return self.record or {}

@@ -1,0 +1,341 @@
+"""Postgres type knowledge: oid -> ``typname`` and how to turn wal2json text into client JSON.
+
+Why: wal2json prints most values with the type's text output function, while Supabase clients
+expect the shapes Postgres's ``to_json`` produces (nested JSON for json/jsonb and arrays, ISO
+timestamps with a ``T`` and a full ``+00:00`` offset, numbers as numbers).  The conversion is
+chosen once per column type and cached, so the per-value cost is one function call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "BUILTIN_TYPES",
+    "TypeInfo",
+    "TypeRegistry",
+    "commit_timestamp",
+    "parse_array",
+]
+
+Converter = Callable[[Any], Any]
+
+
+class TypeInfo:
+    """What the relay needs to know of one Postgres type."""
+
+    __slots__ = ("category", "elem_oid", "name", "oid")
+
+    def __init__(self, oid: int, name: str, category: str = "S", elem_oid: int = 0) -> None:
+        self.oid = oid
+        self.name = name
+        self.category = category  # pg_type.typcategory: N numeric, B bool, D datetime, A array, U user...
+        self.elem_oid = elem_oid
+
+    def __repr__(self) -> str:
+        return f"TypeInfo({self.oid}, {self.name!r})"
+
+
+# The types every Postgres has with fixed oids; the rest (enums, domains, extension types, their
+# arrays) are loaded from pg_type by the I/O layer into the registry.
+_BUILTIN: list[tuple[int, str, str, int]] = [
+    (16, "bool", "B", 0), (17, "bytea", "U", 0), (18, "char", "S", 0), (19, "name", "S", 0),
+    (20, "int8", "N", 0), (21, "int2", "N", 0), (23, "int4", "N", 0), (24, "regproc", "N", 0),
+    (25, "text", "S", 0), (26, "oid", "N", 0), (114, "json", "U", 0), (142, "xml", "U", 0),
+    (650, "cidr", "I", 0), (700, "float4", "N", 0), (701, "float8", "N", 0), (790, "money", "N", 0),
+    (829, "macaddr", "U", 0), (869, "inet", "I", 0), (1042, "bpchar", "S", 0),
+    (1043, "varchar", "S", 0), (1082, "date", "D", 0), (1083, "time", "D", 0),
+    (1114, "timestamp", "D", 0), (1184, "timestamptz", "D", 0), (1186, "interval", "T", 0),
+    (1266, "timetz", "D", 0), (1560, "bit", "V", 0), (1562, "varbit", "V", 0),
+    (1700, "numeric", "N", 0), (2950, "uuid", "U", 0), (3802, "jsonb", "U", 0),
+    (3614, "tsvector", "U", 0), (4089, "regnamespace", "N", 0), (2205, "regclass", "N", 0),
+    (1000, "_bool", "A", 16), (1001, "_bytea", "A", 17), (1005, "_int2", "A", 21),
+    (1007, "_int4", "A", 23), (1016, "_int8", "A", 20), (1009, "_text", "A", 25),
+    (1015, "_varchar", "A", 1043), (1014, "_bpchar", "A", 1042), (1021, "_float4", "A", 700),
+    (1022, "_float8", "A", 701), (1231, "_numeric", "A", 1700), (2951, "_uuid", "A", 2950),
+    (199, "_json", "A", 114), (3807, "_jsonb", "A", 3802), (1115, "_timestamp", "A", 1114),
+    (1185, "_timestamptz", "A", 1184), (1182, "_date", "A", 1082), (1183, "_time", "A", 1083),
+    (1041, "_inet", "A", 869), (1028, "_oid", "A", 26), (1003, "_name", "A", 19),
+]
+BUILTIN_TYPES: dict[int, TypeInfo] = {oid: TypeInfo(oid, n, c, e) for oid, n, c, e in _BUILTIN}
+
+# wal2json's "type" is format_type() output; used only when an oid is unknown to the registry.
+_FORMAT_TYPE_NAMES = {
+    "integer": "int4", "bigint": "int8", "smallint": "int2", "boolean": "bool",
+    "text": "text", "character varying": "varchar", "character": "bpchar", "numeric": "numeric",
+    "double precision": "float8", "real": "float4", "jsonb": "jsonb", "json": "json",
+    "uuid": "uuid", "bytea": "bytea", "date": "date",
+    "timestamp with time zone": "timestamptz", "timestamp without time zone": "timestamp",
+    "time without time zone": "time", "time with time zone": "timetz", "interval": "interval",
+}
+
+
+def name_from_format_type(text: str) -> str:
+    """Best-effort ``typname`` from a ``format_type`` string such as ``numeric(10,2)[]``."""
+    is_array = text.endswith("[]")
+    base = text[:-2] if is_array else text
+    base = base.split("(", 1)[0].strip().strip('"')
+    if "." in base:
+        base = base.rsplit(".", 1)[1].strip('"')
+    name = _FORMAT_TYPE_NAMES.get(base, base)
+    return "_" + name if is_array else name
+
+
+# -- value converters -----------------------------------------------------------------------
+def _identity(v: Any) -> Any:
+    return v
+
+
+def _timestamptz(v: Any) -> Any:
+    """``2026-11-23 13:10:50.27+00`` -> ``2026-11-23T13:10:50.27+00:00`` (to_json's shape)."""
+    if not isinstance(v, str) or len(v) < 11 or v[10] != " ":
+        return v  # infinity, -infinity, BC dates: passed through as Postgres printed them
+    s = v[:10] + "T" + v[11:]
+    # the offset is +HH, +HH:MM or +HH:MM:SS; to_json always prints at least +HH:MM
+    tail = s[-3:]
+    if (tail[0] == "+" or tail[0] == "-") and tail[1:].isdigit():
+        s += ":00"
+    return s
+
+
+def _timestamp(v: Any) -> Any:
+    if isinstance(v, str) and len(v) > 10 and v[10] == " ":
+        return v[:10] + "T" + v[11:]
+    return v
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return orjson.loads(v)
+        except orjson.JSONDecodeError:
+            return v
+    return v
+
+
+def _numeric(v: Any) -> Any:
+    if isinstance(v, str):  # NaN, Infinity come as strings; anything else exact via Decimal
+        try:
+            d = Decimal(v)
+        except InvalidOperation:
+            return v
+        return d if d.is_finite() else v
+    return v
+
+
+def _float(v: Any) -> Any:
+    return v
+
+
+def _int(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return int(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _bool_text(v: Any) -> Any:
+    if v == "t" or v == "true":
+        return True
+    if v == "f" or v == "false":
+        return False
+    return v
+
+
+def _money(v: Any) -> Any:
+    return v
+
+
+_SCALAR: dict[str, Converter] = {
+    "timestamptz": _timestamptz,
+    "timestamp": _timestamp,
+    "json": _json,
+    "jsonb": _json,
+    "numeric": _numeric,
+    "float4": _float,
+    "float8": _float,
+    "int2": _int,
+    "int4": _int,
+    "int8": _int,
+    "oid": _int,
+    "bool": _bool_text,
+}
+
+# Array elements come as text inside the array literal, so numbers need parsing there.
+_ELEMENT: dict[str, Converter] = {
+    "int2": int,
+    "int4": int,
+    "int8": int,
+    "oid": int,
+    "float4": float,
+    "float8": float,
+    "numeric": lambda s: _num_text(s),
+    "bool": _bool_text,
+    "json": _json,
+    "jsonb": _json,
+    "timestamptz": _timestamptz,
+    "timestamp": _timestamp,
+}
+
+
+def _num_text(s: str) -> Any:
+    try:
+        if "." not in s and "e" not in s and "E" not in s:
+            return int(s)
+        d = Decimal(s)
+    except (ValueError, InvalidOperation):
+        return s
+    if not d.is_finite():
+        return s
+    f = float(d)
+    return f if Decimal(repr(f)) == d else d
+
+
+def parse_array(text: str, element: Converter = _identity) -> Any:
+    """Parse a Postgres array literal (``{1,2,NULL}``, ``{"a b","c\\"d"}``, nested) to lists.
+
+    Elements are converted by ``element``; unquoted ``NULL`` is ``None``.  A leading dimension
+    decoration (``[0:2]={...}``) is skipped.  Returns the text unchanged if it is not an array.
+    """
+    if not text:
+        return text
+    pos = 0
+    if text[0] == "[":
+        eq = text.find("=")
+        if eq < 0:
+            return text
+        pos = eq + 1
+    if pos >= len(text) or text[pos] != "{":
+        return text
+    result, end = _parse_array_at(text, pos, element)
+    return result if end == len(text) else text
+
+
+def _parse_array_at(text: str, pos: int, element: Converter) -> tuple[list[Any], int]:
+    assert text[pos] == "{"
+    pos += 1
+    out: list[Any] = []
+    n = len(text)
+    if pos < n and text[pos] == "}":
+        return out, pos + 1
+    while pos < n:
+        c = text[pos]
+        if c == "{":
+            sub, pos = _parse_array_at(text, pos, element)
+            out.append(sub)
+        elif c == '"':
+            pos += 1
+            buf: list[str] = []
+            while pos < n:
+                c = text[pos]
+                if c == "\\" and pos + 1 < n:
+                    buf.append(text[pos + 1])
+                    pos += 2
+                elif c == '"':
+                    pos += 1
+                    break
+                else:
+                    buf.append(c)
+                    pos += 1
+            out.append(element("".join(buf)))
+        else:
+            start = pos
+            while pos < n and text[pos] not in ",}":
+                pos += 1
+            raw = text[start:pos].strip()
+            out.append(None if raw == "NULL" else element(raw))
+        if pos < n and text[pos] == ",":
+            pos += 1
+            continue
+        if pos < n and text[pos] == "}":
+            return out, pos + 1
+    raise ValueError("unterminated array literal")
+
+
+class TypeRegistry:
+    """oid -> :class:`TypeInfo`, plus a cached value converter per type.
+
+    The I/O layer calls :meth:`update` with rows from ``pg_type``; decoding never blocks on it:
+    an unknown oid falls back to the name wal2json printed.
+    """
+
+    def __init__(self, types: Iterable[TypeInfo] = ()) -> None:
+        self._types: dict[int, TypeInfo] = dict(BUILTIN_TYPES)
+        self._converters: dict[tuple[int, str], tuple[str, Converter]] = {}
+        self.update(types)
+
+    def update(self, types: Iterable[TypeInfo]) -> None:
+        for t in types:
+            self._types[t.oid] = t
+        self._converters.clear()
+
+    def __contains__(self, oid: int) -> bool:
+        return oid in self._types
+
+    def get(self, oid: int) -> TypeInfo | None:
+        return self._types.get(oid)
+
+    def resolve(self, oid: int | None, format_type: str) -> tuple[str, Converter]:
+        """Return ``(typname, converter)`` for a column as wal2json described it."""
+        key = (oid or 0, format_type)
+        hit = self._converters.get(key)
+        if hit is not None:
+            return hit
+        info = self._types.get(oid or 0)
+        if info is not None:
+            name = info.name
+            elem = self._types.get(info.elem_oid) if info.category == "A" else None
+            elem_name = elem.name if elem is not None else (name[1:] if name.startswith("_") else "")
+            is_array = info.category == "A"
+            category = info.category
+        else:
+            name = name_from_format_type(format_type)
+            is_array = name.startswith("_")
+            elem_name = name[1:] if is_array else ""
+            category = "A" if is_array else "S"
+        conv: Converter
+        if is_array:
+            elem_conv = _ELEMENT.get(elem_name, _identity)
+            if elem_name not in _ELEMENT and elem_name in ("bytea",):
+                elem_conv = _bytea_elem
+
+            def conv(v: Any, _e: Converter = elem_conv) -> Any:
+                return parse_array(v, _e) if isinstance(v, str) else v
+
+        elif category == "E" or name not in _SCALAR:
+            conv = _identity
+        else:
+            conv = _SCALAR[name]
+        result = (name, conv)
+        self._converters[key] = result
+        return result
+
+
+def _bytea_elem(s: str) -> str:
+    return s[2:] if s.startswith("\\x") else s
+
+
+def commit_timestamp(text: str) -> str:
+    """wal2json's ``2026-11-23 13:10:50.276462+00`` -> ``2026-11-23T13:10:50.276Z`` (UTC, ms).
+
+    The replication session runs with ``TimeZone=UTC`` so the fast path is string slicing; any
+    other offset is converted properly.
+    """
+    if len(text) >= 22 and text.endswith("+00") and text[10] == " " and text[19] == ".":
+        frac = (text[20:-3] + "000")[:3]
+        return f"{text[:10]}T{text[11:19]}.{frac}Z"
+    if text.endswith("+00") and len(text) == 22 and text[10] == " ":
+        return f"{text[:10]}T{text[11:19]}.000Z"
+    try:
+        dt = datetime.fromisoformat(_timestamptz(text))
+    except ValueError:
+        return text
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"

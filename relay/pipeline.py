@@ -1,0 +1,203 @@
+"""The one place the stages meet: replication stream -> decode -> fan-out -> confirm.
+
+Why it is shaped like this:
+
+- **Confirm after hand-off.**  A transaction's end LSN is confirmed to Postgres only after every
+  change in it was passed to the sink (queued on its sockets).  Until then the persistent slot
+  keeps the WAL, so a crash replays rather than loses.
+- **Exactly once across stream restarts.**  Restarting the stream (new table set, reconnect)
+  may replay transactions the relay already handed off; they are skipped by commit LSN, which
+  is strictly increasing in a logical slot.
+- **Table set changes in commit order.**  ``realtime.enable_table`` / ``disable_table`` (and an
+  event trigger on ``ALTER PUBLICATION``) emit a transactional logical message.  When the relay
+  decodes it, it confirms up to that transaction and restarts the stream from there with the new
+  ``add-tables`` list, so the first change to a newly enabled table is never skipped.  A poll of
+  the publication every second catches anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from relay.core.changes import Begin, Commit, Lsn, Message, RowChange
+from relay.core.pgtypes import TypeRegistry
+from relay.core.wal2json import Decoder, wal2json_options
+from relay.postgres.catalog import Catalog
+from relay.postgres.replication import ReplicationStream, ensure_slot
+
+__all__ = ["Pipeline", "PipelineStats"]
+
+log = logging.getLogger("relay.pipeline")
+
+MESSAGE_PREFIX = "realtime"
+_TABLE_OPS = {"enable_table", "disable_table", "publication_changed"}
+
+
+@dataclass
+class PipelineStats:
+    """Counters and positions surfaced on /health and in logs."""
+
+    streaming: bool = False
+    tables: list[str] = field(default_factory=list)
+    last_commit_lsn: str = "0/0"
+    confirmed_lsn: str = "0/0"
+    transactions: int = 0
+    changes: int = 0
+    restarts: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Restart(Exception):
+    """Internal: stop the current stream and start a new one (table set changed)."""
+
+
+class Pipeline:
+    """Runs the capture loop until ``stop`` is set, reconnecting with backoff on failure."""
+
+    def __init__(
+        self,
+        dsn: str,
+        catalog: Catalog,
+        sink: Callable[[RowChange], object],
+        *,
+        slot: str,
+        publication: str,
+        poll_interval: float = 1.0,
+        temporary_slot: bool = False,
+        on_status: Callable[[PipelineStats], None] | None = None,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.dsn = dsn
+        self.catalog = catalog
+        self.sink = sink
+        self.slot = slot
+        self.publication = publication
+        self.poll_interval = poll_interval
+        self.temporary_slot = temporary_slot
+        self.on_status = on_status
+        self.max_backoff = max_backoff
+        self.types = TypeRegistry()
+        self.stats = PipelineStats()
+        self.handed_off = Lsn(0)  # end LSN of the last transaction fully handed to the sink
+        self.last_commit = Lsn(0)  # commit LSN of that transaction (dedup key)
+        self.ready = asyncio.Event()  # set once the first stream is running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self._stream_once(stop)
+                attempt = 0
+            except _Restart:
+                attempt = 0
+                self.stats.restarts += 1
+                continue
+            except Exception as exc:  # ReplicationError, DecodeError, OSError, asyncpg errors...
+                self.stats.streaming = False
+                self.stats.last_error = str(exc)
+                self._publish()
+                attempt += 1
+                # exponential backoff with full jitter, capped: a flapping database is not hammered
+                delay = random.uniform(0, min(self.max_backoff, 0.25 * 2**attempt))
+                log.warning("replication stopped (%s); retrying in %.1fs", exc, delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+        self.stats.streaming = False
+        self._publish()
+
+    async def _stream_once(self, stop: asyncio.Event) -> None:
+        if not self.temporary_slot:
+            await ensure_slot(self.dsn, self.slot)
+        self.types.update(await self.catalog.types())
+        tables = await self.catalog.published_tables(self.publication)
+        options = wal2json_options(tables, (MESSAGE_PREFIX,))
+        stream = ReplicationStream(
+            self.dsn, self.slot, options, start_lsn=self.handed_off, temporary=self.temporary_slot
+        )
+        decoder = Decoder(self.types)
+        await stream.start()
+        try:
+            self.stats.streaming = True
+            self.stats.tables = [f"{s}.{t}" for s, t in tables]
+            self.stats.last_error = None
+            self._publish()
+            log.info("streaming slot %s from %s; tables: %s", self.slot, stream.start_lsn,
+                     ", ".join(self.stats.tables) or "(none)")
+            self.ready.set()
+            await self._consume(stream, decoder, tables, stop)
+        finally:
+            self.stats.streaming = False
+            await stream.close()
+
+    async def _consume(self, stream: ReplicationStream, decoder: Decoder,
+                       tables: list[tuple[str, str]], stop: asyncio.Event) -> None:
+        skipping = False
+        restart_after_commit = False
+        next_poll = time.monotonic() + self.poll_interval
+        unconfirmed = False
+        sink = self.sink
+        async for item in stream.messages(idle_timeout=min(0.5, self.poll_interval)):
+            if stop.is_set():
+                return
+            if item is None:
+                if unconfirmed:
+                    stream.force_status()
+                    unconfirmed = False
+                    self._publish()
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self.poll_interval
+                    current = await self.catalog.published_tables(self.publication)
+                    if current != tables:
+                        log.info("publication %s changed; restarting stream", self.publication)
+                        raise _Restart()
+                continue
+            _, payload = item
+            event = decoder.decode(payload)
+            if isinstance(event, RowChange):
+                if not skipping:
+                    self.stats.changes += 1
+                    sink(event)
+            elif isinstance(event, Begin):
+                skipping = self.last_commit != 0 and event.commit_lsn <= self.last_commit
+            elif isinstance(event, Commit):
+                if not skipping:
+                    self.last_commit = event.commit_lsn
+                    self.stats.transactions += 1
+                if event.end_lsn > self.handed_off:
+                    self.handed_off = event.end_lsn
+                stream.confirm(self.handed_off)
+                self.stats.last_commit_lsn = str(self.last_commit)
+                self.stats.confirmed_lsn = str(self.handed_off)
+                unconfirmed = True
+                skipping = False
+                if restart_after_commit:
+                    stream.force_status()
+                    raise _Restart()
+            elif isinstance(event, Message):
+                if event.prefix == MESSAGE_PREFIX and not skipping and _is_table_op(event.content):
+                    restart_after_commit = True
+
+    def _publish(self) -> None:
+        if self.on_status is not None:
+            self.on_status(self.stats)
+
+
+def _is_table_op(content: str) -> bool:
+    try:
+        msg = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(msg, dict) and msg.get("op") in _TABLE_OPS

@@ -1,0 +1,87 @@
+"""Catalog look-ups over a small asyncpg pool: table columns, types, publication membership.
+
+Why asyncpg and a cache: a join must validate its filters against the table's real column types
+without stalling the event loop, and a burst of joins to the same table should cost one query.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from relay.core.pgtypes import TypeInfo
+
+__all__ = ["Catalog", "TableShape"]
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """A table's columns (name -> typname) in column order, and whether it is published."""
+
+    schema: str
+    table: str
+    columns: dict[str, str]
+
+
+class Catalog:
+    """Cached catalog queries; entries expire after ``ttl`` seconds so ALTERs are seen."""
+
+    def __init__(self, dsn: str, ttl: float = 5.0) -> None:
+        self.dsn = dsn
+        self.ttl = ttl
+        self._pool: asyncpg.Pool | None = None
+        self._tables: dict[tuple[str, str], tuple[float, TableShape | None]] = {}
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=10)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("catalog is not open")
+        return self._pool
+
+    async def table(self, schema: str, table: str) -> TableShape | None:
+        """The table's shape, or None if no such table exists."""
+        key = (schema, table)
+        hit = self._tables.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        rows = await self.pool.fetch(
+            """
+            select a.attname::text as name, t.typname::text as type
+            from pg_catalog.pg_attribute a
+            join pg_catalog.pg_type t on t.oid = a.atttypid
+            where a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text))
+              and a.attnum > 0 and not a.attisdropped
+            order by a.attnum
+            """,
+            schema,
+            table,
+        )
+        shape = TableShape(schema, table, {r["name"]: r["type"] for r in rows}) if rows else None
+        self._tables[key] = (now, shape)
+        return shape
+
+    async def types(self) -> list[TypeInfo]:
+        rows = await self.pool.fetch(
+            "select oid::int8 as oid, typname::text as name, typcategory::text as cat, typelem::int8 as elem "
+            "from pg_catalog.pg_type"
+        )
+        return [TypeInfo(r["oid"], r["name"], r["cat"], r["elem"]) for r in rows]
+
+    async def published_tables(self, publication: str) -> list[tuple[str, str]]:
+        rows = await self.pool.fetch(
+            "select schemaname::text as s, tablename::text as t from pg_catalog.pg_publication_tables "
+            "where pubname = $1 order by 1, 2",
+            publication,
+        )
+        return [(r["s"], r["t"]) for r in rows]

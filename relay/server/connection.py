@@ -1,0 +1,277 @@
+"""One client WebSocket: its channels, its outgoing queue and the Phoenix event handlers.
+
+Why a class per socket: a socket owns state that must die with it (bindings in the index,
+token-expiry timers) and an ordered outgoing queue.  Sends never block the fan-out: frames are
+appended to a bounded deque drained by one sender task; a socket that falls too far behind is
+closed with a reason it can act on instead of growing the relay's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSCloseCode, web
+
+from relay.core.changes import RowChange
+from relay.core.filters import BoundFilter, FilterError
+from relay.core.protocol import Frame, ProtocolError, encode, parse, reply
+from relay.core.subscriptions import BindingError, BindingSpec, parse_bindings
+from relay.core.tokens import Claims, TokenError
+
+if TYPE_CHECKING:
+    from relay.server.app import RelayServer
+
+__all__ = ["Channel", "Connection"]
+
+log = logging.getLogger("relay.socket")
+
+SERVICE_ROLE = "service_role"
+
+
+@dataclass(eq=False)
+class Channel:
+    """A joined topic on one socket: the subscriber the index and the fan-out see."""
+
+    conn: Connection
+    topic: str
+    join_ref: str | None
+    claims: Claims
+    specs: list[BindingSpec] = field(default_factory=list)
+    expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def vsn(self) -> str:
+        return self.conn.vsn
+
+    @property
+    def name(self) -> str:
+        return self.topic.removeprefix("realtime:")
+
+    def may_see(self, change: RowChange) -> bool:
+        """Row authorization.  Until DBA policies exist only ``service_role`` sees rows.
+
+        Default deny is the safe reading of "no policy": other roles join and receive nothing,
+        never everything.
+        """
+        return self.claims.get("role") == SERVICE_ROLE
+
+
+class Connection:
+    """Protocol handler and send queue of one WebSocket."""
+
+    def __init__(self, server: RelayServer, ws: web.WebSocketResponse, vsn: str, claims: Claims,
+                 peer: str) -> None:
+        self.server = server
+        self.ws = ws
+        self.vsn = vsn
+        self.claims = claims
+        self.peer = peer
+        self.channels: dict[str, Channel] = {}
+        self.queue: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self.closing = False
+        self.close_reason = ""
+        self.sent = 0
+        self.connected_at = time.time()
+
+    # -- sending --------------------------------------------------------------------------
+    def push(self, text: str) -> None:
+        """Queue one encoded frame; drop the socket if its queue is over the bound."""
+        if self.closing:
+            return
+        if len(self.queue) >= self.server.config.socket_queue_frames:
+            self.abort(
+                WSCloseCode.TRY_AGAIN_LATER,
+                f"slow consumer: more than {self.server.config.socket_queue_frames} frames queued; reconnect",
+            )
+            return
+        self.queue.append(text)
+        self._wake.set()
+
+    def send_frame(self, frame: Frame) -> None:
+        self.push(encode(frame, self.vsn))
+
+    def send_frame_error(self, reason: str) -> None:
+        """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
+        self.send_frame(reply("phoenix", None, None, "error", {"reason": reason}))
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close from the relay's side (slow consumer, shutdown) without waiting."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_reason = reason
+        self.queue.clear()
+        log.warning("closing socket %s: %s", self.peer, reason)
+        self._wake.set()
+        asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()[:120]))
+
+    async def sender(self) -> None:
+        """Drain the queue in order; one task per socket so fan-out never awaits a socket."""
+        ws = self.ws
+        q = self.queue
+        try:
+            while not self.closing:
+                if not q:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                while q and not self.closing:
+                    await ws.send_str(q.popleft())
+                    self.sent += 1
+        except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send
+            log.debug("send to %s failed: %s", self.peer, exc)
+
+    # -- receiving ------------------------------------------------------------------------
+    async def handle_text(self, data: str) -> None:
+        """Handle one client text frame; every failure becomes an error frame, never a crash."""
+        limit = self.server.config.max_frame_bytes
+        too_large = len(data) > limit and len(data.encode()) > limit
+        try:
+            frame = parse(data, self.vsn)
+        except ProtocolError as exc:
+            reason = f"frame too large: limit is {limit} bytes" if too_large else f"invalid message: {exc}"
+            self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", {"reason": reason}))
+            return
+        if too_large:
+            self.send_frame(reply(frame.topic, frame.ref, frame.join_ref, "error",
+                                  {"reason": f"frame too large: limit is {limit} bytes"}))
+            return
+        try:
+            await self.dispatch(frame)
+        except Exception:  # a handler bug must not take the socket or the server down
+            log.exception("error handling %s on %s", frame.event, frame.topic)
+            self.send_frame(reply(frame.topic, frame.ref, frame.join_ref, "error",
+                                  {"reason": "internal error handling the message"}))
+
+    async def dispatch(self, f: Frame) -> None:
+        if f.event == "heartbeat" and f.topic == "phoenix":
+            self.send_frame(reply("phoenix", f.ref, None, "ok", {}))
+            return
+        if f.event == "phx_join":
+            await self.join(f)
+            return
+        chan = self.channels.get(f.topic)
+        if chan is None:
+            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": "unmatched topic"}))
+            return
+        if f.event == "phx_leave":
+            self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", {}))
+            self.close_channel(chan)
+            return
+        if f.event == "access_token":
+            self.refresh_token(chan, f.payload)
+            return
+        if f.event in ("broadcast", "presence"):
+            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error",
+                                  {"reason": f"{f.event} is not supported by this relay yet"}))
+            return
+        self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": f"unknown event {f.event!r}"}))
+
+    # -- channels -------------------------------------------------------------------------
+    async def join(self, f: Frame) -> None:
+        if not f.topic.startswith("realtime:"):
+            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error",
+                                  {"reason": "UnknownTopic: topics are realtime:<channel name>"}))
+            return
+        old = self.channels.get(f.topic)
+        if old is not None:  # a second join replaces the first (Phoenix semantics)
+            self.close_channel(old)
+        payload = f.payload if isinstance(f.payload, dict) else {}
+        config = payload.get("config") or {}
+        if not isinstance(config, dict):
+            config = {}
+        token = payload.get("access_token")
+        try:
+            claims = self.server.verifier.verify(token) if token else self.claims
+        except TokenError as exc:
+            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": exc.reason}))
+            return
+        if str(config.get("private", False)).lower() == "true":
+            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {
+                "reason": "Unauthorized: private channels need topic policies, which this relay does not have yet"}))
+            return
+        try:
+            specs = parse_bindings(config.get("postgres_changes"))
+            bound = [await self._bind(s) for s in specs]
+        except (BindingError, FilterError) as exc:
+            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": f"InvalidBinding: {exc}"}))
+            return
+        if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
+            self.close_channel(self.channels[f.topic])
+        chan = Channel(self, f.topic, f.join_ref, claims, specs)
+        # Register before replying: anything the fan-out sees from now on reaches this
+        # channel, and the reply is queued before any such frame.
+        for spec, flt in zip(specs, bound, strict=True):
+            self.server.index.add(spec, chan, flt)
+        self.channels[f.topic] = chan
+        self._arm_expiry(chan)
+        response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
+        self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
+        if specs:
+            self.send_frame(Frame(f.topic, "system", {
+                "channel": chan.name, "extension": "postgres_changes", "status": "ok",
+                "message": "Subscribed to PostgreSQL"}))
+
+    async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
+        if spec.table is None:
+            return None
+        shape = await self.server.catalog.table(spec.schema, spec.table)
+        if shape is None:
+            raise BindingError(f'relation "{spec.schema}.{spec.table}" does not exist')
+        if spec.filter is None:
+            return None
+        ctype = shape.columns.get(spec.filter.column)
+        if ctype is None:
+            raise BindingError(
+                f'invalid filter "{spec.filter.text}": column "{spec.filter.column}" does not exist '
+                f'in {spec.schema}.{spec.table}'
+            )
+        return spec.filter.bind(ctype)
+
+    def close_channel(self, chan: Channel, send_close: bool = True) -> None:
+        self.server.index.remove_owner(chan)
+        if chan.expiry is not None:
+            chan.expiry.cancel()
+        if self.channels.get(chan.topic) is chan:
+            del self.channels[chan.topic]
+        if send_close:
+            self.send_frame(Frame(chan.topic, "phx_close", {}, chan.join_ref, chan.join_ref))
+
+    def refresh_token(self, chan: Channel, payload: Any) -> None:
+        token = payload.get("access_token") if isinstance(payload, dict) else None
+        try:
+            chan.claims = self.server.verifier.verify(token)
+        except TokenError as exc:
+            self._token_error(chan, exc.message)
+            return
+        self._arm_expiry(chan)
+
+    def _arm_expiry(self, chan: Channel) -> None:
+        if chan.expiry is not None:
+            chan.expiry.cancel()
+        exp = chan.claims.get("exp")
+        if isinstance(exp, int | float):
+            delay = max(0.0, float(exp) - time.time())
+            chan.expiry = asyncio.get_running_loop().call_later(delay, self._expired, chan)
+
+    def _expired(self, chan: Channel) -> None:
+        exp = chan.claims.get("exp", time.time())
+        self._token_error(chan, f"Token has expired {int(time.time() - float(exp))} seconds ago")
+
+    def _token_error(self, chan: Channel, message: str) -> None:
+        self.send_frame(Frame(chan.topic, "system", {
+            "channel": chan.name, "extension": "system", "status": "error", "message": message}))
+        self.close_channel(chan)
+
+    def teardown(self) -> None:
+        """Forget every channel (socket gone): no frame is sent."""
+        for chan in list(self.channels.values()):
+            self.close_channel(chan, send_close=False)
+        self.closing = True
+        self._wake.set()

@@ -1,0 +1,114 @@
+"""Run the relay: HTTP/WebSocket server + capture pipeline, until a signal or ``stop``.
+
+Why separate from the CLI: tests and the demo start the same service in-process (on a free port)
+and stop it by setting an event, exactly as Ctrl-C does for ``relay serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+
+from aiohttp import web
+
+from relay.config import Config
+from relay.core.tokens import Verifier
+from relay.pipeline import Pipeline, PipelineStats
+from relay.postgres.catalog import Catalog
+from relay.server.app import RelayServer
+
+__all__ = ["RunningRelay", "run_until_stopped", "start_relay"]
+
+log = logging.getLogger("relay")
+
+
+class RunningRelay:
+    """Handles of a started relay: its server, pipeline, bound port and stop event."""
+
+    def __init__(self, server: RelayServer, pipeline: Pipeline, runner: web.AppRunner, port: int,
+                 task: asyncio.Task[None], stop: asyncio.Event, catalog: Catalog) -> None:
+        self.server = server
+        self.pipeline = pipeline
+        self.runner = runner
+        self.port = port
+        self.task = task
+        self.stop_event = stop
+        self.catalog = catalog
+
+    @property
+    def url(self) -> str:
+        host = self.server.config.host
+        return f"ws://{host}:{self.port}/realtime/v1"
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await self.server.close_all()
+        with suppress(asyncio.CancelledError):
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), 5)
+            except TimeoutError:
+                self.task.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await self.task
+        await self.runner.cleanup()
+        await self.catalog.close()
+
+
+async def start_relay(config: Config, *, wait_ready: bool = True, ready_timeout: float = 30.0) -> RunningRelay:
+    """Start server and pipeline; returns once the replication stream runs (if ``wait_ready``)."""
+    dsn = config.require_database()
+    config.require_jwt()
+    verifier = Verifier(secret=config.jwt_secret, public_key=config.jwt_public_key, jwks=config.jwt_jwks)
+    catalog = Catalog(dsn)
+    await catalog.open()
+    server = RelayServer(config, verifier, catalog)
+
+    def on_status(stats: PipelineStats) -> None:
+        server.status = stats.as_dict()
+
+    pipeline = Pipeline(
+        dsn, catalog, server.dispatch, slot=config.slot, publication=config.publication,
+        poll_interval=config.publication_poll_interval, on_status=on_status,
+    )
+    stop = asyncio.Event()
+    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    port = config.port
+    if port == 0 and site._server is not None:  # noqa: SLF001 - aiohttp exposes no public accessor
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            port = sockets[0].getsockname()[1]
+    task = asyncio.create_task(pipeline.run(stop), name="relay-pipeline")
+    relay = RunningRelay(server, pipeline, runner, port, task, stop, catalog)
+    if wait_ready:
+        ready = asyncio.create_task(pipeline.ready.wait())
+        done, _ = await asyncio.wait({ready, task}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            err = server.status.get("last_error") or "timed out"
+            await relay.stop()
+            raise RuntimeError(f"replication did not start: {err}")
+    return relay
+
+
+async def run_until_stopped(config: Config, on_started: Callable[[RunningRelay], Awaitable[None]] | None = None) -> None:
+    """``relay serve``: run until SIGINT/SIGTERM."""
+    relay = await start_relay(config, wait_ready=False)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    log.info("relay listening on %s (slot %s, publication %s)", relay.url, config.slot, config.publication)
+    if on_started is not None:
+        await on_started(relay)
+    waiter = asyncio.create_task(stopping.wait())
+    await asyncio.wait({waiter, relay.task}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    log.info("stopping")
+    await relay.stop()

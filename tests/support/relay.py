@@ -1,0 +1,114 @@
+"""Start a real relay in-process for a test, and a raw Phoenix WebSocket client to talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from relay.config import Config
+from relay.core.tokens import mint
+from relay.postgres.migrate import apply_demo_schema, apply_migrations
+from relay.service import RunningRelay, start_relay
+
+SECRET = "test-secret-0123456789-0123456789-abcdef"
+
+
+def token(role: str = "service_role", ttl: int = 3600, **claims: Any) -> str:
+    return mint(SECRET, role=role, ttl=ttl, claims=claims)
+
+
+@contextlib.asynccontextmanager
+async def running_relay(dsn: str, *, demo: bool = True, **overrides: Any) -> AsyncIterator[RunningRelay]:
+    """Migrate (and apply the demo schema), then run a relay on a free loopback port."""
+    await asyncio.to_thread(apply_migrations, dsn)
+    if demo:
+        await asyncio.to_thread(apply_demo_schema, dsn)
+    cfg = Config(database_url=dsn, jwt_secret=SECRET, port=0, publication_poll_interval=0.5, **overrides)
+    relay = await start_relay(cfg)
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+class PhoenixClient:
+    """A minimal Phoenix client over aiohttp, for driving the protocol byte by byte."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession, vsn: str) -> None:
+        self.ws = ws
+        self.session = session
+        self.vsn = vsn
+        self._refs = itertools.count(1)
+        self.inbox: list[dict[str, Any]] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, relay: RunningRelay, tok: str | None = None, vsn: str = "1.0.0",
+                      path: str = "/realtime/v1/websocket") -> AsyncIterator[PhoenixClient]:
+        url = f"http://127.0.0.1:{relay.port}{path}"
+        async with aiohttp.ClientSession() as session:
+            params = {"apikey": tok or token(), "vsn": vsn}
+            async with session.ws_connect(url, params=params) as ws:
+                yield cls(ws, session, vsn)
+
+    async def send(self, topic: str, event: str, payload: Any, join_ref: str | None = None,
+                   ref: str | None = "auto") -> str | None:
+        r = str(next(self._refs)) if ref == "auto" else ref
+        if self.vsn == "2.0.0":
+            await self.ws.send_str(orjson.dumps([join_ref, r, topic, event, payload]).decode())
+        else:
+            await self.ws.send_str(orjson.dumps(
+                {"topic": topic, "event": event, "payload": payload, "ref": r, "join_ref": join_ref}).decode())
+        return r
+
+    async def send_raw(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"expected a text frame, got {msg.type}: {msg.data!r}")
+        obj = orjson.loads(msg.data)
+        if self.vsn == "2.0.0":
+            jr, r, topic, event, payload = obj
+            obj = {"join_ref": jr, "ref": r, "topic": topic, "event": event, "payload": payload}
+        self.inbox.append(obj)
+        return obj
+
+    async def recv_until(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no matching frame")
+            m = await self.recv(left)
+            if pred(m):
+                return m
+
+    async def collect(self, seconds: float) -> list[dict[str, Any]]:
+        """All frames that arrive within ``seconds`` (for "receives nothing" assertions)."""
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                out.append(await self.recv(left))
+            except (TimeoutError, asyncio.TimeoutError):
+                break
+        return out
+
+    async def join(self, channel: str, bindings: list[dict[str, Any]], access_token: str | None = None,
+                   **config: Any) -> dict[str, Any]:
+        topic = f"realtime:{channel}"
+        payload: dict[str, Any] = {"config": {"broadcast": {"ack": False, "self": False},
+                                              "presence": {"key": ""}, "postgres_changes": bindings, **config}}
+        if access_token:
+            payload["access_token"] = access_token
+        ref = await self.send(topic, "phx_join", payload, join_ref="j" + str(next(self._refs)))
+        return await self.recv_until(lambda m: m["event"] == "phx_reply" and m["ref"] == ref)
