@@ -1,0 +1,499 @@
+"""``relay check``: verify a database is ready for the relay, and say exactly how to fix what is not.
+
+Why: almost every first-run failure of a logical-decoding consumer is configuration (``wal_level``,
+a missing output plugin, a role without REPLICATION, a table without REPLICA IDENTITY FULL, a slot
+silently retaining WAL).  Postgres reports those late and cryptically - often only once the stream
+starts.  Each check here runs the cheapest probe that proves the point and, when it fails, carries
+the command that fixes it.
+
+Checks never raise: a check that errors becomes a ``fail`` with the server's message, so the report
+is always complete enough to act on.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import psycopg
+from psycopg import errors
+from psycopg.rows import TupleRow
+
+from relay.postgres.migrate import MigrationError, migration_status
+
+__all__ = ["Check", "PreflightReport", "run_preflight"]
+
+Status = Literal["ok", "warn", "fail"]
+Conn = psycopg.Connection[TupleRow]
+
+MIN_SERVER_VERSION = 130000  # wal_status and max_slot_wal_keep_size arrived in 13
+LAG_WARN_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Check:
+    """One preflight result; ``message`` says what was found and, if not ok, what to do."""
+
+    name: str
+    status: Status
+    message: str
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed (warnings do not block starting the relay)."""
+        return all(c.status != "fail" for c in self.checks)
+
+    def by_name(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def render(self) -> str:
+        """Aligned text, one line per check (continuation lines indented under the message)."""
+        if not self.checks:
+            return ""
+        labels = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
+        width = max(len(c.name) for c in self.checks)
+        indent = " " * (len(labels["ok"]) + 1 + width + 2)
+        lines: list[str] = []
+        for c in self.checks:
+            first, *rest = c.message.splitlines() or [""]
+            lines.append(f"{labels[c.status]} {c.name.ljust(width)}  {first}")
+            lines.extend(indent + r for r in rest)
+        return "\n".join(lines)
+
+
+@dataclass
+class _Ctx:
+    """What one check learned that later checks depend on."""
+
+    conn: Conn
+    dsn: str
+    publication: str
+    slot: str
+    wal_level_ok: bool = False
+    can_replicate: bool = False
+    slot_exists: bool = False
+    free_slots: int = 0
+    publication_exists: bool = False
+    published: list[tuple[str, str, str, bool]] = field(default_factory=list)
+
+
+def _ident(ident: str) -> str:
+    """An identifier as SQL users can paste: bare when that is unambiguous, else double-quoted."""
+    plain = ident.isidentifier() and ident == ident.lower() and ident.isascii()
+    return ident if plain else '"' + ident.replace('"', '""') + '"'
+
+
+def _q(schema: str, table: str) -> str:
+    """A qualified table name that is valid SQL, for fixes users can paste."""
+    return f"{_ident(schema)}.{_ident(table)}"
+
+
+def _fmt_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # unreachable; keeps mypy happy about the return
+
+
+def _one(conn: Conn, query: str, params: tuple[object, ...] = ()) -> TupleRow:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row
+
+
+# -- individual checks -----------------------------------------------------------------------------
+
+
+def _check_server(ctx: _Ctx) -> list[Check]:
+    num, version, in_recovery = _one(
+        ctx.conn,
+        "select current_setting('server_version_num')::int, current_setting('server_version'), "
+        "pg_is_in_recovery()",
+    )
+    if num < MIN_SERVER_VERSION:
+        return [Check("server version", "fail", f"PostgreSQL {version}: the relay needs 13 or newer")]
+    if in_recovery:
+        return [
+            Check(
+                "server version",
+                "fail",
+                f"PostgreSQL {version} is a standby (in recovery): point the DSN at the primary",
+            )
+        ]
+    return [Check("server version", "ok", f"PostgreSQL {version}")]
+
+
+def _check_wal_level(ctx: _Ctx) -> list[Check]:
+    (level,) = _one(ctx.conn, "select current_setting('wal_level')")
+    ctx.wal_level_ok = level == "logical"
+    if ctx.wal_level_ok:
+        return [Check("wal_level", "ok", "logical")]
+    return [
+        Check(
+            "wal_level",
+            "fail",
+            f"wal_level is {level}: set wal_level = logical in postgresql.conf and restart Postgres "
+            "(ALTER SYSTEM SET wal_level = logical; then restart)",
+        )
+    ]
+
+
+def _check_role(ctx: _Ctx) -> list[Check]:
+    user, is_super, is_repl = _one(
+        ctx.conn, "select rolname, rolsuper, rolreplication from pg_roles where rolname = current_user"
+    )
+    ctx.can_replicate = bool(is_super or is_repl)
+    if is_super:
+        return [Check("replication role", "ok", f"role {user} is a superuser")]
+    if is_repl:
+        return [Check("replication role", "ok", f"role {user} has REPLICATION")]
+    ident = _ident(str(user))
+    return [
+        Check(
+            "replication role",
+            "fail",
+            f"role {user} lacks the REPLICATION attribute: as a superuser run ALTER ROLE {ident} REPLICATION "
+            f"(managed services: e.g. GRANT rds_replication TO {ident})",
+        )
+    ]
+
+
+def _check_capacity(ctx: _Ctx) -> list[Check]:
+    max_slots, max_senders, used_slots, used_senders, slot_exists = _one(
+        ctx.conn,
+        "select current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int, "
+        "(select count(*) from pg_replication_slots)::int, (select count(*) from pg_stat_replication)::int, "
+        "exists (select 1 from pg_replication_slots where slot_name = %s)",
+        (ctx.slot,),
+    )
+    ctx.slot_exists = bool(slot_exists)
+    ctx.free_slots = int(max_slots) - int(used_slots)
+    out: list[Check] = []
+    if ctx.free_slots <= 0 and not ctx.slot_exists:
+        out.append(
+            Check(
+                "replication slots",
+                "fail",
+                f"all {max_slots} replication slots are in use: drop unused ones (select slot_name, active "
+                "from pg_replication_slots; select pg_drop_replication_slot('<name>')) or raise "
+                "max_replication_slots in postgresql.conf and restart",
+            )
+        )
+    else:
+        out.append(Check("replication slots", "ok", f"{used_slots} of {max_slots} in use"))
+    if max_senders <= 0:
+        out.append(
+            Check(
+                "wal senders",
+                "fail",
+                "max_wal_senders = 0: set max_wal_senders = 10 in postgresql.conf and restart Postgres",
+            )
+        )
+    elif used_senders >= max_senders:
+        out.append(
+            Check(
+                "wal senders",
+                "warn",
+                f"all {max_senders} WAL senders are busy: the relay cannot stream until one frees up; raise "
+                "max_wal_senders (restart) or stop an idle consumer",
+            )
+        )
+    else:
+        out.append(Check("wal senders", "ok", f"{used_senders} of {max_senders} in use"))
+    return out
+
+
+def _check_wal2json(ctx: _Ctx) -> list[Check]:
+    """Create (and drop) a temporary wal2json slot: the only sure way to know the plugin loads."""
+    name = "wal2json plugin"
+    missing = [
+        why
+        for ok, why in (
+            (ctx.wal_level_ok, "wal_level=logical"),
+            (ctx.can_replicate, "the REPLICATION attribute"),
+            (ctx.free_slots > 0, "a free replication slot"),
+        )
+        if not ok
+    ]
+    if missing:
+        return [Check(name, "warn", f"not verified: the probe needs {', '.join(missing)}")]
+    probe = f"relay_probe_{secrets.token_hex(6)}"
+    try:
+        # Own connection: should the drop fail, the temporary slot still dies with this session.
+        with psycopg.connect(ctx.dsn, autocommit=True, connect_timeout=10) as pconn, pconn.transaction():
+            # Slot creation waits for running transactions to finish; do not hang `relay check` on one.
+            pconn.execute("set local statement_timeout = '10s'")
+            pconn.execute("select pg_create_logical_replication_slot(%s, 'wal2json', true)", (probe,))
+            pconn.execute("select pg_drop_replication_slot(%s)", (probe,))
+    except errors.QueryCanceled:
+        return [
+            Check(
+                name,
+                "warn",
+                "not verified: creating a probe slot waited over 10 s for running transactions to finish "
+                "(a long-running or idle-in-transaction session?); see pg_stat_activity",
+            )
+        ]
+    except psycopg.Error as exc:
+        msg = exc.diag.message_primary or str(exc)
+        if "could not access file" in msg and "wal2json" in msg:
+            return [
+                Check(
+                    name,
+                    "fail",
+                    "wal2json is not installed on the server: install wal2json: apt-get install "
+                    "postgresql-15-wal2json (Debian/Ubuntu; match your major version), yum install "
+                    "wal2json_15 (PGDG RPM), or build from https://github.com/eulerto/wal2json",
+                )
+            ]
+        return [Check(name, "fail", f"could not create a wal2json slot: {msg}")]
+    return [Check(name, "ok", "wal2json loads (probe slot created and dropped)")]
+
+
+def _check_migrated(ctx: _Ctx) -> list[Check]:
+    (has_table,) = _one(ctx.conn, "select to_regclass('realtime.schema_migrations') is not null")
+    if not has_table:
+        return [Check("realtime schema", "fail", "the realtime schema is not migrated: run `relay migrate`")]
+    try:
+        done, pending = migration_status(ctx.conn)
+    except MigrationError as exc:
+        return [Check("realtime schema", "fail", str(exc))]
+    if pending:
+        return [
+            Check(
+                "realtime schema",
+                "fail",
+                f"{len(pending)} migration(s) pending ({', '.join(pending)}): run `relay migrate`",
+            )
+        ]
+    return [Check("realtime schema", "ok", f"migrated ({len(done)} migration(s) applied)")]
+
+
+def _check_publication(ctx: _Ctx) -> list[Check]:
+    row = ctx.conn.execute(
+        "select puballtables from pg_publication where pubname = %s", (ctx.publication,)
+    ).fetchone()
+    ctx.publication_exists = row is not None
+    if row is None:
+        return [
+            Check(
+                "publication",
+                "fail",
+                f"publication {ctx.publication} does not exist: run `relay migrate` (it creates it) or "
+                f"CREATE PUBLICATION {_ident(ctx.publication)}",
+            )
+        ]
+    configured: str | None = None
+    (has_settings,) = _one(ctx.conn, "select to_regclass('realtime.settings') is not null")
+    if has_settings:
+        srow = ctx.conn.execute("select value from realtime.settings where key = 'publication'").fetchone()
+        configured = str(srow[0]) if srow else None
+    if configured is not None and configured != ctx.publication:
+        return [
+            Check(
+                "publication",
+                "warn",
+                f"publication {ctx.publication} exists, but realtime.settings names {configured}: "
+                f"realtime.enable_table() adds tables to {configured}; run `relay migrate` with the same "
+                "publication setting as the relay",
+            )
+        ]
+    suffix = " (FOR ALL TABLES)" if row[0] else ""
+    return [Check("publication", "ok", f"{ctx.publication} exists{suffix}")]
+
+
+def _check_tables(ctx: _Ctx) -> list[Check]:
+    if not ctx.publication_exists:
+        return []
+    rows = ctx.conn.execute(
+        "select pt.schemaname::text, pt.tablename::text, c.relreplident::text, "
+        "exists (select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary) "
+        "from pg_publication_tables pt "
+        "join pg_namespace n on n.nspname = pt.schemaname "
+        "join pg_class c on c.relnamespace = n.oid and c.relname = pt.tablename "
+        "where pt.pubname = %s order by 1, 2",
+        (ctx.publication,),
+    ).fetchall()
+    ctx.published = [(str(s), str(t), str(ri), bool(pk)) for s, t, ri, pk in rows]
+    if not ctx.published:
+        return [
+            Check(
+                "tables",
+                "fail",
+                "no tables enabled: relay tables enable public.<table> or "
+                "select realtime.enable_table('public.<table>')",
+            )
+        ]
+    names = [_q(s, t) for s, t, _, _ in ctx.published]
+    shown = ", ".join(names[:8]) + (f", ... (+{len(names) - 8})" if len(names) > 8 else "")
+    return [Check("tables", "ok", f"{len(names)} enabled: {shown}")]
+
+
+def _check_replica_identity(ctx: _Ctx) -> list[Check]:
+    if not ctx.published:
+        return []
+    kinds = {"d": "default", "i": "index", "n": "nothing", "f": "full"}
+    bad = [(s, t, kinds.get(ri, ri)) for s, t, ri, _ in ctx.published if ri != "f"]
+    out: list[Check] = []
+    if bad:
+        listed = ", ".join(f"{_q(s, t)} ({k})" for s, t, k in bad)
+        fixes = "; ".join(f"ALTER TABLE {_q(s, t)} REPLICA IDENTITY FULL" for s, t, _ in bad)
+        out.append(
+            Check(
+                "replica identity",
+                "fail",
+                f"not REPLICA IDENTITY FULL (UPDATE/DELETE would lack old values): {listed}. Fix: {fixes}; "
+                f"or re-run select realtime.enable_table('{_q(*bad[0][:2])}') for each",
+            )
+        )
+    else:
+        out.append(Check("replica identity", "ok", "all enabled tables are REPLICA IDENTITY FULL"))
+    no_pk = [_q(s, t) for s, t, _, pk in ctx.published if not pk]
+    if no_pk:
+        out.append(
+            Check(
+                "primary keys",
+                "warn",
+                f"published without a primary key: {', '.join(no_pk)}: add one "
+                "(ALTER TABLE <t> ADD PRIMARY KEY (id)) so clients can identify rows",
+            )
+        )
+    return out
+
+
+def _check_slot(ctx: _Ctx) -> list[Check]:
+    row = ctx.conn.execute(
+        "select s.plugin, s.slot_type, s.database, s.database = current_database(), s.active, s.active_pid, "
+        "s.wal_status, (pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint, s.temporary "
+        "from pg_replication_slots s where s.slot_name = %s",
+        (ctx.slot,),
+    ).fetchone()
+    if row is None:
+        return [Check("slot", "ok", f"slot {ctx.slot} does not exist yet; the relay will create it on start")]
+    plugin, slot_type, database, same_db, active, active_pid, wal_status, lag, temporary = row
+    drop = f"select pg_drop_replication_slot('{ctx.slot}')"
+    if slot_type != "logical":
+        return [Check("slot", "fail", f"slot {ctx.slot} is a {slot_type} slot: choose another slot name")]
+    if plugin != "wal2json":
+        return [
+            Check(
+                "slot",
+                "fail",
+                f"slot {ctx.slot} uses plugin {plugin}, not wal2json: drop it ({drop}) if unused, or "
+                "configure another slot name",
+            )
+        ]
+    if not same_db:
+        return [
+            Check(
+                "slot", "fail", f"slot {ctx.slot} belongs to database {database}: configure another slot name"
+            )
+        ]
+    out: list[Check] = []
+    if wal_status == "lost":
+        out.append(
+            Check(
+                "slot",
+                "fail",
+                f"slot {ctx.slot} lost required WAL (max_slot_wal_keep_size exceeded); changes were missed. "
+                f"Drop it ({drop}); the relay recreates it on start",
+            )
+        )
+    elif active:
+        out.append(
+            Check(
+                "slot",
+                "warn",
+                f"slot {ctx.slot} is in use by pid {active_pid}: another relay may be running (one consumer "
+                "per slot)",
+            )
+        )
+    elif temporary:
+        out.append(Check("slot", "warn", f"slot {ctx.slot} is a temporary slot of another session"))
+    else:
+        out.append(Check("slot", "ok", f"slot {ctx.slot} exists (wal2json)"))
+    lag_text = "unknown" if lag is None else f"{_fmt_bytes(int(lag))} ({lag} bytes)"
+    lag_msg = f"lag {lag_text}, wal_status {wal_status}"
+    if wal_status == "unreserved":
+        out.append(
+            Check(
+                "slot lag",
+                "warn",
+                f"{lag_msg}: WAL is about to be removed; start the relay now or the slot is lost",
+            )
+        )
+    elif lag is not None and int(lag) > LAG_WARN_BYTES:
+        out.append(
+            Check("slot lag", "warn", f"{lag_msg}: the slot retains much WAL; start the relay to drain it")
+        )
+    else:
+        out.append(Check("slot lag", "ok", lag_msg))
+    return out
+
+
+def _check_wal_retention(ctx: _Ctx) -> list[Check]:
+    (value,) = _one(ctx.conn, "select current_setting('max_slot_wal_keep_size')")
+    if str(value) == "-1":
+        return [
+            Check(
+                "wal retention",
+                "warn",
+                "max_slot_wal_keep_size = -1: unbounded WAL retention if the relay stops (the disk can "
+                "fill); set e.g. max_slot_wal_keep_size = '10GB' in postgresql.conf and reload",
+            )
+        ]
+    return [Check("wal retention", "ok", f"max_slot_wal_keep_size = {value}")]
+
+
+CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
+    ("server version", _check_server),
+    ("wal_level", _check_wal_level),
+    ("replication role", _check_role),
+    ("replication slots", _check_capacity),
+    ("wal2json plugin", _check_wal2json),
+    ("realtime schema", _check_migrated),
+    ("publication", _check_publication),
+    ("tables", _check_tables),
+    ("replica identity", _check_replica_identity),
+    ("slot", _check_slot),
+    ("wal retention", _check_wal_retention),
+]
+
+
+def run_preflight(dsn: str, *, publication: str, slot: str) -> PreflightReport:
+    """Run every check against ``dsn`` for the given publication and slot names."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or ["unknown error"])[0]
+        return PreflightReport(
+            [
+                Check(
+                    "connect",
+                    "fail",
+                    f"cannot connect: {first}. Check the DSN (RELAY_DATABASE_URL), that Postgres is running "
+                    "and that pg_hba.conf allows this user and host",
+                )
+            ]
+        )
+    checks: list[Check] = []
+    with conn:
+        info = conn.info
+        checks.append(Check("connect", "ok", f"{info.user}@{info.host}:{info.port}/{info.dbname}"))
+        ctx = _Ctx(conn=conn, dsn=dsn, publication=publication, slot=slot)
+        for name, fn in CHECKS:
+            try:
+                checks.extend(fn(ctx))
+            except psycopg.Error as exc:
+                msg = exc.diag.message_primary or str(exc)
+                checks.append(Check(name, "fail", f"check could not run: {msg}"))
+    return PreflightReport(checks)
