@@ -196,7 +196,7 @@ def cmd_tables(args: argparse.Namespace, cfg: Config) -> int:
             if not rows:
                 print("no tables enabled (relay tables enable public.<table>)")
             for t in rows:
-                print(f"{t.schema_name}.{t.table_name}\treplica identity {t.replica_identity}"
+                print(f"{t.schema}.{t.name}\treplica identity {t.replica_identity}"
                       f"{'' if t.has_primary_key else '  (no primary key!)'}")
             return 0
         fn = enable_table if args.tables_command == "enable" else disable_table

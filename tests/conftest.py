@@ -39,3 +39,15 @@ def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
                 )
                 conn.execute("select pg_drop_replication_slot(%s)", (slot,))
             conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests (1M-row transactions, long chaos runs) run only with RELAY_SLOW=1."""
+    import os
+
+    if os.environ.get("RELAY_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: set RELAY_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

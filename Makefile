@@ -1,0 +1,51 @@
+# Two commands matter: `make demo` (run the relay on a throwaway Postgres) and `make test`.
+# Both install what they need: Debian packages (postgresql-15, wal2json, node), the venv,
+# and the npm packages of the realtime-js interop tests.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JSDIR  := tests/interop/js
+
+.PHONY: demo test system-deps venv js lint typecheck bench clean help
+
+help:
+	@echo "make demo   - run the relay on a throwaway local Postgres with demo tables and a writer"
+	@echo "make test   - install everything needed and run the whole test suite"
+	@echo "make lint typecheck bench clean"
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+$(JSDIR)/node_modules/.package-lock.json: $(JSDIR)/package-lock.json
+	cd $(JSDIR) && npm ci --no-audit --no-fund --loglevel=error
+
+js: $(JSDIR)/node_modules/.package-lock.json
+
+demo: system-deps venv
+	$(VENV)/bin/relay demo
+
+test: system-deps venv js
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check relay tests bench
+	$(VENV)/bin/mypy
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+bench: system-deps venv
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) $(JSDIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
