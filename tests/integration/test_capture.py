@@ -56,8 +56,8 @@ async def test_raw_alter_publication_is_picked_up(pg_dsn: str) -> None:
         await asyncio.to_thread(_exec, pg_dsn, "create table public.widgets (id int primary key)")
         await asyncio.to_thread(_exec, pg_dsn, "alter table public.widgets replica identity full")
         await c.join("w", [{"event": "INSERT", "schema": "public", "table": "widgets"}])
+        # Write in the very next transaction: the event trigger's message makes this lossless.
         await asyncio.to_thread(_exec, pg_dsn, "alter publication supabase_realtime add table public.widgets")
-        await _wait_for(lambda: "public.widgets" in relay.server.status.get("tables", []), 5)
         await asyncio.to_thread(_exec, pg_dsn, "insert into public.widgets values (7)")
         m = await c.recv_until(lambda m: m["event"] == "postgres_changes", timeout=5)
         assert m["payload"]["data"]["record"] == {"id": 7}
@@ -144,3 +144,13 @@ async def test_leave_and_rejoin(pg_dsn: str) -> None:
         await c.join("l", [{"event": "*", "schema": "public", "table": "tasks"}])
         await c.join("l", [{"event": "*", "schema": "public", "table": "tasks"}])
         assert len(relay.server.index) == 1
+
+
+async def test_raw_alter_publication_drop_stops_stream(pg_dsn: str) -> None:
+    async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
+        await c.join("t", [{"event": "INSERT", "schema": "public", "table": "tasks"}])
+        await asyncio.to_thread(_exec, pg_dsn, "alter publication supabase_realtime drop table public.tasks")
+        await _wait_for(lambda: "public.tasks" not in relay.server.status.get("tables", []), 5)
+        await asyncio.to_thread(_exec, pg_dsn,
+                                "insert into tasks (branch_id, title, owner_id) values (1, 'x', gen_random_uuid())")
+        assert _changes(await c.collect(1.0)) == []

@@ -47,8 +47,8 @@ def _replica_identity(dsn: str, table: str) -> str:
     )
 
 
-def _messages(dsn: str, slot: str) -> list[dict[str, object]]:
-    """The realtime logical messages decoded so far from a wal2json slot, as parsed contents."""
+def _messages(dsn: str, slot: str, ops: tuple[str, ...] = ("enable_table", "disable_table")) -> list[dict[str, object]]:
+    """The realtime logical messages (of the given ops) decoded so far from a wal2json slot."""
     rows = _fetchall(
         dsn,
         "select data from pg_logical_slot_get_changes(%s, null, null, "
@@ -61,7 +61,9 @@ def _messages(dsn: str, slot: str) -> list[dict[str, object]]:
         if msg["action"] == "M":
             assert msg["prefix"] == "realtime"
             assert msg["transactional"] is True
-            out.append(json.loads(msg["content"]))
+            content = json.loads(msg["content"])
+            if content["op"] in ops:
+                out.append(content)
     return out
 
 
@@ -302,7 +304,7 @@ def test_failed_migration_rolls_back(pg_dsn: str, tmp_path: Path, monkeypatch: p
     )
     with pytest.raises(MigrationError, match=r"0098_broken\.sql failed"):
         apply_migrations(pg_dsn)
-    assert _fetchall(pg_dsn, "select version from realtime.schema_migrations order by 1") == [(1,)]
+    assert _fetchall(pg_dsn, "select version from realtime.schema_migrations order by 1") == [(1,), (2,)]
     assert _fetchall(pg_dsn, "select to_regclass('realtime.half')") == [(None,)]
 
 
@@ -342,3 +344,14 @@ def test_foreign_schema_migrations_table_is_refused(pg_dsn: str) -> None:
     with pytest.raises(MigrationError, match="not created by this relay"):
         apply_migrations(pg_dsn)
     assert _fetchall(pg_dsn, "select to_regclass('realtime.settings')") == [(None,)]
+
+
+def test_raw_alter_publication_emits_message(migrated: str) -> None:
+    """The 0002 event triggers make plain ALTER PUBLICATION visible in commit order too."""
+    dsn = migrated
+    _execute(dsn, "create table public.raw_pub (id int primary key)")
+    _execute(dsn, "select pg_create_logical_replication_slot('mig_raw', 'wal2json')")
+    _execute(dsn, "alter publication supabase_realtime add table public.raw_pub")
+    _execute(dsn, "alter publication supabase_realtime drop table public.raw_pub")
+    events = [m["event"] for m in _messages(dsn, "mig_raw", ops=("publication_changed",))]
+    assert events == ["ddl_command_end", "ddl_command_end"]
