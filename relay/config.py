@@ -65,7 +65,10 @@ class Config:
                 path = v[1:] if v.startswith("@") else v
                 if (v.startswith("@") or name != "jwt_secret") and _looks_like_path(path):
                     try:
-                        out = replace(out, **{name: Path(path).read_text()})
+                        text = Path(path).read_text()
+                        out = (replace(out, jwt_public_key=text) if name == "jwt_public_key"
+                               else replace(out, jwt_jwks=text) if name == "jwt_jwks"
+                               else replace(out, jwt_secret=text.strip()))
                     except OSError as exc:
                         raise ConfigError(f"{ENV_VARS[name][0]}: cannot read {path}: {exc}") from None
         if not (1 <= out.port <= 65535):

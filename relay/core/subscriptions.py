@@ -13,7 +13,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from relay.core.changes import Action, RowChange
 from relay.core.filters import BoundFilter, Filter, FilterError, parse_filter
@@ -101,17 +101,23 @@ def parse_bindings(entries: Any) -> list[BindingSpec]:
 class Subscriber(Protocol):
     """What the index needs of a joined channel: its identity, topic, protocol and rights."""
 
-    topic: str
-    vsn: str
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def vsn(self) -> str: ...
 
     def may_see(self, change: RowChange) -> bool: ...
 
 
+S = TypeVar("S", bound=Subscriber)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
-class Binding:
+class Binding(Generic[S]):
     """A bound (filter cast to the column type) binding owned by one subscriber."""
 
-    owner: Subscriber
+    owner: S
     id: int
     event: str
     filter: BoundFilter | None
@@ -126,13 +132,13 @@ class Binding:
 
 
 @dataclass
-class SubscriptionIndex:
+class SubscriptionIndex(Generic[S]):
     """(schema, table) -> bindings, and schema -> table-less bindings."""
 
-    by_table: dict[tuple[str, str], list[Binding]] = field(default_factory=dict)
-    by_schema: dict[str, list[Binding]] = field(default_factory=dict)
+    by_table: dict[tuple[str, str], list[Binding[S]]] = field(default_factory=dict)
+    by_schema: dict[str, list[Binding[S]]] = field(default_factory=dict)
 
-    def add(self, spec: BindingSpec, owner: Subscriber, bound: BoundFilter | None) -> Binding:
+    def add(self, spec: BindingSpec, owner: S, bound: BoundFilter | None) -> Binding[S]:
         b = Binding(owner, spec.id, spec.event, bound)
         if spec.table is None:
             self.by_schema.setdefault(spec.schema, []).append(b)
@@ -140,19 +146,14 @@ class SubscriptionIndex:
             self.by_table.setdefault((spec.schema, spec.table), []).append(b)
         return b
 
-    def remove_owner(self, owner: Subscriber) -> None:
-        for d in (self.by_table, self.by_schema):
-            for key in [k for k, bs in d.items() if any(b.owner is owner for b in bs)]:
-                kept = [b for b in d[key] if b.owner is not owner]  # type: ignore[index]
-                if kept:
-                    d[key] = kept  # type: ignore[index]
-                else:
-                    del d[key]  # type: ignore[arg-type]
+    def remove_owner(self, owner: S) -> None:
+        _remove(self.by_table, owner)
+        _remove(self.by_schema, owner)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_table.values()) + sum(len(v) for v in self.by_schema.values())
 
-    def plan(self, change: RowChange) -> list[tuple[Subscriber, list[int]]]:
+    def plan(self, change: RowChange) -> list[tuple[S, list[int]]]:
         """Subscribers that receive ``change`` and the ids of their bindings that matched.
 
         One entry per subscriber (one frame per channel per change); authorization is asked
@@ -162,7 +163,7 @@ class SubscriptionIndex:
         schema_wide = self.by_schema.get(change.schema, ())
         if not bindings and not schema_wide:
             return []
-        per_owner: dict[int, tuple[Subscriber, list[int]]] = {}
+        per_owner: dict[int, tuple[S, list[int]]] = {}
         for group in (bindings, schema_wide):
             for b in group:
                 if b.matches(change):
@@ -173,6 +174,18 @@ class SubscriptionIndex:
                     elif b.id not in hit[1]:
                         hit[1].append(b.id)
         return [(o, ids) for o, ids in per_owner.values() if o.may_see(change)]
+
+
+K = TypeVar("K")
+
+
+def _remove(d: dict[K, list[Binding[S]]], owner: S) -> None:
+    for key in [k for k, bs in d.items() if any(b.owner is owner for b in bs)]:
+        kept = [b for b in d[key] if b.owner is not owner]
+        if kept:
+            d[key] = kept
+        else:
+            del d[key]
 
 
 def change_payload(change: RowChange) -> dict[str, Any]:

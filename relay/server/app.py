@@ -21,7 +21,7 @@ from relay.core.protocol import SUPPORTED_VSN
 from relay.core.subscriptions import FrameCache, SubscriptionIndex
 from relay.core.tokens import TokenError, Verifier
 from relay.postgres.catalog import Catalog
-from relay.server.connection import Connection
+from relay.server.connection import Channel, Connection
 
 __all__ = ["RelayServer"]
 
@@ -37,7 +37,7 @@ class RelayServer:
         self.config = config
         self.verifier = verifier
         self.catalog = catalog
-        self.index = SubscriptionIndex()
+        self.index: SubscriptionIndex[Channel] = SubscriptionIndex()
         self.connections: set[Connection] = set()
         self.started_at = time.time()
         self.changes_seen = 0
@@ -53,7 +53,7 @@ class RelayServer:
             return 0
         cache = FrameCache(change)
         for chan, ids in plan:
-            chan.conn.push(cache.frame(chan.topic, ids, chan.vsn))  # type: ignore[attr-defined]
+            chan.conn.push(cache.frame(chan.topic, ids, chan.vsn))
         self.frames_queued += len(plan)
         return len(plan)
 

@@ -1,0 +1,218 @@
+"""The official JS client (npm ``@supabase/realtime-js`` 2.109.0) against a real relay, unchanged.
+
+Each test runs ``tests/interop/js/subscribe.mjs`` under Node: it subscribes with
+``.on('postgres_changes', ...)`` and prints one JSON line per status change and per callback
+payload. realtime-js speaks vsn 2.0.0 (JSON arrays) by default; vsn 1.0.0 is checked too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.interop.helpers import BOOKING_COLUMNS, delete_booking, insert_booking, set_status
+from tests.support.relay import running_relay, token
+
+pytestmark = [pytest.mark.pg, pytest.mark.interop]
+
+JS_DIR = Path(__file__).parent / "js"
+SCRIPT = JS_DIR / "subscribe.mjs"
+WAIT = 10.0  # upper bound for any single wait
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"realtime-js interop cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def node_env() -> str:
+    """Path of ``node``, with ``tests/interop/js/node_modules`` installed from the lockfile."""
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("node is not installed")
+        raise AssertionError("unreachable")
+    installed = (JS_DIR / "node_modules" / "@supabase" / "realtime-js" / "package.json").is_file() and (
+        JS_DIR / "node_modules" / "ws" / "package.json").is_file()
+    if not installed:
+        npm = shutil.which("npm")
+        if npm is None:
+            _unavailable("npm is not installed")
+            raise AssertionError("unreachable")
+        try:
+            proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, capture_output=True,
+                                  text=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired:
+            _unavailable("npm ci timed out")
+            raise AssertionError("unreachable") from None
+        if proc.returncode != 0:
+            _unavailable(f"npm ci failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return node
+
+
+class NodeSubscriber:
+    """A running ``subscribe.mjs``: its parsed stdout lines, read with bounded waits."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+
+    async def next_line(self, within: float = WAIT) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), within)
+        if not raw:
+            raise AssertionError(f"node exited early (rc={await self._rc()}); lines so far: {self.lines}; "
+                                 f"stderr: {await self._stderr()}")
+        obj = json.loads(raw)
+        self.lines.append(obj)
+        return obj
+
+    async def wait_for(self, pred: Callable[[dict[str, Any]], bool], within: float = WAIT) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        while True:
+            line = await self.next_line(max(0.05, deadline - time.monotonic()))
+            if pred(line):
+                return line
+
+    async def wait_subscribed(self) -> None:
+        line = await self.wait_for(lambda m: "status" in m)
+        assert line == {"status": "SUBSCRIBED"}, (line, self.lines)
+
+    async def payloads(self, within: float = WAIT) -> list[dict[str, Any]]:
+        """Every payload line up to the script's ``done`` line; asserts a clean leave and exit 0."""
+        deadline = time.monotonic() + within
+        out: list[dict[str, Any]] = []
+        while True:
+            line = await self.next_line(max(0.05, deadline - time.monotonic()))
+            if "eventType" in line:
+                out.append(line)
+            elif line.get("done"):
+                assert line["left"] == ["ok"], (line, self.lines)  # phx_leave got its ok reply
+                break
+            elif "heartbeat" not in line:
+                raise AssertionError(f"unexpected line {line}; lines so far: {self.lines}")
+        rc = await asyncio.wait_for(self.proc.wait(), max(0.05, deadline - time.monotonic()) + 2)
+        assert rc == 0, (rc, self.lines)
+        assert all(m.get("heartbeat") in (None, "ok") for m in self.lines), self.lines
+        return out
+
+    async def _rc(self) -> int | None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            return await asyncio.wait_for(self.proc.wait(), 2)
+        return None
+
+    async def _stderr(self) -> str:
+        if self.proc.stderr is None:
+            return ""
+        with contextlib.suppress(asyncio.TimeoutError):
+            return (await asyncio.wait_for(self.proc.stderr.read(), 2)).decode(errors="replace")[-2000:]
+        return "<unread>"
+
+
+@contextlib.asynccontextmanager
+async def subscriber(node: str, url: str, *, count: int, table: str = "bookings", event: str = "*",
+                     filter: str = "", vsn: str = "", heartbeat_ms: int = 0,
+                     timeout_ms: int = 15000) -> AsyncIterator[NodeSubscriber]:
+    env = {**os.environ, "RT_URL": url, "RT_TOKEN": token(), "RT_TABLE": table, "RT_EVENT": event,
+           "RT_FILTER": filter, "RT_VSN": vsn, "RT_COUNT": str(count), "RT_TIMEOUT_MS": str(timeout_ms),
+           "RT_HEARTBEAT_MS": str(heartbeat_ms)}
+    proc = await asyncio.create_subprocess_exec(
+        node, str(SCRIPT), cwd=JS_DIR, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        yield NodeSubscriber(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        with contextlib.suppress(ProcessLookupError, asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5)
+
+
+def _check_common(p: dict[str, Any], event_type: str) -> None:
+    assert p["eventType"] == event_type
+    assert p["schema"] == "public" and p["table"] == "bookings"
+    assert TS_RE.match(p["commit_timestamp"]), p["commit_timestamp"]
+    assert p["errors"] is None
+    assert set(p) == {"schema", "table", "commit_timestamp", "eventType", "new", "old", "errors"}
+
+
+@pytest.mark.parametrize("vsn", ["", "1.0.0"], ids=["default-vsn2", "vsn1"])
+async def test_insert_update_delete(pg_dsn: str, node_env: str, vsn: str) -> None:
+    async with running_relay(pg_dsn) as relay, subscriber(node_env, relay.url, count=3, vsn=vsn,
+                                                          heartbeat_ms=200) as sub:
+        first = await sub.next_line()
+        assert first["vsn"] == (vsn or "2.0.0")
+        assert f"vsn={vsn or '2.0.0'}" in first["endpoint"] and "/realtime/v1/websocket?" in first["endpoint"]
+        await sub.wait_subscribed()
+        # Heartbeat replies are matched by ref: an unanswered one makes realtime-js drop the socket.
+        await sub.wait_for(lambda m: "heartbeat" in m)
+
+        bid = await insert_booking(pg_dsn, branch=1)
+        await set_status(pg_dsn, bid, "confirmed")
+        await delete_booking(pg_dsn, bid)
+        ins, upd, dele = await sub.payloads()
+
+        _check_common(ins, "INSERT")
+        new = ins["new"]
+        assert list(new) == BOOKING_COLUMNS
+        assert new["id"] == bid and new["branch_id"] == 1 and new["status"] == "pending"
+        assert new["price"] == 42.5 and new["tags"] == [] and new["details"] == {} and new["notes"] is None
+        assert new["starts_at"].endswith("+00:00")
+        assert ins["old"] == {}
+
+        _check_common(upd, "UPDATE")
+        assert upd["new"]["id"] == bid and upd["new"]["status"] == "confirmed"
+        assert upd["old"]["id"] == bid and upd["old"]["status"] == "pending"
+
+        _check_common(dele, "DELETE")
+        assert dele["new"] == {}
+        assert dele["old"]["id"] == bid
+
+
+async def test_filter_receives_only_matching_rows(pg_dsn: str, node_env: str) -> None:
+    async with running_relay(pg_dsn) as relay, subscriber(node_env, relay.url, count=2,
+                                                          filter="branch_id=eq.2") as sub:
+        await sub.wait_subscribed()
+        b1 = await insert_booking(pg_dsn, branch=1)
+        b2 = await insert_booking(pg_dsn, branch=2)
+        await delete_booking(pg_dsn, b1)
+        await delete_booking(pg_dsn, b2)
+        ins, dele = await sub.payloads()
+        _check_common(ins, "INSERT")
+        assert ins["new"]["id"] == b2 and ins["new"]["branch_id"] == 2
+        _check_common(dele, "DELETE")
+        assert dele["old"]["id"] == b2
+
+
+async def test_insert_only_binding(pg_dsn: str, node_env: str) -> None:
+    async with running_relay(pg_dsn) as relay, subscriber(node_env, relay.url, count=2,
+                                                          event="INSERT") as sub:
+        await sub.wait_subscribed()
+        bid = await insert_booking(pg_dsn)
+        await set_status(pg_dsn, bid, "confirmed")
+        await delete_booking(pg_dsn, bid)
+        bid2 = await insert_booking(pg_dsn)  # a fence: an UPDATE/DELETE delivery would come before it
+        first, second = await sub.payloads()
+        assert first["eventType"] == "INSERT" and first["new"]["id"] == bid
+        assert second["eventType"] == "INSERT" and second["new"]["id"] == bid2
+
+
+async def test_bad_filter_reports_channel_error(pg_dsn: str, node_env: str) -> None:
+    async with running_relay(pg_dsn) as relay, subscriber(node_env, relay.url, count=1,
+                                                          filter="branch_id=zz.1") as sub:
+        line = await sub.wait_for(lambda m: "status" in m)
+        assert line["status"] == "CHANNEL_ERROR" and "unknown operator" in line["error"], line
+        assert await asyncio.wait_for(sub.proc.wait(), WAIT) == 1
