@@ -6,8 +6,10 @@ without stalling the event loop, and a burst of joins to the same table should c
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -38,15 +40,27 @@ class Catalog:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=10)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        """Close the pool; never hang on connections a dead server left half-open."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
 
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("catalog is not open")
         return self._pool
+
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        """``pool.fetch`` retried once: after a Postgres restart pooled connections are dead,
+        and the first query on each fails although a new connection would work."""
+        try:
+            return list(await self.pool.fetch(query, *args))
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, OSError):
+            return list(await self.pool.fetch(query, *args))
 
     async def table(self, schema: str, table: str) -> TableShape | None:
         """The table's shape, or None if no such table exists."""
@@ -55,7 +69,7 @@ class Catalog:
         now = time.monotonic()
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        rows = await self.pool.fetch(
+        rows = await self._fetch(
             """
             select a.attname::text as name, t.typname::text as type
             from pg_catalog.pg_attribute a
@@ -72,14 +86,14 @@ class Catalog:
         return shape
 
     async def types(self) -> list[TypeInfo]:
-        rows = await self.pool.fetch(
+        rows = await self._fetch(
             "select oid::int8 as oid, typname::text as name, typcategory::text as cat, typelem::int8 as elem "
             "from pg_catalog.pg_type"
         )
         return [TypeInfo(r["oid"], r["name"], r["cat"], r["elem"]) for r in rows]
 
     async def published_tables(self, publication: str) -> list[tuple[str, str]]:
-        rows = await self.pool.fetch(
+        rows = await self._fetch(
             "select schemaname::text as s, tablename::text as t from pg_catalog.pg_publication_tables "
             "where pubname = $1 order by 1, 2",
             publication,

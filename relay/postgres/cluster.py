@@ -165,9 +165,10 @@ class LocalCluster:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def kill(self) -> None:
-        """Crash the server (SIGKILL) without removing data: for restart/fault tests."""
+        """Crash the server (SIGKILL to postmaster and backends) keeping data: for fault tests."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)  # own session: the group is ours alone
             self._proc.wait(timeout=10)
         self._proc = None
 

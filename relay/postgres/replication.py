@@ -91,6 +91,7 @@ class ReplicationStream:
         self._readable = asyncio.Event()
         self._last_status = 0.0
         self._closed = False
+        self._fd: int | None = None
 
     async def __aenter__(self) -> ReplicationStream:
         await self.start()
@@ -130,20 +131,22 @@ class ReplicationStream:
         pgconn = self._conn.pgconn
         if pgconn.status != pq.ConnStatus.OK:
             raise ReplicationError(pgconn.error_message.decode(errors="replace"))
-        asyncio.get_running_loop().add_reader(pgconn.socket, self._readable.set)
+        # Remember the fd: once libpq drops a broken connection ``pgconn.socket`` raises, and a
+        # reader left registered on the number would hijack the next socket that reuses it.
+        self._fd = pgconn.socket
+        asyncio.get_running_loop().add_reader(self._fd, self._readable.set)
         self._last_status = time.monotonic()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        try:
-            asyncio.get_running_loop().remove_reader(conn.pgconn.socket)
-        except (ValueError, OSError, psycopg.Error):
-            pass
         try:
             if not conn.closed and self.flushed_lsn:
                 self._send_status(conn.pgconn, reply=False)
@@ -151,6 +154,12 @@ class ReplicationStream:
         except (psycopg.Error, OSError):
             pass
         await conn.close()
+
+    def _drop_reader(self) -> None:
+        """Unregister the socket at once when the connection breaks (libpq may close the fd)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
 
     def confirm(self, lsn: Lsn) -> None:
         """Record that everything up to ``lsn`` is handed off (sent with the next status update)."""
@@ -169,6 +178,7 @@ class ReplicationStream:
             try:
                 nbytes, data = pgconn.get_copy_data(1)
             except psycopg.Error as exc:
+                self._drop_reader()
                 raise ReplicationError(f"replication stream failed: {exc}") from exc
             if nbytes == 0:
                 self._maybe_status(pgconn)
@@ -180,9 +190,11 @@ class ReplicationStream:
                 try:
                     pgconn.consume_input()
                 except psycopg.Error as exc:
+                    self._drop_reader()
                     raise ReplicationError(f"replication connection lost: {exc}") from exc
                 continue
             if nbytes < 0:
+                self._drop_reader()
                 msg = pgconn.error_message.decode(errors="replace").strip()
                 raise ReplicationError(f"replication stream ended: {msg or 'server closed the stream'}")
             buf = bytes(data)
