@@ -214,7 +214,10 @@ def parse_array(text: str, element: Converter = _identity) -> Any:
         pos = eq + 1
     if pos >= len(text) or text[pos] != "{":
         return text
-    result, end = _parse_array_at(text, pos, element)
+    try:
+        result, end = _parse_array_at(text, pos, element)
+    except (ValueError, IndexError):
+        return text
     return result if end == len(text) else text
 
 

@@ -9,6 +9,7 @@ JWKS document) and are parsed once.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ class Verifier:
             raise TokenError("MalformedJWT", "The token provided is not a valid JWT")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.PyJWTError:  # DecodeError, and InvalidTokenError for a bad kid/crit header
             raise TokenError("MalformedJWT", "The token provided is not a valid JWT") from None
         alg = header.get("alg")
         key: Any
@@ -112,8 +113,8 @@ class Verifier:
         exp = claims.get("exp")
         if "role" not in claims or exp is None:
             raise TokenError("InvalidJWTToken", "Fields `role` and `exp` are required in JWT")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
-            raise TokenError("InvalidJWTToken", "Field `exp` must be a number")
+        if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+            raise TokenError("InvalidJWTToken", "Field `exp` must be a finite number")
         if exp + self.leeway <= now:
             raise TokenError("InvalidJWTToken", f"Token has expired {int(now - exp)} seconds ago")
         nbf = claims.get("nbf")

@@ -12,6 +12,7 @@ position (commit LSN, index) before the transaction ends.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -74,7 +75,6 @@ class Decoder:
         try:
             msg = orjson.loads(data)
         except orjson.JSONDecodeError:
-            # orjson refuses integers beyond 64 bits (numeric columns can hold them)
             try:
                 msg = json.loads(data, parse_float=Decimal)
             except ValueError as exc:
@@ -83,8 +83,9 @@ class Decoder:
             raise DecodeError("wal2json message is not an object")
         action = msg.get("action")
         if action in ("I", "U", "D"):
-            if _has_imprecise_numeric(msg):
-                msg = json.loads(data, parse_float=Decimal)
+            raw = data.encode() if isinstance(data, str) else data
+            if _NUMERIC_MARK in raw:
+                _exact_numerics(msg, raw)
             return self._row(msg, _ACTIONS[action])
         if action == "B":
             lsn = Lsn.parse(msg["lsn"]) if "lsn" in msg else Lsn(0)
@@ -176,16 +177,46 @@ class Decoder:
         return change
 
 
-def _has_imprecise_numeric(msg: dict[str, Any]) -> bool:
-    """True when a numeric column may have lost digits in the float fast path.
+_NUMERIC_MARK = b'"typeoid":1700,'
+# wal2json 2.5 prints numeric values bare (``"value":12.50``); the JSON parser turns them into
+# doubles.  We re-read each numeric's original text from the message instead.
+_NUMERIC_RE = re.compile(rb'"typeoid":1700,"value":(null|"(?:[^"\\]|\\.)*"|[-+0-9.eE]+|[A-Za-z]+)')
 
-    A double holds 15 significant digits exactly; a shorter ``repr`` means the float printed
-    back is the decimal wal2json wrote, so only long values need the slow exact re-parse.
+
+def _exact_numerics(msg: dict[str, Any], raw: bytes) -> None:
+    """Replace numeric column values by their exact value from the message text.
+
+    A double keeps ~15 significant digits, so ``0.10000000000000001`` or a 20-digit integer
+    would silently change.  Integers become Python ints (unbounded); decimals stay floats only
+    when the float is exactly the decimal written, otherwise they become ``Decimal``.  Numeric
+    columns appear in the text in the same order as in ``columns`` then ``identity``.
     """
+    texts = _NUMERIC_RE.findall(raw)
+    pos = 0
     for key in ("columns", "identity"):
         for c in msg.get(key) or ():
-            if c.get("typeoid") == 1700:
-                v = c.get("value")
-                if isinstance(v, float) and len(repr(v).lstrip("-").replace(".", "").lstrip("0")) >= 15:
-                    return True
-    return False
+            if c.get("typeoid") != 1700:
+                continue
+            if pos >= len(texts):
+                return
+            text = texts[pos].decode()
+            pos += 1
+            if c.get("value") is None or text == "null" or text.startswith('"'):
+                continue
+            c["value"] = _exact_number(text)
+
+
+def _exact_number(text: str) -> Any:
+    if "." not in text and "e" not in text and "E" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            return text  # NaN / Infinity spelled bare
+    try:
+        d = Decimal(text)
+    except ArithmeticError:
+        return text
+    if not d.is_finite():
+        return text
+    f = float(d)
+    return f if Decimal(repr(f)) == d else d
