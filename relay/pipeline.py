@@ -149,13 +149,17 @@ class Pipeline:
         next_poll = time.monotonic() + self.poll_interval
         unconfirmed = False
         sink = self.sink
-        async for item in stream.messages(idle_timeout=min(0.5, self.poll_interval)):
+        decode = decoder.decode
+        stats = self.stats
+        async for batch in stream.batches(idle_timeout=min(0.5, self.poll_interval)):
             if stop.is_set():
                 return
-            if item is None:
+            if not batch:
                 if unconfirmed:
                     stream.force_status()
                     unconfirmed = False
+                    stats.last_commit_lsn = str(self.last_commit)
+                    stats.confirmed_lsn = str(self.handed_off)
                     self._publish()
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.poll_interval
@@ -164,31 +168,29 @@ class Pipeline:
                         log.info("publication %s changed; restarting stream", self.publication)
                         raise _Restart()
                 continue
-            _, payload = item
-            event = decoder.decode(payload)
-            if isinstance(event, RowChange):
-                if not skipping:
-                    self.stats.changes += 1
-                    sink(event)
-            elif isinstance(event, Begin):
-                skipping = self.last_commit != 0 and event.commit_lsn <= self.last_commit
-            elif isinstance(event, Commit):
-                if not skipping:
-                    self.last_commit = event.commit_lsn
-                    self.stats.transactions += 1
-                if event.end_lsn > self.handed_off:
-                    self.handed_off = event.end_lsn
-                stream.confirm(self.handed_off)
-                self.stats.last_commit_lsn = str(self.last_commit)
-                self.stats.confirmed_lsn = str(self.handed_off)
-                unconfirmed = True
-                skipping = False
-                if restart_after_commit:
-                    stream.force_status()
-                    raise _Restart()
-            elif isinstance(event, Message):
-                if event.prefix == MESSAGE_PREFIX and not skipping and _is_table_op(event.content):
-                    restart_after_commit = True
+            for payload in batch:
+                event = decode(payload)
+                if type(event) is RowChange:
+                    if not skipping:
+                        stats.changes += 1
+                        sink(event)
+                elif type(event) is Begin:
+                    skipping = self.last_commit != 0 and event.commit_lsn <= self.last_commit
+                elif type(event) is Commit:
+                    if not skipping:
+                        self.last_commit = event.commit_lsn
+                        stats.transactions += 1
+                    if event.end_lsn > self.handed_off:
+                        self.handed_off = event.end_lsn
+                    stream.confirm(self.handed_off)
+                    unconfirmed = True
+                    skipping = False
+                    if restart_after_commit:
+                        stream.force_status()
+                        raise _Restart()
+                elif type(event) is Message:
+                    if event.prefix == MESSAGE_PREFIX and not skipping and _is_table_op(event.content):
+                        restart_after_commit = True
 
     def _publish(self) -> None:
         if self.on_status is not None:

@@ -86,7 +86,7 @@ class Message:
     lsn: Lsn
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class RowChange:
     """One decoded row event.
 
@@ -94,6 +94,9 @@ class RowChange:
     numerics, str, bool, None, list, dict) keyed by column name, in column order.  ``record`` is
     ``None`` for DELETE; ``old_record`` is ``None`` for INSERT.
     ``commit_lsn`` + ``index`` totally order every change the relay ever emits.
+    Treat it as immutable: it is not frozen only because frozen dataclasses are several times
+    slower to construct, and one is built per decoded row.  ``columns`` and ``column_types`` are
+    shared by every change of a table.
     """
 
     schema: str

@@ -23,6 +23,7 @@ __all__ = [
     "encode",
     "encode_push_prefix",
     "parse",
+    "ws_text_frame",
 ]
 
 SUPPORTED_VSN = ("1.0.0", "2.0.0")
@@ -116,6 +117,21 @@ def encode_push_prefix(topic: str, event: str, vsn: str) -> tuple[str, str]:
     if vsn == "2.0.0":
         return f"[null,null,{t},{e},", "]"
     return f'{{"topic":{t},"event":{e},"ref":null,"payload":', "}"
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked WebSocket text frame (RFC 6455 §5.2) around ``payload``.
+
+    Why build it ourselves: a frame shared by many subscribers is framed once and the bytes are
+    written to each socket's transport as they are, batched with the socket's other pending
+    frames into one write.  Only valid when no compression extension was negotiated.
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
 def _default(obj: Any) -> Any:

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from relay.core.changes import Action, RowChange
+import orjson
+
+from relay.core.changes import Action, Column, RowChange
 from relay.core.filters import BoundFilter, Filter, FilterError, parse_filter
-from relay.core.protocol import dumps, encode_push_prefix
+from relay.core.protocol import dumps, encode_push_prefix, ws_text_frame
 
 __all__ = [
     "Binding",
@@ -188,14 +190,34 @@ def _remove(d: dict[K, list[Binding[S]]], owner: S) -> None:
             del d[key]
 
 
+# ``columns`` is the same JSON for every change of a table: encode it once per column tuple (the
+# decoder shares one tuple per table layout).  Keyed by id() with the tuple kept alive.
+_COLUMNS_JSON: dict[int, tuple[tuple[Column, ...], orjson.Fragment]] = {}
+
+
+def _columns_json(columns: tuple[Column, ...]) -> orjson.Fragment:
+    hit = _COLUMNS_JSON.get(id(columns))
+    if hit is not None and hit[0] is columns:
+        return hit[1]
+    frag = orjson.Fragment(orjson.dumps([{"name": c.name, "type": c.type} for c in columns]))
+    if len(_COLUMNS_JSON) > 4096:
+        _COLUMNS_JSON.clear()
+    _COLUMNS_JSON[id(columns)] = (columns, frag)
+    return frag
+
+
 def change_payload(change: RowChange) -> dict[str, Any]:
-    """The ``data`` object of a ``postgres_changes`` frame, in the documented shape."""
+    """The ``data`` object of a ``postgres_changes`` frame, in the documented shape.
+
+    ``columns`` is a pre-encoded JSON fragment: serialise with :func:`relay.core.protocol.dumps`
+    (or orjson); to inspect it as data, round-trip through JSON.
+    """
     data: dict[str, Any] = {
         "schema": change.schema,
         "table": change.table,
         "commit_timestamp": change.commit_timestamp,
         "type": change.action.value,
-        "columns": [{"name": c.name, "type": c.type} for c in change.columns],
+        "columns": _columns_json(change.columns),
         "errors": None,
     }
     if change.action is not Action.DELETE:
@@ -208,12 +230,22 @@ def change_payload(change: RowChange) -> dict[str, Any]:
 class FrameCache:
     """Encode-once cache for one change: ``data`` once, each (topic, ids, vsn) wrapper once."""
 
-    __slots__ = ("_data", "_frames", "change")
+    __slots__ = ("_data", "_frames", "_wire", "change")
 
     def __init__(self, change: RowChange, data_encoder: Callable[[RowChange], bytes] | None = None) -> None:
         self.change = change
         self._data = (data_encoder or _encode_data)(change).decode()
         self._frames: dict[tuple[str, tuple[int, ...], str], str] = {}
+        self._wire: dict[tuple[str, tuple[int, ...], str], bytes] = {}
+
+    def wire(self, topic: str, ids: Iterable[int], vsn: str) -> bytes:
+        """The same frame as :meth:`frame`, as ready-to-write WebSocket frame bytes."""
+        key = (topic, tuple(ids), vsn)
+        w = self._wire.get(key)
+        if w is None:
+            w = ws_text_frame(self.frame(*key).encode())
+            self._wire[key] = w
+        return w
 
     def frame(self, topic: str, ids: Iterable[int], vsn: str) -> str:
         key = (topic, tuple(ids), vsn)

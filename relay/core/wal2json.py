@@ -12,14 +12,13 @@ position (commit LSN, index) before the transaction ends.
 from __future__ import annotations
 
 import json
-import re
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from relay.core.changes import Action, Begin, Column, Commit, Lsn, Message, RowChange
-from relay.core.pgtypes import TypeRegistry, commit_timestamp
+from relay.core.pgtypes import Converter, TypeRegistry, _identity, commit_timestamp
 
 __all__ = ["WAL2JSON_OPTIONS", "DecodeError", "Decoder", "wal2json_options"]
 
@@ -69,6 +68,10 @@ class Decoder:
         self._timestamp = ""
         self._index = 0
         self._xid: int | None = None
+        self._layouts: dict[tuple[str, str, int], _Layout] = {}
+        self._end_text: str | None = None
+        self._end_lsn = Lsn(0)
+        self._ts_text = ""
 
     def decode(self, data: bytes | str) -> Begin | Commit | RowChange | Message | None:
         """Decode one message; returns None for messages the relay ignores (e.g. TRUNCATE)."""
@@ -83,22 +86,28 @@ class Decoder:
             raise DecodeError("wal2json message is not an object")
         action = msg.get("action")
         if action in ("I", "U", "D"):
-            raw = data.encode() if isinstance(data, str) else data
+            raw = data.encode() if isinstance(data, str) else bytes(data)
             if _NUMERIC_MARK in raw:
                 _exact_numerics(msg, raw)
             return self._row(msg, _ACTIONS[action])
         if action == "B":
             lsn = Lsn.parse(msg["lsn"]) if "lsn" in msg else Lsn(0)
-            end = Lsn.parse(msg["nextlsn"]) if "nextlsn" in msg else lsn
+            nxt = msg.get("nextlsn")
+            end = Lsn.parse(nxt) if nxt else lsn
             self._commit_lsn = lsn
-            self._timestamp = commit_timestamp(msg.get("timestamp", ""))
+            self._end_text, self._end_lsn = nxt, end
+            self._ts_text = msg.get("timestamp", "")
+            self._timestamp = commit_timestamp(self._ts_text)
             self._index = 0
             self._xid = msg.get("xid")
             return Begin(self._xid, lsn, end, self._timestamp)
         if action == "C":
-            lsn = Lsn.parse(msg["lsn"]) if "lsn" in msg else self._commit_lsn
-            end = Lsn.parse(msg["nextlsn"]) if "nextlsn" in msg else lsn
-            ts = commit_timestamp(msg["timestamp"]) if "timestamp" in msg else self._timestamp
+            # B already carried the same lsn/nextlsn/timestamp: reuse what was parsed there
+            lsn = self._commit_lsn if "lsn" in msg else self._commit_lsn
+            nxt = msg.get("nextlsn")
+            end = self._end_lsn if nxt == self._end_text else (Lsn.parse(nxt) if nxt else lsn)
+            ts_text = msg.get("timestamp")
+            ts = self._timestamp if ts_text is None or ts_text == self._ts_text else commit_timestamp(ts_text)
             return Commit(lsn, end, ts)
         if action == "M":
             lsn = Lsn.parse(msg["lsn"]) if "lsn" in msg else Lsn(0)
@@ -112,6 +121,32 @@ class Decoder:
             return None  # TRUNCATE: not a row event clients subscribe to
         raise DecodeError(f"unknown wal2json action {action!r}")
 
+    def _layout(self, schema: str, table: str, cols: list[dict[str, Any]]) -> _Layout:
+        """The cached column layout of a table for this message's column list.
+
+        Resolving types and building :class:`Column` objects per column per row was most of the
+        decoder's cost; a table's layout only changes with DDL, which the check below notices
+        (names and type oids are compared on every row, in two C-level list comparisons).
+        """
+        key = (schema, table, len(cols))
+        lay = self._layouts.get(key)
+        names = [c["name"] for c in cols]
+        oids = [c.get("typeoid") for c in cols]
+        if lay is not None and lay.names == names and lay.oids == oids:
+            return lay
+        resolved = [self.types.resolve(c.get("typeoid"), c.get("type", "")) for c in cols]
+        lay = _Layout(
+            names,
+            oids,
+            tuple(Column(n, t) for n, (t, _) in zip(names, resolved, strict=True)),
+            {n: t for n, (t, _) in zip(names, resolved, strict=True)},
+            [(n, conv) for n, (_, conv) in zip(names, resolved, strict=True) if conv is not _identity],
+        )
+        if len(self._layouts) > 4096:
+            self._layouts.clear()
+        self._layouts[key] = lay
+        return lay
+
     def _row(self, msg: dict[str, Any], action: Action) -> RowChange:
         try:
             schema = msg["schema"]
@@ -120,90 +155,110 @@ class Decoder:
             raise DecodeError(f"row message without {exc}") from exc
         cols_raw = msg.get("columns")
         ident_raw = msg.get("identity")
-        resolve = self.types.resolve
-        columns: list[Column] = []
-        column_types: dict[str, str] = {}
         record: dict[str, Any] | None = None
         old: dict[str, Any] | None = None
+        lay: _Layout | None = None
         if cols_raw is not None:
-            record = {}
-            for c in cols_raw:
-                name = c["name"]
-                tname, conv = resolve(c.get("typeoid"), c.get("type", ""))
-                v = c.get("value")
-                record[name] = None if v is None else conv(v)
-                columns.append(Column(name, tname))
-                column_types[name] = tname
+            lay = self._layout(schema, table, cols_raw)
+            record = _values(cols_raw, lay)
         if ident_raw is not None:
-            old = {}
-            for c in ident_raw:
-                name = c["name"]
-                tname, conv = resolve(c.get("typeoid"), c.get("type", ""))
-                v = c.get("value")
-                old[name] = None if v is None else conv(v)
-                if name not in column_types:
-                    column_types[name] = tname
-        if record is not None and old is not None and len(old) > len(record):
-            # wal2json leaves unchanged TOASTed values out of an UPDATE's new row; with
-            # REPLICA IDENTITY FULL the old row has them, and unchanged means equal.
-            merged: dict[str, Any] = {}
-            columns = []
-            for c in ident_raw or ():
-                name = c["name"]
-                merged[name] = record[name] if name in record else old[name]
-                columns.append(Column(name, column_types[name]))
-            for name, v in record.items():
-                if name not in merged:
-                    merged[name] = v
-                    columns.append(Column(name, column_types[name]))
-            record = merged
-        if not columns and old is not None:
-            columns = [Column(n, column_types[n]) for n in old]
-        pk = tuple(p["name"] for p in msg.get("pk", ()))
+            ilay = self._layout(schema, table, ident_raw)
+            old = _values(ident_raw, ilay)
+            if lay is None or len(ilay.names) > len(lay.names):
+                lay = ilay
+                if record is not None and old is not None:
+                    # wal2json leaves unchanged TOASTed values out of an UPDATE's new row; with
+                    # REPLICA IDENTITY FULL the old row has them, and unchanged means equal.
+                    record = {n: (record[n] if n in record else old[n]) for n in ilay.names}
+        if lay is None:
+            raise DecodeError("row message without columns or identity")
         change = RowChange(
-            schema=schema,
-            table=table,
-            action=action,
-            columns=tuple(columns),
-            record=record if action is not Action.DELETE else None,
-            old_record=old if action is not Action.INSERT else None,
-            commit_timestamp=self._timestamp,
-            commit_lsn=self._commit_lsn,
-            index=self._index,
-            pk=pk,
-            column_types=column_types,
+            schema,
+            table,
+            action,
+            lay.columns,
+            record if action is not Action.DELETE else None,
+            old if action is not Action.INSERT else None,
+            self._timestamp,
+            self._commit_lsn,
+            self._index,
+            lay.pk_of(msg.get("pk")),
+            lay.column_types,
         )
         self._index += 1
         return change
 
 
-_NUMERIC_MARK = b'"typeoid":1700,'
-# wal2json 2.5 prints numeric values bare (``"value":12.50``); the JSON parser turns them into
-# doubles.  We re-read each numeric's original text from the message instead.
-_NUMERIC_RE = re.compile(rb'"typeoid":1700,"value":(null|"(?:[^"\\]|\\.)*"|[-+0-9.eE]+|[A-Za-z]+)')
+class _Layout:
+    """Per-table decoding plan: names, oids, shared Column tuple, types, converters."""
+
+    __slots__ = ("_pk", "_pk_names", "column_types", "columns", "convs", "names", "oids")
+
+    def __init__(self, names: list[str], oids: list[Any], columns: tuple[Column, ...],
+                 column_types: dict[str, str], convs: list[tuple[str, Converter]]) -> None:
+        self.names = names
+        self.oids = oids
+        self.columns = columns
+        self.column_types = column_types
+        self.convs = convs
+        self._pk_names: list[str] | None = None
+        self._pk: tuple[str, ...] = ()
+
+    def pk_of(self, pk: list[dict[str, Any]] | None) -> tuple[str, ...]:
+        """The primary key column names, cached while the key stays the same."""
+        if not pk:
+            return ()
+        names = [p["name"] for p in pk]
+        if names != self._pk_names:
+            self._pk_names = names
+            self._pk = tuple(names)
+        return self._pk
+
+
+def _values(cols: list[dict[str, Any]], lay: _Layout) -> dict[str, Any]:
+    """Column values keyed by name; only the columns whose type needs it are converted."""
+    out = dict(zip(lay.names, [c.get("value") for c in cols], strict=True))
+    for name, conv in lay.convs:
+        v = out[name]
+        if v is not None:
+            out[name] = conv(v)
+    return out
+
+
+_NUMERIC_MARK = b'"typeoid":1700,"value":'
 
 
 def _exact_numerics(msg: dict[str, Any], raw: bytes) -> None:
-    """Replace numeric column values by their exact value from the message text.
+    """Replace numeric values that a double cannot hold by their exact value from the text.
 
-    A double keeps ~15 significant digits, so ``0.10000000000000001`` or a 20-digit integer
-    would silently change.  Integers become Python ints (unbounded); decimals stay floats only
-    when the float is exactly the decimal written, otherwise they become ``Decimal``.  Numeric
-    columns appear in the text in the same order as in ``columns`` then ``identity``.
+    wal2json 2.5 prints numerics bare (``"value":12.50``) and the JSON parser makes doubles of
+    them, which keep ~15 significant digits: ``0.10000000000000001`` or a 20-digit integer
+    would silently change.  Texts of at most 15 characters are always exact as parsed; longer
+    ones are re-read: integers become Python ints (unbounded), decimals stay floats only when
+    the float prints back as the same value, otherwise they become ``Decimal``.  Numeric columns
+    appear in the text in the same order as in ``columns`` then ``identity``.
     """
-    texts = _NUMERIC_RE.findall(raw)
-    pos = 0
+    texts: list[bytes] = []
+    find = raw.find
+    pos = find(_NUMERIC_MARK)
+    while pos >= 0:
+        start = pos + len(_NUMERIC_MARK)
+        end = start
+        n = len(raw)
+        while end < n and raw[end] not in b",}":
+            end += 1
+        texts.append(raw[start:end])
+        pos = find(_NUMERIC_MARK, end)
+    if all(len(t) <= 15 for t in texts):
+        return
+    it = iter(texts)
     for key in ("columns", "identity"):
         for c in msg.get(key) or ():
             if c.get("typeoid") != 1700:
                 continue
-            if pos >= len(texts):
-                return
-            text = texts[pos].decode()
-            pos += 1
-            if c.get("value") is None or text == "null" or text.startswith('"'):
-                continue
-            c["value"] = _exact_number(text)
+            text = next(it, b"null")
+            if len(text) > 15 and c.get("value") is not None and text[:1] != b'"':
+                c["value"] = _exact_number(text.decode())
 
 
 def _exact_number(text: str) -> Any:

@@ -27,9 +27,13 @@ log = logging.getLogger("relay.replication")
 
 # Postgres epoch (2000-01-01) in Unix seconds: status updates carry microseconds since then.
 _PG_EPOCH = 946_684_800
-_XLOGDATA = struct.Struct("!QQQ")
 _KEEPALIVE = struct.Struct("!QQB")
 _STATUS = struct.Struct("!cQQQQB")
+
+
+def _wake(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
 
 
 class ReplicationError(RuntimeError):
@@ -88,7 +92,7 @@ class ReplicationStream:
         self.received_lsn = Lsn(0)
         self.flushed_lsn = Lsn(0)
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
-        self._readable = asyncio.Event()
+        self._waiter: asyncio.Future[bool] | None = None
         self._last_status = 0.0
         self._closed = False
         self._fd: int | None = None
@@ -134,7 +138,7 @@ class ReplicationStream:
         # Remember the fd: once libpq drops a broken connection ``pgconn.socket`` raises, and a
         # reader left registered on the number would hijack the next socket that reuses it.
         self._fd = pgconn.socket
-        asyncio.get_running_loop().add_reader(self._fd, self._readable.set)
+        asyncio.get_running_loop().add_reader(self._fd, self._on_readable)
         self._last_status = time.monotonic()
 
     async def close(self) -> None:
@@ -166,52 +170,69 @@ class ReplicationStream:
         if lsn > self.flushed_lsn:
             self.flushed_lsn = lsn
 
-    async def messages(self, idle_timeout: float = 1.0) -> AsyncIterator[tuple[Lsn, bytes] | None]:
-        """Yield ``(wal_start, payload)`` for each XLogData; ``None`` when idle for a while.
+    async def batches(self, idle_timeout: float = 1.0) -> AsyncIterator[list[bytes]]:
+        """Yield the wal2json payloads available now, as a list; ``[]`` when idle a while.
 
-        Keepalives are answered here.  The ``None`` ticks let the caller run periodic work
-        (publication polls, status updates) without a second task touching the connection.
+        Draining everything libpq has buffered per wake-up (rather than one message per
+        iteration) is what keeps the read loop's overhead per change small.  Keepalives are
+        answered here; the empty ticks let the caller run periodic work (publication polls,
+        status updates) without a second task touching the connection.
         """
         assert self._conn is not None
         pgconn = self._conn.pgconn
+        loop = asyncio.get_running_loop()
+        get = pgconn.get_copy_data
         while True:
-            try:
-                nbytes, data = pgconn.get_copy_data(1)
-            except psycopg.Error as exc:
-                self._drop_reader()
-                raise ReplicationError(f"replication stream failed: {exc}") from exc
-            if nbytes == 0:
-                self._maybe_status(pgconn)
-                self._readable.clear()
+            batch: list[bytes] = []
+            while True:
                 try:
-                    await asyncio.wait_for(self._readable.wait(), idle_timeout)
-                except TimeoutError:
-                    yield None
-                try:
-                    pgconn.consume_input()
+                    nbytes, data = get(1)
                 except psycopg.Error as exc:
                     self._drop_reader()
-                    raise ReplicationError(f"replication connection lost: {exc}") from exc
-                continue
-            if nbytes < 0:
-                self._drop_reader()
-                msg = pgconn.error_message.decode(errors="replace").strip()
-                raise ReplicationError(f"replication stream ended: {msg or 'server closed the stream'}")
-            buf = bytes(data)
-            kind = buf[:1]
-            if kind == b"w":
-                start, end, _ = _XLOGDATA.unpack_from(buf, 1)
-                if end > self.received_lsn:
-                    self.received_lsn = Lsn(end)
-                yield Lsn(start), buf[25:]
+                    raise ReplicationError(f"replication stream failed: {exc}") from exc
+                if nbytes == 0:
+                    break
+                if nbytes < 0:
+                    self._drop_reader()
+                    msg = pgconn.error_message.decode(errors="replace").strip()
+                    raise ReplicationError(f"replication stream ended: {msg or 'server closed the stream'}")
+                kind = data[0]
+                if kind == 0x77:  # 'w' XLogData: header is start, end, clock (3 x int64)
+                    end = int.from_bytes(data[9:17], "big")
+                    if end > self.received_lsn:
+                        self.received_lsn = Lsn(end)
+                    batch.append(bytes(data[25:]))
+                elif kind == 0x6B:  # 'k' keepalive: wal end, clock, reply requested
+                    wal_end, _, reply = _KEEPALIVE.unpack_from(data, 1)
+                    if wal_end > self.received_lsn:
+                        self.received_lsn = Lsn(wal_end)
+                    if reply:
+                        self._send_status(pgconn, reply=False)
+            if batch:
+                yield batch
                 self._maybe_status(pgconn)
-            elif kind == b"k":
-                wal_end, _, reply = _KEEPALIVE.unpack_from(buf, 1)
-                if wal_end > self.received_lsn:
-                    self.received_lsn = Lsn(wal_end)
-                if reply:
-                    self._send_status(pgconn, reply=False)
-                yield None
+                continue
+            self._maybe_status(pgconn)
+            waiter = loop.create_future()
+            self._waiter = waiter
+            timer = loop.call_later(idle_timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not waiter.result():
+                yield []
+            try:
+                pgconn.consume_input()
+            except psycopg.Error as exc:
+                self._drop_reader()
+                raise ReplicationError(f"replication connection lost: {exc}") from exc
+
+    def _on_readable(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(True)
 
     def _maybe_status(self, pgconn: pq.abc.PGconn) -> None:
         if time.monotonic() - self._last_status >= self.status_interval:

@@ -53,7 +53,7 @@ class RelayServer:
             return 0
         cache = FrameCache(change)
         for chan, ids in plan:
-            chan.conn.push(cache.frame(chan.topic, ids, chan.vsn))
+            chan.conn.deliver(cache, chan.topic, ids)
         self.frames_queued += len(plan)
         return len(plan)
 
@@ -100,7 +100,7 @@ class RelayServer:
         )
         await ws.prepare(request)
         peer = str(request.remote)
-        conn = Connection(self, ws, vsn, claims, peer)
+        conn = Connection(self, ws, vsn, claims, peer, request)
         self.connections.add(conn)
         sender = asyncio.create_task(conn.sender())
         try:

@@ -19,8 +19,8 @@ from aiohttp import WSCloseCode, web
 
 from relay.core.changes import RowChange
 from relay.core.filters import BoundFilter, FilterError
-from relay.core.protocol import Frame, ProtocolError, encode, parse, reply
-from relay.core.subscriptions import BindingError, BindingSpec, parse_bindings
+from relay.core.protocol import Frame, ProtocolError, encode, parse, reply, ws_text_frame
+from relay.core.subscriptions import BindingError, BindingSpec, FrameCache, parse_bindings
 from relay.core.tokens import Claims, TokenError
 
 if TYPE_CHECKING:
@@ -65,14 +65,19 @@ class Connection:
     """Protocol handler and send queue of one WebSocket."""
 
     def __init__(self, server: RelayServer, ws: web.WebSocketResponse, vsn: str, claims: Claims,
-                 peer: str) -> None:
+                 peer: str, request: web.Request | None = None) -> None:
         self.server = server
         self.ws = ws
         self.vsn = vsn
         self.claims = claims
         self.peer = peer
         self.channels: dict[str, Channel] = {}
-        self.queue: deque[str] = deque()
+        # Without a compression extension frames are written as prebuilt bytes straight to the
+        # transport (shared by every socket that receives them, many per write); with
+        # compression each is sent through aiohttp, which compresses per socket.
+        self.raw = request is not None and not server.config.compression and request.transport is not None
+        self._protocol = request.protocol if request is not None else None
+        self.queue: deque[bytes | str] = deque()
         self._wake = asyncio.Event()
         self.closing = False
         self.close_reason = ""
@@ -80,7 +85,11 @@ class Connection:
         self.connected_at = time.time()
 
     # -- sending --------------------------------------------------------------------------
-    def push(self, text: str) -> None:
+    def deliver(self, cache: FrameCache, topic: str, ids: list[int]) -> None:
+        """Queue a fan-out frame from the change's shared encode-once cache."""
+        self.push(cache.wire(topic, ids, self.vsn) if self.raw else cache.frame(topic, ids, self.vsn))
+
+    def push(self, text: bytes | str) -> None:
         """Queue one encoded frame; drop the socket if its queue is over the bound."""
         if self.closing:
             return
@@ -94,7 +103,8 @@ class Connection:
         self._wake.set()
 
     def send_frame(self, frame: Frame) -> None:
-        self.push(encode(frame, self.vsn))
+        text = encode(frame, self.vsn)
+        self.push(ws_text_frame(text.encode()) if self.raw else text)
 
     def send_frame_error(self, reason: str) -> None:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
@@ -113,7 +123,6 @@ class Connection:
 
     async def sender(self) -> None:
         """Drain the queue in order; one task per socket so fan-out never awaits a socket."""
-        ws = self.ws
         q = self.queue
         try:
             while not self.closing:
@@ -121,11 +130,36 @@ class Connection:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                while q and not self.closing:
-                    await ws.send_str(q.popleft())
-                    self.sent += 1
+                if self.raw:
+                    await self._send_raw()
+                else:
+                    while q and not self.closing:
+                        item = q.popleft()
+                        await self.ws.send_str(item if isinstance(item, str) else item.decode())
+                        self.sent += 1
         except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send
             log.debug("send to %s failed: %s", self.peer, exc)
+
+    async def _send_raw(self) -> None:
+        """Write everything queued (up to 256 KiB) in one transport write, then respect flow control."""
+        q = self.queue
+        transport = self.ws._writer.transport if self.ws._writer is not None else None  # noqa: SLF001
+        if transport is None or transport.is_closing():
+            q.clear()
+            self.closing = True
+            return
+        chunk: list[bytes] = []
+        size = 0
+        while q and size < 262_144:
+            item = q.popleft()
+            b = item if isinstance(item, bytes) else item.encode()
+            chunk.append(b)
+            size += len(b)
+        transport.write(b"".join(chunk) if len(chunk) > 1 else chunk[0])
+        self.sent += len(chunk)
+        proto = self._protocol
+        if proto is not None and proto.writing_paused:
+            await proto._drain_helper()  # noqa: SLF001 - aiohttp's own flow-control waiter
 
     # -- receiving ------------------------------------------------------------------------
     async def handle_text(self, data: str) -> None:

@@ -76,9 +76,10 @@ class TestParseArray:
     def test_trailing_garbage_returned_unchanged(self) -> None:
         assert parse_array("{1,2}x") == "{1,2}x"
 
-    def test_unterminated_raises_value_error(self) -> None:
-        with pytest.raises(ValueError):
-            parse_array("{1,2")
+    def test_unterminated_returned_unchanged(self) -> None:
+        assert parse_array("{1,2") == "{1,2"
+        assert parse_array('{"a') == '{"a'
+        assert parse_array("{{1},") == "{{1},"
 
     def test_unicode(self) -> None:
         assert parse_array('{"é,ü","日本"}') == ["é,ü", "日本"]
@@ -247,14 +248,10 @@ class TestTypeRegistry:
         assert conv(3802, "jsonb")('{"x": [1, {"y": null}]}') == {"x": [1, {"y": None}]}
         assert conv(114, "json")("[1,2]") == [1, 2]
         assert conv(114, "json")("not json") == "not json"
-        assert conv(1700, "numeric")("NaN") == "NaN"
-        assert conv(1700, "numeric")("Infinity") == "Infinity"
-        assert conv(1700, "numeric")("1.10") == Decimal("1.10")
+        # wal2json prints numbers and booleans as JSON already: those values pass through as-is
+        # (exact numerics are restored by the decoder from the message text)
         assert conv(1700, "numeric")(Decimal("2.5")) == Decimal("2.5")
-        assert conv(20, "bigint")("9223372036854775807") == 9223372036854775807
         assert conv(20, "bigint")(7) == 7
-        assert conv(16, "boolean")("t") is True
-        assert conv(16, "boolean")("f") is False
         assert conv(16, "boolean")(True) is True
         assert conv(1114, "timestamp without time zone")("2026-01-02 03:04:05.5") == "2026-01-02T03:04:05.5"
         assert conv(1114, "timestamp without time zone")("infinity") == "infinity"
