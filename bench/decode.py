@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20_000, help="transactions to decode")
     args = ap.parse_args()
     lines = [ln.encode() for ln in FIXTURE.read_text().splitlines() if ln.strip()]
-    txs = [lines[i:i + 3] for i in range(0, len(lines), 3)]  # B, row, C
+    txs = [lines[i : i + 3] for i in range(0, len(lines), 3)]  # B, row, C
     work = [m for i in range(args.n) for m in txs[i % len(txs)]]
 
     t0 = time.perf_counter()

@@ -82,8 +82,14 @@ def _insert_sql(i: int, branch_ids: list[int], client_ids: list[int], notes: str
     )
 
 
-def _backlog_worker(dsn: str, ids: range, branch_ids: list[int], client_ids: list[int],
-                    errors: list[BaseException], batch: int = 250) -> None:
+def _backlog_worker(
+    dsn: str,
+    ids: range,
+    branch_ids: list[int],
+    client_ids: list[int],
+    errors: list[BaseException],
+    batch: int = 250,
+) -> None:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             # The WAL (and so what the slots decode) is the same; only the writer waits less.
@@ -107,8 +113,9 @@ def make_backlog(dsn: str, n: int, workers: int = 4) -> float:
     step = -(-n // workers)
     errors: list[BaseException] = []
     threads = [
-        threading.Thread(target=_backlog_worker,
-                         args=(dsn, range(k, min(k + step, n)), branch_ids, client_ids, errors))
+        threading.Thread(
+            target=_backlog_worker, args=(dsn, range(k, min(k + step, n)), branch_ids, client_ids, errors)
+        )
         for k in range(0, n, step)
     ]
     t0 = time.perf_counter()
@@ -157,7 +164,8 @@ def _proc_cpu(pid: int | None) -> float | None:
 def _slot_pid(dsn: str, slot: str) -> int | None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
-            "select active_pid from pg_replication_slots where slot_name = %s", (slot,)).fetchone()
+            "select active_pid from pg_replication_slots where slot_name = %s", (slot,)
+        ).fetchone()
     return int(row[0]) if row and row[0] else None
 
 
@@ -184,11 +192,23 @@ class _WalsenderWatch(threading.Thread):
 
 
 # -- (a) pg_recvlogical ---------------------------------------------------------------------------
-def run_pg_recvlogical(dsn: str, options: dict[str, str], endpos: str,
-                       timeout: float) -> tuple[float, float, float | None]:
+def run_pg_recvlogical(
+    dsn: str, options: dict[str, str], endpos: str, timeout: float
+) -> tuple[float, float, float | None]:
     """Returns (seconds, pg_recvlogical CPU seconds, walsender CPU seconds)."""
-    cmd = [str(find_pg_bin() / "pg_recvlogical"), "-d", dsn, "--start", "-S", SLOT_RECVLOGICAL,
-           "--no-loop", "-f", "/dev/null", "--endpos", endpos]
+    cmd = [
+        str(find_pg_bin() / "pg_recvlogical"),
+        "-d",
+        dsn,
+        "--start",
+        "-S",
+        SLOT_RECVLOGICAL,
+        "--no-loop",
+        "-f",
+        "/dev/null",
+        "--endpos",
+        endpos,
+    ]
     for k, v in options.items():
         cmd += ["-o", f"{k}={v}"]
     env = dict(os.environ, PGOPTIONS=SESSION_OPTIONS)
@@ -224,13 +244,23 @@ def subscriber_main(url: str, tok: str, n_backlog: int, pipe: Connection) -> Non
 
 
 async def _subscriber(url: str, tok: str, n_backlog: int, pipe: Connection) -> None:
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        url, params={"apikey": tok, "vsn": "1.0.0"}, max_msg_size=0, compress=0
-    ) as ws:
-        join = {"topic": "realtime:bench", "event": "phx_join", "ref": "1", "join_ref": "1",
-                "payload": {"config": {"broadcast": {"ack": False, "self": False}, "presence": {"key": ""},
-                                       "postgres_changes": [{"event": "*", "schema": "public",
-                                                             "table": "bookings"}]}}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, params={"apikey": tok, "vsn": "1.0.0"}, max_msg_size=0, compress=0) as ws,
+    ):
+        join = {
+            "topic": "realtime:bench",
+            "event": "phx_join",
+            "ref": "1",
+            "join_ref": "1",
+            "payload": {
+                "config": {
+                    "broadcast": {"ack": False, "self": False},
+                    "presence": {"key": ""},
+                    "postgres_changes": [{"event": "*", "schema": "public", "table": "bookings"}],
+                }
+            },
+        }
         await ws.send_str(orjson.dumps(join).decode())
         for _ in range(100):
             msg = await ws.receive(timeout=10)
@@ -252,8 +282,10 @@ async def _subscriber(url: str, tok: str, n_backlog: int, pipe: Connection) -> N
         while count < n_backlog:
             msg = await ws.receive(timeout=120)
             if msg.type != aiohttp.WSMsgType.TEXT:
-                raise RuntimeError(f"socket closed after {count} changes: {msg.type} {msg.data!r}"
-                                   f" {ws.close_code} {getattr(ws, 'close_reason', '')}")
+                raise RuntimeError(
+                    f"socket closed after {count} changes: {msg.type} {msg.data!r}"
+                    f" {ws.close_code} {getattr(ws, 'close_reason', '')}"
+                )
             if '"event":"postgres_changes"' in msg.data:
                 count += 1
                 if count == 1:
@@ -297,7 +329,8 @@ def _write_steady(dsn: str, rate: float, seconds: float) -> tuple[dict[int, floa
     n = int(rate * seconds)
     with psycopg.connect(dsn, autocommit=True) as conn:
         branch, client = conn.execute(
-            "select branch_id, id from public.clients order by id limit 1").fetchone() or (1, 1)
+            "select branch_id, id from public.clients order by id limit 1"
+        ).fetchone() or (1, 1)
         conn.execute(query, (branch, client, "warm-up"), prepare=True)  # prepare the statement
         start = time.monotonic() + 0.1
         hard_stop = start + 3 * seconds  # bounded even if the database cannot keep the pace
@@ -335,9 +368,11 @@ def _hold_slot(dsn: str, options: dict[str, str]) -> psycopg.Connection[Any]:
     """Occupy the relay's slot (active, never confirmed) so its stream waits for the subscriber."""
     conn = psycopg.connect(dsn, replication="database", autocommit=True)
     opts = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options.items())
-    conn.cursor().execute(sql.SQL("START_REPLICATION SLOT {} LOGICAL 0/0 ({})").format(
-        sql.Identifier(SLOT_RELAY), opts))
+        sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options.items()
+    )
+    conn.cursor().execute(
+        sql.SQL("START_REPLICATION SLOT {} LOGICAL 0/0 ({})").format(sql.Identifier(SLOT_RELAY), opts)
+    )
     return conn
 
 
@@ -358,14 +393,22 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-async def run_relay_phases(dsn: str, options: dict[str, str], n: int, rate: float, seconds: float,
-                           queue_frames: int) -> dict[str, Any]:
+async def run_relay_phases(
+    dsn: str, options: dict[str, str], n: int, rate: float, seconds: float, queue_frames: int
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     for name in ("relay.pipeline", "relay.socket"):
         logging.getLogger(name).addFilter(_ExpectedNoise())
     blocker = _hold_slot(dsn, options)
-    cfg = Config(database_url=dsn, jwt_secret=SECRET, host="127.0.0.1", port=0, slot=SLOT_RELAY,
-                 log_level="WARNING", socket_queue_frames=queue_frames)
+    cfg = Config(
+        database_url=dsn,
+        jwt_secret=SECRET,
+        host="127.0.0.1",
+        port=0,
+        slot=SLOT_RELAY,
+        log_level="WARNING",
+        socket_queue_frames=queue_frames,
+    )
     relay: RunningRelay = await start_relay(cfg, wait_ready=False)
     stream_started: list[float] = []
     ready = relay.pipeline.ready
@@ -394,10 +437,12 @@ async def run_relay_phases(dsn: str, options: dict[str, str], n: int, rate: floa
         ws_cpu1 = _proc_cpu(walsender)
         t0 = stream_started[0]
         out: dict[str, Any] = {
-            "relay_s": t_last - t0, "relay_rate": count / (t_last - t0),
+            "relay_s": t_last - t0,
+            "relay_rate": count / (t_last - t0),
             "first_change_after_s": t_first - t0,
             "first_to_last_rate": (count - 1) / (t_last - t_first) if t_last > t_first else 0.0,
-            "relay_cpu": relay_cpu, "subscriber_cpu": sub_cpu,
+            "relay_cpu": relay_cpu,
+            "subscriber_cpu": sub_cpu,
             "walsender_cpu": ws_cpu1 - ws_cpu0 if ws_cpu0 is not None and ws_cpu1 is not None else None,
         }
         # (c) latency at a steady rate
@@ -408,8 +453,9 @@ async def run_relay_phases(dsn: str, options: dict[str, str], n: int, rate: floa
         _, got = await _recv(sub_pipe, sub, 60, "the subscriber's latency samples")
         from_send = [(t - sent) * 1000 for _, t, sent in got]
         from_ack = [(t - acks[i]) * 1000 for i, t, _ in got if i in acks]
-        out.update(written=len(acks), received=len(got), achieved_rate=achieved,
-                   lat_send=from_send, lat_ack=from_ack)
+        out.update(
+            written=len(acks), received=len(got), achieved_rate=achieved, lat_send=from_send, lat_ack=from_ack
+        )
         return out
     finally:
         if not blocker.closed:
@@ -429,8 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=1000.0, help="latency run: transactions per second")
     ap.add_argument("--seconds", type=float, default=10.0, help="latency run: duration")
     ap.add_argument("--workers", type=int, default=4, help="connections creating the backlog")
-    ap.add_argument("--queue-frames", type=int, default=Config.socket_queue_frames,
-                    help="relay per-socket queue bound (RELAY_SOCKET_QUEUE_FRAMES)")
+    ap.add_argument(
+        "--queue-frames",
+        type=int,
+        default=Config.socket_queue_frames,
+        help="relay per-socket queue bound (RELAY_SOCKET_QUEUE_FRAMES)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.changes < 1 or args.rate <= 0 or not 0 < args.seconds <= 120:
@@ -446,17 +496,23 @@ def main(argv: list[str] | None = None) -> int:
             version = conn.execute("show server_version").fetchone()
             for slot in (SLOT_RECVLOGICAL, SLOT_RELAY):
                 conn.execute("select pg_create_logical_replication_slot(%s, 'wal2json')", (slot,))
-            tables = [(str(s), str(t)) for s, t in conn.execute(
-                "select schemaname, tablename from pg_publication_tables "
-                "where pubname = 'supabase_realtime' order by 1, 2")]
+            tables = [
+                (str(s), str(t))
+                for s, t in conn.execute(
+                    "select schemaname, tablename from pg_publication_tables "
+                    "where pubname = 'supabase_realtime' order by 1, 2"
+                )
+            ]
         options = wal2json_options(tables, MESSAGE_PREFIXES)
         print(f"postgres {version[0] if version else '?'}; published tables: {len(tables)}")
 
         n = args.changes
         backlog_s = make_backlog(dsn, n, args.workers)
         endpos = _end_of_wal(dsn)
-        print(f"backlog: {n} single-row INSERT transactions in {backlog_s:.1f}s "
-              f"({n / backlog_s:,.0f} TPS, {args.workers} connections); end LSN {endpos}")
+        print(
+            f"backlog: {n} single-row INSERT transactions in {backlog_s:.1f}s "
+            f"({n / backlog_s:,.0f} TPS, {args.workers} connections); end LSN {endpos}"
+        )
 
         recv_s, recv_cpu, recv_ws_cpu = run_pg_recvlogical(dsn, options, endpos, timeout=600)
         recv_rate = n / recv_s
@@ -466,22 +522,32 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute("select pg_drop_replication_slot(%s)", (SLOT_RECVLOGICAL,))
 
         r = asyncio.run(run_relay_phases(dsn, options, n, args.rate, args.seconds, args.queue_frames))
-        print(f"(b) relay -> 1 WebSocket subscriber: {n} changes in {r['relay_s']:.2f}s = "
-              f"{r['relay_rate']:,.0f} changes/s "
-              f"(first change after {r['first_change_after_s'] * 1000:.0f} ms; "
-              f"first->last {r['first_to_last_rate']:,.0f}/s)")
-        print(f"    CPU: relay process {r['relay_cpu']:.2f}s ({r['relay_cpu'] / n * 1e6:.0f} us/change), "
-              f"subscriber {r['subscriber_cpu']:.2f}s, walsender {_fmt_cpu(r['walsender_cpu'])}")
+        print(
+            f"(b) relay -> 1 WebSocket subscriber: {n} changes in {r['relay_s']:.2f}s = "
+            f"{r['relay_rate']:,.0f} changes/s "
+            f"(first change after {r['first_change_after_s'] * 1000:.0f} ms; "
+            f"first->last {r['first_to_last_rate']:,.0f}/s)"
+        )
+        print(
+            f"    CPU: relay process {r['relay_cpu']:.2f}s ({r['relay_cpu'] / n * 1e6:.0f} us/change), "
+            f"subscriber {r['subscriber_cpu']:.2f}s, walsender {_fmt_cpu(r['walsender_cpu'])}"
+        )
         print(f"    ratio relay / pg_recvlogical = {r['relay_rate'] / recv_rate:.2f}x (target >= 0.80x)")
         ls, la = r["lat_send"], r["lat_ack"]
-        print(f"(c) latency at {args.rate:,.0f} TPS target for {args.seconds:.0f}s: writer achieved "
-              f"{r['achieved_rate']:,.0f} TPS; {r['received']}/{r['written']} changes received")
+        print(
+            f"(c) latency at {args.rate:,.0f} TPS target for {args.seconds:.0f}s: writer achieved "
+            f"{r['achieved_rate']:,.0f} TPS; {r['received']}/{r['written']} changes received"
+        )
         if ls:
-            print(f"    commit->client (send stamp before INSERT+COMMIT): p50 {_pct(ls, 0.5):.2f} ms, "
-                  f"p99 {_pct(ls, 0.99):.2f} ms, max {max(ls):.2f} ms")
+            print(
+                f"    commit->client (send stamp before INSERT+COMMIT): p50 {_pct(ls, 0.5):.2f} ms, "
+                f"p99 {_pct(ls, 0.99):.2f} ms, max {max(ls):.2f} ms"
+            )
         if la:
-            print(f"    commit ack->client (lower bound):                 p50 {_pct(la, 0.5):.2f} ms, "
-                  f"p99 {_pct(la, 0.99):.2f} ms, max {max(la):.2f} ms")
+            print(
+                f"    commit ack->client (lower bound):                 p50 {_pct(la, 0.5):.2f} ms, "
+                f"p99 {_pct(la, 0.99):.2f} ms, max {max(la):.2f} ms"
+            )
         return 0
     finally:
         cluster.stop()

@@ -30,7 +30,9 @@ EPILOG = "Environment:\n" + "\n".join(f"  {var:<26} {desc}" for var, desc in ENV
 def _db_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", help="Postgres URL (env RELAY_DATABASE_URL)")
     p.add_argument("--slot", help="replication slot name (env RELAY_SLOT, default realtime_relay)")
-    p.add_argument("--publication", help="publication name (env RELAY_PUBLICATION, default supabase_realtime)")
+    p.add_argument(
+        "--publication", help="publication name (env RELAY_PUBLICATION, default supabase_realtime)"
+    )
 
 
 def _jwt_args(p: argparse.ArgumentParser) -> None:
@@ -55,39 +57,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (env RELAY_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("serve", help="run the relay against RELAY_DATABASE_URL", epilog=EPILOG, formatter_class=fmt,
-                       description="Run the relay: migrate (unless --no-migrate), preflight, then stream and serve.")
+    p = sub.add_parser(
+        "serve",
+        help="run the relay against RELAY_DATABASE_URL",
+        epilog=EPILOG,
+        formatter_class=fmt,
+        description="Run the relay: migrate (unless --no-migrate), preflight, then stream and serve.",
+    )
     _db_args(p)
     _jwt_args(p)
     _server_args(p)
     p.add_argument("--no-migrate", action="store_true", help="do not apply migrations at start-up")
 
-    p = sub.add_parser("migrate", help="apply the realtime schema migrations", formatter_class=fmt,
-                       description="Apply numbered, idempotent migrations from sql/migrations (and sql/demo with --demo).")
+    p = sub.add_parser(
+        "migrate",
+        help="apply the realtime schema migrations",
+        formatter_class=fmt,
+        description="Apply numbered, idempotent migrations from sql/migrations (and sql/demo with --demo).",
+    )
     _db_args(p)
     p.add_argument("--demo", action="store_true", help="also apply the demo schema (sql/demo)")
 
-    p = sub.add_parser("demo", help="run everything locally: throwaway Postgres, demo tables, writer, relay",
-                       formatter_class=fmt, epilog=EPILOG,
-                       description="Start a throwaway Postgres (unless RELAY_DATABASE_URL is set), apply migrations and "
-                                   "the demo schema, run a writer producing activity and serve the relay. Ctrl-C stops "
-                                   "everything it started.")
+    p = sub.add_parser(
+        "demo",
+        help="run everything locally: throwaway Postgres, demo tables, writer, relay",
+        formatter_class=fmt,
+        epilog=EPILOG,
+        description="Start a throwaway Postgres (unless RELAY_DATABASE_URL is set), apply migrations and "
+        "the demo schema, run a writer producing activity and serve the relay. Ctrl-C stops "
+        "everything it started.",
+    )
     _db_args(p)
     _jwt_args(p)
     _server_args(p)
-    p.add_argument("--rate", type=float, default=2.0, help="demo writer transactions per second (0 = no writer)")
+    p.add_argument(
+        "--rate", type=float, default=2.0, help="demo writer transactions per second (0 = no writer)"
+    )
 
-    p = sub.add_parser("token", help="mint a development JWT (HS256)", formatter_class=fmt,
-                       description="Print an HS256 token signed with RELAY_JWT_SECRET / --jwt-secret.")
+    p = sub.add_parser(
+        "token",
+        help="mint a development JWT (HS256)",
+        formatter_class=fmt,
+        description="Print an HS256 token signed with RELAY_JWT_SECRET / --jwt-secret.",
+    )
     p.add_argument("--jwt-secret", help="HS256 secret (env RELAY_JWT_SECRET)")
     p.add_argument("--role", default="authenticated", help="role claim (default authenticated)")
     p.add_argument("--sub", help="sub claim (user id)")
-    p.add_argument("--claim", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra claim; VALUE is parsed as JSON when it can be (repeatable)")
+    p.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra claim; VALUE is parsed as JSON when it can be (repeatable)",
+    )
     p.add_argument("--ttl", type=int, default=3600, help="seconds until exp (default 3600)")
 
-    p = sub.add_parser("tables", help="enable, disable or list realtime tables", formatter_class=fmt,
-                       description="Manage which tables stream (adds them to the publication with REPLICA IDENTITY FULL).")
+    p = sub.add_parser(
+        "tables",
+        help="enable, disable or list realtime tables",
+        formatter_class=fmt,
+        description="Manage which tables stream (adds them to the publication with REPLICA IDENTITY FULL).",
+    )
     tsub = p.add_subparsers(dest="tables_command", metavar="ACTION", required=True)
     for name, helptext in (("enable", "enable a table"), ("disable", "disable a table")):
         tp = tsub.add_parser(name, help=helptext, description=f"{helptext.capitalize()} for realtime.")
@@ -96,21 +126,38 @@ def build_parser() -> argparse.ArgumentParser:
     tp = tsub.add_parser("list", help="list enabled tables", description="List enabled tables.")
     _db_args(tp)
 
-    p = sub.add_parser("tail", help="print decoded changes as JSON lines", formatter_class=fmt,
-                       description="Stream changes of the enabled tables to stdout, one JSON object per line. Uses a "
-                                   "temporary slot: it never advances or holds the relay's slot.")
+    p = sub.add_parser(
+        "tail",
+        help="print decoded changes as JSON lines",
+        formatter_class=fmt,
+        description="Stream changes of the enabled tables to stdout, one JSON object per line. Uses a "
+        "temporary slot: it never advances or holds the relay's slot.",
+    )
     _db_args(p)
     p.add_argument("--count", type=int, default=0, help="stop after N changes (0 = run until Ctrl-C)")
 
-    p = sub.add_parser("check", help="preflight report", formatter_class=fmt,
-                       description="Check wal_level, wal2json, privileges, publication, replica identity and slot lag.")
+    p = sub.add_parser(
+        "check",
+        help="preflight report",
+        formatter_class=fmt,
+        description="Check wal_level, wal2json, privileges, publication, replica identity and slot lag.",
+    )
     _db_args(p)
     return parser
 
 
 def _config(args: argparse.Namespace) -> Config:
-    keys = ("database_url", "slot", "publication", "jwt_secret", "jwt_public_key", "jwt_jwks", "host", "port",
-            "log_level")
+    keys = (
+        "database_url",
+        "slot",
+        "publication",
+        "jwt_secret",
+        "jwt_public_key",
+        "jwt_jwks",
+        "host",
+        "port",
+        "log_level",
+    )
     return Config.from_env(**{k: getattr(args, k, None) for k in keys})
 
 
@@ -196,8 +243,10 @@ def cmd_tables(args: argparse.Namespace, cfg: Config) -> int:
             if not rows:
                 print("no tables enabled (relay tables enable public.<table>)")
             for t in rows:
-                print(f"{t.schema}.{t.name}\treplica identity {t.replica_identity}"
-                      f"{'' if t.has_primary_key else '  (no primary key!)'}")
+                print(
+                    f"{t.schema}.{t.name}\treplica identity {t.replica_identity}"
+                    f"{'' if t.has_primary_key else '  (no primary key!)'}"
+                )
             return 0
         fn = enable_table if args.tables_command == "enable" else disable_table
         for name in args.table:
@@ -251,8 +300,15 @@ async def _tail(cfg: Config, count: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     slot = f"relay_tail_{secrets.token_hex(4)}"
-    pipeline = Pipeline(dsn, catalog, sink, slot=slot, publication=cfg.publication, temporary_slot=True,
-                        poll_interval=cfg.publication_poll_interval)
+    pipeline = Pipeline(
+        dsn,
+        catalog,
+        sink,
+        slot=slot,
+        publication=cfg.publication,
+        temporary_slot=True,
+        poll_interval=cfg.publication_poll_interval,
+    )
     try:
         await pipeline.run(stop)
     finally:
@@ -263,7 +319,9 @@ async def _tail(cfg: Config, count: int) -> int:
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     from relay.demo import run_demo
 
-    return asyncio.run(run_demo(cfg, rate=args.rate, port_given=args.port is not None or "RELAY_PORT" in os.environ))
+    return asyncio.run(
+        run_demo(cfg, rate=args.rate, port_given=args.port is not None or "RELAY_PORT" in os.environ)
+    )
 
 
 _COMMANDS = {

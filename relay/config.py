@@ -66,9 +66,13 @@ class Config:
                 if (v.startswith("@") or name != "jwt_secret") and _looks_like_path(path):
                     try:
                         text = Path(path).read_text()
-                        out = (replace(out, jwt_public_key=text) if name == "jwt_public_key"
-                               else replace(out, jwt_jwks=text) if name == "jwt_jwks"
-                               else replace(out, jwt_secret=text.strip()))
+                        out = (
+                            replace(out, jwt_public_key=text)
+                            if name == "jwt_public_key"
+                            else replace(out, jwt_jwks=text)
+                            if name == "jwt_jwks"
+                            else replace(out, jwt_secret=text.strip())
+                        )
                     except OSError as exc:
                         raise ConfigError(f"{ENV_VARS[name][0]}: cannot read {path}: {exc}") from None
         if not (1 <= out.port <= 65535):
@@ -112,7 +116,10 @@ def _coerce(name: str, var: str, raw: str, typ: Any) -> Any:
 
 # field -> (environment variable, description).  README's configuration table mirrors this.
 ENV_VARS: dict[str, tuple[str, str]] = {
-    "database_url": ("RELAY_DATABASE_URL", "Postgres URL (needs REPLICATION). Unset for `relay demo`: a throwaway local cluster"),
+    "database_url": (
+        "RELAY_DATABASE_URL",
+        "Postgres URL (needs REPLICATION). Unset for `relay demo`: a throwaway local cluster",
+    ),
     "jwt_secret": ("RELAY_JWT_SECRET", "HS256 secret that signs client tokens"),
     "jwt_public_key": ("RELAY_JWT_PUBLIC_KEY", "PEM public key (RS256/ES256), inline or a file path"),
     "jwt_jwks": ("RELAY_JWT_JWKS", "JWKS document (inline JSON or a file path) for RS256/ES256 keys"),
@@ -121,7 +128,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "slot": ("RELAY_SLOT", "Name of the persistent logical replication slot"),
     "publication": ("RELAY_PUBLICATION", "Publication whose tables are streamed"),
     "max_frame_bytes": ("RELAY_MAX_FRAME_BYTES", "Largest client frame accepted"),
-    "socket_queue_frames": ("RELAY_SOCKET_QUEUE_FRAMES", "Frames queued per socket before it is dropped as too slow"),
+    "socket_queue_frames": (
+        "RELAY_SOCKET_QUEUE_FRAMES",
+        "Frames queued per socket before it is dropped as too slow",
+    ),
     "heartbeat_timeout": ("RELAY_HEARTBEAT_TIMEOUT", "Seconds of client silence before a socket is closed"),
     "publication_poll_interval": ("RELAY_PUBLICATION_POLL", "Seconds between publication membership checks"),
     "compression": ("RELAY_COMPRESSION", "Allow permessage-deflate (costs CPU, disables shared frames)"),

@@ -42,7 +42,7 @@ def banner(url: str, service_token: str, user_token: str, dsn: str, embedded: bo
     """What the demo prints: enough to subscribe from realtime-js or realtime-py right away."""
     return f"""
 ================================================================================
- relay demo is running{' on a throwaway Postgres' if embedded else ''}
+ relay demo is running{" on a throwaway Postgres" if embedded else ""}
 --------------------------------------------------------------------------------
  WebSocket URL : {url}
  Postgres      : {dsn}
@@ -53,9 +53,11 @@ def banner(url: str, service_token: str, user_token: str, dsn: str, embedded: bo
 
  realtime-js (node, npm i @supabase/realtime-js ws):
    const {{ RealtimeClient }} = require('@supabase/realtime-js')
-   const client = new RealtimeClient('{url}', {{ params: {{ apikey: '{service_token}' }}, transport: require('ws') }})
+   const client = new RealtimeClient('{url}',
+     {{ params: {{ apikey: '{service_token}' }}, transport: require('ws') }})
    client.channel('dash')
-     .on('postgres_changes', {{ event: '*', schema: 'public', table: 'bookings' }}, (p) => console.log(p.eventType, p.new, p.old))
+     .on('postgres_changes', {{ event: '*', schema: 'public', table: 'bookings' }},
+         (p) => console.log(p.eventType, p.new, p.old))
      .subscribe((status) => console.log(status))
 
  realtime-py (pip install realtime):
@@ -71,7 +73,7 @@ def banner(url: str, service_token: str, user_token: str, dsn: str, embedded: bo
        await asyncio.sleep(3600)
    asyncio.run(main())
 
- Ctrl-C stops the relay, the writer{' and Postgres' if embedded else ''}.
+ Ctrl-C stops the relay, the writer{" and Postgres" if embedded else ""}.
 ================================================================================
 """
 
@@ -107,8 +109,13 @@ async def run_demo(cfg: Config, *, rate: float = 2.0, port_given: bool = False) 
             writer = asyncio.create_task(run_demo_writer(dsn, rate=rate, stop=stop))
         if secret:
             service = mint(secret, role="service_role", ttl=86400)
-            user = mint(secret, role="authenticated", sub="00000000-0000-4000-8000-000000000001", ttl=86400,
-                        claims={"branch_id": 1})
+            user = mint(
+                secret,
+                role="authenticated",
+                sub="00000000-0000-4000-8000-000000000001",
+                ttl=86400,
+                claims={"branch_id": 1},
+            )
         else:
             service = user = "(sign your own token with your key)"
         print(banner(relay.url, service, user, dsn, cluster is not None), flush=True)

@@ -134,16 +134,21 @@ class Pipeline:
             self.stats.tables = [f"{s}.{t}" for s, t in tables]
             self.stats.last_error = None
             self._publish()
-            log.info("streaming slot %s from %s; tables: %s", self.slot, stream.start_lsn,
-                     ", ".join(self.stats.tables) or "(none)")
+            log.info(
+                "streaming slot %s from %s; tables: %s",
+                self.slot,
+                stream.start_lsn,
+                ", ".join(self.stats.tables) or "(none)",
+            )
             self.ready.set()
             await self._consume(stream, decoder, tables, stop)
         finally:
             self.stats.streaming = False
             await stream.close()
 
-    async def _consume(self, stream: ReplicationStream, decoder: Decoder,
-                       tables: list[tuple[str, str]], stop: asyncio.Event) -> None:
+    async def _consume(
+        self, stream: ReplicationStream, decoder: Decoder, tables: list[tuple[str, str]], stop: asyncio.Event
+    ) -> None:
         skipping = False
         restart_after_commit = False
         next_poll = time.monotonic() + self.poll_interval

@@ -28,8 +28,16 @@ log = logging.getLogger("relay")
 class RunningRelay:
     """Handles of a started relay: its server, pipeline, bound port and stop event."""
 
-    def __init__(self, server: RelayServer, pipeline: Pipeline, runner: web.AppRunner, port: int,
-                 task: asyncio.Task[None], stop: asyncio.Event, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        server: RelayServer,
+        pipeline: Pipeline,
+        runner: web.AppRunner,
+        port: int,
+        task: asyncio.Task[None],
+        stop: asyncio.Event,
+        catalog: Catalog,
+    ) -> None:
         self.server = server
         self.pipeline = pipeline
         self.runner = runner
@@ -57,7 +65,9 @@ class RunningRelay:
         await self.catalog.close()
 
 
-async def start_relay(config: Config, *, wait_ready: bool = True, ready_timeout: float = 30.0) -> RunningRelay:
+async def start_relay(
+    config: Config, *, wait_ready: bool = True, ready_timeout: float = 30.0
+) -> RunningRelay:
     """Start server and pipeline; returns once the replication stream runs (if ``wait_ready``)."""
     dsn = config.require_database()
     config.require_jwt()
@@ -70,8 +80,13 @@ async def start_relay(config: Config, *, wait_ready: bool = True, ready_timeout:
         server.status = stats.as_dict()
 
     pipeline = Pipeline(
-        dsn, catalog, server.dispatch, slot=config.slot, publication=config.publication,
-        poll_interval=config.publication_poll_interval, on_status=on_status,
+        dsn,
+        catalog,
+        server.dispatch,
+        slot=config.slot,
+        publication=config.publication,
+        poll_interval=config.publication_poll_interval,
+        on_status=on_status,
     )
     stop = asyncio.Event()
     runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)
@@ -79,7 +94,7 @@ async def start_relay(config: Config, *, wait_ready: bool = True, ready_timeout:
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
     port = config.port
-    if port == 0 and site._server is not None:  # noqa: SLF001 - aiohttp exposes no public accessor
+    if port == 0 and site._server is not None:
         sockets = getattr(site._server, "sockets", None)
         if sockets:
             port = sockets[0].getsockname()[1]
@@ -87,7 +102,9 @@ async def start_relay(config: Config, *, wait_ready: bool = True, ready_timeout:
     relay = RunningRelay(server, pipeline, runner, port, task, stop, catalog)
     if wait_ready:
         ready = asyncio.create_task(pipeline.ready.wait())
-        done, _ = await asyncio.wait({ready, task}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {ready, task}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if ready not in done:
             ready.cancel()
             err = server.status.get("last_error") or "timed out"
@@ -96,7 +113,9 @@ async def start_relay(config: Config, *, wait_ready: bool = True, ready_timeout:
     return relay
 
 
-async def run_until_stopped(config: Config, on_started: Callable[[RunningRelay], Awaitable[None]] | None = None) -> None:
+async def run_until_stopped(
+    config: Config, on_started: Callable[[RunningRelay], Awaitable[None]] | None = None
+) -> None:
     """``relay serve``: run until SIGINT/SIGTERM."""
     relay = await start_relay(config, wait_ready=False)
     loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ no I/O, so the pure logic can be tested from fixtures.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -41,7 +41,7 @@ class Lsn(int):
         return f"Lsn('{self}')"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """The three row events clients subscribe to; the value is the wire spelling."""
 
     INSERT = "INSERT"

@@ -32,8 +32,9 @@ SUPPORTED_VSN = ("1.0.0", "2.0.0")
 class ProtocolError(ValueError):
     """A client frame that cannot be understood; ``str()`` is safe to send back."""
 
-    def __init__(self, message: str, topic: str | None = None, ref: str | None = None,
-                 join_ref: str | None = None) -> None:
+    def __init__(
+        self, message: str, topic: str | None = None, ref: str | None = None, join_ref: str | None = None
+    ) -> None:
         super().__init__(message)
         self.topic = topic
         self.ref = ref

@@ -95,7 +95,9 @@ def parse_bindings(entries: Any) -> list[BindingSpec]:
             except FilterError as exc:
                 raise BindingError(str(exc)) from None
         out.append(
-            BindingSpec(event, schema, table, flt, e, binding_id(event, schema, table, flt.text if flt else None))
+            BindingSpec(
+                event, schema, table, flt, e, binding_id(event, schema, table, flt.text if flt else None)
+            )
         )
     return out
 

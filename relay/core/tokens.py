@@ -56,7 +56,9 @@ class Verifier:
 
     def __post_init__(self) -> None:
         if not (self.secret or self.public_key or self.jwks):
-            raise ValueError("no JWT key configured: set RELAY_JWT_SECRET, RELAY_JWT_PUBLIC_KEY or RELAY_JWT_JWKS")
+            raise ValueError(
+                "no JWT key configured: set RELAY_JWT_SECRET, RELAY_JWT_PUBLIC_KEY or RELAY_JWT_JWKS"
+            )
         if self.jwks:
             doc = json.loads(self.jwks)
             keys = doc.get("keys", [doc]) if isinstance(doc, dict) else doc
@@ -83,7 +85,11 @@ class Verifier:
         elif alg in _ASYM:
             if self.jwks:
                 kid = header.get("kid")
-                jwk = self._jwk_by_kid.get(kid) if kid else (self._jwk_list[0] if len(self._jwk_list) == 1 else None)
+                jwk = (
+                    self._jwk_by_kid.get(kid)
+                    if kid
+                    else (self._jwk_list[0] if len(self._jwk_list) == 1 else None)
+                )
                 if jwk is None:
                     raise TokenError("JwtSignatureError", f"No JWKS key matches kid {kid!r}")
                 key = jwk.key

@@ -39,7 +39,9 @@ class DecodeError(ValueError):
     """A wal2json message the relay cannot interpret (a bug or an unsupported wal2json)."""
 
 
-def wal2json_options(tables: list[tuple[str, str]], msg_prefixes: tuple[str, ...] = ("realtime",)) -> dict[str, str]:
+def wal2json_options(
+    tables: list[tuple[str, str]], msg_prefixes: tuple[str, ...] = ("realtime",)
+) -> dict[str, str]:
     """The option set for START_REPLICATION, restricted to ``tables`` and our message prefixes.
 
     wal2json's ``add-tables`` takes ``schema.table`` with ``\\`` escaping for ``,`` and ``.``
@@ -103,7 +105,7 @@ class Decoder:
             return Begin(self._xid, lsn, end, self._timestamp)
         if action == "C":
             # B already carried the same lsn/nextlsn/timestamp: reuse what was parsed there
-            lsn = self._commit_lsn if "lsn" in msg else self._commit_lsn
+            lsn = self._commit_lsn
             nxt = msg.get("nextlsn")
             end = self._end_lsn if nxt == self._end_text else (Lsn.parse(nxt) if nxt else lsn)
             ts_text = msg.get("timestamp")
@@ -194,8 +196,14 @@ class _Layout:
 
     __slots__ = ("_pk", "_pk_names", "column_types", "columns", "convs", "names", "oids")
 
-    def __init__(self, names: list[str], oids: list[Any], columns: tuple[Column, ...],
-                 column_types: dict[str, str], convs: list[tuple[str, Converter]]) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        oids: list[Any],
+        columns: tuple[Column, ...],
+        column_types: dict[str, str],
+        convs: list[tuple[str, Converter]],
+    ) -> None:
         self.names = names
         self.oids = oids
         self.columns = columns

@@ -36,6 +36,9 @@ def _wake(fut: asyncio.Future[bool]) -> None:
         fut.set_result(False)
 
 
+_ZERO = Lsn(0)
+
+
 class ReplicationError(RuntimeError):
     """The replication connection failed or ended; the caller reconnects with backoff."""
 
@@ -59,9 +62,7 @@ async def ensure_slot(dsn: str, slot: str) -> bool:
                     "slot name (RELAY_SLOT)"
                 )
             return False
-        cur = await conn.execute(
-            "select 1 from pg_replication_slots where slot_name = %s", (slot,)
-        )
+        cur = await conn.execute("select 1 from pg_replication_slots where slot_name = %s", (slot,))
         if await cur.fetchone() is not None:
             raise ReplicationError(
                 f"slot {slot!r} belongs to another database: pick another slot name (RELAY_SLOT)"
@@ -79,7 +80,7 @@ class ReplicationStream:
         dsn: str,
         slot: str,
         options: Mapping[str, str],
-        start_lsn: Lsn = Lsn(0),
+        start_lsn: Lsn = _ZERO,
         status_interval: float = 1.0,
         temporary: bool = False,
     ) -> None:

@@ -114,7 +114,9 @@ class RelayServer:
                 if msg.type == WSMsgType.TEXT:
                     await conn.handle_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    conn.send_frame_error("binary frames are only used for broadcast, which is not supported yet")
+                    conn.send_frame_error(
+                        "binary frames are only used for broadcast, which is not supported yet"
+                    )
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     break
         finally:

@@ -64,8 +64,15 @@ class Channel:
 class Connection:
     """Protocol handler and send queue of one WebSocket."""
 
-    def __init__(self, server: RelayServer, ws: web.WebSocketResponse, vsn: str, claims: Claims,
-                 peer: str, request: web.Request | None = None) -> None:
+    def __init__(
+        self,
+        server: RelayServer,
+        ws: web.WebSocketResponse,
+        vsn: str,
+        claims: Claims,
+        peer: str,
+        request: web.Request | None = None,
+    ) -> None:
         self.server = server
         self.ws = ws
         self.vsn = vsn
@@ -143,7 +150,7 @@ class Connection:
     async def _send_raw(self) -> None:
         """Write everything queued (up to 256 KiB) in one transport write, then respect flow control."""
         q = self.queue
-        transport = self.ws._writer.transport if self.ws._writer is not None else None  # noqa: SLF001
+        transport = self.ws._writer.transport if self.ws._writer is not None else None
         if transport is None or transport.is_closing():
             q.clear()
             self.closing = True
@@ -159,7 +166,7 @@ class Connection:
         self.sent += len(chunk)
         proto = self._protocol
         if proto is not None and proto.writing_paused:
-            await proto._drain_helper()  # noqa: SLF001 - aiohttp's own flow-control waiter
+            await proto._drain_helper()
 
     # -- receiving ------------------------------------------------------------------------
     async def handle_text(self, data: str) -> None:
@@ -173,15 +180,29 @@ class Connection:
             self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", {"reason": reason}))
             return
         if too_large:
-            self.send_frame(reply(frame.topic, frame.ref, frame.join_ref, "error",
-                                  {"reason": f"frame too large: limit is {limit} bytes"}))
+            self.send_frame(
+                reply(
+                    frame.topic,
+                    frame.ref,
+                    frame.join_ref,
+                    "error",
+                    {"reason": f"frame too large: limit is {limit} bytes"},
+                )
+            )
             return
         try:
             await self.dispatch(frame)
         except Exception:  # a handler bug must not take the socket or the server down
             log.exception("error handling %s on %s", frame.event, frame.topic)
-            self.send_frame(reply(frame.topic, frame.ref, frame.join_ref, "error",
-                                  {"reason": "internal error handling the message"}))
+            self.send_frame(
+                reply(
+                    frame.topic,
+                    frame.ref,
+                    frame.join_ref,
+                    "error",
+                    {"reason": "internal error handling the message"},
+                )
+            )
 
     async def dispatch(self, f: Frame) -> None:
         if f.event == "heartbeat" and f.topic == "phoenix":
@@ -202,16 +223,30 @@ class Connection:
             self.refresh_token(chan, f.payload)
             return
         if f.event in ("broadcast", "presence"):
-            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error",
-                                  {"reason": f"{f.event} is not supported by this relay yet"}))
+            self.send_frame(
+                reply(
+                    f.topic,
+                    f.ref,
+                    f.join_ref,
+                    "error",
+                    {"reason": f"{f.event} is not supported by this relay yet"},
+                )
+            )
             return
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": f"unknown event {f.event!r}"}))
 
     # -- channels -------------------------------------------------------------------------
     async def join(self, f: Frame) -> None:
         if not f.topic.startswith("realtime:"):
-            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error",
-                                  {"reason": "UnknownTopic: topics are realtime:<channel name>"}))
+            self.send_frame(
+                reply(
+                    f.topic,
+                    f.ref,
+                    f.join_ref,
+                    "error",
+                    {"reason": "UnknownTopic: topics are realtime:<channel name>"},
+                )
+            )
             return
         old = self.channels.get(f.topic)
         if old is not None:  # a second join replaces the first (Phoenix semantics)
@@ -227,8 +262,18 @@ class Connection:
             self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": exc.reason}))
             return
         if str(config.get("private", False)).lower() == "true":
-            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {
-                "reason": "Unauthorized: private channels need topic policies, which this relay does not have yet"}))
+            self.send_frame(
+                reply(
+                    f.topic,
+                    f.ref,
+                    f.join_ref,
+                    "error",
+                    {
+                        "reason": "Unauthorized: private channels need topic policies, "
+                        "which this relay does not have yet"
+                    },
+                )
+            )
             return
         try:
             specs = parse_bindings(config.get("postgres_changes"))
@@ -248,9 +293,18 @@ class Connection:
         response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
         if specs:
-            self.send_frame(Frame(f.topic, "system", {
-                "channel": chan.name, "extension": "postgres_changes", "status": "ok",
-                "message": "Subscribed to PostgreSQL"}))
+            self.send_frame(
+                Frame(
+                    f.topic,
+                    "system",
+                    {
+                        "channel": chan.name,
+                        "extension": "postgres_changes",
+                        "status": "ok",
+                        "message": "Subscribed to PostgreSQL",
+                    },
+                )
+            )
 
     async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
         if spec.table is None:
@@ -264,7 +318,7 @@ class Connection:
         if ctype is None:
             raise BindingError(
                 f'invalid filter "{spec.filter.text}": column "{spec.filter.column}" does not exist '
-                f'in {spec.schema}.{spec.table}'
+                f"in {spec.schema}.{spec.table}"
             )
         return spec.filter.bind(ctype)
 
@@ -299,8 +353,13 @@ class Connection:
         self._token_error(chan, f"Token has expired {int(time.time() - float(exp))} seconds ago")
 
     def _token_error(self, chan: Channel, message: str) -> None:
-        self.send_frame(Frame(chan.topic, "system", {
-            "channel": chan.name, "extension": "system", "status": "error", "message": message}))
+        self.send_frame(
+            Frame(
+                chan.topic,
+                "system",
+                {"channel": chan.name, "extension": "system", "status": "error", "message": message},
+            )
+        )
         self.close_channel(chan)
 
     def teardown(self) -> None:

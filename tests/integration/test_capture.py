@@ -72,16 +72,19 @@ async def test_replication_connection_drop_loses_nothing(pg_dsn: str) -> None:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 for _ in range(n):
                     row = conn.execute(
-                        "insert into alerts (branch_id, severity, kind, title) values (1, 'info', 'system', 't') "
-                        "returning id").fetchone()
+                        "insert into alerts (branch_id, severity, kind, title) "
+                        "values (1, 'info', 'system', 't') returning id"
+                    ).fetchone()
                     assert row is not None
                     ids.append(int(row[0]))
 
         await asyncio.to_thread(write, 5)
         # Kill the walsender: the relay must reconnect and resume from the slot.
-        await asyncio.to_thread(_exec, pg_dsn,
-                                "select pg_terminate_backend(active_pid) from pg_replication_slots "
-                                "where slot_name = 'drop_test'")
+        await asyncio.to_thread(
+            _exec,
+            pg_dsn,
+            "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = 'drop_test'",
+        )
         await asyncio.to_thread(write, 5)  # written while the relay is (re)connecting
         got: list[int] = []
         deadline = time.monotonic() + 20
@@ -104,19 +107,26 @@ async def test_change_committed_after_subscribed_is_never_missed(pg_dsn: str) ->
                 r = await c.join(f"n{i}", [{"event": "INSERT", "schema": "public", "table": "tasks"}])
                 assert r["payload"]["status"] == "ok"
                 rows = await asyncio.to_thread(
-                    _exec, pg_dsn,
+                    _exec,
+                    pg_dsn,
                     "insert into tasks (branch_id, title, owner_id) values (1, %s, gen_random_uuid()) "
-                    "returning id", (f"t{i}",))
+                    "returning id",
+                    (f"t{i}",),
+                )
                 m = await c.recv_until(lambda m: m["event"] == "postgres_changes", timeout=5)
                 assert m["payload"]["data"]["record"]["id"] == rows[0][0]
 
 
 async def test_token_expiry_closes_channel(pg_dsn: str) -> None:
     async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
-        r = await c.join("exp", [{"event": "*", "schema": "public", "table": "tasks"}], access_token=token(ttl=2))
+        r = await c.join(
+            "exp", [{"event": "*", "schema": "public", "table": "tasks"}], access_token=token(ttl=2)
+        )
         assert r["payload"]["status"] == "ok"
         t0 = time.monotonic()
-        sysmsg = await c.recv_until(lambda m: m["event"] == "system" and m["payload"]["status"] == "error", timeout=5)
+        sysmsg = await c.recv_until(
+            lambda m: m["event"] == "system" and m["payload"]["status"] == "error", timeout=5
+        )
         assert "Token has expired" in sysmsg["payload"]["message"]
         assert sysmsg["payload"]["extension"] == "system"
         close = await c.recv_until(lambda m: m["event"] == "phx_close", timeout=2)
@@ -151,6 +161,7 @@ async def test_raw_alter_publication_drop_stops_stream(pg_dsn: str) -> None:
         await c.join("t", [{"event": "INSERT", "schema": "public", "table": "tasks"}])
         await asyncio.to_thread(_exec, pg_dsn, "alter publication supabase_realtime drop table public.tasks")
         await _wait_for(lambda: "public.tasks" not in relay.server.status.get("tables", []), 5)
-        await asyncio.to_thread(_exec, pg_dsn,
-                                "insert into tasks (branch_id, title, owner_id) values (1, 'x', gen_random_uuid())")
+        await asyncio.to_thread(
+            _exec, pg_dsn, "insert into tasks (branch_id, title, owner_id) values (1, 'x', gen_random_uuid())"
+        )
         assert _changes(await c.collect(1.0)) == []

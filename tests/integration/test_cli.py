@@ -26,27 +26,61 @@ pytestmark = pytest.mark.pg
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def relay_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-              check: bool = False) -> subprocess.CompletedProcess[str]:
+def relay_cmd(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    res = subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True, text=True,
-                         timeout=timeout, env=full_env, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=ROOT,
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"relay {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
 
 
-@pytest.mark.parametrize("cmd", [[], ["serve"], ["migrate"], ["demo"], ["token"], ["tables"], ["tables", "enable"],
-                                 ["tables", "list"], ["tail"], ["check"]])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        [],
+        ["serve"],
+        ["migrate"],
+        ["demo"],
+        ["token"],
+        ["tables"],
+        ["tables", "enable"],
+        ["tables", "list"],
+        ["tail"],
+        ["check"],
+    ],
+)
 def test_help_everywhere(cmd: list[str]) -> None:
     res = relay_cmd(*cmd, "--help", check=True)
     assert "usage: relay" in res.stdout
 
 
 def test_token_command() -> None:
-    res = relay_cmd("token", "--role", "authenticated", "--sub", "u1", "--claim", "branch_id=7",
-                    "--claim", 'branches=[1,2]', "--claim", "name=bob", "--ttl", "60",
-                    env={"RELAY_JWT_SECRET": SECRET}, check=True)
+    res = relay_cmd(
+        "token",
+        "--role",
+        "authenticated",
+        "--sub",
+        "u1",
+        "--claim",
+        "branch_id=7",
+        "--claim",
+        "branches=[1,2]",
+        "--claim",
+        "name=bob",
+        "--ttl",
+        "60",
+        env={"RELAY_JWT_SECRET": SECRET},
+        check=True,
+    )
     claims = jwt.decode(res.stdout.strip(), SECRET, algorithms=["HS256"])
     assert claims["role"] == "authenticated" and claims["sub"] == "u1"
     assert claims["branch_id"] == 7 and claims["branches"] == [1, 2] and claims["name"] == "bob"
@@ -89,14 +123,22 @@ def test_tail_prints_json_lines(pg_dsn: str) -> None:
     apply_migrations(pg_dsn)
     apply_demo_schema(pg_dsn)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RELAY_DATABASE_URL": pg_dsn}
-    proc = subprocess.Popen([sys.executable, "-m", "relay", "tail", "--count", "2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "tail", "--count", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         deadline = time.monotonic() + 20
         # keep writing until tail has attached its temporary slot and printed two changes
         while proc.poll() is None and time.monotonic() < deadline:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
-                conn.execute("insert into alerts (branch_id, severity, kind, title) values (1, 'info', 'x', 'tail')")
+                conn.execute(
+                    "insert into alerts (branch_id, severity, kind, title) values (1, 'info', 'x', 'tail')"
+                )
             time.sleep(0.3)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -106,20 +148,33 @@ def test_tail_prints_json_lines(pg_dsn: str) -> None:
     assert len(lines) == 2, err
     assert lines[0]["table"] == "alerts" and lines[0]["type"] == "INSERT" and "position" in lines[0]
     with psycopg.connect(pg_dsn) as conn:  # the temporary slot is gone with its connection
-        assert conn.execute("select count(*) from pg_replication_slots where slot_name like 'relay_tail_%'"
-                            ).fetchone() == (0,)
+        assert conn.execute(
+            "select count(*) from pg_replication_slots where slot_name like 'relay_tail_%'"
+        ).fetchone() == (0,)
 
 
 def test_serve_against_existing_database(pg_dsn: str) -> None:
     """`relay migrate` + `relay serve` on a given RELAY_DATABASE_URL, then enable any table."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("create table public.orders (id int primary key, total numeric)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RELAY_DATABASE_URL": pg_dsn, "RELAY_JWT_SECRET": SECRET,
-           "RELAY_PORT": str(_free_port()), "RELAY_SLOT": "serve_test"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RELAY_DATABASE_URL": pg_dsn,
+        "RELAY_JWT_SECRET": SECRET,
+        "RELAY_PORT": str(_free_port()),
+        "RELAY_SLOT": "serve_test",
+    }
     relay_cmd("migrate", env=env, check=True)
     relay_cmd("tables", "enable", "public.orders", env=env, check=True)
-    proc = subprocess.Popen([sys.executable, "-m", "relay", "serve"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         got = asyncio.run(_subscribe_and_write(int(env["RELAY_PORT"]), pg_dsn))
         assert got["record"] == {"id": 1, "total": 9.5}
@@ -156,8 +211,18 @@ async def _subscribe_and_write(port: int, dsn: str) -> dict[str, Any]:
                 raise TimeoutError("relay serve did not become healthy")
             await asyncio.sleep(0.2)
         async with s.ws_connect(url, params={"apikey": mint(SECRET, role="service_role")}) as ws:
-            await ws.send_json({"topic": "realtime:o", "event": "phx_join", "ref": "1", "payload": {
-                "config": {"postgres_changes": [{"event": "*", "schema": "public", "table": "orders"}]}}})
+            await ws.send_json(
+                {
+                    "topic": "realtime:o",
+                    "event": "phx_join",
+                    "ref": "1",
+                    "payload": {
+                        "config": {
+                            "postgres_changes": [{"event": "*", "schema": "public", "table": "orders"}]
+                        }
+                    },
+                }
+            )
             reply = await ws.receive_json(timeout=10)
             assert reply["payload"]["status"] == "ok", reply
             with psycopg.connect(dsn, autocommit=True) as conn:
@@ -172,8 +237,14 @@ def test_demo_command_end_to_end() -> None:
     """`relay demo` with no database: throwaway Postgres, writer, banner; Ctrl-C cleans up."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RELAY_DATABASE_URL": "", "RELAY_PORT": str(_free_port())}
     env.pop("RELAY_JWT_SECRET", None)
-    proc = subprocess.Popen([sys.executable, "-m", "relay", "demo", "--rate", "20"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "demo", "--rate", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         assert proc.stdout is not None
         banner = ""
@@ -203,9 +274,20 @@ def test_demo_command_end_to_end() -> None:
 
 async def _first_booking_change(url: str, tok: str) -> dict[str, Any]:
     ws_url = url.replace("ws://", "http://") + "/websocket"
-    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url, params={"apikey": tok, "vsn": "1.0.0"}) as ws:
-        await ws.send_json({"topic": "realtime:d", "event": "phx_join", "ref": "1", "payload": {
-            "config": {"postgres_changes": [{"event": "*", "schema": "public", "table": "bookings"}]}}})
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(ws_url, params={"apikey": tok, "vsn": "1.0.0"}) as ws,
+    ):
+        await ws.send_json(
+            {
+                "topic": "realtime:d",
+                "event": "phx_join",
+                "ref": "1",
+                "payload": {
+                    "config": {"postgres_changes": [{"event": "*", "schema": "public", "table": "bookings"}]}
+                },
+            }
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             m = await ws.receive_json(timeout=30)

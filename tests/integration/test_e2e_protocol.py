@@ -26,8 +26,8 @@ def _new_booking(dsn: str, branch: int = 1, status: str = "pending") -> int:
     rows = _exec(
         dsn,
         "insert into bookings (branch_id, client_id, service, status, starts_at, ends_at, price) "
-        "select %s, (select id from clients order by id limit 1), 'haircut', %s, now(), now() + interval '1 hour', "
-        "42.50 returning id",
+        "select %s, (select id from clients order by id limit 1), 'haircut', %s, "
+        "now(), now() + interval '1 hour', 42.50 returning id",
         (branch, status),
     )
     return int(rows[0][0])
@@ -45,8 +45,12 @@ async def test_insert_update_delete_flow(pg_dsn: str, vsn: str) -> None:
         (binding,) = reply["payload"]["response"]["postgres_changes"]
         assert binding["table"] == "bookings" and isinstance(binding["id"], int) and binding["id"] != 0
         sysmsg = await c.recv_until(lambda m: m["event"] == "system")
-        assert sysmsg["payload"] == {"channel": "dash", "extension": "postgres_changes", "status": "ok",
-                                     "message": "Subscribed to PostgreSQL"}
+        assert sysmsg["payload"] == {
+            "channel": "dash",
+            "extension": "postgres_changes",
+            "status": "ok",
+            "message": "Subscribed to PostgreSQL",
+        }
         t0 = time.monotonic()
         bid = await asyncio.to_thread(_new_booking, pg_dsn)
         ins = await c.recv_until(_is_change)
@@ -63,7 +67,9 @@ async def test_insert_update_delete_flow(pg_dsn: str, vsn: str) -> None:
         assert "old_record" not in data and data["errors"] is None
         assert latency < 2.0
 
-        await asyncio.to_thread(_exec, pg_dsn, "update bookings set status = 'confirmed' where id = %s", (bid,))
+        await asyncio.to_thread(
+            _exec, pg_dsn, "update bookings set status = 'confirmed' where id = %s", (bid,)
+        )
         upd = (await c.recv_until(_is_change))["payload"]["data"]
         assert upd["type"] == "UPDATE" and upd["record"]["status"] == "confirmed"
         assert upd["old_record"]["status"] == "pending"
@@ -75,18 +81,31 @@ async def test_insert_update_delete_flow(pg_dsn: str, vsn: str) -> None:
 
 async def test_filters_and_event_types(pg_dsn: str) -> None:
     async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
-        reply = await c.join("f", [
-            {"event": "INSERT", "schema": "public", "table": "bookings", "filter": "branch_id=eq.2"},
-            {"event": "DELETE", "schema": "public", "table": "bookings", "filter": "branch_id=in.(1,3)"},
-        ])
+        reply = await c.join(
+            "f",
+            [
+                {"event": "INSERT", "schema": "public", "table": "bookings", "filter": "branch_id=eq.2"},
+                {"event": "DELETE", "schema": "public", "table": "bookings", "filter": "branch_id=in.(1,3)"},
+            ],
+        )
         assert reply["payload"]["status"] == "ok"
         ids = [b["id"] for b in reply["payload"]["response"]["postgres_changes"]]
-        assert len(set(ids)) == 2 and reply["payload"]["response"]["postgres_changes"][0]["filter"] == "branch_id=eq.2"
+        assert (
+            len(set(ids)) == 2
+            and reply["payload"]["response"]["postgres_changes"][0]["filter"] == "branch_id=eq.2"
+        )
         b1 = await asyncio.to_thread(_new_booking, pg_dsn, 1)  # not delivered (INSERT only for branch 2)
         b2 = await asyncio.to_thread(_new_booking, pg_dsn, 2)  # delivered
         await asyncio.to_thread(_exec, pg_dsn, "delete from bookings where id in (%s, %s)", (b1, b2))
         got = [m for m in await c.collect(2.0) if _is_change(m)]
-        seen = [(m["payload"]["data"]["type"], (m["payload"]["data"].get("record") or m["payload"]["data"]["old_record"])["id"], m["payload"]["ids"]) for m in got]
+        seen = [
+            (
+                m["payload"]["data"]["type"],
+                (m["payload"]["data"].get("record") or m["payload"]["data"]["old_record"])["id"],
+                m["payload"]["ids"],
+            )
+            for m in got
+        ]
         assert seen == [("INSERT", b2, [ids[0]]), ("DELETE", b1, [ids[1]])]
 
 
@@ -102,10 +121,16 @@ async def test_bad_input_gets_errors_and_socket_survives(pg_dsn: str) -> None:
     async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
         await c.send_raw("{not json")
         err = await c.recv()
-        assert err["payload"]["status"] == "error" and "malformed JSON" in err["payload"]["response"]["reason"]
-        r = await c.join("x", [{"event": "*", "schema": "public", "table": "bookings", "filter": "branch_id=zz.1"}])
+        assert (
+            err["payload"]["status"] == "error" and "malformed JSON" in err["payload"]["response"]["reason"]
+        )
+        r = await c.join(
+            "x", [{"event": "*", "schema": "public", "table": "bookings", "filter": "branch_id=zz.1"}]
+        )
         assert r["payload"]["status"] == "error" and "unknown operator" in r["payload"]["response"]["reason"]
-        r = await c.join("x", [{"event": "*", "schema": "public", "table": "bookings", "filter": "nope=eq.1"}])
+        r = await c.join(
+            "x", [{"event": "*", "schema": "public", "table": "bookings", "filter": "nope=eq.1"}]
+        )
         assert "does not exist" in r["payload"]["response"]["reason"]
         r = await c.join("x", [{"event": "*", "schema": "public", "table": "no_such_table"}])
         assert r["payload"]["status"] == "error"
@@ -117,7 +142,10 @@ async def test_bad_input_gets_errors_and_socket_survives(pg_dsn: str) -> None:
         ref = await c.send("realtime:x", "phx_join", {"config": {}})
         assert (await c.recv_until(lambda m: m["ref"] == ref))["payload"]["status"] == "ok"
         ref = await c.send("realtime:x", "bogus_event", {})
-        assert "unknown event" in (await c.recv_until(lambda m: m["ref"] == ref))["payload"]["response"]["reason"]
+        assert (
+            "unknown event"
+            in (await c.recv_until(lambda m: m["ref"] == ref))["payload"]["response"]["reason"]
+        )
         big = "x" * (relay.server.config.max_frame_bytes + 10)
         ref = await c.send("realtime:x", "broadcast", {"payload": big})
         m = await c.recv_until(lambda m: m["ref"] == ref)

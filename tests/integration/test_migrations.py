@@ -47,7 +47,9 @@ def _replica_identity(dsn: str, table: str) -> str:
     )
 
 
-def _messages(dsn: str, slot: str, ops: tuple[str, ...] = ("enable_table", "disable_table")) -> list[dict[str, object]]:
+def _messages(
+    dsn: str, slot: str, ops: tuple[str, ...] = ("enable_table", "disable_table")
+) -> list[dict[str, object]]:
     """The realtime logical messages (of the given ops) decoded so far from a wal2json slot."""
     rows = _fetchall(
         dsn,

@@ -17,8 +17,10 @@ pytestmark = pytest.mark.pg
 def _insert(dsn: str, n: int, ids: list[int]) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(n):
-            row = conn.execute("insert into alerts (branch_id, severity, kind, title) "
-                               "values (1, 'warning', 'restart', 'r') returning id").fetchone()
+            row = conn.execute(
+                "insert into alerts (branch_id, severity, kind, title) "
+                "values (1, 'warning', 'restart', 'r') returning id"
+            ).fetchone()
             assert row is not None
             ids.append(int(row[0]))
 
@@ -79,8 +81,9 @@ async def test_join_works_right_after_postgres_restart() -> None:
             await asyncio.to_thread(cluster.start)
             relay.server.catalog._tables.clear()
             async with PhoenixClient.connect(relay) as c:
-                r = await c.join("a", [{"event": "*", "schema": "public", "table": "alerts",
-                                        "filter": "branch_id=eq.1"}])
+                r = await c.join(
+                    "a", [{"event": "*", "schema": "public", "table": "alerts", "filter": "branch_id=eq.1"}]
+                )
                 assert r["payload"]["status"] == "ok", r
     finally:
         cluster.stop()

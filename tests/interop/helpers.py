@@ -8,8 +8,22 @@ from typing import Any
 import psycopg
 
 BOOKING_COLUMNS = [
-    "id", "branch_id", "client_id", "staff_id", "owner_id", "assignee_id", "service", "status",
-    "starts_at", "ends_at", "price", "tags", "details", "notes", "created_at", "updated_at",
+    "id",
+    "branch_id",
+    "client_id",
+    "staff_id",
+    "owner_id",
+    "assignee_id",
+    "service",
+    "status",
+    "starts_at",
+    "ends_at",
+    "price",
+    "tags",
+    "details",
+    "notes",
+    "created_at",
+    "updated_at",
 ]
 
 

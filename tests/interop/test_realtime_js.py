@@ -46,15 +46,22 @@ def node_env() -> str:
         _unavailable("node is not installed")
         raise AssertionError("unreachable")
     installed = (JS_DIR / "node_modules" / "@supabase" / "realtime-js" / "package.json").is_file() and (
-        JS_DIR / "node_modules" / "ws" / "package.json").is_file()
+        JS_DIR / "node_modules" / "ws" / "package.json"
+    ).is_file()
     if not installed:
         npm = shutil.which("npm")
         if npm is None:
             _unavailable("npm is not installed")
             raise AssertionError("unreachable")
         try:
-            proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, capture_output=True,
-                                  text=True, timeout=300, check=False)
+            proc = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund"],
+                cwd=JS_DIR,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             _unavailable("npm ci timed out")
             raise AssertionError("unreachable") from None
@@ -74,8 +81,10 @@ class NodeSubscriber:
         assert self.proc.stdout is not None
         raw = await asyncio.wait_for(self.proc.stdout.readline(), within)
         if not raw:
-            raise AssertionError(f"node exited early (rc={await self._rc()}); lines so far: {self.lines}; "
-                                 f"stderr: {await self._stderr()}")
+            raise AssertionError(
+                f"node exited early (rc={await self._rc()}); lines so far: {self.lines}; "
+                f"stderr: {await self._stderr()}"
+            )
         obj = json.loads(raw)
         self.lines.append(obj)
         return obj
@@ -123,15 +132,39 @@ class NodeSubscriber:
 
 
 @contextlib.asynccontextmanager
-async def subscriber(node: str, url: str, *, count: int, table: str = "bookings", event: str = "*",
-                     filter: str = "", vsn: str = "", heartbeat_ms: int = 0,
-                     timeout_ms: int = 15000) -> AsyncIterator[NodeSubscriber]:
-    env = {**os.environ, "RT_URL": url, "RT_TOKEN": token(), "RT_TABLE": table, "RT_EVENT": event,
-           "RT_FILTER": filter, "RT_VSN": vsn, "RT_COUNT": str(count), "RT_TIMEOUT_MS": str(timeout_ms),
-           "RT_HEARTBEAT_MS": str(heartbeat_ms)}
+async def subscriber(
+    node: str,
+    url: str,
+    *,
+    count: int,
+    table: str = "bookings",
+    event: str = "*",
+    filter: str = "",
+    vsn: str = "",
+    heartbeat_ms: int = 0,
+    timeout_ms: int = 15000,
+) -> AsyncIterator[NodeSubscriber]:
+    env = {
+        **os.environ,
+        "RT_URL": url,
+        "RT_TOKEN": token(),
+        "RT_TABLE": table,
+        "RT_EVENT": event,
+        "RT_FILTER": filter,
+        "RT_VSN": vsn,
+        "RT_COUNT": str(count),
+        "RT_TIMEOUT_MS": str(timeout_ms),
+        "RT_HEARTBEAT_MS": str(heartbeat_ms),
+    }
     proc = await asyncio.create_subprocess_exec(
-        node, str(SCRIPT), cwd=JS_DIR, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        node,
+        str(SCRIPT),
+        cwd=JS_DIR,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         yield NodeSubscriber(proc)
     finally:
@@ -151,8 +184,10 @@ def _check_common(p: dict[str, Any], event_type: str) -> None:
 
 @pytest.mark.parametrize("vsn", ["", "1.0.0"], ids=["default-vsn2", "vsn1"])
 async def test_insert_update_delete(pg_dsn: str, node_env: str, vsn: str) -> None:
-    async with running_relay(pg_dsn) as relay, subscriber(node_env, relay.url, count=3, vsn=vsn,
-                                                          heartbeat_ms=200) as sub:
+    async with (
+        running_relay(pg_dsn) as relay,
+        subscriber(node_env, relay.url, count=3, vsn=vsn, heartbeat_ms=200) as sub,
+    ):
         first = await sub.next_line()
         assert first["vsn"] == (vsn or "2.0.0")
         assert f"vsn={vsn or '2.0.0'}" in first["endpoint"] and "/realtime/v1/websocket?" in first["endpoint"]
@@ -183,8 +218,10 @@ async def test_insert_update_delete(pg_dsn: str, node_env: str, vsn: str) -> Non
 
 
 async def test_filter_receives_only_matching_rows(pg_dsn: str, node_env: str) -> None:
-    async with running_relay(pg_dsn) as relay, subscriber(node_env, relay.url, count=2,
-                                                          filter="branch_id=eq.2") as sub:
+    async with (
+        running_relay(pg_dsn) as relay,
+        subscriber(node_env, relay.url, count=2, filter="branch_id=eq.2") as sub,
+    ):
         await sub.wait_subscribed()
         b1 = await insert_booking(pg_dsn, branch=1)
         b2 = await insert_booking(pg_dsn, branch=2)
@@ -198,8 +235,10 @@ async def test_filter_receives_only_matching_rows(pg_dsn: str, node_env: str) ->
 
 
 async def test_insert_only_binding(pg_dsn: str, node_env: str) -> None:
-    async with running_relay(pg_dsn) as relay, subscriber(node_env, relay.url, count=2,
-                                                          event="INSERT") as sub:
+    async with (
+        running_relay(pg_dsn) as relay,
+        subscriber(node_env, relay.url, count=2, event="INSERT") as sub,
+    ):
         await sub.wait_subscribed()
         bid = await insert_booking(pg_dsn)
         await set_status(pg_dsn, bid, "confirmed")
@@ -211,8 +250,10 @@ async def test_insert_only_binding(pg_dsn: str, node_env: str) -> None:
 
 
 async def test_bad_filter_reports_channel_error(pg_dsn: str, node_env: str) -> None:
-    async with running_relay(pg_dsn) as relay, subscriber(node_env, relay.url, count=1,
-                                                          filter="branch_id=zz.1") as sub:
+    async with (
+        running_relay(pg_dsn) as relay,
+        subscriber(node_env, relay.url, count=1, filter="branch_id=zz.1") as sub,
+    ):
         line = await sub.wait_for(lambda m: "status" in m)
         assert line["status"] == "CHANNEL_ERROR" and "unknown operator" in line["error"], line
         assert await asyncio.wait_for(sub.proc.wait(), WAIT) == 1

@@ -36,8 +36,11 @@ def client_errors(caplog: pytest.LogCaptureFixture) -> ClientErrors:
     caplog.set_level(logging.ERROR, logger="realtime")
 
     def errors() -> list[str]:
-        return [r.getMessage() for r in caplog.records
-                if r.name.startswith("realtime") and r.levelno >= logging.ERROR]
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name.startswith("realtime") and r.levelno >= logging.ERROR
+        ]
 
     return errors
 
@@ -164,8 +167,9 @@ async def test_filter_receives_only_matching_rows(pg_dsn: str, client_errors: Cl
     async with running_relay(pg_dsn) as relay, connected(relay.url, token()) as client:
         changes: asyncio.Queue[Any] = asyncio.Queue()
         channel = client.channel("branch2")
-        channel.on_postgres_changes("*", schema="public", table="bookings", filter="branch_id=eq.2",
-                                    callback=changes.put_nowait)
+        channel.on_postgres_changes(
+            "*", schema="public", table="bookings", filter="branch_id=eq.2", callback=changes.put_nowait
+        )
         await subscribe(channel)
         (cb,) = channel.postgres_changes_callbacks
 
@@ -221,8 +225,9 @@ async def test_event_specific_bindings(pg_dsn: str, client_errors: ClientErrors)
 async def test_bad_filter_reports_channel_error(pg_dsn: str) -> None:
     async with running_relay(pg_dsn) as relay, connected(relay.url, token()) as client:
         channel = client.channel("bad")
-        channel.on_postgres_changes("*", schema="public", table="bookings", filter="branch_id=zz.1",
-                                    callback=lambda p: None)
+        channel.on_postgres_changes(
+            "*", schema="public", table="bookings", filter="branch_id=zz.1", callback=lambda p: None
+        )
         statuses: list[tuple[RealtimeSubscribeStates, Exception | None]] = []
         await asyncio.wait_for(channel.subscribe(lambda s, e: statuses.append((s, e))), WAIT)
         (status, err), *_ = statuses

@@ -50,22 +50,31 @@ class PhoenixClient:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, relay: RunningRelay, tok: str | None = None, vsn: str = "1.0.0",
-                      path: str = "/realtime/v1/websocket") -> AsyncIterator[PhoenixClient]:
+    async def connect(
+        cls,
+        relay: RunningRelay,
+        tok: str | None = None,
+        vsn: str = "1.0.0",
+        path: str = "/realtime/v1/websocket",
+    ) -> AsyncIterator[PhoenixClient]:
         url = f"http://127.0.0.1:{relay.port}{path}"
         async with aiohttp.ClientSession() as session:
             params = {"apikey": tok or token(), "vsn": vsn}
             async with session.ws_connect(url, params=params) as ws:
                 yield cls(ws, session, vsn)
 
-    async def send(self, topic: str, event: str, payload: Any, join_ref: str | None = None,
-                   ref: str | None = "auto") -> str | None:
+    async def send(
+        self, topic: str, event: str, payload: Any, join_ref: str | None = None, ref: str | None = "auto"
+    ) -> str | None:
         r = str(next(self._refs)) if ref == "auto" else ref
         if self.vsn == "2.0.0":
             await self.ws.send_str(orjson.dumps([join_ref, r, topic, event, payload]).decode())
         else:
-            await self.ws.send_str(orjson.dumps(
-                {"topic": topic, "event": event, "payload": payload, "ref": r, "join_ref": join_ref}).decode())
+            await self.ws.send_str(
+                orjson.dumps(
+                    {"topic": topic, "event": event, "payload": payload, "ref": r, "join_ref": join_ref}
+                ).decode()
+            )
         return r
 
     async def send_raw(self, text: str) -> None:
@@ -82,7 +91,9 @@ class PhoenixClient:
         self.inbox.append(obj)
         return obj
 
-    async def recv_until(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    async def recv_until(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -99,15 +110,22 @@ class PhoenixClient:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 out.append(await self.recv(left))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 break
         return out
 
-    async def join(self, channel: str, bindings: list[dict[str, Any]], access_token: str | None = None,
-                   **config: Any) -> dict[str, Any]:
+    async def join(
+        self, channel: str, bindings: list[dict[str, Any]], access_token: str | None = None, **config: Any
+    ) -> dict[str, Any]:
         topic = f"realtime:{channel}"
-        payload: dict[str, Any] = {"config": {"broadcast": {"ack": False, "self": False},
-                                              "presence": {"key": ""}, "postgres_changes": bindings, **config}}
+        payload: dict[str, Any] = {
+            "config": {
+                "broadcast": {"ack": False, "self": False},
+                "presence": {"key": ""},
+                "postgres_changes": bindings,
+                **config,
+            }
+        }
         if access_token:
             payload["access_token"] = access_token
         ref = await self.send(topic, "phx_join", payload, join_ref="j" + str(next(self._refs)))
