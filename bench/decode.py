@@ -29,8 +29,7 @@ class _Sub:
     topic = "realtime:bench"
     vsn = "1.0.0"
 
-    def may_see(self, change: RowChange) -> bool:
-        return True
+    claims = {"role": "service_role"}
 
 
 def main() -> None:
@@ -62,8 +61,9 @@ def main() -> None:
         ev = dec.decode(m)
         if isinstance(ev, RowChange):
             cache = FrameCache(ev)
-            for s, ids in index.plan(ev):
-                cache.frame(s.topic, ids, s.vsn)
+            deliveries, _ = index.route(ev, lambda sub, which: True)
+            for d in deliveries:
+                cache.wire(d.sub.topic, d.ids, d.sub.vsn)
     full = time.perf_counter() - t0
 
     n = args.n

@@ -35,6 +35,7 @@ class Config:
     socket_queue_frames: int = 10_000
     heartbeat_timeout: float = 60.0
     publication_poll_interval: float = 1.0
+    policy_poll_interval: float = 2.0
     compression: bool = False
     log_level: str = "INFO"
 
@@ -134,6 +135,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "heartbeat_timeout": ("RELAY_HEARTBEAT_TIMEOUT", "Seconds of client silence before a socket is closed"),
     "publication_poll_interval": ("RELAY_PUBLICATION_POLL", "Seconds between publication membership checks"),
+    "policy_poll_interval": (
+        "RELAY_POLICY_POLL",
+        "Seconds between row policy reloads (also reloaded on change)",
+    ),
     "compression": ("RELAY_COMPRESSION", "Allow permessage-deflate (costs CPU, disables shared frames)"),
     "log_level": ("RELAY_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
 }

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,13 +69,14 @@ class Pipeline:
         self,
         dsn: str,
         catalog: Catalog,
-        sink: Callable[[RowChange], object],
+        sink: Callable[[RowChange], Awaitable[None] | None],
         *,
         slot: str,
         publication: str,
         poll_interval: float = 1.0,
         temporary_slot: bool = False,
         on_status: Callable[[PipelineStats], None] | None = None,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
         max_backoff: float = 10.0,
     ) -> None:
         self.dsn = dsn
@@ -86,6 +87,7 @@ class Pipeline:
         self.poll_interval = poll_interval
         self.temporary_slot = temporary_slot
         self.on_status = on_status
+        self.on_message = on_message
         self.max_backoff = max_backoff
         self.types = TypeRegistry()
         self.stats = PipelineStats()
@@ -178,7 +180,9 @@ class Pipeline:
                 if type(event) is RowChange:
                     if not skipping:
                         stats.changes += 1
-                        sink(event)
+                        pending = sink(event)
+                        if pending is not None:  # a policy needs Postgres: keep commit order
+                            await pending
                 elif type(event) is Begin:
                     skipping = self.last_commit != 0 and event.commit_lsn <= self.last_commit
                 elif type(event) is Commit:
@@ -194,17 +198,21 @@ class Pipeline:
                         stream.force_status()
                         raise _Restart()
                 elif type(event) is Message:
-                    if event.prefix == MESSAGE_PREFIX and not skipping and _is_table_op(event.content):
-                        restart_after_commit = True
+                    if event.prefix == MESSAGE_PREFIX and not skipping:
+                        msg = _parse_message(event.content)
+                        if msg.get("op") in _TABLE_OPS:
+                            restart_after_commit = True
+                        elif self.on_message is not None:
+                            self.on_message(msg)
 
     def _publish(self) -> None:
         if self.on_status is not None:
             self.on_status(self.stats)
 
 
-def _is_table_op(content: str) -> bool:
+def _parse_message(content: str) -> dict[str, Any]:
     try:
         msg = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return False
-    return isinstance(msg, dict) and msg.get("op") in _TABLE_OPS
+        return {}
+    return msg if isinstance(msg, dict) else {}

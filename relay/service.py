@@ -18,6 +18,7 @@ from relay.config import Config
 from relay.core.tokens import Verifier
 from relay.pipeline import Pipeline, PipelineStats
 from relay.postgres.catalog import Catalog
+from relay.postgres.policy_store import PolicyStore
 from relay.server.app import RelayServer
 
 __all__ = ["RunningRelay", "run_until_stopped", "start_relay"]
@@ -45,6 +46,8 @@ class RunningRelay:
         self.task = task
         self.stop_event = stop
         self.catalog = catalog
+        self.policy_task: asyncio.Task[None] | None = None
+        self.policies: PolicyStore | None = None
 
     @property
     def url(self) -> str:
@@ -61,6 +64,10 @@ class RunningRelay:
                 self.task.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await self.task
+        if self.policy_task is not None:
+            self.policy_task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self.policy_task
         await self.runner.cleanup()
         await self.catalog.close()
 
@@ -79,6 +86,12 @@ async def start_relay(
     def on_status(stats: PipelineStats) -> None:
         server.status = stats.as_dict()
 
+    store = PolicyStore(catalog, server.authorizer, interval=config.policy_poll_interval)
+
+    def on_message(msg: dict[str, object]) -> None:
+        if msg.get("op") == "policy_changed":
+            store.poke()
+
     pipeline = Pipeline(
         dsn,
         catalog,
@@ -87,8 +100,14 @@ async def start_relay(
         publication=config.publication,
         poll_interval=config.publication_poll_interval,
         on_status=on_status,
+        on_message=on_message,
     )
     stop = asyncio.Event()
+    policy_task = asyncio.create_task(store.run(stop), name="relay-policies")
+    try:
+        await asyncio.wait_for(asyncio.shield(store.loaded.wait()), ready_timeout)
+    except TimeoutError:
+        log.warning("row policies not loaded yet; rows go only to service_role until they are")
     runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
@@ -100,6 +119,8 @@ async def start_relay(
             port = sockets[0].getsockname()[1]
     task = asyncio.create_task(pipeline.run(stop), name="relay-pipeline")
     relay = RunningRelay(server, pipeline, runner, port, task, stop, catalog)
+    relay.policy_task = policy_task
+    relay.policies = store
     if wait_ready:
         ready = asyncio.create_task(pipeline.ready.wait())
         done, _ = await asyncio.wait(

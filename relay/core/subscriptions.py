@@ -13,10 +13,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import orjson
 
+from relay.core.authorize import ASK_POSTGRES, Denied, Verdict
 from relay.core.changes import Action, Column, RowChange
 from relay.core.filters import BoundFilter, Filter, FilterError, parse_filter
 from relay.core.protocol import dumps, encode_push_prefix, ws_text_frame
@@ -25,6 +26,7 @@ __all__ = [
     "Binding",
     "BindingError",
     "BindingSpec",
+    "Delivery",
     "Subscriber",
     "SubscriptionIndex",
     "binding_id",
@@ -111,8 +113,6 @@ class Subscriber(Protocol):
     @property
     def vsn(self) -> str: ...
 
-    def may_see(self, change: RowChange) -> bool: ...
-
 
 S = TypeVar("S", bound=Subscriber)
 
@@ -134,6 +134,9 @@ class Binding(Generic[S]):
             return self.filter.matches(change.filter_row)
         return True
 
+    def matches_row(self, row: Mapping[str, Any] | None) -> bool:
+        return self.filter is None or (row is not None and self.filter.matches(row))
+
 
 @dataclass
 class SubscriptionIndex(Generic[S]):
@@ -141,43 +144,165 @@ class SubscriptionIndex(Generic[S]):
 
     by_table: dict[tuple[str, str], list[Binding[S]]] = field(default_factory=dict)
     by_schema: dict[str, list[Binding[S]]] = field(default_factory=dict)
+    by_owner: dict[tuple[str, str], dict[S, list[Binding[S]]]] = field(default_factory=dict)
 
     def add(self, spec: BindingSpec, owner: S, bound: BoundFilter | None) -> Binding[S]:
         b = Binding(owner, spec.id, spec.event, bound)
         if spec.table is None:
             self.by_schema.setdefault(spec.schema, []).append(b)
         else:
-            self.by_table.setdefault((spec.schema, spec.table), []).append(b)
+            key = (spec.schema, spec.table)
+            self.by_table.setdefault(key, []).append(b)
+            self.by_owner.setdefault(key, {}).setdefault(owner, []).append(b)
         return b
 
     def remove_owner(self, owner: S) -> None:
         _remove(self.by_table, owner)
         _remove(self.by_schema, owner)
+        for key in [k for k, owners in self.by_owner.items() if owner in owners]:
+            del self.by_owner[key][owner]
+            if not self.by_owner[key]:
+                del self.by_owner[key]
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_table.values()) + sum(len(v) for v in self.by_schema.values())
 
     def plan(self, change: RowChange) -> list[tuple[S, list[int]]]:
-        """Subscribers that receive ``change`` and the ids of their bindings that matched.
+        """Subscribers whose bindings match ``change`` (event and filter), with the binding ids.
 
-        One entry per subscriber (one frame per channel per change); authorization is asked
-        once per subscriber, and only when some binding matched.
+        One entry per subscriber (one frame per channel per change).  No authorization: see
+        :meth:`route`.
         """
-        bindings = self.by_table.get((change.schema, change.table), ())
-        schema_wide = self.by_schema.get(change.schema, ())
-        if not bindings and not schema_wide:
-            return []
         per_owner: dict[int, tuple[S, list[int]]] = {}
-        for group in (bindings, schema_wide):
+        for group in self._candidates(change):
             for b in group:
                 if b.matches(change):
-                    key = id(b.owner)
-                    hit = per_owner.get(key)
-                    if hit is None:
-                        per_owner[key] = (b.owner, [b.id])
-                    elif b.id not in hit[1]:
-                        hit[1].append(b.id)
-        return [(o, ids) for o, ids in per_owner.values() if o.may_see(change)]
+                    _add(per_owner, b.owner, b.id)
+        return list(per_owner.values())
+
+    def _candidates(
+        self, change: RowChange, owners: Iterable[S] | None = None
+    ) -> tuple[Iterable[Binding[S]], Iterable[Binding[S]]]:
+        key = (change.schema, change.table)
+        if owners is None:
+            table: Iterable[Binding[S]] = self.by_table.get(key, ())
+        else:
+            per_owner = self.by_owner.get(key, {})
+            table = [b for o in owners for b in per_owner.get(o, ())]
+        return table, self.by_schema.get(change.schema, ())
+
+    def route(
+        self, change: RowChange, decide: Decide[S], owners: Iterable[S] | None = None
+    ) -> tuple[list[Delivery[S]], list[tuple[S, int]]]:
+        """Who receives what for ``change``, applying row authorization.
+
+        ``decide(subscriber, which)`` gives the verdict for the new row (``which`` 0) or the old
+        row (1).  Returns the deliveries and the (subscriber, which) pairs whose verdict was
+        :data:`ASK_POSTGRES`: the caller evaluates those in Postgres, records them with
+        ``decide`` and routes again (nothing is delivered to a subscriber it could not decide).
+
+        - INSERT: the new row must be visible; DELETE: the old row (REPLICA IDENTITY FULL).
+        - UPDATE: a subscriber that may see the new row gets the UPDATE (with ``old_record``
+          cut to the primary key when it could not see the old row: no leak of values it was
+          never allowed to see).  One that could see the old row but not the new one (policy or
+          filter) gets a DELETE of the old row marked ``"moved_out": true``: the row left its
+          view, and it learns nothing of the new values.
+        - A verdict that is an error is delivered as an ``errors`` entry to that subscriber only.
+
+        ``owners``, when given, restricts the table's bindings to those subscribers (the
+        authorization index's candidates); schema-wide bindings are always checked.
+        """
+        deliveries: list[Delivery[S]] = []
+        pending: list[tuple[S, int]] = []
+        action = change.action
+        if action is not Action.UPDATE:
+            which = 0 if action is Action.INSERT else 1
+            per_owner: dict[int, tuple[S, list[int]]] = {}
+            for group in self._candidates(change, owners):
+                for b in group:
+                    if b.matches(change):
+                        _add(per_owner, b.owner, b.id)
+            for owner, ids in per_owner.values():
+                v = decide(owner, which)
+                if v is True:
+                    deliveries.append(Delivery(owner, ids, CHANGE))
+                elif isinstance(v, Denied):
+                    deliveries.append(Delivery(owner, ids, ERROR, v))
+                elif v is ASK_POSTGRES:
+                    pending.append((owner, which))
+            return deliveries, pending
+        # Per subscriber, its bindings that: see the new row (U); saw the old row and their
+        # filter no longer matches (F: left by filter); match both rows (P: left only if the
+        # policy stops showing the row).
+        u_ids: dict[int, tuple[S, list[int]]] = {}
+        f_ids: dict[int, tuple[S, list[int]]] = {}
+        p_ids: dict[int, tuple[S, list[int]]] = {}
+        for group in self._candidates(change, owners):
+            for b in group:
+                m_new = b.matches_row(change.record)
+                m_old = b.matches_row(change.old_record)
+                if b.event in ("*", "UPDATE") and m_new:
+                    _add(u_ids, b.owner, b.id)
+                if b.event in ("*", "UPDATE", "DELETE") and m_old:
+                    _add(p_ids if m_new else f_ids, b.owner, b.id)
+        for key in u_ids.keys() | f_ids.keys() | p_ids.keys():
+            owner = (u_ids.get(key) or f_ids.get(key) or p_ids[key])[0]
+            u = u_ids[key][1] if key in u_ids else []
+            f = f_ids[key][1] if key in f_ids else []
+            p = p_ids[key][1] if key in p_ids else []
+            vn: Verdict | None = decide(owner, 0) if (u or p) else None
+            if vn is ASK_POSTGRES:
+                pending.append((owner, 0))
+                continue
+            vo: Verdict | None = decide(owner, 1) if (f or p or (u and vn is True)) else None
+            if vo is ASK_POSTGRES:
+                pending.append((owner, 1))
+                continue
+            delivered = False
+            sent: list[int] = []
+            if u and vn is True:
+                deliveries.append(Delivery(owner, u, CHANGE if vo is True else MOVED_IN))
+                delivered = True
+                sent = u
+            if vo is True:
+                out = [i for i in f if i not in sent] + (
+                    [i for i in p if i not in sent] if vn is not True else []
+                )
+                if out:
+                    deliveries.append(Delivery(owner, out, MOVED_OUT))
+                    delivered = True
+            if not delivered:
+                err = vn if isinstance(vn, Denied) else vo if isinstance(vo, Denied) else None
+                if err is not None:
+                    deliveries.append(Delivery(owner, u or f or p, ERROR, err))
+        return deliveries, pending
+
+
+def _add(d: dict[int, tuple[S, list[int]]], owner: S, bid: int) -> None:
+    key = id(owner)
+    hit = d.get(key)
+    if hit is None:
+        d[key] = (owner, [bid])
+    elif bid not in hit[1]:
+        hit[1].append(bid)
+
+
+CHANGE: Final = "change"
+MOVED_OUT: Final = "moved_out"
+MOVED_IN: Final = "moved_in"
+ERROR: Final = "error"
+
+Decide = Callable[[S, int], Verdict]
+
+
+@dataclass(slots=True)
+class Delivery(Generic[S]):
+    """One frame to one subscriber: which bindings, and which variant of the change."""
+
+    sub: S
+    ids: list[int]
+    kind: str = "change"
+    error: Denied | None = None
 
 
 K = TypeVar("K")
@@ -232,13 +357,14 @@ def change_payload(change: RowChange) -> dict[str, Any]:
 class FrameCache:
     """Encode-once cache for one change: ``data`` once, each (topic, ids, vsn) wrapper once."""
 
-    __slots__ = ("_data", "_frames", "_wire", "change")
+    __slots__ = ("_data", "_frames", "_variants", "_wire", "change")
 
     def __init__(self, change: RowChange, data_encoder: Callable[[RowChange], bytes] | None = None) -> None:
         self.change = change
         self._data = (data_encoder or _encode_data)(change).decode()
         self._frames: dict[tuple[str, tuple[int, ...], str], str] = {}
         self._wire: dict[tuple[str, tuple[int, ...], str], bytes] = {}
+        self._variants: dict[str, FrameCache] = {}
 
     def wire(self, topic: str, ids: Iterable[int], vsn: str) -> bytes:
         """The same frame as :meth:`frame`, as ready-to-write WebSocket frame bytes."""
@@ -248,6 +374,17 @@ class FrameCache:
             w = ws_text_frame(self.frame(*key).encode())
             self._wire[key] = w
         return w
+
+    def variant(self, kind: str, error: Denied | None = None) -> FrameCache:
+        """The cache for a variant of this change (moved out/in, error), built once."""
+        if kind == CHANGE:
+            return self
+        key = kind if error is None else f"{kind}:{error.code}:{error.policy}"
+        v = self._variants.get(key)
+        if v is None:
+            v = FrameCache(self.change, lambda ch: dumps(_variant_payload(ch, kind, error)))
+            self._variants[key] = v
+        return v
 
     def frame(self, topic: str, ids: Iterable[int], vsn: str) -> str:
         key = (topic, tuple(ids), vsn)
@@ -262,3 +399,24 @@ class FrameCache:
 
 def _encode_data(change: RowChange) -> bytes:
     return dumps(change_payload(change))
+
+
+def _variant_payload(change: RowChange, kind: str, error: Denied | None) -> dict[str, Any]:
+    """``data`` for a moved-out DELETE, a moved-in UPDATE or a per-subscriber error."""
+    data = change_payload(change)
+    if kind == MOVED_OUT:
+        data["type"] = "DELETE"
+        data.pop("record", None)
+        data["moved_out"] = True
+    elif kind == MOVED_IN:
+        old = change.old_record or {}
+        keys = change.pk or tuple(old)
+        data["old_record"] = {k: old.get(k) for k in keys}
+    elif kind == ERROR and error is not None:
+        data["columns"] = []
+        if "record" in data:
+            data["record"] = {}
+        if "old_record" in data:
+            data["old_record"] = {}
+        data["errors"] = [f"PolicyError {error.code}: {error.message} (policy {error.policy})"]
+    return data

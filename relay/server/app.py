@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
 from relay.config import Config
+from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
 from relay.core.changes import RowChange
 from relay.core.protocol import SUPPORTED_VSN
-from relay.core.subscriptions import FrameCache, SubscriptionIndex
+from relay.core.subscriptions import ERROR, Decide, Delivery, FrameCache, SubscriptionIndex
 from relay.core.tokens import TokenError, Verifier
 from relay.postgres.catalog import Catalog
+from relay.postgres.policy_eval import PolicyEvaluator
 from relay.server.connection import Channel, Connection
 
 __all__ = ["RelayServer"]
@@ -33,10 +36,22 @@ WS_PATHS = ("/realtime/v1/websocket", "/socket/websocket")
 class RelayServer:
     """Owns the sockets and the subscription index; knows nothing of replication."""
 
-    def __init__(self, config: Config, verifier: Verifier, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        config: Config,
+        verifier: Verifier,
+        catalog: Catalog,
+        authorizer: Authorizer | None = None,
+        evaluator: PolicyEvaluator | None = None,
+    ) -> None:
         self.config = config
         self.verifier = verifier
         self.catalog = catalog
+        self.authorizer = authorizer or Authorizer()
+        self.evaluator = evaluator or PolicyEvaluator(catalog, self.authorizer)
+        self.policy_errors = 0
+        self.table_index: dict[tuple[str, str], TableIndex[Channel]] = {}
+        self.authorizer.listeners.append(self._reindex_all)
         self.index: SubscriptionIndex[Channel] = SubscriptionIndex()
         self.connections: set[Connection] = set()
         self.started_at = time.time()
@@ -45,17 +60,104 @@ class RelayServer:
         self.status: dict[str, Any] = {}  # filled by the pipeline (slot, lsn, lag)
 
     # -- fan-out --------------------------------------------------------------------------
-    def dispatch(self, change: RowChange) -> int:
-        """Queue ``change`` for every channel that matches and may see it; returns frames queued."""
+    def dispatch(self, change: RowChange) -> Awaitable[None] | None:
+        """Queue ``change`` for every channel that matches and may see it.
+
+        Returns None when everything was decided in-process (the common case: frames are
+        queued when this returns).  When a policy must be evaluated in Postgres it returns an
+        awaitable that the pipeline awaits before the next change, so commit order holds and
+        the LSN is confirmed only after delivery.
+        """
         self.changes_seen += 1
-        plan = self.index.plan(change)
-        if not plan:
-            return 0
+        memo = VerdictMemo(self.authorizer, change.schema, change.table)
+
+        def decide(chan: Channel, which: int) -> Verdict:
+            row = change.record if which == 0 else change.old_record
+            if row is None:
+                return False
+            return memo.get(which, row, chan.claims, chan.claims_key)
+
+        owners = self._owners(change)
+        deliveries, pending = self.index.route(change, decide, owners)
+        if pending:
+            return self._dispatch_slow(change, memo, decide, pending)
+        self._deliver(change, deliveries)
+        return None
+
+    async def _dispatch_slow(
+        self,
+        change: RowChange,
+        memo: VerdictMemo,
+        decide: Decide[Channel],
+        pending: list[tuple[Channel, int]],
+    ) -> None:
+        await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in pending])
+        deliveries, still = self.index.route(change, decide, self._owners(change))
+        for chan, _ in still:  # joined while we awaited: decide them next time, never guess
+            log.warning(
+                "policy verdict for %s unresolved; change %s not delivered to it",
+                chan.topic,
+                change.commit_lsn,
+            )
+        self._deliver(change, deliveries)
+
+    # -- authorization index ----------------------------------------------------------------
+    def _owners(self, change: RowChange) -> set[Channel]:
+        """Channels of the change's table that may see its row(s), from the index."""
+        out: set[Channel] = set()
+        ti = self.table_index.get((change.schema, change.table))
+        if ti is not None:
+            if change.record is not None:
+                ti.candidates(change.record, out)
+            if change.old_record is not None:
+                ti.candidates(change.old_record, out)
+        return out
+
+    def index_channel(self, chan: Channel) -> None:
+        """(Re)register a channel's claims in the index of each table it binds (join, new token)."""
+        self.unindex_channel(chan)
+        for spec in chan.specs:
+            if spec.table is None:
+                continue
+            key = (spec.schema, spec.table)
+            ti = self.table_index.get(key)
+            if ti is None:
+                ti = self.table_index[key] = TableIndex()
+            ti.add(chan, chan.claims, self.authorizer.policies(*key))
+
+    def unindex_channel(self, chan: Channel) -> None:
+        for spec in chan.specs:
+            if spec.table is not None:
+                ti = self.table_index.get((spec.schema, spec.table))
+                if ti is not None:
+                    ti.remove(chan)
+
+    def _reindex_all(self) -> None:
+        """Policies changed: every channel's candidacy may have changed."""
+        self.table_index.clear()
+        for conn in self.connections:
+            for chan in conn.channels.values():
+                self.index_channel(chan)
+
+    def _deliver(self, change: RowChange, deliveries: list[Delivery[Channel]]) -> None:
+        if not deliveries:
+            return
         cache = FrameCache(change)
-        for chan, ids in plan:
-            chan.conn.deliver(cache, chan.topic, ids)
-        self.frames_queued += len(plan)
-        return len(plan)
+        for d in deliveries:
+            chan = d.sub
+            if d.kind == ERROR and d.error is not None:
+                self.policy_errors += 1
+                log.warning(
+                    "%s: policy %s failed for a subscriber of %s on %s.%s: %s",
+                    d.error.code,
+                    d.error.policy,
+                    chan.topic,
+                    change.schema,
+                    change.table,
+                    d.error.message,
+                )
+            chan.conn.deliver(cache.variant(d.kind, d.error), chan.topic, d.ids)
+        self.frames_queued += len(deliveries)
 
     # -- HTTP -----------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -74,6 +176,8 @@ class RelayServer:
             "bindings": len(self.index),
             "changes_seen": self.changes_seen,
             "frames_queued": self.frames_queued,
+            "policies": len(self.authorizer),
+            "policy_errors": self.policy_errors,
             "uptime_s": round(time.time() - self.started_at, 1),
             **self.status,
         }

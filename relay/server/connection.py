@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
 
-from relay.core.changes import RowChange
+from relay.core.authorize import claims_key
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, reply, ws_text_frame
 from relay.core.subscriptions import BindingError, BindingSpec, FrameCache, parse_bindings
@@ -30,19 +30,35 @@ __all__ = ["Channel", "Connection"]
 
 log = logging.getLogger("relay.socket")
 
-SERVICE_ROLE = "service_role"
-
 
 @dataclass(eq=False)
 class Channel:
-    """A joined topic on one socket: the subscriber the index and the fan-out see."""
+    """A joined topic on one socket: the subscriber the index and the fan-out see.
+
+    ``claims`` are this channel's own (its join or ``access_token`` token): never shared with
+    other channels or sockets.  ``claims_key`` (canonical bytes) lets the fan-out evaluate
+    policies once per distinct claims.
+    """
 
     conn: Connection
     topic: str
     join_ref: str | None
-    claims: Claims
+    _claims: Claims
     specs: list[BindingSpec] = field(default_factory=list)
     expiry: asyncio.TimerHandle | None = None
+    claims_key: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.claims_key = claims_key(self._claims)
+
+    @property
+    def claims(self) -> Claims:
+        return self._claims
+
+    @claims.setter
+    def claims(self, value: Claims) -> None:
+        self._claims = value
+        self.claims_key = claims_key(value)
 
     @property
     def vsn(self) -> str:
@@ -51,14 +67,6 @@ class Channel:
     @property
     def name(self) -> str:
         return self.topic.removeprefix("realtime:")
-
-    def may_see(self, change: RowChange) -> bool:
-        """Row authorization.  Until DBA policies exist only ``service_role`` sees rows.
-
-        Default deny is the safe reading of "no policy": other roles join and receive nothing,
-        never everything.
-        """
-        return self.claims.get("role") == SERVICE_ROLE
 
 
 class Connection:
@@ -289,6 +297,7 @@ class Connection:
         for spec, flt in zip(specs, bound, strict=True):
             self.server.index.add(spec, chan, flt)
         self.channels[f.topic] = chan
+        self.server.index_channel(chan)
         self._arm_expiry(chan)
         response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
@@ -324,6 +333,7 @@ class Connection:
 
     def close_channel(self, chan: Channel, send_close: bool = True) -> None:
         self.server.index.remove_owner(chan)
+        self.server.unindex_channel(chan)
         if chan.expiry is not None:
             chan.expiry.cancel()
         if self.channels.get(chan.topic) is chan:
@@ -338,6 +348,7 @@ class Connection:
         except TokenError as exc:
             self._token_error(chan, exc.message)
             return
+        self.server.index_channel(chan)
         self._arm_expiry(chan)
 
     def _arm_expiry(self, chan: Channel) -> None:

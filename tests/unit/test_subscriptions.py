@@ -10,10 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.core.authorize import ASK_POSTGRES, Denied, Verdict
 from relay.core.changes import Action, Column, Lsn, RowChange
 from relay.core.filters import parse_filter
 from relay.core.protocol import dumps, parse
 from relay.core.subscriptions import (
+    CHANGE,
+    ERROR,
+    MOVED_IN,
+    MOVED_OUT,
     BindingError,
     BindingSpec,
     FrameCache,
@@ -33,9 +38,16 @@ class FakeSub:
         self.allow = allow
         self.asked: list[RowChange] = []
 
-    def may_see(self, change: RowChange) -> bool:
+    def decide(self, change: RowChange, which: int) -> Verdict:
         self.asked.append(change)
         return self.allow
+
+
+def route(idx: SubscriptionIndex[FakeSub], ch: RowChange) -> list[tuple[FakeSub, list[int]]]:
+    """Deliveries of ``ch`` as (subscriber, ids), with FakeSub deciding visibility."""
+    deliveries, pending = idx.route(ch, lambda sub, which: sub.decide(ch, which))
+    assert pending == []
+    return [(d.sub, d.ids) for d in deliveries]
 
 
 def change(
@@ -301,7 +313,7 @@ class TestPlan:
         b = add(idx, s, {"event": "*", "schema": "public"})
         c = add(idx, s, {"event": "DELETE", "table": "t"})
         d = add(idx, s, {"event": "*", "table": "t", "filter": "id=eq.1"})
-        plan = idx.plan(change(Action.INSERT, {"id": 1}))
+        plan = route(idx, change(Action.INSERT, {"id": 1}))
         assert len(plan) == 1
         owner, ids = plan[0]
         assert owner is s
@@ -320,15 +332,15 @@ class TestPlan:
         a = add(idx, s1, {"event": "*", "table": "t"})
         b = add(idx, s2, {"event": "INSERT", "schema": "public"})
         add(idx, s3, {"event": "UPDATE", "table": "t"})
-        plan = idx.plan(change(Action.INSERT))
+        plan = route(idx, change(Action.INSERT))
         assert {id(o): ids for o, ids in plan} == {id(s1): [a.id], id(s2): [b.id]}
         assert s3.asked == []  # no binding matched: authorization not asked
 
-    def test_may_see_false_excluded(self) -> None:
+    def test_not_visible_excluded(self) -> None:
         idx, yes, no = new_index(), FakeSub(), FakeSub(allow=False)
         a = add(idx, yes, {"event": "*", "table": "t"})
         add(idx, no, {"event": "*", "table": "t"})
-        assert idx.plan(change()) == [(yes, [a.id])]
+        assert route(idx, change()) == [(yes, [a.id])]
         assert len(no.asked) == 1
 
     def test_remove_owner(self) -> None:
@@ -461,3 +473,109 @@ def test_bind_filter_types() -> None:
     """Sanity check of the filters API the tests above rely on."""
     f = parse_filter("id=eq.5").bind("int4")
     assert f.matches({"id": 5}) and not f.matches({"id": 6}) and not f.matches({})
+
+
+class Visibility:
+    """decide() from a table of (subscriber name, which row) -> verdict."""
+
+    def __init__(self, table: dict[tuple[str, int], Any]) -> None:
+        self.table = table
+
+    def __call__(self, sub: FakeSub, which: int) -> Any:
+        return self.table.get((sub.topic, which), False)
+
+
+class TestRouteUpdates:
+    """UPDATE semantics: move-out, move-in, filters and errors (the authorization contract)."""
+
+    def setup_method(self) -> None:
+        self.idx: SubscriptionIndex[FakeSub] = new_index()
+        self.s = FakeSub("realtime:s")
+        self.b = add(self.idx, self.s, {"event": "*", "table": "t"})
+        self.upd = change(Action.UPDATE, {"id": 1, "v": "new"}, {"id": 1, "v": "old"})
+
+    def kinds(
+        self, table: dict[tuple[str, int], Any], ch: RowChange | None = None
+    ) -> list[tuple[str, list[int]]]:
+        deliveries, pending = self.idx.route(ch or self.upd, Visibility(table))
+        assert pending == []
+        return [(d.kind, d.ids) for d in deliveries]
+
+    def test_both_visible_is_update(self) -> None:
+        assert self.kinds({("realtime:s", 0): True, ("realtime:s", 1): True}) == [(CHANGE, [self.b.id])]
+
+    def test_only_old_visible_is_moved_out(self) -> None:
+        assert self.kinds({("realtime:s", 1): True}) == [(MOVED_OUT, [self.b.id])]
+
+    def test_only_new_visible_is_moved_in(self) -> None:
+        assert self.kinds({("realtime:s", 0): True}) == [(MOVED_IN, [self.b.id])]
+
+    def test_neither_visible_is_nothing(self) -> None:
+        assert self.kinds({}) == []
+
+    def test_filter_move_out(self) -> None:
+        idx, s = new_index(), FakeSub("realtime:f")
+        b = add(idx, s, {"event": "*", "table": "t", "filter": "v=eq.old"}, "text")
+        deliveries, _ = idx.route(self.upd, lambda sub, w: True)
+        assert [(d.kind, d.ids) for d in deliveries] == [(MOVED_OUT, [b.id])]
+
+    def test_row_leaves_one_filter_and_enters_another(self) -> None:
+        idx, s = new_index(), FakeSub("realtime:two")
+        old = add(idx, s, {"event": "*", "table": "t", "filter": "v=eq.old"}, "text")
+        new = add(idx, s, {"event": "*", "table": "t", "filter": "v=eq.new"}, "text")
+        deliveries, _ = idx.route(self.upd, lambda sub, w: True)
+        assert [(d.kind, d.ids) for d in deliveries] == [(CHANGE, [new.id]), (MOVED_OUT, [old.id])]
+
+    def test_policy_move_out_for_star_binding(self) -> None:
+        assert self.kinds({("realtime:s", 0): False, ("realtime:s", 1): True}) == [(MOVED_OUT, [self.b.id])]
+
+    def test_delete_binding_gets_move_out_not_update(self) -> None:
+        idx, s = new_index(), FakeSub("realtime:d")
+        b = add(idx, s, {"event": "DELETE", "table": "t"})
+        assert [(d.kind, d.ids) for d in idx.route(self.upd, lambda sub, w: w == 1)[0]] == [
+            (MOVED_OUT, [b.id])
+        ]
+        assert idx.route(self.upd, lambda sub, w: True)[0] == []
+
+    def test_error_reported_to_that_subscriber(self) -> None:
+        err = Denied("invalid_text_representation", "bad", "p")
+        other = FakeSub("realtime:o")
+        add(self.idx, other, {"event": "*", "table": "t"})
+        deliveries, _ = self.idx.route(
+            self.upd, Visibility({("realtime:s", 0): err, ("realtime:o", 0): True, ("realtime:o", 1): True})
+        )
+        got = {d.sub.topic: (d.kind, d.error) for d in deliveries}
+        assert got == {"realtime:s": (ERROR, err), "realtime:o": (CHANGE, None)}
+
+    def test_pending_then_resolved(self) -> None:
+        table: dict[tuple[str, int], Any] = {("realtime:s", 0): ASK_POSTGRES}
+        deliveries, pending = self.idx.route(self.upd, Visibility(table))
+        assert deliveries == [] and pending == [(self.s, 0)]
+        table[("realtime:s", 0)] = True
+        table[("realtime:s", 1)] = ASK_POSTGRES
+        assert self.idx.route(self.upd, Visibility(table))[1] == [(self.s, 1)]
+        table[("realtime:s", 1)] = True
+        assert self.kinds(table) == [(CHANGE, [self.b.id])]
+
+    def test_variant_payloads(self) -> None:
+        ch = change(Action.UPDATE, {"id": 1, "v": "new"}, {"id": 1, "v": "old"})
+        ch.pk = ("id",)
+        fc = FrameCache(ch)
+        out = json.loads(fc.variant(MOVED_OUT).frame("realtime:x", [1], V1))["payload"]["data"]
+        assert out["type"] == "DELETE" and out["moved_out"] is True and "record" not in out
+        assert out["old_record"] == {"id": 1, "v": "old"}
+        inn = json.loads(fc.variant(MOVED_IN).frame("realtime:x", [1], V1))["payload"]["data"]
+        assert (
+            inn["type"] == "UPDATE"
+            and inn["record"] == {"id": 1, "v": "new"}
+            and inn["old_record"] == {"id": 1}
+        )
+        err = json.loads(fc.variant(ERROR, Denied("c", "m", "p")).frame("realtime:x", [1], V1))["payload"][
+            "data"
+        ]
+        assert (
+            err["record"] == {}
+            and err["old_record"] == {}
+            and err["errors"] == ["PolicyError c: m (policy p)"]
+        )
+        assert fc.variant(MOVED_OUT) is fc.variant(MOVED_OUT)  # encoded once per change

@@ -1,0 +1,250 @@
+"""Row authorization: which subscribers may see a row, from DBA policies and JWT claims.
+
+Why pure and why shaped like this:
+
+- A row is visible to a subscriber when any policy of the row's table that applies to the
+  subscriber's role evaluates to TRUE for (row, claims).  No policy: nothing is visible
+  (default deny).  ``service_role`` bypasses policies, as in Supabase.
+- Policies compile (``relay.core.policies``) to an exact in-process predicate for the common
+  shapes.  Anything else is *not approximated*: the verdict is :data:`ASK_POSTGRES` and the I/O
+  layer evaluates the rewritten expression in Postgres for that row and those claims.
+- Evaluation errors (a claim that does not cast, say) belong to that subscriber alone: the
+  verdict is a :class:`Denied` carrying the error, so the fan-out can tell that subscriber and
+  keep delivering to everyone else.
+- Decisions are memoised per change by claims *content*: subscribers whose claims are equal
+  (every user of one branch, every admin) cost one evaluation, however many they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
+
+import orjson
+
+from relay.core.policies import CompiledPolicy, IndexTerm, PolicyEvalError
+
+__all__ = [
+    "ASK_POSTGRES",
+    "SERVICE_ROLE",
+    "Authorizer",
+    "ClaimsKey",
+    "Denied",
+    "TableIndex",
+    "Verdict",
+    "claims_key",
+]
+
+SERVICE_ROLE: Final = "service_role"
+
+S = TypeVar("S", bound=Hashable)
+
+
+class _AskPostgres:
+    """Singleton verdict: no in-process predicate; evaluate this policy in Postgres."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ASK_POSTGRES"
+
+
+ASK_POSTGRES: Final = _AskPostgres()
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """Not visible because evaluating a policy raised: reported to that subscriber only."""
+
+    code: str
+    message: str
+    policy: str
+
+
+Verdict = bool | Denied | _AskPostgres
+
+ClaimsKey = bytes
+
+
+def claims_key(claims: Mapping[str, Any]) -> ClaimsKey:
+    """Canonical bytes of a claims object: equal claims, equal key (memo and class key)."""
+    return orjson.dumps(claims, option=orjson.OPT_SORT_KEYS)
+
+
+class Authorizer:
+    """The compiled policies of every table, and per-change memoised verdicts."""
+
+    def __init__(self, policies: Iterable[CompiledPolicy] = ()) -> None:
+        self._by_table: dict[tuple[str, str], tuple[CompiledPolicy, ...]] = {}
+        self.version = 0
+        self.listeners: list[Callable[[], None]] = []
+        self.replace(policies)
+
+    def replace(self, policies: Iterable[CompiledPolicy]) -> None:
+        """Swap in a new policy set (policy changes apply to every later change)."""
+        by_table: dict[tuple[str, str], list[CompiledPolicy]] = {}
+        for cp in policies:
+            by_table.setdefault((cp.policy.schema, cp.policy.table), []).append(cp)
+        self._by_table = {k: tuple(v) for k, v in by_table.items()}
+        self.version += 1
+        for listener in self.listeners:
+            listener()
+
+    def policies(self, schema: str, table: str) -> tuple[CompiledPolicy, ...]:
+        return self._by_table.get((schema, table), ())
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_table.values())
+
+    def verdict(self, schema: str, table: str, row: Mapping[str, Any], claims: Mapping[str, Any]) -> Verdict:
+        """Is ``row`` of ``schema.table`` visible to a subscriber with ``claims``?
+
+        Policies are tried in order; TRUE from any applicable one wins at once.  A policy that
+        needs Postgres makes the verdict :data:`ASK_POSTGRES` unless another one already said
+        TRUE; an error is reported only if no other policy grants visibility.
+        """
+        role = claims.get("role")
+        if role == SERVICE_ROLE:
+            return True
+        denied: Denied | None = None
+        ask = False
+        for cp in self._by_table.get((schema, table), ()):
+            if role not in cp.policy.roles:
+                continue
+            fast = cp.fast
+            if fast is None:
+                ask = True
+                continue
+            try:
+                if fast(row, claims) is True:
+                    return True
+            except PolicyEvalError as exc:
+                if denied is None:
+                    denied = Denied(exc.code, str(exc), cp.policy.name)
+        if ask:
+            return ASK_POSTGRES
+        if denied is not None:
+            return denied
+        return False
+
+    def postgres_policies(
+        self, schema: str, table: str, claims: Mapping[str, Any]
+    ) -> tuple[CompiledPolicy, ...]:
+        """The applicable policies that have no in-process predicate (for the slow path)."""
+        role = claims.get("role")
+        return tuple(
+            cp
+            for cp in self._by_table.get((schema, table), ())
+            if cp.fast is None and role in cp.policy.roles
+        )
+
+
+class VerdictMemo:
+    """Verdicts for one change, keyed by (which row, claims content).
+
+    One change is checked against many subscribers; all subscribers with equal claims share
+    one evaluation.  Lives exactly as long as the change's fan-out.
+    """
+
+    __slots__ = ("_auth", "_memo", "schema", "table")
+
+    def __init__(self, auth: Authorizer, schema: str, table: str) -> None:
+        self._auth = auth
+        self.schema = schema
+        self.table = table
+        self._memo: dict[tuple[int, ClaimsKey], Verdict] = {}
+
+    def get(self, which: int, row: Mapping[str, Any], claims: Mapping[str, Any], key: ClaimsKey) -> Verdict:
+        """``which`` tells rows apart (0 = new row, 1 = old row of an UPDATE)."""
+        mk = (which, key)
+        v = self._memo.get(mk)
+        if v is None:
+            v = self._auth.verdict(self.schema, self.table, row, claims)
+            self._memo[mk] = v
+        return v
+
+    def set(self, which: int, key: ClaimsKey, verdict: Verdict) -> None:
+        self._memo[(which, key)] = verdict
+
+
+class TableIndex(Generic[S]):
+    """Which subscribers of one table can possibly see a row: found by the row's values.
+
+    Built from each subscriber's claims when it joins (or refreshes its token) and rebuilt when
+    policies change, so a change costs lookups, not one evaluation per subscriber:
+
+    - ``always``: ``service_role``, policies that read no column and are TRUE for the claims
+      (role grants), and subscribers whose policies cannot be indexed (checked on every row);
+    - ``by_key[(policy, column)][value]``: subscribers for which a top-level ``column = <claims>``
+      conjunct of a policy can be TRUE only when the row's column has that value.
+
+    The index only pre-selects; every candidate still gets the exact verdict.  A subscriber it
+    leaves out has no applicable policy that could be TRUE for the row.
+    """
+
+    def __init__(self) -> None:
+        self.always: set[S] = set()
+        self.by_key: dict[tuple[int, str], tuple[IndexTerm, dict[Any, set[S]]]] = {}
+        self._entries: dict[S, list[tuple[tuple[int, str], Any]]] = {}
+
+    def add(self, sub: S, claims: Mapping[str, Any], policies: tuple[CompiledPolicy, ...]) -> None:
+        self.remove(sub)
+        entries: list[tuple[tuple[int, str], Any]] = []
+        role = claims.get("role")
+        if role == SERVICE_ROLE:
+            self.always.add(sub)
+            self._entries[sub] = entries
+            return
+        for n, cp in enumerate(policies):
+            if role not in cp.policy.roles:
+                continue
+            if cp.fast is None or not cp.index:
+                if cp.claims_only and cp.fast is not None:
+                    try:
+                        if cp.fast({}, claims) is not True:
+                            continue  # decided by claims alone: never TRUE for these claims
+                    except PolicyEvalError:
+                        pass  # errors are reported per row: keep it a candidate
+                self.always.add(sub)
+                continue
+            term = cp.index[0]
+            try:
+                keys = term.keys(claims)
+            except PolicyEvalError:
+                self.always.add(sub)  # its error must be reported on rows it would see
+                continue
+            slot = self.by_key.setdefault((n, term.column), (term, {}))[1]
+            for k in keys:
+                if k is None:
+                    continue
+                slot.setdefault(k, set()).add(sub)
+                entries.append(((n, term.column), k))
+        self._entries[sub] = entries
+
+    def remove(self, sub: S) -> None:
+        self.always.discard(sub)
+        for key, k in self._entries.pop(sub, ()):
+            hit = self.by_key.get(key)
+            if hit is not None:
+                members = hit[1].get(k)
+                if members is not None:
+                    members.discard(sub)
+                    if not members:
+                        del hit[1][k]
+
+    def candidates(self, row: Mapping[str, Any] | None, out: set[S]) -> None:
+        """Add to ``out`` the subscribers that may see ``row``."""
+        out |= self.always
+        if row is None:
+            return
+        for term, slot in self.by_key.values():
+            try:
+                key = term.row_key(row.get(term.column))
+            except (TypeError, ValueError, ArithmeticError):
+                continue
+            if key is None:
+                continue
+            members = slot.get(key)
+            if members:
+                out |= members
