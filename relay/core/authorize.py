@@ -86,7 +86,11 @@ class Authorizer:
         by_table: dict[tuple[str, str], list[CompiledPolicy]] = {}
         for cp in policies:
             by_table.setdefault((cp.policy.schema, cp.policy.table), []).append(cp)
-        self._by_table = {k: tuple(v) for k, v in by_table.items()}
+        # Claims-only policies (role grants) first: their verdict is cached per claims, so a
+        # subscriber they admit costs a dict lookup per row.  Any-TRUE semantics make the order
+        # irrelevant to visibility.
+        self._by_table = {k: tuple(sorted(v, key=lambda cp: not cp.claims_only)) for k, v in by_table.items()}
+        self._claims_only: dict[tuple[int, ClaimsKey], bool | PolicyEvalError] = {}
         self.version += 1
         for listener in self.listeners:
             listener()
@@ -97,7 +101,14 @@ class Authorizer:
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_table.values())
 
-    def verdict(self, schema: str, table: str, row: Mapping[str, Any], claims: Mapping[str, Any]) -> Verdict:
+    def verdict(
+        self,
+        schema: str,
+        table: str,
+        row: Mapping[str, Any],
+        claims: Mapping[str, Any],
+        key: ClaimsKey | None = None,
+    ) -> Verdict:
         """Is ``row`` of ``schema.table`` visible to a subscriber with ``claims``?
 
         Policies are tried in order; TRUE from any applicable one wins at once.  A policy that
@@ -116,6 +127,13 @@ class Authorizer:
             if fast is None:
                 ask = True
                 continue
+            if cp.claims_only and key is not None:
+                result = self._claims_only_verdict(cp, fast, claims, key)
+                if result is True:
+                    return True
+                if isinstance(result, PolicyEvalError) and denied is None:
+                    denied = Denied(result.code, str(result), cp.policy.name)
+                continue
             try:
                 if fast(row, claims) is True:
                     return True
@@ -127,6 +145,23 @@ class Authorizer:
         if denied is not None:
             return denied
         return False
+
+    def _claims_only_verdict(
+        self, cp: CompiledPolicy, fast: Callable[..., bool | None], claims: Mapping[str, Any], key: ClaimsKey
+    ) -> bool | PolicyEvalError:
+        """A claims-only policy's answer for these claims, computed once (until policies change)."""
+        ck = (id(cp), key)
+        hit = self._claims_only.get(ck)
+        if hit is not None:
+            return hit
+        try:
+            result: bool | PolicyEvalError = fast({}, claims) is True
+        except PolicyEvalError as exc:
+            result = exc
+        if len(self._claims_only) > 100_000:
+            self._claims_only.clear()
+        self._claims_only[ck] = result
+        return result
 
     def postgres_policies(
         self, schema: str, table: str, claims: Mapping[str, Any]
@@ -160,7 +195,7 @@ class VerdictMemo:
         mk = (which, key)
         v = self._memo.get(mk)
         if v is None:
-            v = self._auth.verdict(self.schema, self.table, row, claims)
+            v = self._auth.verdict(self.schema, self.table, row, claims, key)
             self._memo[mk] = v
         return v
 

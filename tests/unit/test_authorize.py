@@ -1,0 +1,116 @@
+"""Authorizer verdicts and the TableIndex pre-selection, with real compiled policies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.core.authorize import ASK_POSTGRES, Authorizer, Denied, TableIndex, VerdictMemo, claims_key
+from relay.core.policies import CompiledPolicy, Policy, compile_policy
+
+TYPES = {"id": "int8", "branch_id": "int4", "assignee_id": "uuid", "status": "text"}
+U1 = "00000000-0000-4000-8000-0000000000a1"
+
+
+def pol(name: str, expr: str, roles: tuple[str, ...] = ("authenticated",)) -> CompiledPolicy:
+    return compile_policy(Policy("public", "t", name, roles, expr), TYPES)
+
+
+BRANCH = pol("branch", "branch_id = (claims->>'branch_id')::int")
+OWNER = pol("owner", "assignee_id = auth.uid()")
+ADMIN = pol("admin", "claims->>'user_role' = 'admin'")
+SLOW = pol("slow", "length(status) > 3")
+
+
+def row(branch: int = 1, assignee: str | None = None, status: str = "open") -> dict[str, Any]:
+    return {"id": 1, "branch_id": branch, "assignee_id": assignee, "status": status}
+
+
+def verdict(auth: Authorizer, r: dict[str, Any], claims: dict[str, Any]) -> Any:
+    return auth.verdict("public", "t", r, claims, claims_key(claims))
+
+
+def test_default_deny_and_service_role() -> None:
+    auth = Authorizer()
+    assert verdict(auth, row(), {"role": "authenticated", "branch_id": 1}) is False
+    assert verdict(auth, row(), {"role": "service_role"}) is True
+
+
+def test_any_applicable_policy_grants() -> None:
+    auth = Authorizer([BRANCH, OWNER, ADMIN])
+    assert verdict(auth, row(1), {"role": "authenticated", "branch_id": 1}) is True
+    assert verdict(auth, row(2), {"role": "authenticated", "branch_id": 1}) is False
+    assert verdict(auth, row(2, U1), {"role": "authenticated", "sub": U1}) is True
+    assert verdict(auth, row(9), {"role": "authenticated", "user_role": "admin"}) is True
+    assert verdict(auth, row(1), {"role": "anon", "branch_id": 1}) is False  # roles do not match
+
+
+def test_error_is_a_denied_verdict_unless_another_policy_grants() -> None:
+    auth = Authorizer([BRANCH, ADMIN])
+    v = verdict(auth, row(1), {"role": "authenticated", "branch_id": "abc"})
+    assert isinstance(v, Denied) and v.code == "invalid_text_representation" and v.policy == "branch"
+    assert verdict(auth, row(1), {"role": "authenticated", "branch_id": "abc", "user_role": "admin"}) is True
+
+
+def test_slow_policy_asks_postgres_unless_a_fast_one_grants() -> None:
+    assert SLOW.fast is None
+    auth = Authorizer([SLOW, BRANCH])
+    assert verdict(auth, row(2), {"role": "authenticated", "branch_id": 1}) is ASK_POSTGRES
+    assert verdict(auth, row(1), {"role": "authenticated", "branch_id": 1}) is True
+    assert auth.postgres_policies("public", "t", {"role": "authenticated"}) == (SLOW,)
+
+
+def test_claims_only_cached_and_reset_on_replace() -> None:
+    auth = Authorizer([ADMIN])
+    admin = {"role": "authenticated", "user_role": "admin"}
+    assert verdict(auth, row(), admin) is True
+    assert len(auth._claims_only) == 1
+    assert verdict(auth, row(5), admin) is True
+    assert len(auth._claims_only) == 1
+    auth.replace([BRANCH])
+    assert verdict(auth, row(), admin) is False
+
+
+def test_memo_shares_equal_claims() -> None:
+    auth = Authorizer([BRANCH])
+    memo = VerdictMemo(auth, "public", "t")
+    a = {"role": "authenticated", "branch_id": 1}
+    b = {"branch_id": 1, "role": "authenticated"}  # same content, other order
+    assert claims_key(a) == claims_key(b)
+    assert memo.get(0, row(1), a, claims_key(a)) is True
+    memo.set(0, claims_key(b), False)
+    assert memo.get(0, row(1), b, claims_key(b)) is False
+
+
+def test_table_index_candidates() -> None:
+    policies = (BRANCH, OWNER, ADMIN, SLOW)
+    ti: TableIndex[str] = TableIndex()
+    ti.add("b1", {"role": "authenticated", "branch_id": 1}, policies)
+    ti.add("b2", {"role": "authenticated", "branch_id": 2}, (BRANCH, OWNER, ADMIN))
+    ti.add("owner", {"role": "authenticated", "sub": U1}, (BRANCH, OWNER, ADMIN))
+    ti.add("admin", {"role": "authenticated", "user_role": "admin"}, (BRANCH, OWNER, ADMIN))
+    ti.add("svc", {"role": "service_role"}, policies)
+    ti.add("anon", {"role": "anon"}, policies)
+    out: set[str] = set()
+    ti.candidates(row(2, U1), out)
+    # b1 has a slow policy (always checked); b2 by branch; owner by assignee; admin by role grant
+    assert out == {"b1", "b2", "owner", "admin", "svc"}
+    out = set()
+    ti.candidates(row(3), out)
+    assert out == {"b1", "admin", "svc"}
+    ti.remove("b1")
+    ti.remove("admin")
+    out = set()
+    ti.candidates(row(1), out)
+    assert out == {"svc"}
+    ti.add("b2", {"role": "authenticated", "branch_id": 3}, (BRANCH,))  # token refresh re-adds
+    out = set()
+    ti.candidates(row(2), out)
+    assert "b2" not in out
+
+
+def test_table_index_bad_claim_stays_candidate() -> None:
+    ti: TableIndex[str] = TableIndex()
+    ti.add("bad", {"role": "authenticated", "branch_id": "abc"}, (BRANCH,))
+    out: set[str] = set()
+    ti.candidates(row(1), out)
+    assert out == {"bad"}  # so its error is reported on the rows it would see
