@@ -454,6 +454,76 @@ def _check_wal_retention(ctx: _Ctx) -> list[Check]:
     return [Check("wal retention", "ok", f"max_slot_wal_keep_size = {value}")]
 
 
+def _check_policies(ctx: _Ctx) -> list[Check]:
+    """Row policies per enabled table: none (default deny), in-process, or evaluated in Postgres."""
+    if not ctx.published:
+        return []
+    if _one(ctx.conn, "select to_regclass('realtime.row_policies') is not null")[0] is not True:
+        return [Check("row policies", "warn", "realtime.policies is missing: run relay migrate")]
+    from relay.core.policies import Policy, PolicyError, compile_policy
+
+    rows = ctx.conn.execute(
+        "select schema_name::text, table_name::text, name::text, roles::text[], using_expr::text "
+        "from realtime.policies order by 1, 2, 3"
+    ).fetchall()
+    by_table: dict[tuple[str, str], list[tuple[str, tuple[str, ...], str]]] = {}
+    for s, t, n, roles, expr in rows:
+        by_table.setdefault((str(s), str(t)), []).append((str(n), tuple(roles), str(expr)))
+    lines: list[str] = []
+    slow: list[str] = []
+    invalid: list[str] = []
+    no_policy: list[str] = []
+    for s, t, _, _ in ctx.published:
+        pols = by_table.get((s, t), [])
+        if not pols:
+            no_policy.append(_q(s, t))
+            continue
+        cols: dict[str, str] = dict(
+            ctx.conn.execute(
+                "select a.attname::text, ty.typname::text from pg_attribute a "
+                "join pg_type ty on ty.oid = a.atttypid "
+                "where a.attrelid = to_regclass(%s) and a.attnum > 0 and not a.attisdropped",
+                (_q(s, t),),
+            ).fetchall()
+        )
+        fast = 0
+        for n, roles, expr in pols:
+            try:
+                cp = compile_policy(Policy(s, t, n, roles, expr), cols)
+            except PolicyError as exc:
+                invalid.append(f"{_q(s, t)} {n!r}: {exc}")
+                continue
+            if cp.fast is None:
+                slow.append(f"{_q(s, t)} {n!r}: {cp.slow_reason or 'outside the in-process shapes'}")
+            else:
+                fast += 1
+        lines.append(f"{_q(s, t)}: {len(pols)} ({fast} in-process)")
+    out = [Check("row policies", "ok", "; ".join(lines) if lines else "no policies yet")]
+    if no_policy:
+        out.append(
+            Check(
+                "default deny",
+                "warn",
+                "no policy on "
+                + ", ".join(no_policy)
+                + ": only service_role receives these rows (realtime.create_policy(...) to share them)",
+            )
+        )
+    if slow:
+        out.append(
+            Check(
+                "slow policies",
+                "warn",
+                "evaluated by Postgres, one query per change: " + "; ".join(slow),
+            )
+        )
+    if invalid:
+        out.append(
+            Check("invalid policies", "fail", "the relay ignores (grants nothing):\n" + "\n".join(invalid))
+        )
+    return out
+
+
 CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("server version", _check_server),
     ("wal_level", _check_wal_level),
@@ -464,6 +534,7 @@ CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("publication", _check_publication),
     ("tables", _check_tables),
     ("replica identity", _check_replica_identity),
+    ("row policies", _check_policies),
     ("slot", _check_slot),
     ("wal retention", _check_wal_retention),
 ]

@@ -25,7 +25,14 @@ def _exec(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
         return cur.fetchall() if cur.description else []
 
 
+def _reset(dsn: str) -> None:
+    """Drop the demo schema's policies on bookings: each test states its own."""
+    for (name,) in _exec(dsn, "select name from realtime.policies where table_name = 'bookings'"):
+        _exec(dsn, "select realtime.drop_policy('public.bookings', %s)", (name,))
+
+
 def _policies(dsn: str) -> None:
+    _reset(dsn)
     _exec(
         dsn,
         "select realtime.create_policy('public.bookings', 'branch members', "
@@ -58,11 +65,16 @@ def _summary(frames: list[dict[str, Any]]) -> list[tuple[str, int, bool]]:
     return out
 
 
-async def _settle(relay: Any) -> None:
+def _names(relay: Any) -> set[str]:
+    return {cp.policy.name for cp in relay.server.authorizer.policies("public", "bookings")}
+
+
+async def _settle(relay: Any, names: set[str] | None = None) -> None:
+    want = {"branch members", "admins"} if names is None else names
     deadline = time.monotonic() + 5
-    while len(relay.server.authorizer) < 2:
+    while _names(relay) != want:
         if time.monotonic() > deadline:
-            raise TimeoutError("policies not loaded")
+            raise TimeoutError(f"policies not loaded: {_names(relay)}")
         await asyncio.sleep(0.05)
 
 
@@ -167,20 +179,21 @@ async def test_policy_changes_apply_without_restart(pg_dsn: str) -> None:
         running_relay(pg_dsn) as relay,
         PhoenixClient.connect(relay, token("authenticated", branch_id=3)) as c,
     ):
+        await asyncio.to_thread(_reset, pg_dsn)
+        await _settle(relay, set())
         await c.join("dash", ALL_BOOKINGS)
         await asyncio.to_thread(_booking, pg_dsn, 3)
         assert _summary(await c.collect(1.0)) == []  # default deny: no policy yet
         await asyncio.to_thread(_policies, pg_dsn)
         t0 = time.monotonic()
-        while len(relay.server.authorizer) < 2 and time.monotonic() - t0 < 5:
-            await asyncio.sleep(0.05)
+        await _settle(relay)
+        assert time.monotonic() - t0 < 5
         b = await asyncio.to_thread(_booking, pg_dsn, 3)
         assert [s[1] for s in _summary(await c.collect(1.5))] == [b]
         await asyncio.to_thread(
             _exec, pg_dsn, "select realtime.drop_policy('public.bookings', 'branch members')"
         )
-        while len(relay.server.authorizer) > 1 and time.monotonic() - t0 < 10:
-            await asyncio.sleep(0.05)
+        await _settle(relay, {"admins"})
         await asyncio.to_thread(_booking, pg_dsn, 3)
         assert _summary(await c.collect(1.0)) == []
 
@@ -192,15 +205,14 @@ async def test_slow_path_policy_is_evaluated_in_postgres(pg_dsn: str) -> None:
         PhoenixClient.connect(relay, token("authenticated", service_prefix="cu")) as c,
         PhoenixClient.connect(relay, token("authenticated", service_prefix="zz")) as d,
     ):
+        await asyncio.to_thread(_reset, pg_dsn)
         await asyncio.to_thread(
             _exec,
             pg_dsn,
             "select realtime.create_policy('public.bookings', 'prefix', "
             "$$left(service, 2) = claims->>'service_prefix'$$)",
         )
-        deadline = time.monotonic() + 5
-        while len(relay.server.authorizer) < 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await _settle(relay, {"prefix"})
         assert relay.server.authorizer.policies("public", "bookings")[0].fast is None
         await c.join("dash", ALL_BOOKINGS)
         await d.join("dash", ALL_BOOKINGS)

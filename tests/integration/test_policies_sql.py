@@ -87,8 +87,10 @@ def _messages(dsn: str, slot: str) -> list[dict[str, object]]:
 
 @pytest.fixture()
 def demo(pg_dsn: str) -> str:
+    """The demo tables without the demo schema's own policies: each test states its policies."""
     apply_migrations(pg_dsn)
     apply_demo_schema(pg_dsn)
+    _exec(pg_dsn, "delete from realtime.row_policies")
     return pg_dsn
 
 

@@ -176,3 +176,27 @@ def test_unreachable_server_fails_cleanly() -> None:
     assert not report.ok
     assert [c.name for c in report.checks] == ["connect"]
     assert "cannot connect" in report.checks[0].message
+
+
+def test_row_policies_reported(pg_dsn: str) -> None:
+    """`relay check` says which tables deny by default and which policies need Postgres."""
+    from relay.postgres.migrate import apply_migrations
+    from relay.postgres.preflight import run_preflight
+
+    apply_migrations(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("create table public.things (id int primary key, branch_id int, label text)")
+        conn.execute("create table public.others (id int primary key)")
+        conn.execute("select realtime.enable_table('public.things')")
+        conn.execute("select realtime.enable_table('public.others')")
+        conn.execute(
+            "select realtime.create_policy('public.things', 'branch', "
+            "$$branch_id = (claims->>'branch_id')::int$$)"
+        )
+        conn.execute("select realtime.create_policy('public.things', 'slow', $$length(label) > 3$$)")
+    report = run_preflight(pg_dsn, publication="supabase_realtime", slot="realtime_relay")
+    text = report.render()
+    assert "public.things: 2 (1 in-process)" in text
+    assert "default deny" in text and "public.others" in text
+    assert "'slow'" in text
+    assert report.ok
