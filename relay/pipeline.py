@@ -77,6 +77,7 @@ class Pipeline:
         temporary_slot: bool = False,
         on_status: Callable[[PipelineStats], None] | None = None,
         on_message: Callable[[dict[str, Any]], None] | None = None,
+        on_batch_end: Callable[[], None] | None = None,
         max_backoff: float = 10.0,
     ) -> None:
         self.dsn = dsn
@@ -88,6 +89,7 @@ class Pipeline:
         self.temporary_slot = temporary_slot
         self.on_status = on_status
         self.on_message = on_message
+        self.on_batch_end = on_batch_end
         self.max_backoff = max_backoff
         self.types = TypeRegistry()
         self.stats = PipelineStats()
@@ -175,35 +177,39 @@ class Pipeline:
                         log.info("publication %s changed; restarting stream", self.publication)
                         raise _Restart()
                 continue
-            for payload in batch:
-                event = decode(payload)
-                if type(event) is RowChange:
-                    if not skipping:
-                        stats.changes += 1
-                        pending = sink(event)
-                        if pending is not None:  # a policy needs Postgres: keep commit order
-                            await pending
-                elif type(event) is Begin:
-                    skipping = self.last_commit != 0 and event.commit_lsn <= self.last_commit
-                elif type(event) is Commit:
-                    if not skipping:
-                        self.last_commit = event.commit_lsn
-                        stats.transactions += 1
-                    if event.end_lsn > self.handed_off:
-                        self.handed_off = event.end_lsn
-                    stream.confirm(self.handed_off)
-                    unconfirmed = True
-                    skipping = False
-                    if restart_after_commit:
-                        stream.force_status()
-                        raise _Restart()
-                elif type(event) is Message:
-                    if event.prefix == MESSAGE_PREFIX and not skipping:
-                        msg = _parse_message(event.content)
-                        if msg.get("op") in _TABLE_OPS:
-                            restart_after_commit = True
-                        elif self.on_message is not None:
-                            self.on_message(msg)
+            try:
+                for payload in batch:
+                    event = decode(payload)
+                    if type(event) is RowChange:
+                        if not skipping:
+                            stats.changes += 1
+                            pending = sink(event)
+                            if pending is not None:  # a policy needs Postgres: keep commit order
+                                await pending
+                    elif type(event) is Begin:
+                        skipping = self.last_commit != 0 and event.commit_lsn <= self.last_commit
+                    elif type(event) is Commit:
+                        if not skipping:
+                            self.last_commit = event.commit_lsn
+                            stats.transactions += 1
+                        if event.end_lsn > self.handed_off:
+                            self.handed_off = event.end_lsn
+                        stream.confirm(self.handed_off)
+                        unconfirmed = True
+                        skipping = False
+                        if restart_after_commit:
+                            stream.force_status()
+                            raise _Restart()
+                    elif type(event) is Message:
+                        if event.prefix == MESSAGE_PREFIX and not skipping:
+                            msg = _parse_message(event.content)
+                            if msg.get("op") in _TABLE_OPS:
+                                restart_after_commit = True
+                            elif self.on_message is not None:
+                                self.on_message(msg)
+            finally:
+                if self.on_batch_end is not None:
+                    self.on_batch_end()  # one write per touched socket per batch
 
     def _publish(self) -> None:
         if self.on_status is not None:

@@ -101,6 +101,7 @@ async def start_relay(
         poll_interval=config.publication_poll_interval,
         on_status=on_status,
         on_message=on_message,
+        on_batch_end=server.flush,
     )
     stop = asyncio.Event()
     policy_task = asyncio.create_task(store.run(stop), name="relay-policies")

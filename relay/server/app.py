@@ -51,6 +51,7 @@ class RelayServer:
         self.evaluator = evaluator or PolicyEvaluator(catalog, self.authorizer)
         self.policy_errors = 0
         self.table_index: dict[tuple[str, str], TableIndex[Channel]] = {}
+        self.dirty: set[Connection] = set()
         self.authorizer.listeners.append(self._reindex_all)
         self.index: SubscriptionIndex[Channel] = SubscriptionIndex()
         self.connections: set[Connection] = set()
@@ -91,6 +92,7 @@ class RelayServer:
         decide: Decide[Channel],
         pending: list[tuple[Channel, int]],
     ) -> None:
+        self.flush()  # what earlier changes queued goes out while Postgres evaluates
         await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in pending])
         deliveries, still = self.index.route(change, decide, self._owners(change))
         for chan, _ in still:  # joined while we awaited: decide them next time, never guess
@@ -100,6 +102,12 @@ class RelayServer:
                 change.commit_lsn,
             )
         self._deliver(change, deliveries)
+
+    def flush(self) -> None:
+        """Write the frames queued by a fan-out batch: one write per touched socket."""
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            conn.flush()
 
     # -- authorization index ----------------------------------------------------------------
     def _owners(self, change: RowChange) -> set[Channel]:

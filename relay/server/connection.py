@@ -94,6 +94,7 @@ class Connection:
         self._protocol = request.protocol if request is not None else None
         self.queue: deque[bytes | str] = deque()
         self._wake = asyncio.Event()
+        self._draining = False  # flow control paused the socket: the sender task owns the queue
         self.closing = False
         self.close_reason = ""
         self.sent = 0
@@ -115,11 +116,38 @@ class Connection:
             )
             return
         self.queue.append(text)
-        self._wake.set()
+        if self.raw and not self._draining:
+            # written by flush() at the end of the fan-out batch: one write per socket per batch
+            self.server.dirty.add(self)
+        else:
+            self._wake.set()
 
     def send_frame(self, frame: Frame) -> None:
+        """Queue and send a reply or control frame now (it answers the client)."""
         text = encode(frame, self.vsn)
         self.push(ws_text_frame(text.encode()) if self.raw else text)
+        if self.raw:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything queued in one transport write, unless flow control holds the socket.
+
+        Called for every socket touched by a fan-out batch, and after replies.  When the
+        transport's buffer is over its high-water mark the sender task takes over and waits
+        for it to drain, so a slow reader never blocks the fan-out.
+        """
+        if self.closing or not self.queue or self._draining:
+            return
+        proto = self._protocol
+        if proto is not None and proto.writing_paused:
+            self._draining = True
+            self._wake.set()
+            return
+        if not self._write_chunk(unbounded=True):
+            return
+        if proto is not None and proto.writing_paused:
+            self._draining = True
+            self._wake.set()
 
     def send_frame_error(self, reason: str) -> None:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
@@ -147,6 +175,8 @@ class Connection:
                     continue
                 if self.raw:
                     await self._send_raw()
+                    if not q:
+                        self._draining = False
                 else:
                     while q and not self.closing:
                         item = q.popleft()
@@ -155,23 +185,30 @@ class Connection:
         except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send
             log.debug("send to %s failed: %s", self.peer, exc)
 
-    async def _send_raw(self) -> None:
-        """Write everything queued (up to 256 KiB) in one transport write, then respect flow control."""
+    def _write_chunk(self, unbounded: bool = False) -> bool:
+        """Pop queued frames (up to 256 KiB unless ``unbounded``) into one transport write."""
         q = self.queue
         transport = self.ws._writer.transport if self.ws._writer is not None else None
         if transport is None or transport.is_closing():
             q.clear()
             self.closing = True
-            return
+            return False
         chunk: list[bytes] = []
         size = 0
-        while q and size < 262_144:
+        while q and (unbounded or size < 262_144):
             item = q.popleft()
             b = item if isinstance(item, bytes) else item.encode()
             chunk.append(b)
             size += len(b)
-        transport.write(b"".join(chunk) if len(chunk) > 1 else chunk[0])
-        self.sent += len(chunk)
+        if chunk:
+            transport.write(b"".join(chunk) if len(chunk) > 1 else chunk[0])
+            self.sent += len(chunk)
+        return True
+
+    async def _send_raw(self) -> None:
+        """Sender-task path: write a chunk, then wait while flow control holds the socket."""
+        if not self._write_chunk():
+            return
         proto = self._protocol
         if proto is not None and proto.writing_paused:
             await proto._drain_helper()
