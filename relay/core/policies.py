@@ -24,6 +24,10 @@ reached.  The fast path reproduces this in two phases: :meth:`_Bool.fold` is the
 constant folding (claims only, may raise, short-circuits AND/OR only on constant arms) and the
 residual it returns is the executor (reads the row; only ``= ANY (select
 jsonb_array_elements_text(...))`` can raise there, because the planner never folds a sub-select).
+Parse analysis comes before both and shapes what is folded: ``x IN (a, b, ...)`` becomes one
+``x = ANY (ARRAY[...])`` of the literal items followed by a separate, OR-ed ``x = item`` for each
+item that reads ``claims`` (still a column of ``c`` at that stage), so folding stops casting the
+claims items once one of them settles the list (:class:`_InList`).
 
 One consequence is worth knowing: the *original* expression, where ``auth.uid()`` reads a setting
 at run time, may short-circuit differently from the rewritten one when a claim is malformed
@@ -947,8 +951,10 @@ def _member(x: Any, values: Iterable[Any], negated: bool) -> bool | None:
     return None if saw_null else negated
 
 
-class _InList(_Bool):
-    """``x [NOT] IN (a, b, ...)`` over claims/constants: a ScalarArrayOp, every item evaluated."""
+class _ArrayOp(_Bool):
+    """``x = ANY (ARRAY[c1, c2, ...])`` (``x <> ALL`` when negated) over literals: the
+    ScalarArrayOp that parse analysis makes of the literal items of an IN list.  Folded at plan
+    time (``x`` first, then every item) when ``x`` is a constant, else compared at run time."""
 
     __slots__ = ("items", "left", "negated")
 
@@ -957,12 +963,9 @@ class _InList(_Bool):
         self.items = items
         self.negated = negated
 
-    def item_values(self, claims: Claims) -> list[Any]:
-        return [item.value(claims) for item in self.items]
-
     def fold(self, claims: Claims) -> Folded:
         x = self.left.folded(claims)
-        values = self.item_values(claims)
+        values = [item.value(claims) for item in self.items]
         negated = self.negated
         if x is not _DYNAMIC:
             return _member(x, values, negated)
@@ -972,6 +975,41 @@ class _InList(_Bool):
             return _member(lrow(row), values, negated)
 
         return run
+
+    def columns(self) -> frozenset[str]:
+        return self.left.columns()
+
+
+class _InList(_Bool):
+    """``x [NOT] IN (a, b, ...)`` over claims/constants, as parse analysis rewrites it
+    (``transformAExprIn``) before the planner sees it.
+
+    Only the items without Vars can go into one ScalarArrayOp, and ``claims`` *is* a Var (a column
+    of the ``(select $2::jsonb as claims) c`` sub-select, replaced by the constant only later, when
+    the planner pulls the sub-select up).  So when there are at least two literal items, they
+    become ``x = ANY (ARRAY[literals])`` (:class:`_ArrayOp`), and each claims item becomes its own
+    ``x = item``, OR-ed after it in list order; with fewer literals, every item is its own
+    comparison, in list order.  NOT IN is the same with ``<>`` and AND.  The planner then folds
+    that chain like any OR/AND (``chain``, a :class:`_Junction`): an arm that folds to TRUE (FALSE
+    for NOT IN) ends it, and the claims items after it are never cast, so cannot raise.
+    ``items`` are all the items, typed as in their comparison (for index keys).
+    """
+
+    __slots__ = ("chain", "items", "left", "negated")
+
+    def __init__(self, left: _Value, items: tuple[_Value, ...], negated: bool, chain: _Bool) -> None:
+        self.left = left
+        self.items = items
+        self.negated = negated
+        self.chain = chain
+
+    def item_values(self, claims: Claims) -> list[Any]:
+        """Every item's value.  Only for a column ``x``: then no arm can fold to TRUE or FALSE,
+        so Postgres folds (and casts) every item whenever it folds the IN list at all."""
+        return [item.value(claims) for item in self.items]
+
+    def fold(self, claims: Claims) -> Folded:
+        return self.chain.fold(claims)
 
     def columns(self) -> frozenset[str]:
         return self.left.columns()
@@ -1286,6 +1324,28 @@ def _common_type(values: list[_Value]) -> str:
     return typed[0]
 
 
+def _comparison(op: str, left: _Value, right: _Value) -> _Compare:
+    """``left <op> right`` typed as ``make_op`` does for the modelled families: an untyped
+    literal takes the other side's type (text when both are untyped)."""
+    if left.typ == "unknown" and right.typ == "unknown":
+        left, right = _coerce(left, "text"), _coerce(right, "text")
+    left, right = _coerce(left, right.typ), _coerce(right, left.typ)
+    family = _FAMILY.get(left.typ)
+    if family is None or family != _FAMILY.get(right.typ):
+        raise _Unsupported(f"comparison of {left.typ} with {right.typ}")
+    if family == "text" and op not in ("=", "<>"):
+        raise _Unsupported("text ordering depends on the collation")
+    return _Compare(op, left, right)
+
+
+def _has_vars(v: _Value) -> bool:
+    """Whether parse analysis sees a Var in ``v``: ``claims`` is one (a column of the sub-select
+    that provides it), a literal or a cast of one is not."""
+    while isinstance(v, _Cast):
+        v = v.arg
+    return not isinstance(v, _Const)
+
+
 class _Builder:
     """Turns the rewritten parse tree into the evaluation model, typing it like Postgres' parse
     analysis does for the supported shapes and raising :class:`_Unsupported` for anything else."""
@@ -1392,31 +1452,38 @@ class _Builder:
         if node.kind == A_Expr_Kind.AEXPR_OP:
             if len(op) != 1 or op[0] not in _OPS or node.lexpr is None:
                 raise _Unsupported(f"operator {' '.join(op)}")
-            left, right = self.value(node.lexpr), self.value(node.rexpr)
-            if left.typ == "unknown" and right.typ == "unknown":
-                left, right = _coerce(left, "text"), _coerce(right, "text")
-            left, right = _coerce(left, right.typ), _coerce(right, left.typ)
-            family = _FAMILY.get(left.typ)
-            if family is None or family != _FAMILY.get(right.typ):
-                raise _Unsupported(f"comparison of {left.typ} with {right.typ}")
-            if family == "text" and op[0] not in ("=", "<>"):
-                raise _Unsupported("text ordering depends on the collation")
-            return _Compare(op[0], left, right)
+            return _comparison(op[0], self.value(node.lexpr), self.value(node.rexpr))
         if node.kind == A_Expr_Kind.AEXPR_IN:
             if op not in (("=",), ("<>",)) or not isinstance(node.rexpr, tuple):
                 raise _Unsupported("IN form")
-            left = self.value(node.lexpr)
-            items = [self.value(item) for item in node.rexpr]
-            if any(not item.static for item in items):
-                # Postgres splits items with columns into separate OR-ed comparisons.
-                raise _Unsupported("IN list with columns")
-            common = _common_type([left, *items])
-            left = _coerce(left, common)
-            items = [_coerce(item, common) for item in items]
-            if _FAMILY.get(left.typ) != _FAMILY.get(common) or _FAMILY.get(common) is None:
-                raise _Unsupported("IN list of another type")
-            return _InList(left, tuple(items), negated=op == ("<>",))
+            return self.in_list(self.value(node.lexpr), node.rexpr, negated=op == ("<>",))
         raise _Unsupported(f"{getattr(node.kind, 'name', node.kind)} expression")
+
+    def in_list(self, left: _Value, nodes: tuple[Any, ...], negated: bool) -> _InList:
+        """``left [NOT] IN (nodes)`` the way ``transformAExprIn`` builds it (see :class:`_InList`):
+        the literals typed together with ``left`` (``select_common_type``) when they form a
+        ScalarArrayOp, every other comparison typed on its own, like a plain ``=`` / ``<>``."""
+        items = [self.value(item) for item in nodes]
+        if any(not item.static for item in items):
+            # Postgres splits items with columns into separate OR-ed comparisons.
+            raise _Unsupported("IN list with columns")
+        literals = [item for item in items if not _has_vars(item)]
+        arms: list[_Bool] = []
+        typed: list[_Value] = []
+        if len(literals) > 1:
+            common = _common_type([left, *literals])
+            array_left = _coerce(left, common)
+            array_items = tuple(_coerce(item, common) for item in literals)
+            if _FAMILY.get(array_left.typ) != _FAMILY.get(common) or _FAMILY.get(common) is None:
+                raise _Unsupported("IN list of another type")
+            arms.append(_ArrayOp(array_left, array_items, negated))
+            typed.extend(array_items)
+            items = [item for item in items if _has_vars(item)]
+        for item in items:
+            cmp = _comparison("<>" if negated else "=", left, item)
+            arms.append(cmp)
+            typed.append(cmp.right)
+        return _InList(left, tuple(typed), negated, _Junction(tuple(arms), stop=not negated))
 
     def sublink(self, node: ast.SubLink) -> _Bool:
         if node.subLinkType != SubLinkType.ANY_SUBLINK:

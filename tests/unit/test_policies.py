@@ -480,6 +480,83 @@ def test_sub_selects_run_when_the_executor_reaches_them() -> None:
     assert run("true or branch_id = any (select jsonb_array_elements_text(claims->'b')::int)", {}, {"b": 1})
 
 
+#: Claims for the IN-list cases below: "bad" and app.s do not cast to boolean.
+IN_CLAIMS = {"role": "admin", "flag": "true", "f": "false", "n": None, "bad": "NaN", "app": {"s": "NaN"}}
+IN_ROW = {"label": "open", "active": False}
+
+
+@pytest.mark.parametrize(
+    ("using", "expected"),
+    [
+        # Found by the equivalence test: the NOT IN is FALSE once `true <> 'true'` folds, so the NaN
+        # item is never cast, and the OR is TRUE from its first arm at run time.
+        (
+            "not (not ((auth.role() <> label or true not in "
+            "(NULL, false, (auth.jwt()->>'flag')::bool, (claims->'app'->>'s')::bool))))",
+            True,
+        ),
+        ("true not in (null, false, (claims->>'flag')::bool, (claims->'app'->>'s')::bool)", False),
+        # claims items are separate comparisons, folded left to right, stopping at TRUE (IN) ...
+        ("true in ((claims->>'flag')::bool, (claims->>'bad')::bool)", True),
+        ("true in ((claims->>'f')::bool, (claims->>'bad')::bool)", "22P02"),
+        ("true in ((claims->>'bad')::bool, true)", "22P02"),  # one literal: kept in list order
+        ("true in (true, (claims->>'bad')::bool)", True),
+        ("(claims->>'flag')::bool in (true, (claims->>'bad')::bool)", True),
+        ("'5' in ('5', (claims->>'bad')::int)", True),
+        ("'5' in ((claims->>'bad')::int, 5)", "22P02"),
+        # ... or at FALSE (NOT IN)
+        ("true not in ((claims->>'flag')::bool, (claims->>'bad')::bool)", False),
+        ("true not in ((claims->>'bad')::bool, (claims->>'flag')::bool)", "22P02"),
+        ("true not in ((claims->>'bad')::bool, true)", "22P02"),
+        # two or more literals form one `= ANY (ARRAY[...])` that comes first, wherever they stand
+        ("true in ((claims->>'bad')::bool, true, false)", True),
+        ("true not in ((claims->>'bad')::bool, true, false)", False),
+        ("'5' in ((claims->>'bad')::int, 5, 6)", True),
+        ("true in (false, null, (claims->>'flag')::bool, (claims->>'bad')::bool)", True),
+        ("false not in (true, (claims->>'bad')::bool, null)", "22P02"),  # the array gives NULL
+        ("claims->>'role' in ('x', 'admin', claims->>'bad')", True),
+        # a cast of a literal is a literal too (no Var), cast when the array is folded
+        ("true in ((claims->>'bad')::bool, 't'::text::bool, 'f'::text::bool)", True),
+        ("false in ((claims->>'flag')::bool, 'x'::text::bool, 'f'::text::bool)", "22P02"),
+        ("true in ((claims->>'flag')::bool, 'x'::text::bool)", True),
+        # a NULL arm stops nothing (both sides of a comparison are folded before NULL counts)
+        ("(claims->>'n')::bool in (true, (claims->>'bad')::bool)", "22P02"),
+        ("null::bool in (true, false, (claims->>'bad')::bool)", "22P02"),
+        ("(claims->>'bad')::bool in (true, false)", "22P02"),
+        # a column on the left: no arm is constant, every item is cast
+        ("active in ((claims->>'flag')::bool, (claims->>'bad')::bool)", "22P02"),
+        ("active in (true, false, (claims->>'bad')::bool)", "22P02"),
+        ("active in ((claims->>'n')::bool, (claims->>'bad')::bool)", "22P02"),
+        # the NOT / IS FALSE around the list change nothing of the above
+        ("not (true in (false, null, (claims->>'flag')::bool, (claims->>'bad')::bool))", False),
+        ("(true not in (null, false, (claims->>'flag')::bool, (claims->>'bad')::bool)) is false", True),
+        # a non-constant OR arm does not stop folding
+        ("claims->>'role' <> label or (claims->>'bad')::bool", "22P02"),
+        ("claims->>'role' <> label or (true and false and (claims->>'bad')::bool)", True),
+        ("not not (claims->>'bad')::bool", "22P02"),
+    ],
+)
+def test_in_lists_are_chains_of_comparisons(using: str, expected: bool | str | None) -> None:
+    """``x IN (...)`` is OR-ed comparisons, the literals in one ScalarArrayOp: ``claims`` is a Var
+    for parse analysis, so its items are compared one by one and folded lazily (PostgreSQL 15)."""
+    if isinstance(expected, str):
+        assert error(using, IN_ROW, IN_CLAIMS).sqlstate == expected
+    else:
+        assert run(using, IN_ROW, IN_CLAIMS) is expected
+
+
+def test_in_list_items_are_typed_per_comparison() -> None:
+    """Each claims item is compared with the left side on its own: ``'5.5' = <int>`` does not parse
+    in Postgres (no common numeric type), so the fast path must not guess."""
+    cp = compile_("'5.5' in ((claims->>'b')::int, 5.5)")
+    assert cp.fast is None and cp.slow_reason is not None and "not a valid int4" in cp.slow_reason
+    assert run("'7' in (5.5, (claims->>'b')::int)", {}, {"b": "7"}) is True
+    (term,) = compile_("small in (1, 100000, (claims->>'b')::int8)").index
+    assert term.keys({"b": " 3 "}) == frozenset({1, 100000, 3})
+    with pytest.raises(PolicyEvalError):
+        term.keys({"b": "x"})
+
+
 @pytest.mark.parametrize(
     ("claim", "expected"),
     [
