@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -25,9 +27,9 @@ def _insert(dsn: str, n: int, ids: list[int]) -> None:
             ids.append(int(row[0]))
 
 
-async def test_postgres_crash_and_restart() -> None:
-    import os
-
+@pytest.fixture()
+def crashable() -> Iterator[LocalCluster]:
+    """A cluster of the test's own, which it may SIGKILL and restart."""
     if os.environ.get("RELAY_TEST_DSN"):
         pytest.skip("needs a cluster the test can crash (RELAY_TEST_DSN is shared)")
     cluster = LocalCluster()
@@ -38,52 +40,44 @@ async def test_postgres_crash_and_restart() -> None:
             pytest.fail(str(exc))
         pytest.skip(str(exc))
     try:
-        dsn = cluster.dsn()
-        async with running_relay(dsn, slot="restart_test") as relay, PhoenixClient.connect(relay) as c:
-            await c.join("a", [{"event": "INSERT", "schema": "public", "table": "alerts"}])
-            ids: list[int] = []
-            await asyncio.to_thread(_insert, dsn, 3, ids)
-            await asyncio.to_thread(cluster.kill)
-            await asyncio.to_thread(cluster.start)
-            await asyncio.to_thread(_insert, dsn, 3, ids)  # written before the relay reconnects
-            got: list[int] = []
-            deadline = time.monotonic() + 30
-            while len(got) < 6 and time.monotonic() < deadline:
-                try:
-                    m = await c.recv(timeout=max(0.1, deadline - time.monotonic()))
-                except TimeoutError:
-                    break
-                if m["event"] == "postgres_changes":
-                    got.append(m["payload"]["data"]["record"]["id"])
-            assert got == ids
-            assert relay.server.status["streaming"] is True
+        yield cluster
     finally:
         cluster.stop()
 
 
-async def test_join_works_right_after_postgres_restart() -> None:
+async def test_postgres_crash_and_restart(crashable: LocalCluster) -> None:
+    cluster = crashable
+    dsn = cluster.dsn()
+    async with running_relay(dsn, slot="restart_test") as relay, PhoenixClient.connect(relay) as c:
+        await c.join("a", [{"event": "INSERT", "schema": "public", "table": "alerts"}])
+        ids: list[int] = []
+        await asyncio.to_thread(_insert, dsn, 3, ids)
+        await asyncio.to_thread(cluster.kill)
+        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(_insert, dsn, 3, ids)  # written before the relay reconnects
+        got: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 6 and time.monotonic() < deadline:
+            try:
+                m = await c.recv(timeout=max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            if m["event"] == "postgres_changes":
+                got.append(m["payload"]["data"]["record"]["id"])
+        assert got == ids
+        assert relay.server.status["streaming"] is True
+
+
+async def test_join_works_right_after_postgres_restart(crashable: LocalCluster) -> None:
     """The catalog pool's dead connections are replaced transparently after a restart."""
-    import os
-
-    if os.environ.get("RELAY_TEST_DSN"):
-        pytest.skip("needs a cluster the test can crash (RELAY_TEST_DSN is shared)")
-    cluster = LocalCluster()
-    try:
-        cluster.start()
-    except ClusterError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    try:
-        async with running_relay(cluster.dsn(), slot="restart_join") as relay:
-            await relay.server.catalog.table("public", "alerts")  # warm the pool
-            await asyncio.to_thread(cluster.kill)
-            await asyncio.to_thread(cluster.start)
-            relay.server.catalog._tables.clear()
-            async with PhoenixClient.connect(relay) as c:
-                r = await c.join(
-                    "a", [{"event": "*", "schema": "public", "table": "alerts", "filter": "branch_id=eq.1"}]
-                )
-                assert r["payload"]["status"] == "ok", r
-    finally:
-        cluster.stop()
+    cluster = crashable
+    async with running_relay(cluster.dsn(), slot="restart_join") as relay:
+        await relay.server.catalog.table("public", "alerts")  # warm the pool
+        await asyncio.to_thread(cluster.kill)
+        await asyncio.to_thread(cluster.start)
+        relay.server.catalog._tables.clear()
+        async with PhoenixClient.connect(relay) as c:
+            r = await c.join(
+                "a", [{"event": "*", "schema": "public", "table": "alerts", "filter": "branch_id=eq.1"}]
+            )
+            assert r["payload"]["status"] == "ok", r
