@@ -51,6 +51,7 @@ class _AskPostgres:
 
 
 ASK_POSTGRES: Final = _AskPostgres()
+_MISS: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ class Authorizer:
         # subscriber they admit costs a dict lookup per row.  Any-TRUE semantics make the order
         # irrelevant to visibility.
         self._by_table = {k: tuple(sorted(v, key=lambda cp: not cp.claims_only)) for k, v in by_table.items()}
-        self._claims_only: dict[tuple[int, ClaimsKey], bool | PolicyEvalError] = {}
+        self._claims_only: dict[tuple[int, ClaimsKey], Any] = {}
         self.version += 1
         for listener in self.listeners:
             listener()
@@ -127,12 +128,15 @@ class Authorizer:
             if fast is None:
                 ask = True
                 continue
-            if cp.claims_only and key is not None:
-                result = self._claims_only_verdict(cp, fast, claims, key)
-                if result is True:
-                    return True
-                if isinstance(result, PolicyEvalError) and denied is None:
-                    denied = Denied(result.code, str(result), cp.policy.name)
+            if key is not None and cp.specialize is not None:
+                spec = self._specialized(cp, cp.specialize, claims, key)
+                try:
+                    if spec is True or (callable(spec) and spec(row) is True):
+                        return True
+                except PolicyEvalError as exc:
+                    spec = exc
+                if isinstance(spec, PolicyEvalError) and denied is None:
+                    denied = Denied(spec.code, str(spec), cp.policy.name)
                 continue
             try:
                 if fast(row, claims) is True:
@@ -146,16 +150,25 @@ class Authorizer:
             return denied
         return False
 
-    def _claims_only_verdict(
-        self, cp: CompiledPolicy, fast: Callable[..., bool | None], claims: Mapping[str, Any], key: ClaimsKey
-    ) -> bool | PolicyEvalError:
-        """A claims-only policy's answer for these claims, computed once (until policies change)."""
+    def _specialized(
+        self,
+        cp: CompiledPolicy,
+        specialize: Callable[[Mapping[str, Any]], Any],
+        claims: Mapping[str, Any],
+        key: ClaimsKey,
+    ) -> Any:
+        """The policy's claims-side work for these claims, done once (until policies change).
+
+        Casting a subscriber's ``sub`` to uuid or ``branch_id`` to int is the same for every
+        row; only the comparison with the row's value remains per row.  Plan-time errors are
+        cached as the error.
+        """
         ck = (id(cp), key)
-        hit = self._claims_only.get(ck)
-        if hit is not None:
+        hit = self._claims_only.get(ck, _MISS)
+        if hit is not _MISS:
             return hit
         try:
-            result: bool | PolicyEvalError = fast({}, claims) is True
+            result: Any = specialize(claims)
         except PolicyEvalError as exc:
             result = exc
         if len(self._claims_only) > 100_000:

@@ -154,6 +154,9 @@ class CompiledPolicy:
     ``claims_only`` says the decision depends on the claims alone (only ever set for fast
     policies: a slow one may read other tables).  ``columns`` are the row columns read.
     ``slow_reason`` says why a policy is not on the fast path (for logs and ``relay check``).
+    ``specialize(claims)`` is ``fast`` split in two: the plan-time, claims-only part evaluated
+    once (a constant verdict, or a predicate over the row; it raises where that part raises),
+    so the relay can do it once per subscriber instead of once per row.
     """
 
     policy: Policy
@@ -163,6 +166,7 @@ class CompiledPolicy:
     index: tuple[IndexTerm, ...]
     columns: frozenset[str]
     slow_reason: str | None = field(default=None, compare=False)
+    specialize: Callable[[Mapping[str, Any]], Any] | None = field(default=None, compare=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1623,4 +1627,5 @@ def compile_policy(policy: Policy, column_types: Mapping[str, str]) -> CompiledP
         claims_only=not columns,
         index=index,
         columns=columns,
+        specialize=root.fold,
     )

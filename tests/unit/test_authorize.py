@@ -114,3 +114,26 @@ def test_table_index_bad_claim_stays_candidate() -> None:
     out: set[str] = set()
     ti.candidates(row(1), out)
     assert out == {"bad"}  # so its error is reported on the rows it would see
+
+
+def test_specialized_verdicts_equal_plain_evaluation() -> None:
+    """Caching the claims-side work per claims never changes a verdict."""
+    import itertools
+
+    auth = Authorizer(
+        [BRANCH, OWNER, ADMIN, pol("combo", "branch_id = (claims->>'b')::int and status <> 'x'")]
+    )
+    claims_set = [
+        {"role": "authenticated", "branch_id": 1},
+        {"role": "authenticated", "branch_id": "abc"},
+        {"role": "authenticated", "sub": U1},
+        {"role": "authenticated", "sub": "not-a-uuid"},
+        {"role": "authenticated", "user_role": "admin"},
+        {"role": "authenticated", "b": "2"},
+        {"role": "authenticated", "b": " 7x"},
+        {"role": "anon"},
+    ]
+    rows = [row(1), row(2, U1), row(2, None, "x"), row(7, "00000000-0000-4000-8000-0000000000ff")]
+    for _ in range(2):  # second round hits the cache
+        for c, r in itertools.product(claims_set, rows):
+            assert auth.verdict("public", "t", r, c, claims_key(c)) == auth.verdict("public", "t", r, c)
