@@ -109,6 +109,8 @@ class Connection:
         """Queue one encoded frame; drop the socket if its queue is over the bound."""
         if self.closing:
             return
+        if len(self.queue) >= self.server.config.socket_queue_frames and self.raw and not self._draining:
+            self.flush()  # a big batch, not a slow reader: write what is queued now
         if len(self.queue) >= self.server.config.socket_queue_frames:
             self.abort(
                 WSCloseCode.TRY_AGAIN_LATER,

@@ -1,0 +1,138 @@
+"""TOASTed values on UPDATE, and a slow consumer that must not hold anyone back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import psycopg
+import pytest
+
+from tests.support.relay import PhoenixClient, running_relay, token
+
+pytestmark = pytest.mark.pg
+
+
+def _exec(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+async def test_unchanged_toasted_column_is_delivered_on_update(pg_dsn: str) -> None:
+    async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
+        await c.join("t", [{"event": "UPDATE", "schema": "public", "table": "bookings"}])
+        # ~200 kB of incompressible text: stored out of line (TOAST), so wal2json omits it
+        # from an UPDATE that does not change it.
+        rows = await asyncio.to_thread(
+            _exec,
+            pg_dsn,
+            "insert into bookings (branch_id, client_id, service, starts_at, ends_at, price, notes) "
+            "select 1, (select min(id) from clients), 'cut', now(), now() + interval '1 hour', 5, "
+            "(select string_agg(md5(random()::text), '') from generate_series(1, 6000)) "
+            "returning id, notes",
+        )
+        bid, notes = rows[0]
+        assert len(notes) == 192_000
+        toast = await asyncio.to_thread(
+            _exec,
+            pg_dsn,
+            "select count(*) > 0 from pg_class c join pg_class t on t.oid = c.reltoastrelid "
+            "where c.oid = 'public.bookings'::regclass and "
+            "(select count(*) from pg_class where oid = c.reltoastrelid) = 1",
+        )
+        assert toast == [(True,)]
+        stored = await asyncio.to_thread(
+            _exec, pg_dsn, "select pg_column_size(notes) > 8000 from bookings where id = %s", (bid,)
+        )
+        assert stored == [(True,)]  # too large for the heap page even compressed: stored out of line
+        await asyncio.to_thread(
+            _exec, pg_dsn, "update bookings set status = 'confirmed' where id = %s", (bid,)
+        )
+        m = await c.recv_until(lambda m: m["event"] == "postgres_changes", timeout=10)
+        data = m["payload"]["data"]
+        assert data["record"]["status"] == "confirmed"
+        assert data["record"]["notes"] == notes  # recovered from the old row image
+        assert [col["name"] for col in data["columns"]][-3:] == ["notes", "created_at", "updated_at"]
+
+
+def _read_changes(url: str, n: int, ready: threading.Event, out: list[int]) -> None:
+    """A consumer on its own thread (as a separate client would be): counts n INSERT frames."""
+    from websockets.sync.client import connect
+
+    with connect(url, max_size=None, open_timeout=10) as ws:
+        ws.send(
+            orjson.dumps(
+                {
+                    "topic": "realtime:f",
+                    "event": "phx_join",
+                    "ref": "1",
+                    "payload": {
+                        "config": {
+                            "postgres_changes": [{"event": "INSERT", "schema": "public", "table": "bookings"}]
+                        }
+                    },
+                }
+            ).decode()
+        )
+        ws.recv(timeout=10)
+        ready.set()
+        deadline = time.monotonic() + 90
+        while out[0] < n and time.monotonic() < deadline:
+            msg = ws.recv(timeout=30)
+            if '"postgres_changes"' in str(msg)[:120]:
+                out[0] += 1
+
+
+async def test_slow_consumer_is_dropped_and_others_keep_receiving(pg_dsn: str) -> None:
+    n = 400
+    async with running_relay(pg_dsn, socket_queue_frames=100) as relay:
+        ws_url = f"ws://127.0.0.1:{relay.port}/realtime/v1/websocket?apikey={token()}&vsn=1.0.0"
+        ready, count = threading.Event(), [0]
+        reader = threading.Thread(target=_read_changes, args=(ws_url, n, ready, count), daemon=True)
+        reader.start()
+        assert await asyncio.to_thread(ready.wait, 15)
+        url = f"http://127.0.0.1:{relay.port}/realtime/v1/websocket"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(url, params={"apikey": token(), "vsn": "1.0.0"}) as slow,
+        ):
+            await slow.send_json(
+                {
+                    "topic": "realtime:s",
+                    "event": "phx_join",
+                    "ref": "1",
+                    "payload": {
+                        "config": {
+                            "postgres_changes": [{"event": "INSERT", "schema": "public", "table": "bookings"}]
+                        }
+                    },
+                }
+            )
+            await slow.receive(timeout=5)
+            # the slow client now stops reading; ~20 kB per change fills every buffer on the way
+            await asyncio.to_thread(
+                _exec,
+                pg_dsn,
+                f"do $$ begin for i in 1..{n} loop "
+                "insert into bookings (branch_id, client_id, service, starts_at, ends_at, price, notes) "
+                "select 1, (select min(id) from clients), 'cut', now(), now() + interval '1 hour', 5, "
+                "repeat(md5(i::text), 640); commit; end loop; end $$",
+            )
+            await asyncio.to_thread(reader.join, 90)
+            assert count[0] == n  # the other subscriber received everything
+            # the stalled one was closed with a reason it can act on
+            closed = None
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                msg = await slow.receive(timeout=20)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                    closed = msg
+                    break
+            assert closed is not None
+            assert slow.close_code == 1013
+            assert "slow consumer" in str(closed.extra or "")
