@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 from pathlib import Path
@@ -18,6 +17,7 @@ from relay.postgres.migrate import (
     sql_dir,
 )
 from relay.postgres.tables import TableError, TableInfo, disable_table, enable_table, list_tables
+from tests.support.messages import realtime_messages
 
 pytestmark = pytest.mark.pg
 
@@ -51,22 +51,7 @@ def _messages(
     dsn: str, slot: str, ops: tuple[str, ...] = ("enable_table", "disable_table")
 ) -> list[dict[str, object]]:
     """The realtime logical messages (of the given ops) decoded so far from a wal2json slot."""
-    rows = _fetchall(
-        dsn,
-        "select data from pg_logical_slot_get_changes(%s, null, null, "
-        "'format-version', '2', 'add-msg-prefixes', 'realtime')",
-        (slot,),
-    )
-    out: list[dict[str, object]] = []
-    for (data,) in rows:
-        msg = json.loads(str(data))
-        if msg["action"] == "M":
-            assert msg["prefix"] == "realtime"
-            assert msg["transactional"] is True
-            content = json.loads(msg["content"])
-            if content["op"] in ops:
-                out.append(content)
-    return out
+    return realtime_messages(dsn, slot, ops)
 
 
 @pytest.fixture()

@@ -14,6 +14,7 @@ from psycopg.conninfo import make_conninfo
 
 from relay.postgres.migrate import apply_demo_schema, apply_migrations, sql_dir
 from relay.postgres.policies_sql import PolicySQLError, create_policy, drop_policy, list_policies
+from tests.support.messages import realtime_messages
 
 pytestmark = pytest.mark.pg
 
@@ -67,22 +68,7 @@ def _policies(dsn: str) -> list[tuple[object, ...]]:
 
 def _messages(dsn: str, slot: str) -> list[dict[str, object]]:
     """The policy_changed logical messages decoded so far from a wal2json slot."""
-    rows = _exec(
-        dsn,
-        "select data from pg_logical_slot_get_changes(%s, null, null, "
-        "'format-version', '2', 'add-msg-prefixes', 'realtime')",
-        (slot,),
-    )
-    out: list[dict[str, object]] = []
-    for (data,) in rows:
-        msg = json.loads(str(data))
-        if msg["action"] == "M":
-            assert msg["prefix"] == "realtime"
-            assert msg["transactional"] is True
-            content = json.loads(msg["content"])
-            if content["op"] == "policy_changed":
-                out.append(content)
-    return out
+    return realtime_messages(dsn, slot, ("policy_changed",))
 
 
 @pytest.fixture()
