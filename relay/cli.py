@@ -289,7 +289,6 @@ async def _tail(cfg: Config, count: int) -> int:
     def sink(change: RowChange) -> None:
         nonlocal seen
         data = change_payload(change)
-        data["position"] = f"{change.commit_lsn}:{change.index}"
         out.write(dumps(data) + b"\n")
         out.flush()
         seen += 1

@@ -112,6 +112,16 @@ class RowChange:
     column_types: dict[str, str] = field(default_factory=dict)
 
     @property
+    def position(self) -> str:
+        """Where this change stands in the total order of all changes: commit LSN, then index.
+
+        ``"<commit LSN as 16 hex digits>:<index as 8 hex digits>"`` compares as a string in
+        the same order as the changes were committed and made, so clients can sort, dedupe and
+        (later) resume with it without parsing.
+        """
+        return f"{int(self.commit_lsn):016X}:{self.index:08X}"
+
+    @property
     def filter_row(self) -> dict[str, Any]:
         """The row filters and policies look at: the old row for DELETE, else the new row."""
         if self.action is Action.DELETE:

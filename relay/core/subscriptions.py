@@ -346,6 +346,7 @@ def change_payload(change: RowChange) -> dict[str, Any]:
         "type": change.action.value,
         "columns": _columns_json(change.columns),
         "errors": None,
+        "position": change.position,
     }
     if change.action is not Action.DELETE:
         data["record"] = change.record

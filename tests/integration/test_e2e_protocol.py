@@ -77,6 +77,8 @@ async def test_insert_update_delete_flow(pg_dsn: str, vsn: str) -> None:
         await asyncio.to_thread(_exec, pg_dsn, "delete from bookings where id = %s", (bid,))
         dele = (await c.recv_until(_is_change))["payload"]["data"]
         assert dele["type"] == "DELETE" and dele["old_record"]["id"] == bid and "record" not in dele
+        # every change carries its place in the commit order
+        assert data["position"] < upd["position"] < dele["position"]
 
 
 async def test_filters_and_event_types(pg_dsn: str) -> None:

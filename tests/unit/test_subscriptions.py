@@ -378,6 +378,7 @@ class TestPayload:
             "columns": [{"name": "id", "type": "int4"}, {"name": "v", "type": "text"}],
             "errors": None,
             "record": {"id": 1, "v": "a"},
+            "position": "000000000150AFE0:00000000",
         }
 
     def test_update_has_both(self) -> None:
@@ -579,3 +580,16 @@ class TestRouteUpdates:
             and err["errors"] == ["PolicyError c: m (policy p)"]
         )
         assert fc.variant(MOVED_OUT) is fc.variant(MOVED_OUT)  # encoded once per change
+
+
+class TestPosition:
+    def test_position_orders_like_commit_then_index(self) -> None:
+        a = change(Action.INSERT, {"id": 1})
+        a.commit_lsn, a.index = Lsn(0x1_0000_0000), 2
+        b = change(Action.INSERT, {"id": 1})
+        b.commit_lsn, b.index = Lsn(0x1_0000_0000), 10
+        c = change(Action.INSERT, {"id": 1})
+        c.commit_lsn, c.index = Lsn(0x2_0000_0000), 0
+        assert a.position == "0000000100000000:00000002"
+        assert a.position < b.position < c.position
+        assert payload(a)["position"] == a.position
