@@ -41,6 +41,8 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final
 
+from relay.core.pgtypes import scan_quoted
+
 __all__ = [
     "MAX_IN_VALUES",
     "OPERATORS",
@@ -180,28 +182,17 @@ def _parse_in_list(text: str, body: str) -> tuple[str, ...]:
             i += 1
         position = len(values) + 1
         if i < n and body[i] == '"':
-            i += 1
-            chars: list[str] = []
-            while True:
-                if i >= n:
-                    raise _error(text, f"unterminated quoted value in the in list (position {position})")
-                c = body[i]
-                if c == "\\" and i + 1 < n:
-                    chars.append(body[i + 1])
-                    i += 2
-                elif c == '"':
-                    i += 1
-                    break
-                else:
-                    chars.append(c)
-                    i += 1
+            scanned = scan_quoted(body, i + 1)
+            if scanned is None:
+                raise _error(text, f"unterminated quoted value in the in list (position {position})")
+            quoted, i = scanned
             while i < n and body[i].isspace():
                 i += 1
             if i < n and body[i] != ",":
                 raise _error(
                     text, f"unexpected text after a quoted value in the in list (position {position})"
                 )
-            values.append("".join(chars))
+            values.append(quoted)
         else:
             end = body.find(",", i)
             if end == -1:
@@ -706,24 +697,13 @@ def _array_items(s: str, i: int) -> tuple[list[Any], int]:
             sub, i = _array_items(s, i + 1)
             items.append(sub)
         elif c == '"':
-            chars: list[str] = []
-            i += 1
-            while True:
-                if i >= n:
-                    raise _CastError("unterminated quoted element")
-                c = s[i]
-                if c == "\\" and i + 1 < n:
-                    chars.append(s[i + 1])
-                    i += 2
-                elif c == '"':
-                    i += 1
-                    break
-                else:
-                    chars.append(c)
-                    i += 1
-            items.append("".join(chars))
+            scanned = scan_quoted(s, i + 1)
+            if scanned is None:
+                raise _CastError("unterminated quoted element")
+            item, i = scanned
+            items.append(item)
         else:
-            chars = []
+            chars: list[str] = []
             escaped = False
             while i < n and s[i] not in ",}":
                 c = s[i]

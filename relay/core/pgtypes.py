@@ -236,6 +236,27 @@ def _num_text(s: str) -> Any:
     return f if Decimal(repr(f)) == d else d
 
 
+def scan_quoted(s: str, i: int) -> tuple[str, int] | None:
+    """Read a double-quoted item whose opening quote is at ``s[i - 1]``; backslash escapes.
+
+    Returns the unescaped text and the index after the closing quote, or None when the quote
+    is never closed.  Shared by array literals and filter ``in`` lists, which quote alike.
+    """
+    n = len(s)
+    chars: list[str] = []
+    while i < n:
+        c = s[i]
+        if c == "\\" and i + 1 < n:
+            chars.append(s[i + 1])
+            i += 2
+        elif c == '"':
+            return "".join(chars), i + 1
+        else:
+            chars.append(c)
+            i += 1
+    return None
+
+
 def parse_array(text: str, element: Converter = _identity) -> Any:
     """Parse a Postgres array literal (``{1,2,NULL}``, ``{"a b","c\\"d"}``, nested) to lists.
 
@@ -305,20 +326,11 @@ def _parse_array_at(text: str, pos: int, element: Converter) -> tuple[list[Any],
             sub, pos = _parse_array_at(text, pos, element)
             out.append(sub)
         elif c == '"':
-            pos += 1
-            buf: list[str] = []
-            while pos < n:
-                c = text[pos]
-                if c == "\\" and pos + 1 < n:
-                    buf.append(text[pos + 1])
-                    pos += 2
-                elif c == '"':
-                    pos += 1
-                    break
-                else:
-                    buf.append(c)
-                    pos += 1
-            out.append(element("".join(buf)))
+            scanned = scan_quoted(text, pos + 1)
+            if scanned is None:
+                raise ValueError("unterminated quoted element")
+            item, pos = scanned
+            out.append(element(item))
         else:
             start = pos
             while pos < n and text[pos] not in ",}":
