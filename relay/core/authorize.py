@@ -91,7 +91,7 @@ class Authorizer:
         # subscriber they admit costs a dict lookup per row.  Any-TRUE semantics make the order
         # irrelevant to visibility.
         self._by_table = {k: tuple(sorted(v, key=lambda cp: not cp.claims_only)) for k, v in by_table.items()}
-        self._claims_only: dict[tuple[int, ClaimsKey], Any] = {}
+        self._specialized_cache: dict[tuple[int, ClaimsKey], Any] = {}
         self.version += 1
         for listener in self.listeners:
             listener()
@@ -109,12 +109,14 @@ class Authorizer:
         row: Mapping[str, Any],
         claims: Mapping[str, Any],
         key: ClaimsKey | None = None,
+        fast_only: bool = False,
     ) -> Verdict:
         """Is ``row`` of ``schema.table`` visible to a subscriber with ``claims``?
 
         Policies are tried in order; TRUE from any applicable one wins at once.  A policy that
         needs Postgres makes the verdict :data:`ASK_POSTGRES` unless another one already said
-        TRUE; an error is reported only if no other policy grants visibility.
+        TRUE; an error is reported only if no other policy grants visibility.  ``fast_only``
+        ignores the policies that need Postgres (the slow path combines their answers itself).
         """
         role = claims.get("role")
         if role == SERVICE_ROLE:
@@ -126,7 +128,7 @@ class Authorizer:
                 continue
             fast = cp.fast
             if fast is None:
-                ask = True
+                ask = ask or not fast_only  # the slow path answers these itself
                 continue
             if key is not None and cp.specialize is not None:
                 spec = self._specialized(cp, cp.specialize, claims, key)
@@ -164,16 +166,16 @@ class Authorizer:
         cached as the error.
         """
         ck = (id(cp), key)
-        hit = self._claims_only.get(ck, _MISS)
+        hit = self._specialized_cache.get(ck, _MISS)
         if hit is not _MISS:
             return hit
         try:
             result: Any = specialize(claims)
         except PolicyEvalError as exc:
             result = exc
-        if len(self._claims_only) > 100_000:
-            self._claims_only.clear()
-        self._claims_only[ck] = result
+        if len(self._specialized_cache) > 100_000:
+            self._specialized_cache.clear()
+        self._specialized_cache[ck] = result
         return result
 
     def postgres_policies(

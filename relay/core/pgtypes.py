@@ -169,25 +169,6 @@ def _json(v: Any) -> Any:
     return v
 
 
-def _numeric(v: Any) -> Any:
-    if isinstance(v, str):  # NaN, Infinity come as strings; anything else exact via Decimal
-        try:
-            d = Decimal(v)
-        except InvalidOperation:
-            return v
-        return d if d.is_finite() else v
-    return v
-
-
-def _int(v: Any) -> Any:
-    if isinstance(v, str):
-        try:
-            return int(v)
-        except ValueError:
-            return v
-    return v
-
-
 def _bool_text(v: Any) -> Any:
     if v == "t" or v == "true":
         return True

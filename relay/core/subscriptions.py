@@ -167,14 +167,14 @@ class SubscriptionIndex(Generic[S]):
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_table.values()) + sum(len(v) for v in self.by_schema.values())
 
-    def plan(self, change: RowChange) -> list[tuple[S, list[int]]]:
+    def plan(self, change: RowChange, owners: Iterable[S] | None = None) -> list[tuple[S, list[int]]]:
         """Subscribers whose bindings match ``change`` (event and filter), with the binding ids.
 
         One entry per subscriber (one frame per channel per change).  No authorization: see
         :meth:`route`.
         """
         per_owner: dict[int, tuple[S, list[int]]] = {}
-        for group in self._candidates(change):
+        for group in self._candidates(change, owners):
             for b in group:
                 if b.matches(change):
                     _add(per_owner, b.owner, b.id)
@@ -217,12 +217,7 @@ class SubscriptionIndex(Generic[S]):
         action = change.action
         if action is not Action.UPDATE:
             which = 0 if action is Action.INSERT else 1
-            per_owner: dict[int, tuple[S, list[int]]] = {}
-            for group in self._candidates(change, owners):
-                for b in group:
-                    if b.matches(change):
-                        _add(per_owner, b.owner, b.id)
-            for owner, ids in per_owner.values():
+            for owner, ids in self.plan(change, owners):
                 v = decide(owner, which)
                 if v is True:
                     deliveries.append(Delivery(owner, ids, CHANGE))

@@ -107,16 +107,5 @@ class PolicyEvaluator:
     def _fast_verdict(
         self, change: RowChange, which: int, row: Mapping[str, Any], claims: Mapping[str, Any]
     ) -> Verdict:
-        """The verdict of the in-process policies alone (ASK_POSTGRES counts as no)."""
-        from relay.core.policies import PolicyEvalError
-
-        denied: Denied | None = None
-        for cp in self.authorizer.policies(change.schema, change.table):
-            if cp.fast is None or claims.get("role") not in cp.policy.roles:
-                continue
-            try:
-                if cp.fast(row, claims) is True:
-                    return True
-            except PolicyEvalError as exc:
-                denied = denied or Denied(exc.code, str(exc), cp.policy.name)
-        return denied if denied is not None else False
+        """The verdict of the in-process policies alone (the ones Postgres did not evaluate)."""
+        return self.authorizer.verdict(change.schema, change.table, row, claims, fast_only=True)

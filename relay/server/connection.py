@@ -151,6 +151,10 @@ class Connection:
             self._draining = True
             self._wake.set()
 
+    def reply_error(self, f: Frame, reason: str) -> None:
+        """``phx_reply`` error answering the frame ``f`` (same topic, ref and join_ref)."""
+        self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": reason}))
+
     def send_frame_error(self, reason: str) -> None:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
         self.send_frame(reply("phoenix", None, None, "error", {"reason": reason}))
@@ -227,29 +231,13 @@ class Connection:
             self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", {"reason": reason}))
             return
         if too_large:
-            self.send_frame(
-                reply(
-                    frame.topic,
-                    frame.ref,
-                    frame.join_ref,
-                    "error",
-                    {"reason": f"frame too large: limit is {limit} bytes"},
-                )
-            )
+            self.reply_error(frame, f"frame too large: limit is {limit} bytes")
             return
         try:
             await self.dispatch(frame)
         except Exception:  # a handler bug must not take the socket or the server down
             log.exception("error handling %s on %s", frame.event, frame.topic)
-            self.send_frame(
-                reply(
-                    frame.topic,
-                    frame.ref,
-                    frame.join_ref,
-                    "error",
-                    {"reason": "internal error handling the message"},
-                )
-            )
+            self.reply_error(frame, "internal error handling the message")
 
     async def dispatch(self, f: Frame) -> None:
         if f.event == "heartbeat" and f.topic == "phoenix":
@@ -260,7 +248,7 @@ class Connection:
             return
         chan = self.channels.get(f.topic)
         if chan is None:
-            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": "unmatched topic"}))
+            self.reply_error(f, "unmatched topic")
             return
         if f.event == "phx_leave":
             self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", {}))
@@ -270,30 +258,14 @@ class Connection:
             self.refresh_token(chan, f.payload)
             return
         if f.event in ("broadcast", "presence"):
-            self.send_frame(
-                reply(
-                    f.topic,
-                    f.ref,
-                    f.join_ref,
-                    "error",
-                    {"reason": f"{f.event} is not supported by this relay yet"},
-                )
-            )
+            self.reply_error(f, f"{f.event} is not supported by this relay yet")
             return
-        self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": f"unknown event {f.event!r}"}))
+        self.reply_error(f, f"unknown event {f.event!r}")
 
     # -- channels -------------------------------------------------------------------------
     async def join(self, f: Frame) -> None:
         if not f.topic.startswith("realtime:"):
-            self.send_frame(
-                reply(
-                    f.topic,
-                    f.ref,
-                    f.join_ref,
-                    "error",
-                    {"reason": "UnknownTopic: topics are realtime:<channel name>"},
-                )
-            )
+            self.reply_error(f, "UnknownTopic: topics are realtime:<channel name>")
             return
         old = self.channels.get(f.topic)
         if old is not None:  # a second join replaces the first (Phoenix semantics)
@@ -306,27 +278,18 @@ class Connection:
         try:
             claims = self.server.verifier.verify(token) if token else self.claims
         except TokenError as exc:
-            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": exc.reason}))
+            self.reply_error(f, exc.reason)
             return
         if str(config.get("private", False)).lower() == "true":
-            self.send_frame(
-                reply(
-                    f.topic,
-                    f.ref,
-                    f.join_ref,
-                    "error",
-                    {
-                        "reason": "Unauthorized: private channels need topic policies, "
-                        "which this relay does not have yet"
-                    },
-                )
+            self.reply_error(
+                f, "Unauthorized: private channels need topic policies, which this relay does not have yet"
             )
             return
         try:
             specs = parse_bindings(config.get("postgres_changes"))
             bound = [await self._bind(s) for s in specs]
         except (BindingError, FilterError) as exc:
-            self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": f"InvalidBinding: {exc}"}))
+            self.reply_error(f, f"InvalidBinding: {exc}")
             return
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])

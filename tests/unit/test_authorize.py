@@ -63,9 +63,9 @@ def test_claims_only_cached_and_reset_on_replace() -> None:
     auth = Authorizer([ADMIN])
     admin = {"role": "authenticated", "user_role": "admin"}
     assert verdict(auth, row(), admin) is True
-    assert len(auth._claims_only) == 1
+    assert len(auth._specialized_cache) == 1
     assert verdict(auth, row(5), admin) is True
-    assert len(auth._claims_only) == 1
+    assert len(auth._specialized_cache) == 1
     auth.replace([BRANCH])
     assert verdict(auth, row(), admin) is False
 
