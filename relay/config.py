@@ -37,6 +37,8 @@ class Config:
     publication_poll_interval: float = 1.0
     policy_poll_interval: float = 2.0
     compression: bool = False
+    resume_window: float = 300.0
+    resume_max_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
 
     # -- loading --------------------------------------------------------------------------
@@ -76,6 +78,8 @@ class Config:
                         )
                     except OSError as exc:
                         raise ConfigError(f"{ENV_VARS[name][0]}: cannot read {path}: {exc}") from None
+        if out.resume_window < 0 or out.resume_max_bytes < 0:
+            raise ConfigError("RELAY_RESUME_WINDOW and RELAY_RESUME_MAX_BYTES must not be negative")
         if not (1 <= out.port <= 65535):
             raise ConfigError(f"RELAY_PORT must be 1..65535, got {out.port}")
         return out
@@ -140,5 +144,13 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Seconds between row policy reloads (also reloaded on change)",
     ),
     "compression": ("RELAY_COMPRESSION", "Allow permessage-deflate (costs CPU, disables shared frames)"),
+    "resume_window": (
+        "RELAY_RESUME_WINDOW",
+        "Seconds of changes kept for clients that resume (0 disables resume); bounds slot WAL too",
+    ),
+    "resume_max_bytes": (
+        "RELAY_RESUME_MAX_BYTES",
+        "Memory for the resume window; the oldest changes are dropped beyond it",
+    ),
     "log_level": ("RELAY_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
 }

@@ -2,9 +2,11 @@
 
 Why it is shaped like this:
 
-- **Confirm after hand-off.**  A transaction's end LSN is confirmed to Postgres only after every
-  change in it was passed to the sink (queued on its sockets).  Until then the persistent slot
-  keeps the WAL, so a crash replays rather than loses.
+- **Confirm after hand-off, and not past the replay window.**  A transaction's end LSN is
+  confirmed to Postgres only after every change in it was passed to the sink (queued on its
+  sockets), and never past the oldest change the replay log still holds (``hold``).  Until then
+  the persistent slot keeps the WAL, so a crash replays rather than loses, and a restarted
+  relay decodes its replay window again.
 - **Exactly once across stream restarts.**  Restarting the stream (new table set, reconnect)
   may replay transactions the relay already handed off; they are skipped by commit LSN, which
   is strictly increasing in a logical slot.
@@ -31,7 +33,7 @@ from relay.core.changes import Begin, Commit, Lsn, Message, RowChange
 from relay.core.pgtypes import TypeRegistry
 from relay.core.wal2json import Decoder, wal2json_options
 from relay.postgres.catalog import Catalog
-from relay.postgres.replication import ReplicationStream, ensure_slot
+from relay.postgres.replication import ReplicationStream, SlotInfo, ensure_slot
 
 __all__ = ["Pipeline", "PipelineStats"]
 
@@ -78,6 +80,9 @@ class Pipeline:
         on_status: Callable[[PipelineStats], None] | None = None,
         on_message: Callable[[dict[str, Any]], None] | None = None,
         on_batch_end: Callable[[], None] | None = None,
+        on_commit: Callable[[Commit], None] | None = None,
+        on_slot: Callable[[SlotInfo, bool], None] | None = None,
+        hold: Callable[[], Lsn | None] | None = None,
         max_backoff: float = 10.0,
     ) -> None:
         self.dsn = dsn
@@ -90,12 +95,16 @@ class Pipeline:
         self.on_status = on_status
         self.on_message = on_message
         self.on_batch_end = on_batch_end
+        self.on_commit = on_commit
+        self.on_slot = on_slot
+        self.hold = hold
         self.max_backoff = max_backoff
         self.types = TypeRegistry()
         self.stats = PipelineStats()
         self.handed_off = Lsn(0)  # end LSN of the last transaction fully handed to the sink
         self.last_commit = Lsn(0)  # commit LSN of that transaction (dedup key)
         self.ready = asyncio.Event()  # set once the first stream is running
+        self._first_stream = True
 
     async def run(self, stop: asyncio.Event) -> None:
         attempt = 0
@@ -124,7 +133,12 @@ class Pipeline:
 
     async def _stream_once(self, stop: asyncio.Event) -> None:
         if not self.temporary_slot:
-            await ensure_slot(self.dsn, self.slot)
+            info = await ensure_slot(self.dsn, self.slot)
+            if info.reason == "lost":
+                self.stats.last_error = f"slot {self.slot} was lost and recreated at {info.confirmed_flush}"
+            if self.on_slot is not None:
+                self.on_slot(info, self._first_stream)
+            self._first_stream = False
         self.types.update(await self.catalog.types())
         tables = await self.catalog.published_tables(self.publication)
         options = wal2json_options(tables, (MESSAGE_PREFIX,))
@@ -164,11 +178,11 @@ class Pipeline:
             if stop.is_set():
                 return
             if not batch:
-                if unconfirmed:
+                if self._confirm(stream) or unconfirmed:
                     stream.force_status()
                     unconfirmed = False
                     stats.last_commit_lsn = str(self.last_commit)
-                    stats.confirmed_lsn = str(self.handed_off)
+                    stats.confirmed_lsn = str(stream.flushed_lsn)
                     self._publish()
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.poll_interval
@@ -192,9 +206,11 @@ class Pipeline:
                         if not skipping:
                             self.last_commit = event.commit_lsn
                             stats.transactions += 1
+                            if self.on_commit is not None:
+                                self.on_commit(event)
                         if event.end_lsn > self.handed_off:
                             self.handed_off = event.end_lsn
-                        stream.confirm(self.handed_off)
+                        self._confirm(stream)
                         unconfirmed = True
                         skipping = False
                         if restart_after_commit:
@@ -210,6 +226,18 @@ class Pipeline:
             finally:
                 if self.on_batch_end is not None:
                     self.on_batch_end()  # one write per touched socket per batch
+
+    def _confirm(self, stream: ReplicationStream) -> bool:
+        """Confirm what was handed off, but not past the replay window; True if it advanced."""
+        lsn = self.handed_off
+        if self.hold is not None:
+            held = self.hold()
+            if held is not None and held < lsn:
+                lsn = held
+        if lsn > stream.flushed_lsn:
+            stream.confirm(lsn)
+            return True
+        return False
 
     def _publish(self) -> None:
         if self.on_status is not None:

@@ -102,7 +102,11 @@ async def start_relay(
         on_status=on_status,
         on_message=on_message,
         on_batch_end=server.flush,
+        on_commit=server.on_commit,
+        on_slot=server.on_slot,
+        hold=server.hold,
     )
+    server.types = pipeline.types
     stop = asyncio.Event()
     policy_task = asyncio.create_task(store.run(stop), name="relay-policies")
     try:

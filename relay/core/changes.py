@@ -7,6 +7,7 @@ no I/O, so the pure logic can be tested from fixtures.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -19,6 +20,9 @@ __all__ = [
     "Lsn",
     "Message",
     "RowChange",
+    "format_position",
+    "parse_position",
+    "seq_before",
 ]
 
 
@@ -110,6 +114,7 @@ class RowChange:
     index: int
     pk: tuple[str, ...] = ()
     column_types: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""  # the wal2json message it was decoded from (kept by the replay log)
 
     @property
     def position(self) -> str:
@@ -117,9 +122,14 @@ class RowChange:
 
         ``"<commit LSN as 16 hex digits>:<index as 8 hex digits>"`` compares as a string in
         the same order as the changes were committed and made, so clients can sort, dedupe and
-        (later) resume with it without parsing.
+        resume with it without parsing.
         """
         return f"{int(self.commit_lsn):016X}:{self.index:08X}"
+
+    @property
+    def seq(self) -> int:
+        """The position as one integer (commit LSN in the high bits): cheap to compare."""
+        return (int(self.commit_lsn) << 32) | self.index
 
     @property
     def filter_row(self) -> dict[str, Any]:
@@ -127,3 +137,29 @@ class RowChange:
         if self.action is Action.DELETE:
             return self.old_record or {}
         return self.record or {}
+
+
+_POSITION = re.compile(r"[0-9A-Fa-f]{16}:[0-9A-Fa-f]{8}")
+
+
+def format_position(seq: int) -> str:
+    """The wire form of a position integer (see :attr:`RowChange.position`)."""
+    if seq < 0:
+        return f"{0:016X}:{0:08X}"
+    return f"{seq >> 32:016X}:{seq & 0xFFFFFFFF:08X}"
+
+
+def parse_position(text: object) -> int:
+    """Parse a client-supplied position; ``ValueError`` with a message a client can act on."""
+    if not isinstance(text, str) or not _POSITION.fullmatch(text):
+        raise ValueError(
+            f"invalid position {text!r}: expected 16 hex digits, a colon and 8 hex digits, as in the "
+            '"position" field of a change (e.g. "00000000016B3748:00000000")'
+        )
+    lsn, _, index = text.partition(":")
+    return (int(lsn, 16) << 32) | int(index, 16)
+
+
+def seq_before(lsn: int) -> int:
+    """The largest position before every change of a transaction committing at ``lsn``."""
+    return ((lsn - 1) << 32) | 0xFFFFFFFF if lsn > 0 else -1

@@ -91,7 +91,7 @@ class Decoder:
             raw = data.encode() if isinstance(data, str) else bytes(data)
             if _NUMERIC_MARK in raw:
                 _exact_numerics(msg, raw)
-            return self._row(msg, _ACTIONS[action])
+            return self._row(msg, _ACTIONS[action], raw)
         if action == "B":
             lsn = Lsn.parse(msg["lsn"]) if "lsn" in msg else Lsn(0)
             nxt = msg.get("nextlsn")
@@ -149,7 +149,17 @@ class Decoder:
         self._layouts[key] = lay
         return lay
 
-    def _row(self, msg: dict[str, Any], action: Action) -> RowChange:
+    def replay(self, raw: bytes, seq: int, timestamp: str) -> RowChange:
+        """Decode a row message again from the replay log, at its original position."""
+        self._commit_lsn = Lsn(seq >> 32)
+        self._index = seq & 0xFFFFFFFF
+        self._timestamp = timestamp
+        change = self.decode(raw)
+        if type(change) is not RowChange:
+            raise DecodeError("replay log entry is not a row message")
+        return change
+
+    def _row(self, msg: dict[str, Any], action: Action, raw: bytes = b"") -> RowChange:
         try:
             schema = msg["schema"]
             table = msg["table"]
@@ -186,6 +196,7 @@ class Decoder:
             self._index,
             lay.pk_of(msg.get("pk")),
             lay.column_types,
+            raw,
         )
         self._index += 1
         return change

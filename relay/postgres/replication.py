@@ -15,13 +15,14 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import pq, sql
 
 from relay.core.changes import Lsn
 
-__all__ = ["ReplicationError", "ReplicationStream", "ensure_slot"]
+__all__ = ["ReplicationError", "ReplicationStream", "SlotInfo", "ensure_slot"]
 
 log = logging.getLogger("relay.replication")
 
@@ -43,33 +44,69 @@ class ReplicationError(RuntimeError):
     """The replication connection failed or ended; the caller reconnects with backoff."""
 
 
-async def ensure_slot(dsn: str, slot: str) -> bool:
-    """Create the persistent wal2json slot if missing; returns True if it was created.
+@dataclass(frozen=True)
+class SlotInfo:
+    """What the relay needs to know about its slot when a stream starts.
+
+    ``confirmed_flush``: Postgres replays every transaction committing at or after it, so the
+    replay window starts there.  ``current``: the server's WAL position now; transactions
+    committing before it were committed before this stream started.  ``created`` with a
+    ``reason`` other than "new" means changes may have been missed (the slot was lost).
+    """
+
+    created: bool
+    confirmed_flush: Lsn
+    current: Lsn
+    reason: str = ""
+
+
+async def ensure_slot(dsn: str, slot: str) -> SlotInfo:
+    """Create the persistent wal2json slot if missing (or recreate it if it was invalidated).
 
     A persistent slot (not a temporary one, as the reference server uses) is what makes a relay
-    restart lose nothing: Postgres keeps the WAL from the last confirmed position.
+    restart lose nothing: Postgres keeps the WAL from the last confirmed position.  A slot whose
+    WAL was removed (``wal_status = 'lost'``, after ``max_slot_wal_keep_size``) cannot stream
+    any more: it is dropped and created anew, and the caller tells clients to resync.
     """
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute(
-            "select plugin from pg_replication_slots where slot_name = %s and database = current_database()",
+            "select plugin, wal_status, confirmed_flush_lsn::text, pg_current_wal_lsn()::text "
+            "from pg_replication_slots where slot_name = %s and database = current_database()",
             (slot,),
         )
         row = await cur.fetchone()
+        reason = "new"
         if row is not None:
-            if row[0] != "wal2json":
+            plugin, wal_status, confirmed, current = row
+            if plugin != "wal2json":
                 raise ReplicationError(
-                    f"slot {slot!r} exists with plugin {row[0]!r}, not wal2json: drop it or pick another "
+                    f"slot {slot!r} exists with plugin {plugin!r}, not wal2json: drop it or pick another "
                     "slot name (RELAY_SLOT)"
                 )
-            return False
-        cur = await conn.execute("select 1 from pg_replication_slots where slot_name = %s", (slot,))
-        if await cur.fetchone() is not None:
-            raise ReplicationError(
-                f"slot {slot!r} belongs to another database: pick another slot name (RELAY_SLOT)"
+            if wal_status != "lost":
+                return SlotInfo(False, Lsn.parse(confirmed or "0/0"), Lsn.parse(current))
+            log.error(
+                "replication slot %s lost required WAL (max_slot_wal_keep_size exceeded): changes were "
+                "missed; recreating it and telling clients to resync",
+                slot,
             )
-        await conn.execute("select pg_create_logical_replication_slot(%s, 'wal2json')", (slot,))
-        log.info("created replication slot %s", slot)
-        return True
+            await conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+            reason = "lost"
+        else:
+            cur = await conn.execute("select 1 from pg_replication_slots where slot_name = %s", (slot,))
+            if await cur.fetchone() is not None:
+                raise ReplicationError(
+                    f"slot {slot!r} belongs to another database: pick another slot name (RELAY_SLOT)"
+                )
+        cur = await conn.execute(
+            "select lsn::text, pg_current_wal_lsn()::text "
+            "from pg_create_logical_replication_slot(%s, 'wal2json')",
+            (slot,),
+        )
+        created = await cur.fetchone()
+        assert created is not None
+        log.info("created replication slot %s at %s", slot, created[0])
+        return SlotInfo(True, Lsn.parse(created[0]), Lsn.parse(created[1]), reason)
 
 
 class ReplicationStream:
@@ -240,10 +277,15 @@ class ReplicationStream:
             self._send_status(pgconn, reply=False)
 
     def _send_status(self, pgconn: pq.abc.PGconn, reply: bool) -> None:
-        """Standby status update: write = received, flush = apply = handed off to fan-out."""
+        """Standby status update: write = received, flush = apply = safe to forget.
+
+        Reporting what was received as written keeps the walsender from pinging us on every
+        wake-up while the flush position deliberately trails (the replay window).
+        """
         now_us = int((time.time() - _PG_EPOCH) * 1_000_000)
         flushed = int(self.flushed_lsn)
-        msg = _STATUS.pack(b"r", max(flushed, 0), flushed, flushed, now_us, 1 if reply else 0)
+        written = max(flushed, int(self.received_lsn))
+        msg = _STATUS.pack(b"r", written, flushed, flushed, now_us, 1 if reply else 0)
         try:
             pgconn.put_copy_data(msg)
             pgconn.flush()

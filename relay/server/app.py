@@ -18,12 +18,16 @@ from aiohttp import WSMsgType, web
 
 from relay.config import Config
 from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
-from relay.core.changes import RowChange
-from relay.core.protocol import SUPPORTED_VSN
+from relay.core.changes import Commit, Lsn, RowChange, format_position, seq_before
+from relay.core.pgtypes import TypeRegistry
+from relay.core.protocol import SUPPORTED_VSN, Frame
+from relay.core.replay_log import ReplayLog
 from relay.core.subscriptions import ERROR, Decide, Delivery, FrameCache, SubscriptionIndex
 from relay.core.tokens import TokenError, Verifier
+from relay.core.wal2json import Decoder
 from relay.postgres.catalog import Catalog
 from relay.postgres.policy_eval import PolicyEvaluator
+from relay.postgres.replication import SlotInfo
 from relay.server.connection import Channel, Connection
 
 __all__ = ["RelayServer"]
@@ -59,6 +63,16 @@ class RelayServer:
         self.changes_seen = 0
         self.frames_queued = 0
         self.status: dict[str, Any] = {}  # filled by the pipeline (slot, lsn, lag)
+        # Resume: the replay log, the first position that is "live" for a fresh join, and the
+        # channels with a transaction open for tx_end.
+        self.log = ReplayLog(config.resume_window, config.resume_max_bytes)
+        self.types = TypeRegistry()  # the pipeline's registry (set by the service) for re-decoding
+        self.live_floor = -1
+        self.floors_ready = asyncio.Event()
+        self.open_tx: set[Channel] = set()
+        self.replays = 0  # replays running now
+        self.resumes = 0
+        self.resyncs = 0
 
     # -- fan-out --------------------------------------------------------------------------
     def dispatch(self, change: RowChange) -> Awaitable[None] | None:
@@ -70,6 +84,7 @@ class RelayServer:
         the LSN is confirmed only after delivery.
         """
         self.changes_seen += 1
+        self.log.append(change.seq, change.commit_timestamp, change.raw)
         memo = VerdictMemo(self.authorizer, change.schema, change.table)
 
         def decide(chan: Channel, which: int) -> Verdict:
@@ -147,12 +162,25 @@ class RelayServer:
             for chan in conn.channels.values():
                 self.index_channel(chan)
 
-    def _deliver(self, change: RowChange, deliveries: list[Delivery[Channel]]) -> None:
+    def _deliver(
+        self, change: RowChange, deliveries: list[Delivery[Channel]], replay_for: Channel | None = None
+    ) -> None:
+        """Queue the frames; a channel gets a change only once, and only after its cursor."""
         if not deliveries:
             return
-        cache = FrameCache(change)
+        seq = change.seq
+        cache: FrameCache | None = None
+        sent = 0
         for d in deliveries:
             chan = d.sub
+            if seq <= chan.cursor or (chan.replaying and chan is not replay_for) or chan.closed:
+                continue
+            chan.cursor = seq
+            if chan.tx_end:
+                self._track_tx(chan, change, seq)
+            if cache is None:
+                cache = FrameCache(change)
+            sent += 1
             if d.kind == ERROR and d.error is not None:
                 self.policy_errors += 1
                 log.warning(
@@ -165,7 +193,190 @@ class RelayServer:
                     d.error.message,
                 )
             chan.conn.deliver(cache.variant(d.kind, d.error), chan.topic, d.ids)
-        self.frames_queued += len(deliveries)
+        self.frames_queued += sent
+
+    # -- transactions -----------------------------------------------------------------------
+    def on_commit(self, commit: Commit) -> None:
+        """The pipeline saw a transaction end: tell channels that asked (``tx_end``)."""
+        self.log.commit(commit.commit_lsn)
+        if not self.open_tx:
+            return
+        chans, self.open_tx = self.open_tx, set()
+        for chan in chans:
+            if chan.open_tx == commit.commit_lsn and not chan.replaying and not chan.closed:
+                self._send_tx_end(chan)
+            elif chan.open_tx > commit.commit_lsn:
+                self.open_tx.add(chan)
+
+    def _track_tx(self, chan: Channel, change: RowChange, seq: int) -> None:
+        lsn = int(change.commit_lsn)
+        if chan.open_tx != lsn:
+            if chan.open_tx:
+                self._send_tx_end(chan)  # its end was not signalled yet (replay)
+            chan.open_tx, chan.open_count, chan.open_ts = lsn, 0, change.commit_timestamp
+        chan.open_count += 1
+        chan.open_pos = seq
+        if not chan.replaying:
+            self.open_tx.add(chan)
+
+    def _send_tx_end(self, chan: Channel) -> None:
+        payload = {
+            "commit_lsn": str(Lsn(chan.open_tx)),
+            "commit_timestamp": chan.open_ts,
+            "position": format_position(chan.open_pos),
+            "changes": chan.open_count,
+        }
+        chan.open_tx, chan.open_count = 0, 0
+        chan.conn.queue_frame(Frame(chan.topic, "tx_end", payload))
+        self.dirty.add(chan.conn)
+
+    # -- resume ---------------------------------------------------------------------------
+    def fresh_cursor(self) -> int:
+        """Where a join without ``resume_from`` starts: after everything already fanned out.
+
+        After a restart the slot first replays the window (changes committed before this relay
+        started); those are history for a fresh join, which starts at ``live_floor``.
+        """
+        return max(self.log.head, self.live_floor)
+
+    def hold(self) -> Lsn | None:
+        """For the pipeline: drop what left the window, then the LSN the slot must keep."""
+        self.log.evict()
+        return self.log.hold_lsn()
+
+    def on_slot(self, info: SlotInfo, first: bool) -> None:
+        """A stream is starting: set the floors (first start) or recover from a lost slot."""
+        floor = seq_before(info.confirmed_flush)
+        if first:
+            self.log.reset(floor)
+            self.live_floor = seq_before(info.current)
+            for conn in self.connections:  # joined before the database was reachable
+                for chan in conn.channels.values():
+                    if not chan.replaying and chan.cursor < self.live_floor:
+                        chan.cursor = self.live_floor
+            self.floors_ready.set()
+        elif info.created:
+            # The slot was lost: changes between what we had and the new slot are gone.
+            self.log.reset(floor)
+            for conn in self.connections:
+                for chan in list(conn.channels.values()):
+                    if chan.specs and not chan.replaying:
+                        self._resync(chan, chan.cursor, "the replication slot was lost and recreated")
+
+    async def replay(self, chan: Channel, after: int) -> None:
+        """Serve a resume: the log after ``after``, paced by the socket, then hand over to live.
+
+        Live fan-out skips the channel while ``replaying``; the hand-over happens in the same
+        step that finds the log exhausted, and every delivery checks the channel's cursor, so
+        nothing is missed or repeated at the switch.
+        """
+        self.replays += 1
+        try:
+            await self.floors_ready.wait()
+            log = self.log
+            decoder = Decoder(self.types)
+            limit = max(1, min(256, self.config.socket_queue_frames // 4))
+            replayed = 0
+            while not chan.closed:
+                if not log.covers(chan.cursor):
+                    self._resync(chan, after, "the position is older than the relay's replay window")
+                    return
+                entries = log.after(chan.cursor, limit)
+                if not entries:
+                    self._go_live(chan, after, replayed)
+                    return
+                for e in entries:
+                    if chan.closed:
+                        return
+                    if chan.tx_end and chan.open_tx and (e.seq >> 32) != chan.open_tx:
+                        self._send_tx_end(chan)
+                    change = decoder.replay(e.raw, e.seq, e.timestamp)
+                    before = chan.cursor
+                    await self._route_one(change, chan)
+                    if chan.cursor > before:
+                        replayed += 1
+                    elif chan.cursor < e.seq:
+                        chan.cursor = e.seq
+                await chan.conn.drain(limit)
+        except Exception:
+            log_exc = logging.getLogger("relay.resume")
+            log_exc.exception("resume of %s failed", chan.topic)
+            if not chan.closed:
+                self._resync(chan, after, "internal error while replaying")
+        finally:
+            chan.replaying = False
+            self.replays -= 1
+
+    async def _route_one(self, change: RowChange, chan: Channel) -> None:
+        """Route ``change`` for one channel only (replay), evaluating in Postgres if needed."""
+        memo = VerdictMemo(self.authorizer, change.schema, change.table)
+
+        def decide(c: Channel, which: int) -> Verdict:
+            row = change.record if which == 0 else change.old_record
+            if row is None:
+                return False
+            return memo.get(which, row, c.claims, c.claims_key)
+
+        only = {chan}
+        deliveries, pending = self.index.route(change, decide, only)
+        mine = [(c, w) for c, w in pending if c is chan]
+        if mine:
+            await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in mine])
+            deliveries, _ = self.index.route(change, decide, only)
+        self._deliver(change, [d for d in deliveries if d.sub is chan], replay_for=chan)
+
+    def _go_live(self, chan: Channel, after: int, replayed: int) -> None:
+        chan.replaying = False
+        if chan.tx_end and chan.open_tx:
+            if self.log.committed >= chan.open_tx:
+                self._send_tx_end(chan)
+            else:
+                self.open_tx.add(chan)  # the rest of its transaction comes live
+        self.resumes += 1
+        chan.conn.queue_frame(
+            Frame(
+                chan.topic,
+                "system",
+                {
+                    "channel": chan.name,
+                    "extension": "postgres_changes",
+                    "status": "ok",
+                    "message": f"Resumed: {replayed} changes replayed after {format_position(after)}",
+                    "resumed_from": format_position(after),
+                    "replayed": replayed,
+                    "position": format_position(chan.cursor),
+                },
+            )
+        )
+        chan.conn.flush()
+
+    def _resync(self, chan: Channel, after: int, why: str) -> None:
+        """Tell a channel it missed changes it cannot be given: refetch, then continue live."""
+        chan.replaying = False
+        chan.cursor = max(chan.cursor, self.fresh_cursor())
+        chan.open_tx = 0
+        self.resyncs += 1
+        log.info("resync needed for %s on %s: %s", chan.topic, chan.conn.peer, why)
+        chan.conn.queue_frame(
+            Frame(
+                chan.topic,
+                "system",
+                {
+                    "channel": chan.name,
+                    "extension": "postgres_changes",
+                    "status": "error",
+                    "code": "resync_needed",
+                    "message": (
+                        f"resync needed: {why}; changes after {format_position(after)} may be missing. "
+                        f"Refetch, then continue from position {format_position(chan.cursor)}"
+                    ),
+                    "resume_from": format_position(after),
+                    "retained_from": format_position(self.log.retained_from),
+                    "position": format_position(chan.cursor),
+                },
+            )
+        )
+        chan.conn.flush()
 
     # -- HTTP -----------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -186,6 +397,7 @@ class RelayServer:
             "frames_queued": self.frames_queued,
             "policies": len(self.authorizer),
             "policy_errors": self.policy_errors,
+            "resume": {**self.log.stats(), "resumes": self.resumes, "resyncs": self.resyncs},
             "uptime_s": round(time.time() - self.started_at, 1),
             **self.status,
         }

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSCloseCode, web
 
 from relay.core.authorize import claims_key
+from relay.core.changes import format_position, parse_position
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, reply, ws_text_frame
 from relay.core.subscriptions import BindingError, BindingSpec, FrameCache, parse_bindings
@@ -47,6 +48,18 @@ class Channel:
     specs: list[BindingSpec] = field(default_factory=list)
     expiry: asyncio.TimerHandle | None = None
     claims_key: bytes = b""
+    # Position of the last change this channel was given (or passed over while replaying): the
+    # fan-out never delivers a change at or before it, which is what makes the switch from
+    # replay to live free of gaps and duplicates.
+    cursor: int = -1
+    replaying: bool = False  # a resume is being served from the replay log; live skips it
+    tx_end: bool = False  # the client asked for tx_end events
+    open_tx: int = 0  # commit LSN of the transaction it is receiving (tx_end bookkeeping)
+    open_count: int = 0
+    open_pos: int = -1
+    open_ts: str = ""
+    closed: bool = False
+    task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.claims_key = claims_key(self._claims)
@@ -123,6 +136,22 @@ class Connection:
             self.server.dirty.add(self)
         else:
             self._wake.set()
+
+    def queue_frame(self, frame: Frame) -> None:
+        """Queue a relay-initiated frame to go out with the fan-out batch (no write of its own)."""
+        text = encode(frame, self.vsn)
+        self.push(ws_text_frame(text.encode()) if self.raw else text)
+
+    async def drain(self, below: int) -> None:
+        """Write what is queued and wait until fewer than ``below`` frames are left (replay pacing).
+
+        Ends when the socket closes; the heartbeat timeout bounds how long a dead peer can hold
+        it.
+        """
+        self.flush()
+        while not self.closing and (len(self.queue) > below or self._draining):
+            await asyncio.sleep(0.005)
+            self.flush()
 
     def send_frame(self, frame: Frame) -> None:
         """Queue and send a reply or control frame now (it answers the client)."""
@@ -280,6 +309,14 @@ class Connection:
         except TokenError as exc:
             self.reply_error(f, exc.reason)
             return
+        resume_from = config.get("resume_from")
+        after: int | None = None
+        if resume_from is not None:
+            try:
+                after = parse_position(resume_from)
+            except ValueError as exc:
+                self.reply_error(f, f"InvalidResume: {exc}")
+                return
         if str(config.get("private", False)).lower() == "true":
             self.reply_error(
                 f, "Unauthorized: private channels need topic policies, which this relay does not have yet"
@@ -294,8 +331,13 @@ class Connection:
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
         chan = Channel(self, f.topic, f.join_ref, claims, specs)
+        chan.tx_end = config.get("tx_end") is True
+        if after is not None:
+            chan.cursor, chan.replaying = after, True  # live skips it until the replay catches up
+        else:
+            chan.cursor = self.server.fresh_cursor()
         # Register before replying: anything the fan-out sees from now on reaches this
-        # channel, and the reply is queued before any such frame.
+        # channel (or its replay), and the reply is queued before any such frame.
         for spec, flt in zip(specs, bound, strict=True):
             self.server.index.add(spec, chan, flt)
         self.channels[f.topic] = chan
@@ -304,17 +346,18 @@ class Connection:
         response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
         if specs:
-            self.send_frame(
-                Frame(
-                    f.topic,
-                    "system",
-                    {
-                        "channel": chan.name,
-                        "extension": "postgres_changes",
-                        "status": "ok",
-                        "message": "Subscribed to PostgreSQL",
-                    },
-                )
+            system: dict[str, Any] = {
+                "channel": chan.name,
+                "extension": "postgres_changes",
+                "status": "ok",
+                "message": "Subscribed to PostgreSQL",
+            }
+            if after is not None or self.server.floors_ready.is_set():
+                system["position"] = format_position(chan.cursor)
+            self.send_frame(Frame(f.topic, "system", system))
+        if after is not None:
+            chan.task = asyncio.get_running_loop().create_task(
+                self.server.replay(chan, after), name=f"replay {f.topic}"
             )
 
     async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
@@ -334,6 +377,10 @@ class Connection:
         return spec.filter.bind(ctype)
 
     def close_channel(self, chan: Channel, send_close: bool = True) -> None:
+        chan.closed = True
+        if chan.task is not None and not chan.task.done():
+            chan.task.cancel()
+        self.server.open_tx.discard(chan)
         self.server.index.remove_owner(chan)
         self.server.unindex_channel(chan)
         if chan.expiry is not None:

@@ -45,6 +45,7 @@ async def test_insert_update_delete_flow(pg_dsn: str, vsn: str) -> None:
         (binding,) = reply["payload"]["response"]["postgres_changes"]
         assert binding["table"] == "bookings" and isinstance(binding["id"], int) and binding["id"] != 0
         sysmsg = await c.recv_until(lambda m: m["event"] == "system")
+        start = sysmsg["payload"].pop("position")  # where a later resume may start from
         assert sysmsg["payload"] == {
             "channel": "dash",
             "extension": "postgres_changes",
@@ -65,6 +66,7 @@ async def test_insert_update_delete_flow(pg_dsn: str, vsn: str) -> None:
         assert types["id"] == "int8" and types["price"] == "numeric" and types["starts_at"] == "timestamptz"
         assert data["record"]["starts_at"].endswith("+00:00")
         assert "old_record" not in data and data["errors"] is None
+        assert data["position"] > start  # every change after the join's position
         assert latency < 2.0
 
         await asyncio.to_thread(

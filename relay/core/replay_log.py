@@ -1,0 +1,160 @@
+"""The replay log: the recent changes a reconnecting client can resume from.
+
+Why it exists: a dashboard that loses its socket for a few seconds must not silently miss what
+was committed meanwhile.  The relay keeps the last changes (bounded by age and by bytes) and a
+client that rejoins with its last position gets everything after it, or an explicit "resync
+needed" when the position is older than what is kept.
+
+Why it survives a relay crash without a disk of its own: the relay confirms to the replication
+slot only up to the oldest change still held here (:meth:`ReplayLog.hold_lsn`), so after a
+restart Postgres decodes the window again and the log is refilled.  The window therefore also
+bounds how much WAL the slot holds back.
+
+Why raw wal2json bytes: they are the most compact form (a decoded row is several times larger in
+Python objects) and byte counting is then honest; resuming clients pay a re-decode, live ones
+nothing.
+
+Pure: no I/O, time comes from a clock function, so it is unit-tested without Postgres.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections.abc import Callable
+from typing import NamedTuple
+
+from relay.core.changes import Lsn, format_position
+
+__all__ = ["ENTRY_OVERHEAD", "Entry", "ReplayLog"]
+
+# Python's per-entry cost besides the payload bytes (tuple, float, int and bytes headers, list
+# slot), so that ``max_bytes`` approximates memory rather than just payload.
+ENTRY_OVERHEAD = 160
+
+
+class Entry(NamedTuple):
+    """One retained change: position, arrival time, commit timestamp text, wal2json bytes."""
+
+    seq: int
+    arrived: float
+    timestamp: str
+    raw: bytes
+
+
+class ReplayLog:
+    """Recent changes in position order, evicted oldest-first by age and total size.
+
+    ``retained_from`` is the promise: every change with a position greater than it is either
+    held here or not decoded yet.  A resume from an older position cannot be served.
+    """
+
+    def __init__(
+        self,
+        window_s: float = 300.0,
+        max_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_s = window_s
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self._entries: list[Entry] = []
+        self._start = 0  # entries before this index are evicted (compacted lazily)
+        self.bytes = 0
+        self.retained_from = -1
+        self.head = -1  # position of the newest change seen (retained or not)
+        self.committed = Lsn(0)  # commit LSN of the newest transaction seen to its end
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries) - self._start
+
+    # -- writing --------------------------------------------------------------------------
+    def append(self, seq: int, timestamp: str, raw: bytes) -> None:
+        """Record a change as it is fanned out (positions only ever grow)."""
+        if seq <= self.head:
+            return  # replayed by a restarted stream: already held (or already evicted)
+        self.head = seq
+        if self.max_bytes <= 0 or self.window_s <= 0:
+            self.retained_from = seq  # retention disabled: only live delivery
+            return
+        self._entries.append(Entry(seq, self.clock(), timestamp, raw))
+        self.bytes += len(raw) + ENTRY_OVERHEAD
+        if self.bytes > self.max_bytes:
+            self._evict_while(lambda e: self.bytes > self.max_bytes)
+
+    def commit(self, lsn: Lsn) -> None:
+        """The transaction committing at ``lsn`` has been seen to its end."""
+        if lsn > self.committed:
+            self.committed = lsn
+
+    def evict(self) -> int:
+        """Drop changes older than the window; returns how many were dropped."""
+        if not len(self):
+            return 0
+        oldest = self.clock() - self.window_s
+        return self._evict_while(lambda e: e.arrived < oldest)
+
+    def reset(self, retained_from: int) -> None:
+        """Forget everything up to ``retained_from`` (the slot was lost or recreated)."""
+        self._evict_while(lambda e: e.seq <= retained_from)
+        if retained_from > self.retained_from:
+            self.retained_from = retained_from
+        if retained_from > self.head:
+            self.head = retained_from
+
+    def _evict_while(self, cond: Callable[[Entry], bool]) -> int:
+        entries = self._entries
+        i = self._start
+        n = len(entries)
+        dropped = 0
+        while i < n and cond(entries[i]):
+            e = entries[i]
+            self.bytes -= len(e.raw) + ENTRY_OVERHEAD
+            self.retained_from = e.seq
+            i += 1
+            dropped += 1
+        self._start = i
+        self.evicted += dropped
+        if i == n:
+            entries.clear()
+            self._start = 0
+        elif i > 4096 and i * 2 > n:
+            del entries[:i]
+            self._start = 0
+        return dropped
+
+    # -- reading --------------------------------------------------------------------------
+    def covers(self, seq: int) -> bool:
+        """Whether a client that processed ``seq`` can be served everything after it."""
+        return seq >= self.retained_from
+
+    def after(self, seq: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` retained changes with a position greater than ``seq``, in order."""
+        entries = self._entries
+        i = bisect_right(entries, seq, lo=self._start, key=_seq)
+        return entries[i : i + limit]
+
+    def hold_lsn(self) -> Lsn | None:
+        """Commit LSN of the oldest retained change: the slot must not be confirmed past it."""
+        if not len(self):
+            return None
+        return Lsn(self._entries[self._start].seq >> 32)
+
+    def stats(self) -> dict[str, object]:
+        """For /health: what a resume can reach right now."""
+        oldest = self._entries[self._start] if len(self) else None
+        return {
+            "changes": len(self),
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "window_s": self.window_s,
+            "oldest_age_s": round(self.clock() - oldest.arrived, 1) if oldest is not None else None,
+            "retained_from": format_position(self.retained_from),
+            "head": format_position(self.head),
+            "evicted": self.evicted,
+        }
+
+
+def _seq(e: Entry) -> int:
+    return e.seq
