@@ -261,7 +261,13 @@ def cmd_tables(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     from relay.postgres.preflight import run_preflight
 
-    report = run_preflight(cfg.require_database(), publication=cfg.publication, slot=cfg.slot)
+    report = run_preflight(
+        cfg.require_database(),
+        publication=cfg.publication,
+        slot=cfg.slot,
+        resume_window=cfg.resume_window,
+        resume_max_bytes=cfg.resume_max_bytes,
+    )
     print(report.render())
     return 0 if report.ok else 1
 

@@ -41,6 +41,7 @@ log = logging.getLogger("relay.pipeline")
 
 MESSAGE_PREFIX = "realtime"
 _TABLE_OPS = {"enable_table", "disable_table", "publication_changed"}
+LAG_LOG_INTERVAL = 60.0  # seconds between "slot lag" log lines
 
 
 @dataclass
@@ -174,9 +175,21 @@ class Pipeline:
         sink = self.sink
         decode = decoder.decode
         stats = self.stats
+        next_lag_log = time.monotonic() + LAG_LOG_INTERVAL
         async for batch in stream.batches(idle_timeout=min(0.5, self.poll_interval)):
             if stop.is_set():
                 return
+            if time.monotonic() >= next_lag_log:
+                next_lag_log = time.monotonic() + LAG_LOG_INTERVAL
+                held = int(stream.received_lsn) - int(stream.flushed_lsn)
+                log.info(
+                    "slot %s: received %s, confirmed %s (%d bytes of WAL held: replay window and "
+                    "in-flight changes)",
+                    self.slot,
+                    stream.received_lsn,
+                    stream.flushed_lsn,
+                    max(held, 0),
+                )
             if not batch:
                 if self._confirm(stream) or unconfirmed:
                     stream.force_status()

@@ -82,6 +82,8 @@ class _Ctx:
     free_slots: int = 0
     publication_exists: bool = False
     published: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    resume_window: float = 300.0
+    resume_max_bytes: int = 64 * 1024 * 1024
 
 
 def _ident(ident: str) -> str:
@@ -440,6 +442,46 @@ def _check_slot(ctx: _Ctx) -> list[Check]:
     return out
 
 
+def _check_resume_window(ctx: _Ctx) -> list[Check]:
+    """The configured replay window and what the slot holds for it right now.
+
+    The relay confirms the slot only up to the oldest change of its window, so the WAL kept is
+    about the window; ``write_lag`` (the relay reports what it received as written) is how far
+    its decoding trails commits, ``flush_lag`` how long the window keeps WAL.
+    """
+    setting = (
+        f"{ctx.resume_window:g} s / {_fmt_bytes(ctx.resume_max_bytes)} "
+        "(RELAY_RESUME_WINDOW / RELAY_RESUME_MAX_BYTES)"
+    )
+    if ctx.resume_window <= 0 or ctx.resume_max_bytes <= 0:
+        return [
+            Check("resume window", "ok", "resume is off (RELAY_RESUME_WINDOW=0): clients get resync_needed")
+        ]
+    row = ctx.conn.execute(
+        "select (pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint, s.active, "
+        "extract(epoch from r.write_lag)::float8, extract(epoch from r.flush_lag)::float8 "
+        "from pg_replication_slots s left join pg_stat_replication r on r.pid = s.active_pid "
+        "where s.slot_name = %s",
+        (ctx.slot,),
+    ).fetchone()
+    if row is None:
+        return [Check("resume window", "ok", f"{setting}; the slot does not exist yet")]
+    held, active, write_lag, flush_lag = row
+    held_text = "unknown" if held is None else _fmt_bytes(int(held))
+    if not active:
+        return [
+            Check(
+                "resume window",
+                "ok",
+                f"{setting}; relay not connected: the slot holds {held_text} of WAL, decoded again (the "
+                "window) when it starts",
+            )
+        ]
+    behind = "caught up" if write_lag is None else f"decoding {float(write_lag):.1f} s behind commits"
+    kept = "" if flush_lag is None else f", oldest kept change {float(flush_lag):.0f} s old"
+    return [Check("resume window", "ok", f"{setting}; slot holds {held_text} of WAL{kept}; relay {behind}")]
+
+
 def _check_wal_retention(ctx: _Ctx) -> list[Check]:
     (value,) = _one(ctx.conn, "select current_setting('max_slot_wal_keep_size')")
     if str(value) == "-1":
@@ -536,11 +578,19 @@ CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("replica identity", _check_replica_identity),
     ("row policies", _check_policies),
     ("slot", _check_slot),
+    ("resume window", _check_resume_window),
     ("wal retention", _check_wal_retention),
 ]
 
 
-def run_preflight(dsn: str, *, publication: str, slot: str) -> PreflightReport:
+def run_preflight(
+    dsn: str,
+    *,
+    publication: str,
+    slot: str,
+    resume_window: float = 300.0,
+    resume_max_bytes: int = 64 * 1024 * 1024,
+) -> PreflightReport:
     """Run every check against ``dsn`` for the given publication and slot names."""
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
@@ -560,7 +610,14 @@ def run_preflight(dsn: str, *, publication: str, slot: str) -> PreflightReport:
     with conn:
         info = conn.info
         checks.append(Check("connect", "ok", f"{info.user}@{info.host}:{info.port}/{info.dbname}"))
-        ctx = _Ctx(conn=conn, dsn=dsn, publication=publication, slot=slot)
+        ctx = _Ctx(
+            conn=conn,
+            dsn=dsn,
+            publication=publication,
+            slot=slot,
+            resume_window=resume_window,
+            resume_max_bytes=resume_max_bytes,
+        )
         for name, fn in CHECKS:
             try:
                 checks.extend(fn(ctx))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ from psycopg.conninfo import make_conninfo
 
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from relay.postgres.preflight import Check, PreflightReport, run_preflight
+from tests.support.relay import running_relay
 
 pytestmark = pytest.mark.pg
 
@@ -200,3 +202,24 @@ def test_row_policies_reported(pg_dsn: str) -> None:
     assert "default deny" in text and "public.others" in text
     assert "'slow'" in text
     assert report.ok
+
+
+async def test_resume_window_is_reported_with_and_without_the_relay(pg_dsn: str) -> None:
+    async with running_relay(pg_dsn) as relay:
+        slot = relay.server.config.slot
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("insert into alerts (severity, kind, title) values ('info', 't', 'x')")
+        await asyncio.sleep(1.5)
+        report = await asyncio.to_thread(
+            run_preflight, pg_dsn, publication="supabase_realtime", slot=slot, resume_window=120
+        )
+        (check,) = [c for c in report.checks if c.name == "resume window"]
+        assert check.status == "ok" and "120 s / 64.0 MiB" in check.message
+        assert "slot holds" in check.message and "relay " in check.message, check.message
+    report = await asyncio.to_thread(run_preflight, pg_dsn, publication="supabase_realtime", slot=slot)
+    (check,) = [c for c in report.checks if c.name == "resume window"]
+    assert "relay not connected" in check.message, check.message
+    report = await asyncio.to_thread(
+        run_preflight, pg_dsn, publication="supabase_realtime", slot=slot, resume_window=0
+    )
+    assert "resume is off" in next(c for c in report.checks if c.name == "resume window").message
