@@ -204,7 +204,7 @@ class Connection:
         q = self.queue
         try:
             while not self.closing:
-                if not q:
+                if not q and not self._draining:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
