@@ -48,6 +48,7 @@ import psycopg
 from psycopg import sql
 
 from relay.config import Config
+from relay.core.changes import Lsn, format_position, seq_before
 from relay.core.tokens import mint
 from relay.core.wal2json import wal2json_options
 from relay.postgres.cluster import LocalCluster, find_pg_bin
@@ -236,14 +237,14 @@ def run_pg_recvlogical(
 
 
 # -- subscriber (own process) ---------------------------------------------------------------------
-def subscriber_main(url: str, tok: str, n_backlog: int, pipe: Connection) -> None:
+def subscriber_main(url: str, tok: str, n_backlog: int, pipe: Connection, resume_from: str) -> None:
     try:
-        asyncio.run(_subscriber(url, tok, n_backlog, pipe))
+        asyncio.run(_subscriber(url, tok, n_backlog, pipe, resume_from))
     except BaseException as exc:
         pipe.send(("error", repr(exc)))
 
 
-async def _subscriber(url: str, tok: str, n_backlog: int, pipe: Connection) -> None:
+async def _subscriber(url: str, tok: str, n_backlog: int, pipe: Connection, resume_from: str) -> None:
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(url, params={"apikey": tok, "vsn": "1.0.0"}, max_msg_size=0, compress=0) as ws,
@@ -258,6 +259,9 @@ async def _subscriber(url: str, tok: str, n_backlog: int, pipe: Connection) -> N
                     "broadcast": {"ack": False, "self": False},
                     "presence": {"key": ""},
                     "postgres_changes": [{"event": "*", "schema": "public", "table": "bookings"}],
+                    # the backlog was committed before the relay started: a fresh join would
+                    # treat it as history, so the subscriber resumes from before it
+                    "resume_from": resume_from,
                 }
             },
         }
@@ -423,7 +427,13 @@ async def run_relay_phases(
     sub_pipe, sub_child = ctx.Pipe()
     url = f"http://127.0.0.1:{relay.port}/realtime/v1/websocket"
     tok = mint(SECRET, role="service_role", ttl=3600, claims={})
-    sub = ctx.Process(target=subscriber_main, args=(url, tok, n, sub_child), daemon=True)
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s", (SLOT_RELAY,)
+        ).fetchone()
+    assert row is not None
+    resume_from = format_position(seq_before(Lsn.parse(row[0])))
+    sub = ctx.Process(target=subscriber_main, args=(url, tok, n, sub_child, resume_from), daemon=True)
     sub.start()
     writer = None
     try:

@@ -22,24 +22,26 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Final
 
 from relay.core.changes import Lsn, format_position
 
-__all__ = ["ENTRY_OVERHEAD", "Entry", "ReplayLog"]
+__all__ = ["ARRIVED", "ENTRY_OVERHEAD", "RAW", "SEQ", "TIMESTAMP", "Entry", "ReplayLog"]
 
 # Python's per-entry cost besides the payload bytes (tuple, float, int and bytes headers, list
 # slot), so that ``max_bytes`` approximates memory rather than just payload.
 ENTRY_OVERHEAD = 160
 
 
-class Entry(NamedTuple):
-    """One retained change: position, arrival time, commit timestamp text, wal2json bytes."""
-
-    seq: int
-    arrived: float
-    timestamp: str
-    raw: bytes
+# One retained change: (position, arrival time, commit timestamp text, wal2json bytes).  A plain
+# tuple of atomic values, not a NamedTuple: the garbage collector stops tracking such tuples, so
+# a window of many thousands of changes adds nothing to collection pauses (a NamedTuple stays
+# tracked and made every full collection walk the whole window: p99 latency spikes).
+Entry = tuple[int, float, str, bytes]
+SEQ: Final = 0
+ARRIVED: Final = 1
+TIMESTAMP: Final = 2
+RAW: Final = 3
 
 
 class ReplayLog:
@@ -78,7 +80,7 @@ class ReplayLog:
         if self.max_bytes <= 0 or self.window_s <= 0:
             self.retained_from = seq  # retention disabled: only live delivery
             return
-        self._entries.append(Entry(seq, self.clock(), timestamp, raw))
+        self._entries.append((seq, self.clock(), timestamp, raw))
         self.bytes += len(raw) + ENTRY_OVERHEAD
         if self.bytes > self.max_bytes:
             self._evict_while(lambda e: self.bytes > self.max_bytes)
@@ -93,11 +95,11 @@ class ReplayLog:
         if not len(self):
             return 0
         oldest = self.clock() - self.window_s
-        return self._evict_while(lambda e: e.arrived < oldest)
+        return self._evict_while(lambda e: e[ARRIVED] < oldest)
 
     def reset(self, retained_from: int) -> None:
         """Forget everything up to ``retained_from`` (the slot was lost or recreated)."""
-        self._evict_while(lambda e: e.seq <= retained_from)
+        self._evict_while(lambda e: e[SEQ] <= retained_from)
         if retained_from > self.retained_from:
             self.retained_from = retained_from
         if retained_from > self.head:
@@ -110,8 +112,8 @@ class ReplayLog:
         dropped = 0
         while i < n and cond(entries[i]):
             e = entries[i]
-            self.bytes -= len(e.raw) + ENTRY_OVERHEAD
-            self.retained_from = e.seq
+            self.bytes -= len(e[RAW]) + ENTRY_OVERHEAD
+            self.retained_from = e[SEQ]
             i += 1
             dropped += 1
         self._start = i
@@ -139,7 +141,7 @@ class ReplayLog:
         """Commit LSN of the oldest retained change: the slot must not be confirmed past it."""
         if not len(self):
             return None
-        return Lsn(self._entries[self._start].seq >> 32)
+        return Lsn(self._entries[self._start][SEQ] >> 32)
 
     def stats(self) -> dict[str, object]:
         """For /health: what a resume can reach right now."""
@@ -149,7 +151,7 @@ class ReplayLog:
             "bytes": self.bytes,
             "max_bytes": self.max_bytes,
             "window_s": self.window_s,
-            "oldest_age_s": round(self.clock() - oldest.arrived, 1) if oldest is not None else None,
+            "oldest_age_s": round(self.clock() - oldest[ARRIVED], 1) if oldest is not None else None,
             "retained_from": format_position(self.retained_from),
             "head": format_position(self.head),
             "evicted": self.evicted,
@@ -157,4 +159,4 @@ class ReplayLog:
 
 
 def _seq(e: Entry) -> int:
-    return e.seq
+    return e[SEQ]

@@ -285,18 +285,18 @@ class RelayServer:
                 if not entries:
                     self._go_live(chan, after, replayed)
                     return
-                for e in entries:
+                for seq, _, timestamp, raw in entries:
                     if chan.closed:
                         return
-                    if chan.tx_end and chan.open_tx and (e.seq >> 32) != chan.open_tx:
+                    if chan.tx_end and chan.open_tx and (seq >> 32) != chan.open_tx:
                         self._send_tx_end(chan)
-                    change = decoder.replay(e.raw, e.seq, e.timestamp)
+                    change = decoder.replay(raw, seq, timestamp)
                     before = chan.cursor
                     await self._route_one(change, chan)
                     if chan.cursor > before:
                         replayed += 1
-                    elif chan.cursor < e.seq:
-                        chan.cursor = e.seq
+                    elif chan.cursor < seq:
+                        chan.cursor = seq
                 await chan.conn.drain(limit)
         except Exception:
             log_exc = logging.getLogger("relay.resume")

@@ -49,10 +49,10 @@ def test_after_returns_changes_past_a_position_in_order() -> None:
     for lsn in (10, 20):
         for i in range(3):
             log.append(seq(lsn, i), "ts", b"x")
-    assert [e.seq for e in log.after(seq(10, 1), 10)] == [seq(10, 2), seq(20, 0), seq(20, 1), seq(20, 2)]
-    assert [e.seq for e in log.after(seq(10, 1), 2)] == [seq(10, 2), seq(20, 0)]
+    assert [e[0] for e in log.after(seq(10, 1), 10)] == [seq(10, 2), seq(20, 0), seq(20, 1), seq(20, 2)]
+    assert [e[0] for e in log.after(seq(10, 1), 2)] == [seq(10, 2), seq(20, 0)]
     assert log.after(seq(20, 2), 10) == []
-    assert log.after(-1, 1)[0].seq == seq(10, 0)
+    assert log.after(-1, 1)[0][0] == seq(10, 0)
     assert log.head == seq(20, 2)
 
 
@@ -106,7 +106,7 @@ def test_reset_after_a_lost_slot() -> None:
     for i in range(3):
         log.append(seq(10 + i), "ts", b"a")
     log.reset(seq_before(12))
-    assert [e.seq for e in log.after(-1, 10)] == [seq(12)]
+    assert [e[0] for e in log.after(-1, 10)] == [seq(12)]
     assert not log.covers(seq(10))
     log.reset(seq_before(50))
     assert len(log) == 0 and log.head == seq_before(50)
@@ -117,5 +117,5 @@ def test_compaction_keeps_order_over_many_evictions() -> None:
     for i in range(20_000):
         log.append(seq(1 + i), "ts", b"a")
     assert len(log) == 100
-    assert [e.seq for e in log.after(seq(19_950), 100)] == [seq(1 + i) for i in range(19_950, 20_000)]
+    assert [e[0] for e in log.after(seq(19_950), 100)] == [seq(1 + i) for i in range(19_950, 20_000)]
     assert log.stats()["changes"] == 100
