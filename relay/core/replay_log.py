@@ -121,7 +121,10 @@ class ReplayLog:
         if i == n:
             entries.clear()
             self._start = 0
-        elif i > 4096 and i * 2 > n:
+        elif i >= 1024 or i * 2 > n:
+            # Evicted entries still referenced by the list would keep their bytes alive: with a
+            # lazier rule the list held up to twice ``max_bytes``.  Moving the pointers down is
+            # cheap next to that.
             del entries[:i]
             self._start = 0
         return dropped

@@ -119,3 +119,5 @@ def test_compaction_keeps_order_over_many_evictions() -> None:
     assert len(log) == 100
     assert [e[0] for e in log.after(seq(19_950), 100)] == [seq(1 + i) for i in range(19_950, 20_000)]
     assert log.stats()["changes"] == 100
+    # evicted entries do not linger in the list (they would keep their bytes alive)
+    assert len(log._entries) < len(log) + 1024
