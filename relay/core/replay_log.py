@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections.abc import Callable
+from datetime import datetime
 from typing import Final
 
 from relay.core.changes import Lsn, format_position
@@ -56,10 +57,15 @@ class ReplayLog:
         window_s: float = 300.0,
         max_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.window_s = window_s
         self.max_bytes = max_bytes
         self.clock = clock
+        self.wall = wall
+        self._ts_text = ""
+        self._ts_epoch: float | None = None
+        self._floor_at = clock()  # when ``retained_from`` last moved (age of the promise)
         self._entries: list[Entry] = []
         self._start = 0  # entries before this index are evicted (compacted lazily)
         self.bytes = 0
@@ -80,10 +86,28 @@ class ReplayLog:
         if self.max_bytes <= 0 or self.window_s <= 0:
             self.retained_from = seq  # retention disabled: only live delivery
             return
-        self._entries.append((seq, self.clock(), timestamp, raw))
+        self._entries.append((seq, self._arrival(timestamp), timestamp, raw))
         self.bytes += len(raw) + ENTRY_OVERHEAD
         if self.bytes > self.max_bytes:
             self._evict_while(lambda e: self.bytes > self.max_bytes)
+
+    def _arrival(self, timestamp: str) -> float:
+        """The change's age on the monotonic clock, from its commit time.
+
+        Aging by commit time rather than by when this process decoded it keeps the window
+        bounded across restarts: a restarted relay decodes the window again, and those changes
+        must not count as new.  (Parsed once per transaction: its changes share the text.)
+        """
+        if timestamp != self._ts_text:
+            self._ts_text = timestamp
+            try:
+                self._ts_epoch = datetime.fromisoformat(timestamp).timestamp()
+            except ValueError:
+                self._ts_epoch = None
+        now = self.clock()
+        if self._ts_epoch is None:
+            return now
+        return now - max(0.0, self.wall() - self._ts_epoch)
 
     def commit(self, lsn: Lsn) -> None:
         """The transaction committing at ``lsn`` has been seen to its end."""
@@ -102,6 +126,7 @@ class ReplayLog:
         self._evict_while(lambda e: e[SEQ] <= retained_from)
         if retained_from > self.retained_from:
             self.retained_from = retained_from
+            self._floor_at = self.clock()
         if retained_from > self.head:
             self.head = retained_from
 
@@ -114,6 +139,7 @@ class ReplayLog:
             e = entries[i]
             self.bytes -= len(e[RAW]) + ENTRY_OVERHEAD
             self.retained_from = e[SEQ]
+            self._floor_at = e[ARRIVED]
             i += 1
             dropped += 1
         self._start = i
@@ -141,10 +167,22 @@ class ReplayLog:
         return entries[i : i + limit]
 
     def hold_lsn(self) -> Lsn | None:
-        """Commit LSN of the oldest retained change: the slot must not be confirmed past it."""
-        if not len(self):
+        """The LSN the slot must not be confirmed past, so a restart can keep the promise.
+
+        That is the transaction of ``retained_from`` (the last change let go, or the floor the
+        log started with): after a restart Postgres decodes from there, so every position the
+        log covered before the crash is covered again, including positions given to clients
+        that have not received a change yet.  Once the window is empty and its floor is older
+        than the window, nothing is held: the slot follows the stream (and keeps advancing
+        when only unpublished tables are written).
+        """
+        if self.window_s <= 0 or self.max_bytes <= 0:
             return None
-        return Lsn(self._entries[self._start][SEQ] >> 32)
+        if not len(self) and self.clock() - self._floor_at >= self.window_s:
+            return None
+        if self.retained_from < 0:
+            return Lsn(self._entries[self._start][SEQ] >> 32) if len(self) else None
+        return Lsn(self.retained_from >> 32)
 
     def stats(self) -> dict[str, object]:
         """For /health: what a resume can reach right now."""

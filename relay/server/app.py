@@ -96,6 +96,11 @@ class RelayServer:
         owners = self._owners(change)
         deliveries, pending = self.index.route(change, decide, owners)
         if pending:
+            # only channels that will take this change are worth a trip to Postgres (not those
+            # replaying, nor those that start after it: e.g. the window decoded after a restart)
+            seq = change.seq
+            pending = [(c, w) for c, w in pending if not c.replaying and c.cursor < seq]
+        if pending:
             return self._dispatch_slow(change, memo, decide, pending)
         self._deliver(change, deliveries)
         return None
@@ -110,7 +115,9 @@ class RelayServer:
         self.flush()  # what earlier changes queued goes out while Postgres evaluates
         await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in pending])
         deliveries, still = self.index.route(change, decide, self._owners(change))
-        for chan, _ in still:  # joined while we awaited: decide them next time, never guess
+        for chan, _ in still:  # e.g. a new token while we awaited: never guess
+            if chan.replaying or chan.cursor >= change.seq or chan.closed:
+                continue  # joined after this change, or its replay will decide it
             log.warning(
                 "policy verdict for %s unresolved; change %s not delivered to it",
                 chan.topic,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from relay.core.changes import Lsn, format_position, parse_position, seq_before
@@ -73,7 +75,7 @@ def test_size_bound_evicts_oldest_and_moves_the_promise() -> None:
     assert log.retained_from == seq(11)
     assert not log.covers(seq(10))
     assert log.covers(seq(11))  # everything after 11 is held
-    assert log.hold_lsn() == Lsn(12)
+    assert log.hold_lsn() == Lsn(11)  # a restart decodes from the last change let go
     assert log.evicted == 2
 
 
@@ -85,7 +87,7 @@ def test_time_window_evicts_on_evict() -> None:
     log.append(seq(20), "ts", b"b")
     clock.now += 31
     assert log.evict() == 1
-    assert log.hold_lsn() == Lsn(20)
+    assert log.hold_lsn() == Lsn(10)
     clock.now += 30
     assert log.evict() == 1
     assert len(log) == 0 and log.bytes == 0
@@ -121,3 +123,29 @@ def test_compaction_keeps_order_over_many_evictions() -> None:
     assert log.stats()["changes"] == 100
     # evicted entries do not linger in the list (they would keep their bytes alive)
     assert len(log._entries) < len(log) + 1024
+
+
+def test_a_fresh_window_holds_its_floor_so_restarts_keep_join_positions() -> None:
+    clock = Clock()
+    log = ReplayLog(window_s=60, clock=clock)
+    log.reset(seq_before(100))  # the slot's confirmed position at startup
+    assert log.hold_lsn() == Lsn(99)  # i.e. do not move the slot yet
+    log.append(seq(120), "ts", b"a")
+    assert log.hold_lsn() == Lsn(99)
+    clock.now += 61
+    log.evict()
+    assert log.hold_lsn() is None  # everything is older than the window: let the slot go
+
+
+def test_age_comes_from_the_commit_time_so_a_restart_does_not_renew_it() -> None:
+    clock = Clock()
+    wall = [1_800_000_000.0]
+    log = ReplayLog(window_s=60, clock=clock, wall=lambda: wall[0])
+    old = datetime.fromtimestamp(wall[0] - 50, tz=UTC).isoformat().replace("+00:00", "Z")
+    new = datetime.fromtimestamp(wall[0] - 1, tz=UTC).isoformat().replace("+00:00", "Z")
+    log.append(seq(10), old, b"a")  # decoded again after a restart: committed 50 s ago
+    log.append(seq(11), new, b"b")
+    clock.now += 11
+    wall[0] += 11
+    assert log.evict() == 1
+    assert [e[0] for e in log.after(-1, 10)] == [seq(11)]
