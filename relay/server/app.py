@@ -85,14 +85,7 @@ class RelayServer:
         """
         self.changes_seen += 1
         self.log.append(change.seq, change.commit_timestamp, change.raw)
-        memo = VerdictMemo(self.authorizer, change.schema, change.table)
-
-        def decide(chan: Channel, which: int) -> Verdict:
-            row = change.record if which == 0 else change.old_record
-            if row is None:
-                return False
-            return memo.get(which, row, chan.claims, chan.claims_key)
-
+        memo, decide = self._decider(change)
         owners = self._owners(change)
         deliveries, pending = self.index.route(change, decide, owners)
         if pending:
@@ -104,6 +97,18 @@ class RelayServer:
             return self._dispatch_slow(change, memo, decide, pending)
         self._deliver(change, deliveries)
         return None
+
+    def _decider(self, change: RowChange) -> tuple[VerdictMemo, Decide[Channel]]:
+        """The verdict function route() asks, memoized per distinct claims for this change."""
+        memo = VerdictMemo(self.authorizer, change.schema, change.table)
+
+        def decide(chan: Channel, which: int) -> Verdict:
+            row = change.record if which == 0 else change.old_record
+            if row is None:
+                return False
+            return memo.get(which, row, chan.claims, chan.claims_key)
+
+        return memo, decide
 
     async def _dispatch_slow(
         self,
@@ -316,14 +321,7 @@ class RelayServer:
 
     async def _route_one(self, change: RowChange, chan: Channel) -> None:
         """Route ``change`` for one channel only (replay), evaluating in Postgres if needed."""
-        memo = VerdictMemo(self.authorizer, change.schema, change.table)
-
-        def decide(c: Channel, which: int) -> Verdict:
-            row = change.record if which == 0 else change.old_record
-            if row is None:
-                return False
-            return memo.get(which, row, c.claims, c.claims_key)
-
+        memo, decide = self._decider(change)
         only = {chan}
         deliveries, pending = self.index.route(change, decide, only)
         mine = [(c, w) for c, w in pending if c is chan]
