@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the scenario lives in the test support package
     sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 
 from relay.postgres.cluster import LocalCluster  # noqa: E402
+from tests.support.postgres import fresh_database  # noqa: E402
 from tests.support.resume_client import run_chaos  # noqa: E402
 
 
@@ -44,29 +43,6 @@ def server_dsn(dsn: str | None) -> Iterator[str]:
         return
     with LocalCluster() as cluster:
         yield cluster.dsn()
-
-
-@contextlib.contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    """A new database on ``server``, dropped afterwards with the relay's replication slot."""
-    name = "chaos_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    base, _, _ = server.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            for (slot,) in conn.execute(
-                "select slot_name from pg_replication_slots where database = %s", (name,)
-            ).fetchall():
-                conn.execute(
-                    "select pg_terminate_backend(active_pid) from pg_replication_slots "
-                    "where slot_name = %s and active_pid is not null",
-                    (slot,),
-                )
-                conn.execute("select pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(f'drop database if exists "{name}" with (force)')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         "between kills, it makes the relay evict and advance its slot during the run",
     )
     args = parser.parse_args(argv)
-    with server_dsn(args.dsn) as server, fresh_database(server) as dsn:
+    with server_dsn(args.dsn) as server, fresh_database(server, prefix="chaos_") as dsn:
         result = asyncio.run(
             run_chaos(
                 dsn,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
-from tests.support.postgres import provide_postgres
+from tests.support.postgres import fresh_database, provide_postgres
 
 
 @pytest.fixture(scope="session")
@@ -21,24 +19,8 @@ def pg_server_dsn() -> Iterator[str]:
 @pytest.fixture()
 def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards (with its slots)."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    base, _, _ = pg_server_dsn.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-            for (slot,) in conn.execute(
-                "select slot_name from pg_replication_slots where database = %s", (name,)
-            ).fetchall():
-                conn.execute(
-                    "select pg_terminate_backend(active_pid) from pg_replication_slots "
-                    "where slot_name = %s and active_pid is not null",
-                    (slot,),
-                )
-                conn.execute("select pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(f'drop database if exists "{name}" with (force)')
+    with fresh_database(pg_server_dsn) as dsn:
+        yield dsn
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

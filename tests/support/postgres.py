@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from relay.postgres.cluster import ClusterError, LocalCluster
@@ -54,3 +56,26 @@ def provide_postgres() -> Iterator[str]:
         yield cluster.dsn()
     finally:
         cluster.stop()
+
+
+@contextlib.contextmanager
+def fresh_database(server: str, prefix: str = "t_") -> Iterator[str]:
+    """A new database on ``server``, dropped afterwards with its replication slots (one per test)."""
+    name = prefix + uuid.uuid4().hex[:12]
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    base, _, _ = server.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            for (slot,) in conn.execute(
+                "select slot_name from pg_replication_slots where database = %s", (name,)
+            ).fetchall():
+                conn.execute(
+                    "select pg_terminate_backend(active_pid) from pg_replication_slots "
+                    "where slot_name = %s and active_pid is not null",
+                    (slot,),
+                )
+                conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+            conn.execute(f'drop database if exists "{name}" with (force)')

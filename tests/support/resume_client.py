@@ -24,7 +24,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,6 +40,7 @@ import psycopg
 from relay.postgres.cluster import free_port
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from tests.support.relay import SECRET, token
+from tests.support.relay_process import health, log_tail, relay_env, spawn_relay, wait_streaming
 
 __all__ = [
     "AUDITOR_POLICY",
@@ -58,8 +58,6 @@ __all__ = [
     "install_auditor_policy",
     "run_chaos",
 ]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # The demo tables the writer fills: inserts need only a branch (and a staff row for
 # attendance), and each has a branch-scoped row policy, so branch members see different subsets.
@@ -376,18 +374,18 @@ class RelayProcess:
         self.dsn = dsn
         self.port = port
         self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "RELAY_DATABASE_URL": dsn,
-            "RELAY_JWT_SECRET": SECRET,
-            "RELAY_HOST": "127.0.0.1",
-            "RELAY_PORT": str(port),
-            "RELAY_SLOT": "chaos_relay",
-            "RELAY_PUBLICATION_POLL": "0.5",
-            "RELAY_LOG_LEVEL": "INFO",
-            **(env or {}),
-        }
+        self.env = relay_env(
+            dsn,
+            port,
+            SECRET,
+            "chaos_relay",
+            {
+                "RELAY_HOST": "127.0.0.1",
+                "RELAY_PUBLICATION_POLL": "0.5",
+                "RELAY_LOG_LEVEL": "INFO",
+                **(env or {}),
+            },
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.exits: list[int] = []  # exit codes of relays that ended before we killed them
@@ -398,13 +396,7 @@ class RelayProcess:
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n===== relay start #{self.starts} =====\n".encode())
             logf.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "relay", "serve"],
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=ROOT,
-            )
+            self.proc = spawn_relay(self.env, logf)
 
     def kill(self) -> None:
         """SIGKILL the relay we started (by its pid) and reap it; note it if it had died by itself."""
@@ -430,37 +422,18 @@ class RelayProcess:
             proc.wait(timeout=10)
 
     async def health(self, session: aiohttp.ClientSession) -> dict[str, Any] | None:
-        try:
-            async with session.get(f"http://127.0.0.1:{self.port}/health") as resp:
-                body = await resp.read()
-                out = orjson.loads(body)
-                return out if isinstance(out, dict) else None
-        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError):
-            return None
+        return await health(session, self.port)
 
     async def wait_streaming(self, timeout: float = 30.0) -> dict[str, Any]:
         """Until /health says the replication stream runs; fails early if the process died."""
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
-            while time.monotonic() < deadline:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.log_tail()}")
-                h = await self.health(session)
-                if h is not None and h.get("status") == "ok":
-                    return h
-                await asyncio.sleep(0.1)
-        raise TimeoutError(f"relay not streaming after {timeout}s:\n{self.log_tail()}")
+        return await wait_streaming(self.port, self.proc, self.log_tail, timeout)
 
     async def stats(self) -> dict[str, Any] | None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
             return await self.health(session)
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no relay log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 # ---------------------------------------------------------------------------------------------
