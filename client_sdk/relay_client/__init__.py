@@ -1,0 +1,57 @@
+"""Python client for the Postgres change relay.
+
+Same names as the official ``realtime`` client where the concept is the same
+(``client.channel(name)``, ``channel.on_postgres_changes(...)``, ``subscribe()``, ``set_auth()``),
+plus reconnection with backoff, dead-link detection, online/offline status, gap-free resume
+and token refresh.  See README.md.
+"""
+
+from __future__ import annotations
+
+from relay_client.channel import RealtimeChannel
+from relay_client.client import RelayClient, TokenProvider
+from relay_client.debounce import TableChangeCoalescer, TableChanged
+from relay_client.errors import ClientClosedError, GaveUpError, JoinError, RelayClientError
+from relay_client.join_state import ChannelStats
+from relay_client.options import ClientOptions
+from relay_client.status import ClientState, Status
+from relay_client.streams import ChangeStream
+from relay_client.sync import SyncChannel, SyncRelayClient
+from relay_client.types import (
+    Change,
+    ChannelStates,
+    RealtimePostgresChangesListenEvent,
+    RealtimeSubscribeStates,
+    ResyncNeeded,
+)
+
+AsyncRealtimeClient = RelayClient  # the official client's name, for drop-in switching
+AsyncRealtimeChannel = RealtimeChannel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncRealtimeChannel",
+    "AsyncRealtimeClient",
+    "Change",
+    "ChangeStream",
+    "ChannelStates",
+    "ChannelStats",
+    "ClientClosedError",
+    "ClientOptions",
+    "ClientState",
+    "GaveUpError",
+    "JoinError",
+    "RealtimeChannel",
+    "RealtimePostgresChangesListenEvent",
+    "RealtimeSubscribeStates",
+    "RelayClient",
+    "RelayClientError",
+    "ResyncNeeded",
+    "Status",
+    "SyncChannel",
+    "SyncRelayClient",
+    "TableChangeCoalescer",
+    "TableChanged",
+    "TokenProvider",
+]

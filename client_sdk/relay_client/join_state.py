@@ -1,0 +1,192 @@
+"""One channel's protocol state: its bindings, its join on the current socket, its position.
+
+Why a pure state machine: "no gaps, no duplicates across reconnects" comes down to a few rules
+that must hold however frames and disconnects interleave — join with the last *processed*
+position, accept a change only if its position is after it, never let a stale reply or the
+``phx_close`` of a replaced join touch the current one, retry a refused rejoin but not a refused
+first join.  Keeping them here, free of I/O, lets the unit tests drive every interleaving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from relay_client.protocol import (
+    ChannelClosedByServer,
+    Frame,
+    Resumed,
+    Subscribed,
+    SystemEvent,
+    binding_ids,
+    join_frame,
+    leave_frame,
+    parse_reply,
+    topic_of,
+)
+from relay_client.types import Binding, ChannelStates, ResyncNeeded
+
+__all__ = ["ChannelState", "ChannelStats", "ReplyOutcome"]
+
+
+@dataclass(slots=True)
+class ChannelStats:
+    """Counters an application (or a test) can read to see what the channel went through."""
+
+    joins: int = 0  # ok join replies (first join and rejoins)
+    resumes: int = 0  # "Resumed" events: a rejoin caught up without a gap
+    replayed: int = 0  # changes the relay replayed on resumes
+    resyncs: int = 0  # "resync needed" events
+    refusals: int = 0  # error join replies
+    timeouts: int = 0  # joins that got no reply in time
+    server_closes: int = 0  # the relay closed the channel (token expiry, refused token)
+    changes: int = 0  # changes delivered to the application
+    duplicates: int = 0  # changes dropped because their position was not after the last one
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOutcome:
+    """What a ``phx_reply`` meant for this channel."""
+
+    kind: Literal["joined", "refused", "left"]
+    reason: str | None = None
+    final: bool = False  # refused and will not be retried (the very first join)
+
+
+@dataclass(slots=True)
+class ChannelState:
+    """Join bookkeeping of one channel; the I/O layer sends the frames it builds."""
+
+    name: str
+    position: str | None = None  # last processed position: what a rejoin resumes from
+    bindings: list[Binding] = field(default_factory=list)
+    ids: list[int | None] = field(default_factory=list)  # relay's id of each binding (last join)
+    state: ChannelStates = ChannelStates.CLOSED
+    wanted: bool = False  # subscribe() called and not unsubscribed: keep it joined
+    joined_once: bool = False
+    join_ref: str | None = None
+    join_push: str | None = None  # ref of the phx_join awaiting its reply
+    leave_push: str | None = None
+    token_error: bool = False  # the relay closed us over the token: refresh before rejoining
+    stats: ChannelStats = field(default_factory=ChannelStats)
+
+    @property
+    def topic(self) -> str:
+        return topic_of(self.name)
+
+    # -- configuration ------------------------------------------------------------------
+    def add_binding(self, binding: Binding) -> int:
+        if self.wanted or self.joined_once:
+            raise RuntimeError("add on_postgres_changes() bindings before subscribe()")
+        self.bindings.append(binding)
+        self.ids.append(None)
+        return len(self.bindings) - 1
+
+    def needs_join(self) -> bool:
+        return self.wanted and self.state in (ChannelStates.CLOSED, ChannelStates.ERRORED)
+
+    # -- join / leave ---------------------------------------------------------------------
+    def begin_join(self, ref: str, join_ref: str, token: str | None) -> Frame:
+        """The ``phx_join`` to send now; resumes from the last processed position if any."""
+        self.state = ChannelStates.JOINING
+        self.join_ref, self.join_push = join_ref, ref
+        self.token_error = False
+        return join_frame(self.topic, ref, join_ref, self.bindings, token, self.position)
+
+    def begin_leave(self, ref: str) -> Frame | None:
+        """Stop wanting the channel; the ``phx_leave`` to send, if it is joined (or joining)."""
+        self.wanted = False
+        if self.state in (ChannelStates.JOINED, ChannelStates.JOINING):
+            self.state = ChannelStates.LEAVING
+            self.join_push, self.leave_push = None, ref
+            return leave_frame(self.topic, ref, self.join_ref)
+        self.state = ChannelStates.CLOSED
+        return None
+
+    def on_reply(self, ref: str | None, payload: Any) -> ReplyOutcome | None:
+        """A ``phx_reply`` on our topic; None if it answers nothing current (stale ref)."""
+        if ref is not None and ref == self.join_push:
+            self.join_push = None
+            ok, response = parse_reply(payload)
+            if ok:
+                self.state = ChannelStates.JOINED
+                self.ids = binding_ids(response, len(self.bindings))
+                self.joined_once = True
+                self.stats.joins += 1
+                return ReplyOutcome("joined")
+            self.stats.refusals += 1
+            final = not self.joined_once
+            if final:
+                self.wanted = False
+            self.state = ChannelStates.ERRORED if self.wanted else ChannelStates.CLOSED
+            return ReplyOutcome("refused", str(response), final)
+        if ref is not None and ref == self.leave_push:
+            self.leave_push = None
+            self.state = ChannelStates.CLOSED
+            return ReplyOutcome("left")
+        return None
+
+    def on_close(self, ref: str | None) -> bool:
+        """``phx_close``: True if it closed our current join (not a replaced one)."""
+        if ref is None or ref != self.join_ref or self.state == ChannelStates.CLOSED:
+            return False
+        self.join_push = None
+        if self.state == ChannelStates.LEAVING:
+            self.leave_push = None
+            self.state = ChannelStates.CLOSED
+            return True
+        self.stats.server_closes += 1
+        self.state = ChannelStates.ERRORED if self.wanted else ChannelStates.CLOSED
+        return True
+
+    def join_timed_out(self) -> bool:
+        if self.state != ChannelStates.JOINING:
+            return False
+        self.stats.timeouts += 1
+        self.join_push = None
+        self.state = ChannelStates.ERRORED
+        return True
+
+    def on_disconnect(self) -> None:
+        """The socket is gone: every join on it is gone too."""
+        self.join_push = self.leave_push = None
+        if self.state == ChannelStates.LEAVING or not self.wanted:
+            self.state = ChannelStates.CLOSED
+        elif self.state in (ChannelStates.JOINED, ChannelStates.JOINING):
+            self.state = ChannelStates.ERRORED
+
+    # -- positions --------------------------------------------------------------------------
+    def _advance(self, position: str | None) -> None:
+        if position is not None and (self.position is None or position > self.position):
+            self.position = position
+
+    def on_system(self, event: SystemEvent) -> None:
+        """Track where the channel stands after Subscribed / Resumed / resync events."""
+        if isinstance(event, Subscribed):
+            self._advance(event.position)  # fresh join: changes after it come
+        elif isinstance(event, Resumed):
+            self.stats.resumes += 1
+            self.stats.replayed += event.replayed
+            self._advance(event.position)
+        elif isinstance(event, ResyncNeeded):
+            self.stats.resyncs += 1
+            self._advance(event.position)  # the relay continues live after it
+        elif isinstance(event, ChannelClosedByServer):
+            self.token_error = event.token
+
+    def is_new(self, position: str) -> bool:
+        """Whether a change at ``position`` comes after everything processed (else: a duplicate)."""
+        if self.position is not None and position <= self.position:
+            self.stats.duplicates += 1
+            return False
+        return True
+
+    def processed(self, position: str) -> None:
+        """The change at ``position`` reached the application: rejoins resume after it."""
+        self._advance(position)
+        self.stats.changes += 1
+
+    def binding_indexes(self, ids: tuple[int, ...]) -> list[int]:
+        """Which of our bindings a change's ``ids`` matched."""
+        wanted = set(ids)
+        return [i for i, bid in enumerate(self.ids) if bid is not None and bid in wanted]

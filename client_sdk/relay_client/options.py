@@ -1,0 +1,53 @@
+"""Every knob of the client, in one validated, immutable place.
+
+Why one dataclass: the README documents exactly these fields, the async client and the sync
+facade accept them by the same names, and a bad value fails at construction with a message
+rather than as odd behaviour minutes later.  Names shared with the official ``realtime``
+client (``auto_reconnect``, ``params``, ``hb_interval``, ``max_retries``, ``initial_backoff``,
+``timeout``) mean the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from relay_client.backoff import BackoffPolicy
+
+__all__ = ["ClientOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    auto_reconnect: bool = True
+    params: Mapping[str, str] = field(default_factory=dict)
+    hb_interval: float = 15.0
+    hb_timeout: float | None = None  # None: hb_interval (dead link noticed within 2 intervals)
+    initial_backoff: float = 0.5
+    max_backoff: float = 15.0
+    stable_after: float = 10.0
+    max_retries: int | None = None  # consecutive failed connects before giving up; None: never
+    timeout: float = 10.0  # connect handshake, join/leave replies, graceful close
+    queue_size: int = 1000
+    token_refresh_margin: float = 60.0
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("hb_interval", "timeout", "token_refresh_margin"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.hb_timeout is not None and self.hb_timeout <= 0:
+            raise ValueError("hb_timeout must be positive")
+        if self.max_retries is not None and self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0 (or None: retry forever)")
+        if self.queue_size < 1 or self.max_message_bytes < 1:
+            raise ValueError("queue_size and max_message_bytes must be at least 1")
+        self.backoff  # validates the backoff fields  # noqa: B018
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        return self.hb_interval if self.hb_timeout is None else self.hb_timeout
+
+    @property
+    def backoff(self) -> BackoffPolicy:
+        return BackoffPolicy(self.initial_backoff, self.max_backoff, self.stable_after)

@@ -1,0 +1,281 @@
+"""Phoenix frames (vsn 1.0.0) as the relay speaks them: encode, decode, build, interpret.
+
+Why pure: this is where untrusted bytes become typed values.  Nothing here does I/O or keeps
+state, so every branch is unit-tested without a socket, and the I/O code only moves frames.
+Anything malformed raises :class:`ProtocolError`; nothing else escapes on bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from relay_client.types import Binding, Change, ResyncNeeded
+
+__all__ = [
+    "PHOENIX",
+    "VSN",
+    "ChannelClosedByServer",
+    "Frame",
+    "OtherSystem",
+    "ProtocolError",
+    "Resumed",
+    "Subscribed",
+    "SystemEvent",
+    "access_token_frame",
+    "decode",
+    "encode",
+    "heartbeat_frame",
+    "join_frame",
+    "leave_frame",
+    "parse_change",
+    "parse_reply",
+    "parse_system",
+    "socket_url",
+]
+
+VSN = "1.0.0"
+PHOENIX = "phoenix"
+TOPIC_PREFIX = "realtime:"
+
+
+class ProtocolError(ValueError):
+    """A frame the SDK cannot understand."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One Phoenix message, either direction."""
+
+    topic: str
+    event: str
+    payload: Any
+    ref: str | None = None
+    join_ref: str | None = None
+
+
+# -- wire -----------------------------------------------------------------------------------
+def encode(frame: Frame) -> str:
+    """vsn 1.0.0 text: a JSON object with all five keys."""
+    return orjson.dumps(
+        {
+            "topic": frame.topic,
+            "event": frame.event,
+            "payload": frame.payload,
+            "ref": frame.ref,
+            "join_ref": frame.join_ref,
+        }
+    ).decode()
+
+
+def _ref(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, str | int) and not isinstance(v, bool):
+        return str(v)
+    raise ProtocolError(f"bad ref {v!r}")
+
+
+def decode(data: str | bytes) -> Frame:
+    """Parse one server text frame."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a vsn 1.0.0 frame is a JSON object")
+    topic, event = obj.get("topic"), obj.get("event")
+    if not isinstance(topic, str) or not isinstance(event, str):
+        raise ProtocolError("frame without topic or event")
+    payload = obj.get("payload")
+    return Frame(
+        topic, event, {} if payload is None else payload, _ref(obj.get("ref")), _ref(obj.get("join_ref"))
+    )
+
+
+def socket_url(url: str) -> str:
+    """The WebSocket endpoint for a relay URL, accepting what the official client accepts.
+
+    ``http(s)://`` becomes ``ws(s)://`` and ``/websocket`` is appended unless present, so
+    ``http://host:4000/realtime/v1`` and ``ws://host:4000/realtime/v1/websocket`` both work.
+    """
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(f"not a ws://, wss://, http:// or https:// URL: {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/websocket"):
+        path += "/websocket"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+# -- client frames ----------------------------------------------------------------------------
+def heartbeat_frame(ref: str) -> Frame:
+    return Frame(PHOENIX, "heartbeat", {}, ref)
+
+
+def join_frame(
+    topic: str,
+    ref: str,
+    join_ref: str,
+    bindings: Sequence[Binding],
+    access_token: str | None,
+    resume_from: str | None,
+) -> Frame:
+    """``phx_join`` for ``bindings``; ``resume_from`` asks the relay to replay what was missed."""
+    config: dict[str, Any] = {
+        "broadcast": {"ack": False, "self": False},
+        "presence": {"key": ""},
+        "postgres_changes": [b.wire() for b in bindings],
+        "private": False,
+    }
+    if resume_from is not None:
+        config["resume_from"] = resume_from
+    payload: dict[str, Any] = {"config": config}
+    if access_token is not None:
+        payload["access_token"] = access_token
+    return Frame(topic, "phx_join", payload, ref, join_ref)
+
+
+def leave_frame(topic: str, ref: str, join_ref: str | None) -> Frame:
+    return Frame(topic, "phx_leave", {}, ref, join_ref)
+
+
+def access_token_frame(topic: str, ref: str, join_ref: str | None, token: str) -> Frame:
+    return Frame(topic, "access_token", {"access_token": token}, ref, join_ref)
+
+
+# -- server frames ----------------------------------------------------------------------------
+def parse_reply(payload: Any) -> tuple[bool, Any]:
+    """``phx_reply`` payload -> (ok, response); an error's response is its ``reason`` text."""
+    if not isinstance(payload, dict):
+        raise ProtocolError("phx_reply payload is not an object")
+    response = payload.get("response")
+    if payload.get("status") == "ok":
+        return True, response if response is not None else {}
+    reason = response.get("reason") if isinstance(response, dict) else None
+    return False, str(reason if reason is not None else payload.get("status", "error"))
+
+
+def binding_ids(response: Any, count: int) -> list[int | None]:
+    """The id the relay gave each of our ``count`` bindings (join reply lists them in our order)."""
+    out: list[int | None] = [None] * count
+    items = response.get("postgres_changes") if isinstance(response, dict) else None
+    if isinstance(items, list):
+        for i, item in enumerate(items[:count]):
+            bid = item.get("id") if isinstance(item, dict) else None
+            if isinstance(bid, int) and not isinstance(bid, bool):
+                out[i] = bid
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """The join is live; a fresh join receives the changes after ``position``."""
+
+    position: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A resume caught up: ``replayed`` changes were sent; live from here, no gap."""
+
+    position: str | None
+    resumed_from: str | None
+    replayed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosedByServer:
+    """The relay is closing the channel (token expired or refused); ``phx_close`` follows."""
+
+    message: str
+    token: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OtherSystem:
+    """A system event the SDK has no use for (kept for logging)."""
+
+    payload: Mapping[str, Any]
+
+
+SystemEvent = Subscribed | Resumed | ResyncNeeded | ChannelClosedByServer | OtherSystem
+
+
+def _opt_str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def parse_system(channel: str, payload: Any) -> SystemEvent:
+    """Interpret a ``system`` event (see docs/protocol.md, "Resume")."""
+    if not isinstance(payload, dict):
+        raise ProtocolError("system payload is not an object")
+    status, message = payload.get("status"), str(payload.get("message", ""))
+    if payload.get("code") == "resync_needed":
+        return ResyncNeeded(
+            channel=channel,
+            message=message,
+            position=_opt_str(payload.get("position")),
+            resume_from=_opt_str(payload.get("resume_from")),
+            retained_from=_opt_str(payload.get("retained_from")),
+        )
+    if payload.get("extension") == "postgres_changes" and status == "ok":
+        if "resumed_from" in payload:
+            replayed = payload.get("replayed")
+            return Resumed(
+                _opt_str(payload.get("position")),
+                _opt_str(payload.get("resumed_from")),
+                replayed if isinstance(replayed, int) else 0,
+            )
+        return Subscribed(_opt_str(payload.get("position")))
+    if status == "error" and payload.get("extension") == "system":
+        return ChannelClosedByServer(message, token="token" in message.lower())
+    return OtherSystem(payload)
+
+
+def _mapping(v: Any) -> Mapping[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def parse_change(channel: str, payload: Any) -> Change:
+    """A ``postgres_changes`` payload as a :class:`Change`."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        raise ProtocolError("postgres_changes payload without data")
+    data = payload["data"]
+    kind = data.get("type")
+    if kind not in ("INSERT", "UPDATE", "DELETE"):
+        raise ProtocolError(f"unknown change type {kind!r}")
+    position = data.get("position")
+    if not isinstance(position, str):
+        raise ProtocolError("change without a position (is this the change relay?)")
+    ids = payload.get("ids")
+    columns = data.get("columns")
+    errors = data.get("errors")
+    return Change(
+        channel=channel,
+        type=kind,
+        schema=str(data.get("schema", "")),
+        table=str(data.get("table", "")),
+        commit_timestamp=str(data.get("commit_timestamp", "")),
+        position=position,
+        record=_mapping(data.get("record")),
+        old_record=_mapping(data.get("old_record")),
+        columns=tuple(c for c in columns if isinstance(c, dict)) if isinstance(columns, list) else (),
+        errors=tuple(str(e) for e in errors) if isinstance(errors, list) else (),
+        ids=tuple(i for i in ids if isinstance(i, int)) if isinstance(ids, list) else (),
+        moved_out=data.get("moved_out") is True,
+    )
+
+
+def topic_of(name: str) -> str:
+    """``realtime:<name>``, the topic a channel name joins."""
+    return name if name.startswith(TOPIC_PREFIX) else TOPIC_PREFIX + name
+
+
+def name_of(topic: str) -> str:
+    return topic.removeprefix(TOPIC_PREFIX)

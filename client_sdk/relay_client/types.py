@@ -1,0 +1,117 @@
+"""The values an application sees: changes, resync signals, states and bindings.
+
+Why their own module: they are the SDK's public vocabulary, shared by the pure protocol code and
+the I/O code, and they must import nothing heavier than the standard library.  Enum names and
+values are those of the official ``realtime`` client, so code written against it reads the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+__all__ = [
+    "Binding",
+    "Change",
+    "ChangeCallback",
+    "ChangeType",
+    "ChannelStates",
+    "RealtimePostgresChangesListenEvent",
+    "RealtimeSubscribeStates",
+    "ResyncCallback",
+    "ResyncNeeded",
+    "SubscribeCallback",
+]
+
+ChangeType = Literal["INSERT", "UPDATE", "DELETE"]
+
+
+class RealtimePostgresChangesListenEvent(StrEnum):
+    """Which row events a binding asks for (same names as the official client)."""
+
+    All = "*"
+    Insert = "INSERT"
+    Update = "UPDATE"
+    Delete = "DELETE"
+
+
+class ChannelStates(StrEnum):
+    """Where a channel's join stands on the current socket (same values as the official client)."""
+
+    JOINED = "joined"
+    CLOSED = "closed"
+    ERRORED = "errored"  # not joined now, will rejoin (socket lost, join refused, server closed it)
+    JOINING = "joining"
+    LEAVING = "leaving"
+
+
+class RealtimeSubscribeStates(StrEnum):
+    """What ``subscribe(callback)`` reports, on the first join and on every rejoin."""
+
+    SUBSCRIBED = "SUBSCRIBED"
+    TIMED_OUT = "TIMED_OUT"
+    CLOSED = "CLOSED"
+    CHANNEL_ERROR = "CHANNEL_ERROR"
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One ``postgres_changes`` subscription of a channel, as sent in the join."""
+
+    event: str = "*"
+    schema: str = "public"
+    table: str | None = None
+    filter: str | None = None
+
+    def wire(self) -> dict[str, str]:
+        out = {"event": self.event, "schema": self.schema}
+        if self.table is not None:
+            out["table"] = self.table
+        if self.filter is not None:
+            out["filter"] = self.filter
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One row change, delivered once, in commit order.
+
+    ``record`` is empty for DELETE and ``old_record`` empty for INSERT (rather than None), so
+    handlers index them without a None check.  ``position`` is the relay's resume position:
+    strings compare in commit order.
+    """
+
+    channel: str
+    type: ChangeType
+    schema: str
+    table: str
+    commit_timestamp: str
+    position: str
+    record: Mapping[str, Any] = field(default_factory=dict)
+    old_record: Mapping[str, Any] = field(default_factory=dict)
+    columns: tuple[Mapping[str, Any], ...] = ()
+    errors: tuple[str, ...] = ()
+    ids: tuple[int, ...] = ()
+    moved_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncNeeded:
+    """The relay could not give this channel every change it missed: refetch, then go on.
+
+    The channel stays joined and continues live after ``position``: a snapshot read now
+    contains everything up to at least ``position``.
+    """
+
+    channel: str
+    message: str
+    position: str | None
+    resume_from: str | None = None
+    retained_from: str | None = None
+
+
+ChangeCallback = Callable[[Change], Awaitable[None] | None]
+ResyncCallback = Callable[[ResyncNeeded], Awaitable[None] | None]
+SubscribeCallback = Callable[[RealtimeSubscribeStates, Exception | None], Awaitable[None] | None]
