@@ -30,7 +30,8 @@ async def running_relay(dsn: str, *, demo: bool = True, **overrides: Any) -> Asy
     await asyncio.to_thread(apply_migrations, dsn)
     if demo:
         await asyncio.to_thread(apply_demo_schema, dsn)
-    cfg = Config(database_url=dsn, jwt_secret=SECRET, port=0, publication_poll_interval=0.5, **overrides)
+    settings: dict[str, Any] = {"port": 0, "publication_poll_interval": 0.5, **overrides}
+    cfg = Config(database_url=dsn, jwt_secret=SECRET, **settings)
     relay = await start_relay(cfg)
     try:
         yield relay
