@@ -70,7 +70,6 @@ class RelayServer:
         self.live_floor = -1
         self.floors_ready = asyncio.Event()
         self.open_tx: set[Channel] = set()
-        self.replays = 0  # replays running now
         self.resumes = 0
         self.resyncs = 0
 
@@ -84,14 +83,14 @@ class RelayServer:
         the LSN is confirmed only after delivery.
         """
         self.changes_seen += 1
-        self.log.append(change.seq, change.commit_timestamp, change.raw)
+        seq = change.seq
+        self.log.append(seq, change.commit_timestamp, change.raw)
         memo, decide = self._decider(change)
         owners = self._owners(change)
         deliveries, pending = self.index.route(change, decide, owners)
         if pending:
             # only channels that will take this change are worth a trip to Postgres (not those
             # replaying, nor those that start after it: e.g. the window decoded after a restart)
-            seq = change.seq
             pending = [(c, w) for c, w in pending if not c.replaying and c.cursor < seq]
         if pending:
             return self._dispatch_slow(change, memo, decide, pending)
@@ -282,7 +281,6 @@ class RelayServer:
         step that finds the log exhausted, and every delivery checks the channel's cursor, so
         nothing is missed or repeated at the switch.
         """
-        self.replays += 1
         try:
             await self.floors_ready.wait()
             log = self.log
@@ -317,7 +315,6 @@ class RelayServer:
                 self._resync(chan, after, "internal error while replaying")
         finally:
             chan.replaying = False
-            self.replays -= 1
 
     async def _route_one(self, change: RowChange, chan: Channel) -> None:
         """Route ``change`` for one channel only (replay), evaluating in Postgres if needed."""
@@ -339,18 +336,12 @@ class RelayServer:
                 self.open_tx.add(chan)  # the rest of its transaction comes live
         self.resumes += 1
         chan.conn.queue_frame(
-            Frame(
-                chan.topic,
-                "system",
-                {
-                    "channel": chan.name,
-                    "extension": "postgres_changes",
-                    "status": "ok",
-                    "message": f"Resumed: {replayed} changes replayed after {format_position(after)}",
-                    "resumed_from": format_position(after),
-                    "replayed": replayed,
-                    "position": format_position(chan.cursor),
-                },
+            chan.system(
+                "ok",
+                f"Resumed: {replayed} changes replayed after {format_position(after)}",
+                resumed_from=format_position(after),
+                replayed=replayed,
+                position=format_position(chan.cursor),
             )
         )
         chan.conn.flush()
@@ -363,22 +354,14 @@ class RelayServer:
         self.resyncs += 1
         log.info("resync needed for %s on %s: %s", chan.topic, chan.conn.peer, why)
         chan.conn.queue_frame(
-            Frame(
-                chan.topic,
-                "system",
-                {
-                    "channel": chan.name,
-                    "extension": "postgres_changes",
-                    "status": "error",
-                    "code": "resync_needed",
-                    "message": (
-                        f"resync needed: {why}; changes after {format_position(after)} may be missing. "
-                        f"Refetch, then continue from position {format_position(chan.cursor)}"
-                    ),
-                    "resume_from": format_position(after),
-                    "retained_from": format_position(self.log.retained_from),
-                    "position": format_position(chan.cursor),
-                },
+            chan.system(
+                "error",
+                f"resync needed: {why}; changes after {format_position(after)} may be missing. "
+                f"Refetch, then continue from position {format_position(chan.cursor)}",
+                code="resync_needed",
+                resume_from=format_position(after),
+                retained_from=format_position(self.log.retained_from),
+                position=format_position(chan.cursor),
             )
         )
         chan.conn.flush()
@@ -402,7 +385,12 @@ class RelayServer:
             "frames_queued": self.frames_queued,
             "policies": len(self.authorizer),
             "policy_errors": self.policy_errors,
-            "resume": {**self.log.stats(), "resumes": self.resumes, "resyncs": self.resyncs},
+            "resume": {
+                **self.log.stats(),
+                "replaying": sum(ch.replaying for c in self.connections for ch in c.channels.values()),
+                "resumes": self.resumes,
+                "resyncs": self.resyncs,
+            },
             "uptime_s": round(time.time() - self.started_at, 1),
             **self.status,
         }

@@ -81,6 +81,11 @@ class Channel:
     def name(self) -> str:
         return self.topic.removeprefix("realtime:")
 
+    def system(self, status: str, message: str, extension: str = "postgres_changes", **extra: Any) -> Frame:
+        """A ``system`` event for this channel (the shape both official clients parse)."""
+        payload = {"channel": self.name, "extension": extension, "status": status, "message": message}
+        return Frame(self.topic, "system", {**payload, **extra})
+
 
 class Connection:
     """Protocol handler and send queue of one WebSocket."""
@@ -346,15 +351,9 @@ class Connection:
         response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
         if specs:
-            system: dict[str, Any] = {
-                "channel": chan.name,
-                "extension": "postgres_changes",
-                "status": "ok",
-                "message": "Subscribed to PostgreSQL",
-            }
-            if after is not None or self.server.floors_ready.is_set():
-                system["position"] = format_position(chan.cursor)
-            self.send_frame(Frame(f.topic, "system", system))
+            known = after is not None or self.server.floors_ready.is_set()
+            start = {"position": format_position(chan.cursor)} if known else {}
+            self.send_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
         if after is not None:
             chan.task = asyncio.get_running_loop().create_task(
                 self.server.replay(chan, after), name=f"replay {f.topic}"
@@ -413,13 +412,7 @@ class Connection:
         self._token_error(chan, f"Token has expired {int(time.time() - float(exp))} seconds ago")
 
     def _token_error(self, chan: Channel, message: str) -> None:
-        self.send_frame(
-            Frame(
-                chan.topic,
-                "system",
-                {"channel": chan.name, "extension": "system", "status": "error", "message": message},
-            )
-        )
+        self.send_frame(chan.system("error", message, extension="system"))
         self.close_channel(chan)
 
     def teardown(self) -> None:
