@@ -1,0 +1,155 @@
+"""User broadcasts: what one member sends to the others of a topic, in each wire form.
+
+Why pure: a broadcast arrives in four shapes (a vsn 1.0.0 object, a vsn 2.0.0 array, a binary
+kind 3 frame, a ``realtime.send`` message from the WAL, or the REST endpoint) and leaves in three
+(vsn 1.0.0 text, vsn 2.0.0 text, binary kind 4).  Parsing and encoding here are deterministic and
+tested without sockets; :class:`BroadcastFrames` encodes each form once per message, however many
+members receive it.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.core.protocol import (
+    BINARY_ENCODING,
+    JSON_ENCODING,
+    BinaryPush,
+    dumps,
+    encode_push_prefix,
+    encode_user_broadcast,
+    ws_binary_frame,
+    ws_text_frame,
+)
+
+__all__ = [
+    "Broadcast",
+    "BroadcastError",
+    "BroadcastFrames",
+    "from_binary",
+    "from_db_message",
+    "from_push",
+]
+
+
+class BroadcastError(ValueError):
+    """A broadcast that cannot be sent; ``str()`` is safe to show the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """One user message.  ``raw`` is the payload's bytes when they arrived as bytes (kind 3)."""
+
+    event: str
+    value: Any = None  # the JSON payload (None for an opaque binary payload)
+    raw: bytes | None = None
+    encoding: int = JSON_ENCODING
+
+    @property
+    def is_binary(self) -> bool:
+        return self.encoding == BINARY_ENCODING
+
+    def json_bytes(self) -> bytes:
+        """The payload as JSON bytes (binary payloads as ``{"base64": ...}``)."""
+        if self.encoding == JSON_ENCODING:
+            return self.raw if self.raw is not None else dumps(self.value)
+        return dumps(self._binary_as_json())
+
+    def text_payload(self) -> dict[str, Any]:
+        """The ``broadcast`` event payload for text clients.
+
+        JSON cannot carry bytes, so a binary payload reaches text clients base64-encoded, with
+        ``meta.encoding = "base64"`` saying so (vsn 2.0.0 clients get the bytes as they are).
+        """
+        if self.encoding == JSON_ENCODING:
+            value = self.value if self.raw is None else orjson.Fragment(self.raw)
+            return {"type": "broadcast", "event": self.event, "payload": value}
+        return {
+            "type": "broadcast",
+            "event": self.event,
+            "payload": self._binary_as_json(),
+            "meta": {"encoding": "base64"},
+        }
+
+    def _binary_as_json(self) -> dict[str, str]:
+        return {"base64": base64.b64encode(self.raw or b"").decode()}
+
+
+def _event(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise BroadcastError('a broadcast needs an "event" (a non-empty string)')
+    if len(v.encode()) > 255:
+        raise BroadcastError("broadcast event names are limited to 255 bytes")
+    return v
+
+
+def from_push(payload: Any) -> Broadcast:
+    """A text ``broadcast`` push: ``{"type": "broadcast", "event": E, "payload": P}``."""
+    if not isinstance(payload, dict):
+        raise BroadcastError('a broadcast payload is an object {"type": "broadcast", "event", "payload"}')
+    kind = payload.get("type", "broadcast")
+    if kind != "broadcast":
+        raise BroadcastError(f'a broadcast has "type": "broadcast", not {kind!r}')
+    return Broadcast(_event(payload.get("event")), payload.get("payload", {}))
+
+
+def from_binary(push: BinaryPush) -> Broadcast:
+    """A kind 3 push: the payload bytes pass through untouched (JSON was already checked)."""
+    event = _event(push.event)
+    if push.encoding == JSON_ENCODING:
+        return Broadcast(event, push.value, push.payload or b"{}", JSON_ENCODING)
+    return Broadcast(event, None, push.payload, BINARY_ENCODING)
+
+
+def from_db_message(msg: dict[str, Any]) -> tuple[str, bool, Broadcast]:
+    """``realtime.send``'s logical message: ``(channel name, private, message)``."""
+    topic = msg.get("topic")
+    if not isinstance(topic, str) or not topic:
+        raise BroadcastError("realtime.send message without a topic")
+    private = msg.get("private", True)
+    if not isinstance(private, bool):
+        raise BroadcastError("realtime.send message with a non-boolean private flag")
+    payload = msg.get("payload")
+    return (
+        topic.removeprefix("realtime:"),
+        private,
+        Broadcast(_event(msg.get("event")), {} if payload is None else payload),
+    )
+
+
+class BroadcastFrames:
+    """Encode-once cache of one broadcast to one topic, per client form.
+
+    ``get(vsn, framed)`` returns what a socket queues: ``str`` for a text message, ``bytes`` for
+    a binary one (unframed, sent with ``send_bytes``), or complete WebSocket frame bytes when
+    ``framed`` (the socket writes prebuilt frames to its transport).
+    """
+
+    __slots__ = ("_cache", "msg", "topic")
+
+    def __init__(self, topic: str, msg: Broadcast) -> None:
+        self.topic = topic
+        self.msg = msg
+        self._cache: dict[tuple[str, bool], bytes | str] = {}
+
+    def get(self, vsn: str, framed: bool) -> bytes | str:
+        key = (vsn, framed)
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = self._build(vsn, framed)
+        return out
+
+    def _build(self, vsn: str, framed: bool) -> bytes | str:
+        if vsn == "2.0.0":
+            msg = self.msg
+            payload = msg.raw if msg.raw is not None else dumps(msg.value)
+            binary = encode_user_broadcast(self.topic, msg.event, payload, msg.encoding)
+            if binary is not None:
+                return ws_binary_frame(binary) if framed else binary
+        prefix, suffix = encode_push_prefix(self.topic, "broadcast", vsn)
+        text = prefix.encode() + dumps(self.msg.text_payload()) + suffix.encode()
+        return ws_text_frame(text) if framed else text.decode()
