@@ -566,6 +566,32 @@ def _check_policies(ctx: _Ctx) -> list[Check]:
     return out
 
 
+def _check_topic_policies(ctx: _Ctx) -> list[Check]:
+    """How many private-channel policies exist; a database without migration 0006 cannot have any."""
+    if _one(ctx.conn, "select to_regclass('realtime.topic_policies') is not null")[0] is not True:
+        return [
+            Check(
+                "topic policies",
+                "warn",
+                "realtime.topic_policies is missing (migration 0006_topic_policies.sql): run relay migrate; "
+                "private channels cannot be joined until then",
+            )
+        ]
+    total, reads = _one(
+        ctx.conn,
+        "select count(*)::int, (count(*) filter (where action = 'read'))::int from realtime.topic_policies",
+    )
+    if not total:
+        return [
+            Check(
+                "topic policies",
+                "ok",
+                "none yet: private channels deny by default (realtime.create_topic_policy(...) to allow)",
+            )
+        ]
+    return [Check("topic policies", "ok", f"{total} ({reads} read, {total - reads} write)")]
+
+
 CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("server version", _check_server),
     ("wal_level", _check_wal_level),
@@ -577,6 +603,7 @@ CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("tables", _check_tables),
     ("replica identity", _check_replica_identity),
     ("row policies", _check_policies),
+    ("topic policies", _check_topic_policies),
     ("slot", _check_slot),
     ("resume window", _check_resume_window),
     ("wal retention", _check_wal_retention),

@@ -62,6 +62,7 @@ def test_all_ok_on_migrated_demo_db(demo_dsn: str) -> None:
         "publication",
         "tables",
         "replica identity",
+        "topic policies",
         "slot",
     ):
         assert _status(report, name) == "ok", report.render()
@@ -202,6 +203,25 @@ def test_row_policies_reported(pg_dsn: str) -> None:
     assert "default deny" in text and "public.others" in text
     assert "'slow'" in text
     assert report.ok
+
+
+def test_topic_policies_reported(demo_dsn: str) -> None:
+    """`relay check` counts the private-channel policies and warns when migration 0006 is missing."""
+    report = run_preflight(demo_dsn, publication=PUB, slot=SLOT)
+    assert _status(report, "topic policies") == "ok"
+    assert "none yet" in _message(report, "topic policies")
+    with psycopg.connect(demo_dsn, autocommit=True) as conn:
+        conn.execute("select realtime.create_topic_policy('members', 'read', $$topic = 'room'$$)")
+        conn.execute("select realtime.create_topic_policy('lobby', 'read', $$topic = 'lobby'$$)")
+        conn.execute("select realtime.create_topic_policy('senders', 'write', 'true')")
+    report = run_preflight(demo_dsn, publication=PUB, slot=SLOT)
+    assert _status(report, "topic policies") == "ok"
+    assert _message(report, "topic policies") == "3 (2 read, 1 write)"
+    _execute(demo_dsn, "drop table realtime.topic_policies cascade")
+    report = run_preflight(demo_dsn, publication=PUB, slot=SLOT)
+    assert _status(report, "topic policies") == "warn"
+    assert "0006_topic_policies.sql" in _message(report, "topic policies")
+    assert "relay migrate" in _message(report, "topic policies")
 
 
 async def test_resume_window_is_reported_with_and_without_the_relay(pg_dsn: str) -> None:
