@@ -79,7 +79,7 @@ class Pipeline:
         poll_interval: float = 1.0,
         temporary_slot: bool = False,
         on_status: Callable[[PipelineStats], None] | None = None,
-        on_message: Callable[[dict[str, Any]], None] | None = None,
+        on_message: Callable[[dict[str, Any], Lsn], None] | None = None,
         on_batch_end: Callable[[], None] | None = None,
         on_commit: Callable[[Commit], None] | None = None,
         on_slot: Callable[[SlotInfo, bool], None] | None = None,
@@ -169,6 +169,7 @@ class Pipeline:
         self, stream: ReplicationStream, decoder: Decoder, tables: list[tuple[str, str]], stop: asyncio.Event
     ) -> None:
         skipping = False
+        tx_commit = Lsn(0)
         restart_after_commit = False
         next_poll = time.monotonic() + self.poll_interval
         unconfirmed = False
@@ -215,6 +216,7 @@ class Pipeline:
                                 await pending
                     elif type(event) is Begin:
                         skipping = self.last_commit != 0 and event.commit_lsn <= self.last_commit
+                        tx_commit = event.commit_lsn
                     elif type(event) is Commit:
                         if not skipping:
                             self.last_commit = event.commit_lsn
@@ -235,7 +237,8 @@ class Pipeline:
                             if msg.get("op") in _TABLE_OPS:
                                 restart_after_commit = True
                             elif self.on_message is not None:
-                                self.on_message(msg)
+                                # with its transaction's commit LSN: where it sits in commit order
+                                self.on_message(msg, tx_commit if event.transactional else event.lsn)
             finally:
                 if self.on_batch_end is not None:
                     self.on_batch_end()  # one write per touched socket per batch

@@ -15,6 +15,7 @@ from contextlib import suppress
 from aiohttp import web
 
 from relay.config import Config
+from relay.core.changes import Lsn
 from relay.core.tokens import Verifier
 from relay.pipeline import Pipeline, PipelineStats
 from relay.postgres.catalog import Catalog
@@ -88,9 +89,14 @@ async def start_relay(
 
     store = PolicyStore(catalog, server.authorizer, interval=config.policy_poll_interval)
 
-    def on_message(msg: dict[str, object]) -> None:
-        if msg.get("op") == "policy_changed":
+    def on_message(msg: dict[str, object], commit_lsn: Lsn) -> None:
+        op = msg.get("op")
+        if op == "policy_changed":
             store.poke()
+        elif op == "broadcast":  # realtime.send: in commit order with the row changes
+            server.topics.db_message(msg, int(commit_lsn) << 32)
+        elif op == "topic_policy_changed":
+            server.topics.policies_changed()
 
     pipeline = Pipeline(
         dsn,

@@ -28,7 +28,10 @@ from relay.core.wal2json import Decoder
 from relay.postgres.catalog import Catalog
 from relay.postgres.policy_eval import PolicyEvaluator
 from relay.postgres.replication import SlotInfo
+from relay.postgres.topic_policies import TopicAuthorizer
 from relay.server.connection import Channel, Connection
+from relay.server.http_api import HttpApi
+from relay.server.topics import TopicHub
 
 __all__ = ["RelayServer"]
 
@@ -72,6 +75,8 @@ class RelayServer:
         self.open_tx: set[Channel] = set()
         self.resumes = 0
         self.resyncs = 0
+        # Broadcast and presence rooms (private ones admitted by the topic policies).
+        self.topics = TopicHub(self, TopicAuthorizer(catalog))
 
     # -- fan-out --------------------------------------------------------------------------
     def dispatch(self, change: RowChange) -> Awaitable[None] | None:
@@ -368,11 +373,12 @@ class RelayServer:
 
     # -- HTTP -----------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=self.config.max_frame_bytes)
         for path in WS_PATHS:
             app.router.add_get(path, self.websocket)
         app.router.add_get("/health", self.health)
         app.router.add_get("/", self.health)
+        HttpApi(self).add_routes(app)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -385,6 +391,8 @@ class RelayServer:
             "frames_queued": self.frames_queued,
             "policies": len(self.authorizer),
             "policy_errors": self.policy_errors,
+            "rooms": len(self.topics.rooms),
+            "broadcasts": self.topics.broadcasts,
             "resume": {
                 **self.log.stats(),
                 "replaying": sum(ch.replaying for c in self.connections for ch in c.channels.values()),
@@ -420,20 +428,24 @@ class RelayServer:
         conn = Connection(self, ws, vsn, claims, peer, request)
         self.connections.add(conn)
         sender = asyncio.create_task(conn.sender())
+        close_message = b""
         try:
             while True:
                 try:
                     msg = await ws.receive(timeout=self.config.heartbeat_timeout)
                 except TimeoutError:
+                    # its channels (and presence) go first; the close handshake may wait on a dead peer
                     log.info("closing silent socket %s after %.0fs", peer, self.config.heartbeat_timeout)
-                    await ws.close(code=1000, message=b"heartbeat timeout")
+                    close_message = b"heartbeat timeout"
                     break
                 if msg.type == WSMsgType.TEXT:
                     await conn.handle_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    conn.send_frame_error(
-                        "binary frames are only used for broadcast, which is not supported yet"
-                    )
+                    try:
+                        await conn.handle_binary(msg.data)
+                    except Exception:  # a handler bug must not take the socket or the server down
+                        log.exception("error handling a binary frame from %s", peer)
+                        conn.send_frame_error("internal error handling the binary frame")
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     break
         finally:
@@ -442,7 +454,7 @@ class RelayServer:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
             if not ws.closed:
-                await ws.close()
+                await ws.close(code=1000, message=close_message)
         return ws
 
     async def close_all(self) -> None:

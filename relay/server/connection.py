@@ -18,11 +18,15 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSCloseCode, web
 
 from relay.core.authorize import claims_key
+from relay.core.broadcast import BroadcastError, from_binary, from_push
 from relay.core.changes import format_position, parse_position
 from relay.core.filters import BoundFilter, FilterError
-from relay.core.protocol import Frame, ProtocolError, encode, parse, reply, ws_text_frame
+from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
+from relay.core.rooms import Room
 from relay.core.subscriptions import BindingError, BindingSpec, FrameCache, parse_bindings
 from relay.core.tokens import Claims, TokenError
+from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
+from relay.server.topics import JoinRefused, presence_key
 
 if TYPE_CHECKING:
     from relay.server.app import RelayServer
@@ -60,6 +64,16 @@ class Channel:
     open_ts: str = ""
     closed: bool = False
     task: asyncio.Task[None] | None = None
+    # Broadcast and presence (see relay/server/topics.py).  A private channel's grants come
+    # from the topic policies at join (and again on a new token or a policy change).
+    private: bool = False
+    grants: TopicGrants = PUBLIC_GRANTS
+    bcast_self: bool = False
+    bcast_ack: bool = False
+    presence_key: str = ""
+    presence_enabled: bool = False
+    room: Room[Channel] | None = None
+    joined_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.claims_key = claims_key(self._claims)
@@ -110,6 +124,7 @@ class Connection:
         # compression each is sent through aiohttp, which compresses per socket.
         self.raw = request is not None and not server.config.compression and request.transport is not None
         self._protocol = request.protocol if request is not None else None
+        # Prebuilt WebSocket frames when ``raw``; otherwise text (str) and binary (bytes) messages.
         self.queue: deque[bytes | str] = deque()
         self._wake = asyncio.Event()
         self._draining = False  # flow control paused the socket: the sender task owns the queue
@@ -220,7 +235,10 @@ class Connection:
                 else:
                     while q and not self.closing:
                         item = q.popleft()
-                        await self.ws.send_str(item if isinstance(item, str) else item.decode())
+                        if isinstance(item, str):
+                            await self.ws.send_str(item)
+                        else:  # without prebuilt frames, bytes are a binary message (kind 4)
+                            await self.ws.send_bytes(item)
                         self.sent += 1
         except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send
             log.debug("send to %s failed: %s", self.peer, exc)
@@ -289,12 +307,46 @@ class Connection:
             self.close_channel(chan)
             return
         if f.event == "access_token":
-            self.refresh_token(chan, f.payload)
+            await self.refresh_token(chan, f.payload)
             return
-        if f.event in ("broadcast", "presence"):
-            self.reply_error(f, f"{f.event} is not supported by this relay yet")
+        if f.event == "broadcast":
+            try:
+                msg = from_push(f.payload)
+            except BroadcastError as exc:
+                self.server.topics.client_broadcast(chan, f, None, f"invalid broadcast: {exc}")
+                return
+            self.server.topics.client_broadcast(chan, f, msg)
+            return
+        if f.event == "presence":
+            self.server.topics.presence_push(chan, f)
             return
         self.reply_error(f, f"unknown event {f.event!r}")
+
+    async def handle_binary(self, data: bytes) -> None:
+        """A binary frame: only vsn 2.0.0 user broadcasts (kind 3) exist; anything else is refused."""
+        if self.vsn != "2.0.0":
+            self.send_frame_error("binary frames are only part of protocol vsn 2.0.0 (user broadcasts)")
+            return
+        limit = self.server.config.max_frame_bytes
+        try:
+            if len(data) > limit:
+                raise ProtocolError(f"frame too large: limit is {limit} bytes")
+            push = parse_binary(data)
+        except ProtocolError as exc:
+            reason = str(exc) if str(exc).startswith("frame too large") else f"invalid binary frame: {exc}"
+            self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", {"reason": reason}))
+            return
+        f = Frame(push.topic, "broadcast", {}, push.ref, push.join_ref)
+        chan = self.channels.get(push.topic)
+        if chan is None:
+            self.reply_error(f, "unmatched topic")
+            return
+        try:
+            msg = from_binary(push)
+        except BroadcastError as exc:
+            self.server.topics.client_broadcast(chan, f, None, f"invalid broadcast: {exc}")
+            return
+        self.server.topics.client_broadcast(chan, f, msg)
 
     # -- channels -------------------------------------------------------------------------
     async def join(self, f: Frame) -> None:
@@ -322,11 +374,14 @@ class Connection:
             except ValueError as exc:
                 self.reply_error(f, f"InvalidResume: {exc}")
                 return
-        if str(config.get("private", False)).lower() == "true":
-            self.reply_error(
-                f, "Unauthorized: private channels need topic policies, which this relay does not have yet"
-            )
+        private = str(config.get("private", False)).lower() == "true"
+        try:
+            grants = await self.server.topics.admit(f.topic.removeprefix("realtime:"), private, claims)
+        except JoinRefused as exc:
+            self.reply_error(f, str(exc))
             return
+        bcast_cfg = config.get("broadcast")
+        bcast: dict[str, Any] = bcast_cfg if isinstance(bcast_cfg, dict) else {}
         try:
             specs = parse_bindings(config.get("postgres_changes"))
             bound = [await self._bind(s) for s in specs]
@@ -337,6 +392,10 @@ class Connection:
             self.close_channel(self.channels[f.topic])
         chan = Channel(self, f.topic, f.join_ref, claims, specs)
         chan.tx_end = config.get("tx_end") is True
+        chan.private, chan.grants = private, grants
+        chan.bcast_self = str(bcast.get("self", False)).lower() == "true"
+        chan.bcast_ack = str(bcast.get("ack", False)).lower() == "true"
+        chan.presence_key, chan.presence_enabled = presence_key(config.get("presence"))
         if after is not None:
             chan.cursor, chan.replaying = after, True  # live skips it until the replay catches up
         else:
@@ -350,6 +409,7 @@ class Connection:
         self._arm_expiry(chan)
         response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
+        self.server.topics.enter(chan)
         if specs:
             known = after is not None or self.server.floors_ready.is_set()
             start = {"position": format_position(chan.cursor)} if known else {}
@@ -377,6 +437,7 @@ class Connection:
 
     def close_channel(self, chan: Channel, send_close: bool = True) -> None:
         chan.closed = True
+        self.server.topics.leave(chan)
         if chan.task is not None and not chan.task.done():
             chan.task.cancel()
         self.server.open_tx.discard(chan)
@@ -389,15 +450,17 @@ class Connection:
         if send_close:
             self.send_frame(Frame(chan.topic, "phx_close", {}, chan.join_ref, chan.join_ref))
 
-    def refresh_token(self, chan: Channel, payload: Any) -> None:
+    async def refresh_token(self, chan: Channel, payload: Any) -> None:
         token = payload.get("access_token") if isinstance(payload, dict) else None
         try:
             chan.claims = self.server.verifier.verify(token)
         except TokenError as exc:
-            self._token_error(chan, exc.message)
+            self.revoke(chan, exc.message)
             return
         self.server.index_channel(chan)
         self._arm_expiry(chan)
+        if chan.private:  # the new claims may read (or write) less: ask the topic policies again
+            await self.server.topics.recheck([chan])
 
     def _arm_expiry(self, chan: Channel) -> None:
         if chan.expiry is not None:
@@ -409,9 +472,12 @@ class Connection:
 
     def _expired(self, chan: Channel) -> None:
         exp = chan.claims.get("exp", time.time())
-        self._token_error(chan, f"Token has expired {int(time.time() - float(exp))} seconds ago")
+        self.revoke(chan, f"Token has expired {int(time.time() - float(exp))} seconds ago")
 
-    def _token_error(self, chan: Channel, message: str) -> None:
+    def revoke(self, chan: Channel, message: str) -> None:
+        """End a channel the relay may no longer serve (token expired or invalid, access lost)."""
+        if chan.closed:
+            return
         self.send_frame(chan.system("error", message, extension="system"))
         self.close_channel(chan)
 

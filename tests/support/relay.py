@@ -81,8 +81,21 @@ class PhoenixClient:
     async def send_raw(self, text: str) -> None:
         await self.ws.send_str(text)
 
+    async def send_binary_broadcast(
+        self, topic: str, event: str, payload: bytes, encoding: int = 1, join_ref: str = "", meta: str = ""
+    ) -> str:
+        """A kind 3 user broadcast push, byte for byte as realtime-js's serializer writes it."""
+        ref = str(next(self._refs))
+        head = bytes((3, len(join_ref), len(ref), len(topic), len(event), len(meta), encoding))
+        await self.ws.send_bytes(head + (join_ref + ref + topic + event + meta).encode() + payload)
+        return ref
+
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
         msg = await self.ws.receive(timeout=timeout)
+        if msg.type == aiohttp.WSMsgType.BINARY and self.vsn == "2.0.0":
+            obj = decode_user_broadcast(msg.data)
+            self.inbox.append(obj)
+            return obj
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise AssertionError(f"expected a text frame, got {msg.type}: {msg.data!r}")
         obj: dict[str, Any] = orjson.loads(msg.data)
@@ -131,3 +144,33 @@ class PhoenixClient:
             payload["access_token"] = access_token
         ref = await self.send(topic, "phx_join", payload, join_ref="j" + str(next(self._refs)))
         return await self.recv_until(lambda m: m["event"] == "phx_reply" and m["ref"] == ref)
+
+
+def decode_user_broadcast(data: bytes) -> dict[str, Any]:
+    """A kind 4 frame as realtime-js decodes it (JSON payloads parsed, binary kept as bytes)."""
+    if not data or data[0] != 4:
+        raise AssertionError(f"expected a kind 4 user broadcast, got {data[:8]!r}")
+    t, e, m, enc = data[1], data[2], data[3], data[4]
+    pos = 5
+    topic = data[pos : pos + t].decode()
+    pos += t
+    event = data[pos : pos + e].decode()
+    pos += e
+    meta = data[pos : pos + m].decode()
+    pos += m
+    body = data[pos:]
+    payload: dict[str, Any] = {
+        "type": "broadcast",
+        "event": event,
+        "payload": orjson.loads(body) if enc == 1 else bytes(body),
+    }
+    if meta:
+        payload["meta"] = orjson.loads(meta)
+    return {
+        "join_ref": None,
+        "ref": None,
+        "topic": topic,
+        "event": "broadcast",
+        "payload": payload,
+        "binary": True,
+    }

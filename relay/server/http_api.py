@@ -1,0 +1,215 @@
+"""HTTP endpoints beside the WebSocket: REST broadcast and the statistics API.
+
+Why here and not in the socket code: both are plain request/response handlers over the same
+hub.  REST broadcast is what both official clients fall back to (``httpSend`` / ``http_send``,
+and realtime-js's ``send()`` before a channel is joined), so its paths and status codes follow
+the reference server: ``202`` on success, ``{"error": ...}`` otherwise.  The statistics API is
+for operators and dashboards and requires a ``service_role`` token, because it lists who is
+connected.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from relay.core.broadcast import Broadcast, BroadcastError, from_push
+from relay.core.protocol import BINARY_ENCODING
+from relay.core.tokens import Claims, TokenError
+from relay.server.topics import JoinRefused, write_denied
+
+if TYPE_CHECKING:
+    from relay.server.app import RelayServer
+
+__all__ = ["PREFIXES", "HttpApi"]
+
+PREFIXES = ("", "/realtime/v1")  # served at the root and under the path the clients use
+MAX_MESSAGES = 100
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HttpApi:
+    """Route handlers; ``add_routes`` registers them under every prefix."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+
+    def add_routes(self, app: web.Application) -> None:
+        for p in PREFIXES:
+            app.router.add_post(f"{p}/api/broadcast", self.broadcast)
+            app.router.add_post(f"{p}/api/broadcast/{{topic}}/events/{{event}}", self.broadcast_one)
+            app.router.add_get(f"{p}/api/stats", self.stats)
+            app.router.add_get(f"{p}/api/channels/{{topic}}", self.channel)
+
+    # -- auth -------------------------------------------------------------------------------
+    def _claims(self, request: web.Request) -> Claims:
+        """The caller's claims: ``Authorization: Bearer`` (a user's token) over ``apikey``."""
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        token = token or request.headers.get("apikey", "") or request.query.get("apikey", "")
+        if not token:
+            raise HttpError(401, "MissingJWT: send an apikey header or Authorization: Bearer <jwt>")
+        try:
+            return self.server.verifier.verify(token)
+        except TokenError as exc:
+            raise HttpError(401, exc.reason) from None
+
+    def _service(self, request: web.Request) -> Claims:
+        claims = self._claims(request)
+        if claims.get("role") != "service_role":
+            raise HttpError(403, "Unauthorized: the statistics API needs a service_role token")
+        return claims
+
+    # -- REST broadcast -------------------------------------------------------------------
+    async def broadcast(self, request: web.Request) -> web.Response:
+        """``POST /api/broadcast`` ``{"messages": [{topic, event, payload, private}]}``: all or none."""
+        try:
+            claims = self._claims(request)
+            body = await _json_body(request)
+            messages = body.get("messages") if isinstance(body, dict) else None
+            if not isinstance(messages, list) or not messages:
+                raise HttpError(400, 'the body is {"messages": [{"topic", "event", "payload", "private"}]}')
+            if len(messages) > MAX_MESSAGES:
+                raise HttpError(400, f"at most {MAX_MESSAGES} messages per request")
+            parsed = [_message(i, m) for i, m in enumerate(messages)]
+            await self._check_write(claims, {(name, private) for name, private, _ in parsed})
+        except HttpError as exc:
+            return _error(exc.status, str(exc))
+        for name, private, msg in parsed:
+            self.server.topics.publish(name, private, msg)
+        return web.Response(status=202)
+
+    async def broadcast_one(self, request: web.Request) -> web.Response:
+        """``POST /api/broadcast/{topic}/events/{event}``: the body is the payload (JSON or bytes)."""
+        try:
+            claims = self._claims(request)
+            name = request.match_info["topic"].removeprefix("realtime:")
+            private = request.query.get("private", "false").lower() == "true"
+            if request.content_type == "application/octet-stream":
+                data = await request.read()
+                try:
+                    msg = Broadcast(_event(request.match_info["event"]), None, data, BINARY_ENCODING)
+                except BroadcastError as exc:
+                    raise HttpError(400, str(exc)) from None
+            else:
+                payload = await _json_body(request)
+                msg = _broadcast({"event": request.match_info["event"], "payload": payload})
+            if not name:
+                raise HttpError(400, "the topic must not be empty")
+            await self._check_write(claims, {(name, private)})
+        except HttpError as exc:
+            return _error(exc.status, str(exc))
+        self.server.topics.publish(name, private, msg)
+        return web.Response(status=202)
+
+    async def _check_write(self, claims: Claims, topics: set[tuple[str, bool]]) -> None:
+        for name, private in sorted(topics):
+            try:
+                grants = await self.server.topics.grants(name, private, claims)
+            except JoinRefused as exc:
+                raise HttpError(503, str(exc)) from None
+            if not grants.broadcast_write:
+                self.server.topics.denied += 1
+                raise HttpError(403, write_denied(name))
+
+    # -- statistics -----------------------------------------------------------------------
+    async def stats(self, request: web.Request) -> web.Response:
+        """Sockets, channels and rooms right now (service_role)."""
+        try:
+            self._service(request)
+        except HttpError as exc:
+            return _error(exc.status, str(exc))
+        server = self.server
+        topics = server.topics
+        now = time.time()
+        sockets = [
+            {
+                "peer": c.peer,
+                "vsn": c.vsn,
+                "role": c.claims.get("role"),
+                "sub": c.claims.get("sub"),
+                "connected_s": round(now - c.connected_at, 1),
+                "channels": sorted(c.channels),
+                "queued_frames": len(c.queue),
+                "sent_frames": c.sent,
+            }
+            for c in sorted(server.connections, key=lambda c: c.connected_at)
+        ]
+        body = {
+            "connections": len(server.connections),
+            "channels": sum(len(c.channels) for c in server.connections),
+            "rooms": topics.room_stats(),
+            "broadcasts": {
+                "sent": topics.broadcasts,
+                "from_database": topics.db_broadcasts,
+                "denied": topics.denied,
+            },
+            "sockets": sockets,
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def channel(self, request: web.Request) -> web.Response:
+        """Who is in one room: its members (claims) and its presence state (service_role)."""
+        try:
+            self._service(request)
+        except HttpError as exc:
+            return _error(exc.status, str(exc))
+        name = request.match_info["topic"].removeprefix("realtime:")
+        private = request.query.get("private", "false").lower() == "true"
+        body = self.server.topics.room_users(name, private) or {
+            "topic": name,
+            "private": private,
+            "members": [],
+            "presence": {},
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise HttpError(413, "request body too large") from None
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, f"the body is not JSON: {exc}") from None
+
+
+def _event(v: Any) -> str:
+    return from_push({"event": v}).event
+
+
+def _broadcast(obj: dict[str, Any]) -> Broadcast:
+    try:
+        return from_push(obj)
+    except BroadcastError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def _message(i: int, m: Any) -> tuple[str, bool, Broadcast]:
+    if not isinstance(m, dict):
+        raise HttpError(400, f"messages[{i}] must be an object")
+    topic = m.get("topic")
+    if not isinstance(topic, str) or not topic.removeprefix("realtime:"):
+        raise HttpError(400, f"messages[{i}]: topic must be a non-empty string")
+    private = m.get("private", False)
+    if not isinstance(private, bool):
+        raise HttpError(400, f"messages[{i}]: private must be true or false")
+    try:
+        msg = from_push({"event": m.get("event"), "payload": m.get("payload", {})})
+    except BroadcastError as exc:
+        raise HttpError(400, f"messages[{i}]: {exc}") from None
+    return topic.removeprefix("realtime:"), private, msg
+
+
+def _error(status: int, text: str) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps({"error": text}), content_type="application/json")

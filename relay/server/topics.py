@@ -1,0 +1,282 @@
+"""Broadcast and presence for joined topics: admission, fan-out and departure.
+
+Why one hub: broadcast and presence share the room a channel joins, the topic policies that
+admit it (private channels) and the moment it leaves (leave, socket close, heartbeat timeout).
+Sends never await: a broadcast is queued on every member's socket in the call that received it,
+so one sender's messages reach each member in send order, and a database message
+(``realtime.send``) is queued in stream order with the row changes around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from relay.core.broadcast import Broadcast, BroadcastError, BroadcastFrames, from_db_message
+from relay.core.presence import Diff, PresenceError
+from relay.core.protocol import Frame, encode, ws_text_frame
+from relay.core.rooms import Room, Rooms
+from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicAuthorizer, TopicGrants, TopicPolicyError
+
+if TYPE_CHECKING:
+    from relay.server.app import RelayServer
+    from relay.server.connection import Channel
+
+__all__ = ["JoinRefused", "TopicHub"]
+
+log = logging.getLogger("relay.topics")
+
+
+class JoinRefused(Exception):
+    """A private channel the token may not read; ``str()`` is the reply reason."""
+
+
+def read_denied(name: str) -> str:
+    return f"Unauthorized: You do not have permissions to read from this Channel topic: {name}"
+
+
+def write_denied(name: str) -> str:
+    return f"Unauthorized: You do not have permissions to write to this Channel topic: {name}"
+
+
+class TopicHub:
+    """Rooms of the relay's joined channels, with their presence."""
+
+    def __init__(self, server: RelayServer, authorizer: TopicAuthorizer) -> None:
+        self.server = server
+        self.authorizer = authorizer
+        self.rooms: Rooms[Channel] = Rooms()
+        self.broadcasts = 0  # messages accepted (client, REST and database)
+        self.db_broadcasts = 0
+        self.denied = 0
+        self._recheck: asyncio.Task[None] | None = None
+
+    # -- admission ----------------------------------------------------------------------------
+    async def grants(self, name: str, private: bool, claims: Mapping[str, Any]) -> TopicGrants:
+        """What ``claims`` may do on a topic: everything on a public one, policies on a private one.
+
+        ``service_role`` bypasses topic policies, as it bypasses row level security.
+        """
+        if not private or claims.get("role") == "service_role":
+            return PUBLIC_GRANTS
+        try:
+            return await self.authorizer.grants(name, claims)
+        except TopicPolicyError as exc:
+            log.error("topic policies for %s could not be evaluated: %s", name, exc)
+            raise JoinRefused(f"Unauthorized: topic policies could not be checked: {exc}") from None
+
+    async def admit(self, name: str, private: bool, claims: Mapping[str, Any]) -> TopicGrants:
+        grants = await self.grants(name, private, claims)
+        if not grants.can_join:
+            self.denied += 1
+            for err in grants.errors:
+                log.warning("topic policy error for %s: %s", name, err)
+            raise JoinRefused(read_denied(name))
+        return grants
+
+    def enter(self, chan: Channel) -> None:
+        """Join the channel's room (after its join reply) and send it the presence state."""
+        chan.room = self.rooms.join(chan.name, chan.private, chan)
+        if chan.presence_enabled and chan.grants.presence_read:
+            self._send_state(chan)
+
+    def leave(self, chan: Channel) -> None:
+        """Leave the room; its presence leaves with it and the others are told."""
+        room = chan.room
+        if room is None:
+            return
+        chan.room = None
+        diff = room.presence.untrack(chan)
+        self.rooms.leave(room, chan)
+        if diff is not None:
+            self._send_diff(room, diff)
+
+    # -- broadcast ----------------------------------------------------------------------------
+    def client_broadcast(
+        self, chan: Channel, f: Frame, msg: Broadcast | None, error: str | None = None
+    ) -> None:
+        """A member's broadcast push (text or binary): check, fan out, and ack if asked."""
+        conn = chan.conn
+        if error is not None or msg is None:
+            conn.reply_error(f, error or "invalid broadcast")
+            return
+        if not chan.grants.broadcast_write:
+            self.denied += 1
+            conn.reply_error(f, write_denied(chan.name))
+            return
+        room = chan.room
+        if room is not None:
+            self.fan_out(room, msg, exclude=None if chan.bcast_self else chan)
+        if chan.bcast_ack:
+            conn.send_frame(Frame(f.topic, "phx_reply", {"status": "ok", "response": {}}, f.ref, f.join_ref))
+
+    def fan_out(self, room: Room[Channel], msg: Broadcast, exclude: Channel | None = None) -> int:
+        """Queue ``msg`` on every member that may read it; returns how many got it."""
+        self.broadcasts += 1
+        frames = BroadcastFrames(f"realtime:{room.name}", msg)
+        sent = 0
+        for member in room.members:
+            if member is exclude or member.closed or not member.grants.broadcast_read:
+                continue
+            conn = member.conn
+            conn.push(frames.get(conn.vsn, conn.raw))
+            sent += 1
+        self.server.flush()
+        return sent
+
+    def publish(self, name: str, private: bool, msg: Broadcast) -> int:
+        """A broadcast with no sending member (REST, database): to every reader of the room."""
+        room = self.rooms.get(name.removeprefix("realtime:"), private)
+        if room is None:
+            self.broadcasts += 1
+            return 0
+        return self.fan_out(room, msg)
+
+    def db_message(self, msg: dict[str, Any], commit_seq: int) -> None:
+        """``realtime.send`` from the WAL, at its place in commit order.
+
+        A message committed before this relay started (the window Postgres decodes again after
+        a restart) was already delivered, or was sent while nobody could receive it: never twice.
+        """
+        if commit_seq <= self.server.live_floor:
+            return
+        try:
+            name, private, bmsg = from_db_message(msg)
+        except BroadcastError as exc:
+            log.warning("ignoring malformed realtime.send message: %s", exc)
+            return
+        self.db_broadcasts += 1
+        self.publish(name, private, bmsg)
+
+    # -- presence -----------------------------------------------------------------------------
+    def presence_push(self, chan: Channel, f: Frame) -> None:
+        """``track`` / ``untrack`` from a member (realtime-py omits ``type``)."""
+        conn = chan.conn
+        payload = f.payload if isinstance(f.payload, dict) else {}
+        event = payload.get("event")
+        if event not in ("track", "untrack"):
+            conn.reply_error(f, 'a presence push has "event": "track" or "untrack"')
+            return
+        if not chan.grants.presence_write:
+            self.denied += 1
+            conn.reply_error(f, write_denied(chan.name))
+            return
+        room = chan.room
+        if room is None:
+            conn.reply_error(f, "unmatched topic")
+            return
+        if event == "track":
+            if not chan.presence_enabled:
+                # tracking turns presence on for this channel (its listeners were added after
+                # the join): it needs the state before the first diff
+                chan.presence_enabled = True
+                if chan.grants.presence_read:
+                    self._send_state(chan)
+            try:
+                diff: Diff | None = room.presence.track(chan, chan.presence_key, payload.get("payload", {}))
+            except PresenceError as exc:
+                conn.reply_error(f, str(exc))
+                return
+        else:
+            diff = room.presence.untrack(chan)
+        conn.send_frame(Frame(f.topic, "phx_reply", {"status": "ok", "response": {}}, f.ref, f.join_ref))
+        if diff is not None:
+            self._send_diff(room, diff)
+
+    def _send_state(self, chan: Channel) -> None:
+        room = chan.room
+        state = room.presence.state() if room is not None else {}
+        chan.conn.send_frame(Frame(chan.topic, "presence_state", state))
+
+    def _send_diff(self, room: Room[Channel], diff: Diff) -> None:
+        topic = f"realtime:{room.name}"
+        frame = Frame(topic, "presence_diff", diff)
+        cache: dict[tuple[str, bool], bytes | str] = {}
+        for member in room.members:
+            if member.closed or not member.presence_enabled or not member.grants.presence_read:
+                continue
+            conn = member.conn
+            key = (conn.vsn, conn.raw)
+            out = cache.get(key)
+            if out is None:
+                text = encode(frame, conn.vsn)
+                out = cache[key] = ws_text_frame(text.encode()) if conn.raw else text
+            conn.push(out)
+        self.server.flush()
+
+    # -- policy changes -------------------------------------------------------------------------
+    def policies_changed(self) -> None:
+        """A topic policy was created or dropped: check every private channel again."""
+        if self._recheck is not None and not self._recheck.done():
+            self._recheck.cancel()
+        self._recheck = asyncio.get_running_loop().create_task(self.recheck(), name="topic-recheck")
+
+    async def recheck(self, chans: Iterable[Channel] | None = None) -> None:
+        """Re-evaluate private channels' grants; a channel that may no longer read is closed."""
+        todo = (
+            list(chans)
+            if chans is not None
+            else [ch for c in list(self.server.connections) for ch in c.channels.values() if ch.private]
+        )
+        for chan in todo:
+            if chan.closed:
+                continue
+            try:
+                grants = await self.grants(chan.name, chan.private, chan.claims)
+            except JoinRefused as exc:
+                log.error("keeping %s: %s", chan.topic, exc)
+                continue
+            if chan.closed:
+                continue
+            if not grants.can_join:
+                chan.conn.revoke(chan, read_denied(chan.name))
+                continue
+            chan.grants = grants
+
+    # -- statistics -----------------------------------------------------------------------------
+    def room_stats(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "topic": room.name,
+                "private": room.private,
+                "members": len(room.members),
+                "presences": len(room.presence),
+            }
+            for room in sorted(self.rooms, key=lambda r: (r.name, r.private))
+        ]
+
+    def room_users(self, name: str, private: bool) -> dict[str, Any] | None:
+        room = self.rooms.get(name, private)
+        if room is None:
+            return None
+        return {
+            "topic": room.name,
+            "private": room.private,
+            "members": [
+                {
+                    "sub": ch.claims.get("sub"),
+                    "role": ch.claims.get("role"),
+                    "presence_key": room.presence.key_of(ch),
+                    "peer": ch.conn.peer,
+                    "joined_at": ch.joined_at,
+                }
+                for ch in room.members
+            ],
+            "presence": room.presence.state(),
+        }
+
+
+def presence_key(config: Any) -> tuple[str, bool]:
+    """``(key, enabled)`` from a join's ``presence`` config; an empty key gets a fresh UUID.
+
+    A per-join UUID is what the reference server uses, so two anonymous tabs never merge.
+    """
+    cfg = config if isinstance(config, dict) else {}
+    key = cfg.get("key")
+    enabled = str(cfg.get("enabled", False)).lower() == "true"
+    if not isinstance(key, str | int) or isinstance(key, bool) or key == "":
+        return str(uuid.uuid4()), enabled
+    return str(key), enabled
