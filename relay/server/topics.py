@@ -160,7 +160,7 @@ class TopicHub:
         if event not in ("track", "untrack"):
             conn.reply_error(f, 'a presence push has "event": "track" or "untrack"')
             return
-        if not chan.grants.presence_write:
+        if event == "track" and not chan.grants.presence_write:  # leaving is always allowed
             self.denied += 1
             conn.reply_error(f, write_denied(chan.name))
             return
@@ -234,7 +234,28 @@ class TopicHub:
             if not grants.can_join:
                 chan.conn.revoke(chan, read_denied(chan.name))
                 continue
-            chan.grants = grants
+            self._regrant(chan, grants)
+
+    def _regrant(self, chan: Channel, grants: TopicGrants) -> None:
+        """Apply new grants to a joined channel, so what it sees matches what it may do.
+
+        Losing presence read empties its presence view (an empty ``presence_state``: every key
+        leaves); gaining it sends the current state.  Losing presence write withdraws what it
+        tracked, and the room is told.
+        """
+        old, chan.grants = chan.grants, grants
+        room = chan.room
+        if room is None:
+            return
+        if old.presence_write and not grants.presence_write:
+            diff = room.presence.untrack(chan)
+            if diff is not None:
+                self._send_diff(room, diff)
+        if chan.presence_enabled and old.presence_read != grants.presence_read:
+            if grants.presence_read:
+                self._send_state(chan)
+            else:
+                chan.conn.send_frame(Frame(chan.topic, "presence_state", {}))
 
     # -- statistics -----------------------------------------------------------------------------
     def room_stats(self) -> list[dict[str, Any]]:

@@ -344,3 +344,36 @@ async def test_rest_broadcast_and_stats_api(pg_dsn: str) -> None:
         assert users["presence"]["a"]["metas"][0]["name"] == "Ann"
         async with http.get(f"{base}/api/channels/empty-room?private=true", headers={"apikey": token()}) as r:
             assert (await r.json())["members"] == []
+
+
+async def test_policy_changes_reach_presence(pg_dsn: str) -> None:
+    """Losing presence write withdraws the member's presence; losing presence read empties its view."""
+    async with (
+        running_relay(pg_dsn) as relay,
+        PhoenixClient.connect(relay, USER) as a,
+        PhoenixClient.connect(relay, token()) as watcher,  # service_role: sees everything
+    ):
+        sql(pg_dsn, "select realtime.create_topic_policy('read bc', 'read', $$extension = 'broadcast'$$)")
+        sql(pg_dsn, "select realtime.create_topic_policy('read pr', 'read', $$extension = 'presence'$$)")
+        sql(pg_dsn, "select realtime.create_topic_policy('write pr', 'write', $$extension = 'presence'$$)")
+        await ok_join(watcher, "p", private=True, presence={"key": "w", "enabled": True})
+        await ok_join(a, "p", private=True, presence={"key": "a", "enabled": True})
+        await a.send("realtime:p", "presence", {"event": "track", "payload": {"v": 1}})
+        await watcher.recv_until(lambda m: m["event"] == "presence_diff" and "a" in m["payload"]["joins"])
+
+        sql(pg_dsn, "select realtime.drop_topic_policy('write pr')")
+        left = await watcher.recv_until(lambda m: m["event"] == "presence_diff")
+        assert "a" in left["payload"]["leaves"]
+        ref = await a.send("realtime:p", "presence", {"event": "untrack"})  # leaving stays allowed
+        assert (await a.recv_until(lambda m: m.get("ref") == ref))["payload"]["status"] == "ok"
+        ref = await a.send("realtime:p", "presence", {"event": "track", "payload": {}})
+        assert (await a.recv_until(lambda m: m.get("ref") == ref))["payload"]["status"] == "error"
+
+        sql(pg_dsn, "select realtime.drop_topic_policy('read pr')")
+        empty = await a.recv_until(lambda m: m["event"] == "presence_state")
+        assert empty["payload"] == {}
+        # still joined for broadcast, but no presence diffs any more
+        await watcher.send("realtime:p", "presence", {"event": "track", "payload": {}})
+        await watcher.send("realtime:p", "broadcast", {"type": "broadcast", "event": "still", "payload": {}})
+        got = await a.recv_until(lambda m: m["event"] in ("broadcast", "presence_diff"))
+        assert got["event"] == "broadcast"

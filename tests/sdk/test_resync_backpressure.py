@@ -14,7 +14,15 @@ import asyncio
 
 import psycopg
 import pytest
-from relay_client import Change, RelayClient, ResyncNeeded, Status, TableChangeCoalescer, TableChanged
+from relay_client import (
+    Change,
+    ClientState,
+    RelayClient,
+    ResyncNeeded,
+    Status,
+    TableChangeCoalescer,
+    TableChanged,
+)
 
 from tests.sdk.helpers import assert_in_order_once, insert_alerts, until, url
 from tests.support.relay import running_relay, token
@@ -93,6 +101,8 @@ async def test_a_stalled_consumer_is_dropped_by_the_relay_and_still_gets_every_r
                 20,
                 "the relay dropping the slow socket",
             )
+            reasons = [c.close_reason for c in relay.server.connections]
+            assert reasons and all("slow consumer" in r for r in reasons), reasons
             assert len(stream) == 8
             got = [await asyncio.wait_for(anext(stream), 10) for _ in expected]
             await asyncio.sleep(0.2)
@@ -101,6 +111,7 @@ async def test_a_stalled_consumer_is_dropped_by_the_relay_and_still_gets_every_r
             await client.close()
         assert_in_order_once(got, expected)
         assert ch.stats.resumes >= 1 and ch.stats.duplicates == 0
-        assert any("1013" in (s.reason or "") and "slow consumer" in (s.reason or "") for s in seen), [
-            str(s) for s in seen
-        ]
+        # The client saw the drop. Which reason it reports depends on a race: the relay's 1013
+        # close frame, or its own heartbeat write failing first while the reader is blocked on a
+        # full buffer (the relay-side reason is checked above).
+        assert any(s.state is ClientState.OFFLINE for s in seen), [str(s) for s in seen]
