@@ -3,7 +3,8 @@
 Same names as the official ``realtime`` client where the concept is the same
 (``client.channel(name)``, ``channel.on_postgres_changes(...)``, ``subscribe()``, ``set_auth()``),
 plus reconnection with backoff, dead-link detection, online/offline status, gap-free resume
-and token refresh.  See README.md.
+and token refresh; broadcast and presence (``on_broadcast``, ``send_broadcast``, ``track``,
+``presence_state``) with presence restored after every reconnect.  See README.md.
 """
 
 from __future__ import annotations
@@ -11,15 +12,31 @@ from __future__ import annotations
 from relay_client.channel import RealtimeChannel
 from relay_client.client import RelayClient, TokenProvider
 from relay_client.debounce import TableChangeCoalescer, TableChanged
-from relay_client.errors import ClientClosedError, GaveUpError, JoinError, RelayClientError
+from relay_client.errors import (
+    ChannelError,
+    ClientClosedError,
+    GaveUpError,
+    JoinError,
+    NotJoinedError,
+    RelayClientError,
+    SendError,
+    SendTimeoutError,
+)
 from relay_client.join_state import ChannelStats
-from relay_client.options import ClientOptions
+from relay_client.options import ChannelOptions, ClientOptions
 from relay_client.status import ClientState, Status
 from relay_client.streams import ChangeStream
 from relay_client.sync import SyncChannel, SyncRelayClient
 from relay_client.types import (
+    Broadcast,
     Change,
     ChannelStates,
+    Presence,
+    PresenceEvent,
+    PresenceJoin,
+    PresenceLeave,
+    PresenceState,
+    PresenceSync,
     RealtimePostgresChangesListenEvent,
     RealtimeSubscribeStates,
     ResyncNeeded,
@@ -33,8 +50,11 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncRealtimeChannel",
     "AsyncRealtimeClient",
+    "Broadcast",
     "Change",
     "ChangeStream",
+    "ChannelError",
+    "ChannelOptions",
     "ChannelStates",
     "ChannelStats",
     "ClientClosedError",
@@ -42,12 +62,21 @@ __all__ = [
     "ClientState",
     "GaveUpError",
     "JoinError",
+    "NotJoinedError",
+    "Presence",
+    "PresenceEvent",
+    "PresenceJoin",
+    "PresenceLeave",
+    "PresenceState",
+    "PresenceSync",
     "RealtimeChannel",
     "RealtimePostgresChangesListenEvent",
     "RealtimeSubscribeStates",
     "RelayClient",
     "RelayClientError",
     "ResyncNeeded",
+    "SendError",
+    "SendTimeoutError",
     "Status",
     "SyncChannel",
     "SyncRelayClient",

@@ -5,6 +5,11 @@ one channel — a join reply, the ``Subscribed``/``Resumed`` events, each change
 handled here, by the socket's single reader task, one frame at a time.  A change's position is
 recorded as processed only after every consumer got it, and the reader is never cancelled while
 delivering, so a rejoin resumes exactly after the last change the application saw.
+
+Broadcast and presence ride on the same join.  Pushes (``send_broadcast``, ``track``,
+``untrack``) carry a ref; their replies are matched here.  The last tracked presence is part of
+the channel's wanted state, like its bindings: every (re)join tracks it again, so a service stays
+present across network drops, until ``untrack()``.
 """
 
 from __future__ import annotations
@@ -13,27 +18,50 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Literal, Self, overload
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
 
 from relay_client.backoff import Backoff
-from relay_client.errors import ClientClosedError, JoinError
+from relay_client.errors import (
+    ChannelError,
+    ClientClosedError,
+    JoinError,
+    NotJoinedError,
+    SendError,
+    SendTimeoutError,
+)
 from relay_client.join_state import ChannelState, ChannelStats
 from relay_client.link import LinkClosed
+from relay_client.options import ChannelOptions
+from relay_client.presence import Presences
 from relay_client.protocol import (
     ChannelClosedByServer,
     Frame,
     ProtocolError,
     access_token_frame,
+    broadcast_frame,
+    parse_broadcast,
     parse_change,
+    parse_reply,
     parse_system,
+    presence_frame,
 )
 from relay_client.streams import Buffer, ChangeStream
 from relay_client.types import (
     Binding,
+    Broadcast,
+    BroadcastCallback,
     Change,
     ChangeCallback,
     ChannelStates,
+    PresenceEvent,
+    PresenceJoin,
+    PresenceJoinCallback,
+    PresenceLeave,
+    PresenceLeaveCallback,
+    PresenceState,
+    PresenceSyncCallback,
     RealtimePostgresChangesListenEvent,
     RealtimeSubscribeStates,
     ResyncCallback,
@@ -50,28 +78,71 @@ __all__ = ["RealtimeChannel"]
 log = logging.getLogger("relay_client")
 
 ChannelEvent = Change | ResyncNeeded
+T = TypeVar("T")
+ReplyStatus = Literal["ok", "error", "lost"]
 
 
-async def _call(cb: Any, arg: Any, *more: Any) -> None:
+async def _call(cb: Any, *args: Any) -> None:
     """Run an application callback (sync or async); its failure is logged, never propagated."""
     try:
-        result = cb(arg, *more)
+        result = cb(*args)
         if inspect.isawaitable(result):
             await result
     except Exception:
         log.exception("callback %r failed", cb)
 
 
+@dataclass(slots=True)
+class _Push:
+    """A push awaiting its ``phx_reply``: ``future`` is None when nobody waits (log errors only)."""
+
+    what: str  # "broadcast 'e'", "track", "untrack", "re-track"
+    future: asyncio.Future[tuple[ReplyStatus, str]] | None
+
+
+@dataclass(slots=True)
+class _Sub(Generic[T]):
+    """One drop-oldest broadcast / presence stream (``event``: the broadcast event it wants)."""
+
+    buffer: Buffer[T]
+    event: str = "*"
+    warned: bool = field(default=False)
+
+
+def _event_matches(wanted: str, event: str) -> bool:
+    """Broadcast event filters: ``*`` or the name, case-insensitively (as both official clients)."""
+    return wanted == "*" or wanted.lower() == event.lower()
+
+
 class RealtimeChannel:
     """``client.channel(name)``: declare bindings, then ``await subscribe()``."""
 
-    def __init__(self, client: RelayClient, name: str, resume_from: str | None) -> None:
+    def __init__(
+        self,
+        client: RelayClient,
+        name: str,
+        resume_from: str | None,
+        options: ChannelOptions | None = None,
+    ) -> None:
         self._client = client
-        self._state = ChannelState(name, position=resume_from)
+        self.options = options or ChannelOptions()
+        self._state = ChannelState(name, position=resume_from, options=self.options)
         self._callbacks: list[ChangeCallback | None] = []  # one per binding
         self._resync_callbacks: list[ResyncCallback] = []
         self._subscribe_callbacks: list[SubscribeCallback] = []
         self._buffers: list[tuple[Buffer[Any], bool]] = []
+        self._broadcast_callbacks: list[tuple[str, BroadcastCallback]] = []
+        self._broadcast_subs: list[_Sub[Broadcast]] = []
+        self._sync_callbacks: list[PresenceSyncCallback] = []
+        self._join_callbacks: list[PresenceJoinCallback] = []
+        self._leave_callbacks: list[PresenceLeaveCallback] = []
+        self._presence_subs: list[_Sub[PresenceEvent]] = []
+        self._presence = Presences(self._state.name, client.options.queue_size)
+        self._presence_listen = False  # presence callbacks or streams registered
+        self._presence_used = False  # track() was called: keep presence on in every join
+        self._join_presence = False  # presence asked for in the current (or pending) join
+        self._tracked: dict[str, Any] | None = None  # tracked again on every (re)join
+        self._pending: dict[str, _Push] = {}  # pushes awaiting their reply, by ref
         self._backoff = Backoff(client.options.backoff)
         self.retry_at = 0.0  # loop time before which the joiner does not (re)join us
         self.join_deadline: float | None = None
@@ -81,6 +152,7 @@ class RealtimeChannel:
         self._join_token: str | None = None  # the token the pending/current join was sent with
         self._finished = False  # unsubscribed, refused for good, or the client closed
         self._finish_error: Exception | None = None
+        self._close_reason: str | None = None  # the relay's system error before its phx_close
 
     # -- read-only view ---------------------------------------------------------------------
     @property
@@ -156,6 +228,226 @@ class RealtimeChannel:
         self._buffers.append((buf, resync))
         return ChangeStream(buf)
 
+    # -- broadcast ---------------------------------------------------------------------------
+    def on_broadcast(self, event: str, callback: BroadcastCallback) -> Self:
+        """``callback(broadcast)`` for each :class:`Broadcast` of ``event`` (``"*"``: every event).
+
+        Event names match case-insensitively, as in the official clients.  May be called at any
+        time; broadcasts are ephemeral (one sent while the client is offline is never received).
+        """
+        self._broadcast_callbacks.append((event, callback))
+        return self
+
+    def broadcasts(self, event: str = "*") -> ChangeStream[Broadcast]:
+        """Broadcasts of ``event`` (``"*"``: all) as an async iterator.
+
+        Holds at most ``queue_size``; when full the **oldest is dropped** (counted in
+        ``stats.dropped``), so a slow reader never pauses the socket.  Ends when the channel is
+        unsubscribed or the client closed.
+        """
+        return ChangeStream(self._new_sub(self._broadcast_subs, event))
+
+    async def send_broadcast(
+        self,
+        event: str,
+        payload: Any,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a reply deadline, not one block)
+    ) -> None:
+        """Send ``payload`` (any JSON value) as ``event`` to the channel's other members.
+
+        With ``broadcast_ack`` it returns once the relay confirmed it was queued to every member
+        (``SendError`` if refused, e.g. a private channel without write permission;
+        ``SendTimeoutError`` after ``timeout``, default the client's ``timeout``); without, once
+        the frame is written (a refusal is then only logged).  ``NotJoinedError`` if the channel
+        is not joined right now (before ``subscribe()``, offline, rejoining): nothing is queued
+        while offline.  ``SendError`` if the connection is lost before the acknowledgement.
+        Bytes cannot be sent: this SDK speaks vsn 1.0.0, whose frames are JSON.
+        """
+        if not isinstance(event, str) or not event or len(event.encode()) > 255:
+            raise ValueError("a broadcast event is a non-empty string of at most 255 bytes")
+        if isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError("binary broadcast payloads need protocol vsn 2.0.0; this SDK sends JSON")
+        what = f"broadcast {event!r}"
+        link = self._joined_link(what)
+        frame = broadcast_frame(self.topic, self._client._ref(), self._state.join_ref, event, payload)
+        status, reason = await self._push(link, frame, what, self.options.broadcast_ack, timeout)
+        if status == "lost":
+            raise SendError(self.name, what, f"connection lost before the relay acknowledged it ({reason})")
+        if status == "error":
+            raise SendError(self.name, what, reason)
+        self._state.stats.broadcasts_sent += 1
+
+    # -- presence ------------------------------------------------------------------------------
+    def on_presence_sync(self, callback: PresenceSyncCallback) -> Self:
+        """``callback()`` after every change of :meth:`presence_state` (a state or a diff applied)."""
+        self._sync_callbacks.append(callback)
+        self._want_presence()
+        return self
+
+    def on_presence_join(self, callback: PresenceJoinCallback) -> Self:
+        """``callback(key, current_presences, new_presences)`` when presences join ``key``."""
+        self._join_callbacks.append(callback)
+        self._want_presence()
+        return self
+
+    def on_presence_leave(self, callback: PresenceLeaveCallback) -> Self:
+        """``callback(key, current_presences, left_presences)`` when presences leave ``key``."""
+        self._leave_callbacks.append(callback)
+        self._want_presence()
+        return self
+
+    def presence_events(self) -> ChangeStream[PresenceEvent]:
+        """:class:`PresenceJoin`, :class:`PresenceLeave` and :class:`PresenceSync` as an async iterator.
+
+        Same drop-oldest policy as :meth:`broadcasts`; each ``PresenceSync`` carries the whole
+        state, so a reader that lost events still ends up right.
+        """
+        stream = ChangeStream(self._new_sub(self._presence_subs, "*"))
+        self._want_presence()
+        return stream
+
+    def presence_state(self) -> PresenceState:
+        """Who is present: key -> presences (each the tracked state plus ``presence_ref``).
+
+        A copy.  Kept while offline (it is what the channel last knew) and replaced by the
+        relay's fresh state after every rejoin.
+        """
+        return self._presence.snapshot()
+
+    @property
+    def tracked(self) -> dict[str, Any] | None:
+        """The state this channel tracks (again on every rejoin), or None."""
+        return None if self._tracked is None else dict(self._tracked)
+
+    async def track(
+        self,
+        state: Mapping[str, Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a reply deadline, not one block)
+    ) -> None:
+        """Be present in the channel with ``state`` (a JSON object); tracking again replaces it.
+
+        If the channel is joined, returns once the relay confirmed (``SendError`` if refused,
+        e.g. no presence write permission on a private channel; the previous state then stays
+        tracked; ``SendTimeoutError`` after ``timeout``).  Otherwise (before ``subscribe()``
+        returned, offline, rejoining) the state is remembered and tracked as soon as the channel
+        joins.  Every rejoin tracks the last state again, until :meth:`untrack`.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError("track() takes the presence state as a dict (a JSON object)")
+        self._check_open("track")
+        meta = dict(state)
+        previous = self._tracked
+        self._tracked = meta
+        self._presence_used = True
+        status, reason = await self._presence_push("track", meta, timeout)
+        if status == "error":
+            if self._tracked is meta:  # (unless tracked again meanwhile)
+                self._tracked = previous
+            raise SendError(self.name, "track", reason)
+
+    async def untrack(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a reply deadline, not one block)
+    ) -> None:
+        """Stop being present; rejoins no longer track.  Waits for the relay's reply if joined."""
+        self._check_open("untrack")
+        self._tracked = None
+        status, reason = await self._presence_push("untrack", None, timeout)
+        if status == "error":
+            raise SendError(self.name, "untrack", reason)
+
+    async def _presence_push(
+        self, event: str, meta: dict[str, Any] | None, reply_timeout: float | None
+    ) -> tuple[ReplyStatus, str]:
+        link = self._client._link
+        if link is None or link.stopping or not self.is_joined:
+            return "lost", "not joined"  # applied by the next join (or gone with the last one)
+        if event == "track":
+            self._join_presence = True  # the relay turns presence on for this join with a track
+        frame = presence_frame(self.topic, self._client._ref(), self._state.join_ref, event, meta)
+        return await self._push(link, frame, event, True, reply_timeout)
+
+    # -- pushes --------------------------------------------------------------------------------
+    def _check_open(self, what: str) -> None:
+        if self._client.closing:
+            raise ClientClosedError("the client is closed")
+        if self._finished:
+            raise NotJoinedError(self.name, what, "the channel is closed (unsubscribed or refused)")
+
+    def _joined_link(self, what: str) -> Link:
+        self._check_open(what)
+        link = self._client._link
+        if link is None or link.stopping or not self.is_joined:
+            raise NotJoinedError(
+                self.name,
+                what,
+                f"the channel is not joined (channel {self.state.value}, client {self._client.status})",
+            )
+        return link
+
+    async def _push(
+        self, link: Link, frame: Frame, what: str, wait: bool, reply_timeout: float | None
+    ) -> tuple[ReplyStatus, str]:
+        """Send a push; with ``wait``, until its reply: ("ok"|"error"|"lost", reason).
+
+        From inside a callback (the reader runs it, so it cannot also read the reply) the push
+        is sent and not awaited: ("ok", "") is returned and a refusal is logged.
+        """
+        ref = frame.ref
+        assert ref is not None
+        fut: asyncio.Future[tuple[ReplyStatus, str]] | None = None
+        if wait:
+            if not self._client.in_callback():
+                fut = asyncio.get_running_loop().create_future()
+            self._pending[ref] = _Push(what, fut)
+        try:
+            await link.send(frame)
+        except LinkClosed as exc:
+            self._pending.pop(ref, None)
+            return "lost", str(exc)
+        if fut is None:
+            return "ok", ""
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), reply_timeout or self._client.options.timeout)
+        except TimeoutError:
+            self._pending.pop(ref, None)
+            raise SendTimeoutError(self.name, what, "no reply from the relay in time") from None
+
+    def _settle_pending(self, status: ReplyStatus, reason: str) -> None:
+        """Every push still awaiting a reply gets ``status`` (the connection or the join ended)."""
+        pending, self._pending = self._pending, {}
+        for push in pending.values():
+            if push.future is not None and not push.future.done():
+                push.future.set_result((status, reason))
+
+    def _new_sub(self, subs: list[_Sub[T]], event: str) -> Buffer[T]:
+        buf: Buffer[T] = Buffer(self._client.options.queue_size)
+        if self._finished or self._client.closing:
+            buf.close(self._finish_error)
+        subs.append(_Sub(buf, event))
+        return buf
+
+    def _offer(self, subs: list[_Sub[T]], item: T, event: str = "*") -> None:
+        for sub in list(subs):
+            if sub.buffer.closed:
+                subs.remove(sub)
+            elif _event_matches(sub.event, event) and sub.buffer.offer(item):
+                self._state.stats.dropped += 1
+                if not sub.warned:
+                    sub.warned = True
+                    log.warning("a stream of %s is full: dropping its oldest items", self.topic)
+
+    def _want_presence(self) -> None:
+        """Presence listeners exist: if the current join did not ask for presence, join again."""
+        self._presence_listen = True
+        if not self._join_presence and self._state.force_rejoin():
+            log.info("rejoining %s to receive presence (listeners added after subscribe)", self.topic)
+            self.retry_at = 0.0
+            self._client._wake_joiner()
+
     # -- subscribe / unsubscribe ------------------------------------------------------------
     async def subscribe(
         self,
@@ -164,6 +456,8 @@ class RealtimeChannel:
         timeout: float | None = None,  # noqa: ASYNC109 (the official client's name)
     ) -> Self:
         """Join (connecting the client if needed) and wait until joined.
+
+        A channel needs no bindings: one for broadcast and presence only is fine.
 
         ``callback(state, error)`` is told about every (re)join, refusal, timeout and close.
         Raises :class:`JoinError` if the relay refuses the first join (it is not retried), or
@@ -175,8 +469,6 @@ class RealtimeChannel:
             if isinstance(self._finish_error, JoinError):
                 raise self._finish_error
             raise RuntimeError(f"channel {self.name!r} is closed; create a new one with client.channel()")
-        if not self._state.bindings:
-            raise ValueError("add at least one on_postgres_changes() binding before subscribe()")
         if callback is not None and callback not in self._subscribe_callbacks:
             self._subscribe_callbacks.append(callback)
         if not self._state.wanted:
@@ -200,6 +492,7 @@ class RealtimeChannel:
         the task running the callback).
         """
         link = self._client._link
+        self._tracked = None  # leaving removes our presence; nothing to track again
         frame = self._state.begin_leave(self._client._ref())
         if frame is not None and link is not None:
             self._left = asyncio.get_running_loop().create_future()
@@ -220,7 +513,9 @@ class RealtimeChannel:
     def join_frame(self, ref: str, join_ref: str, token: str | None) -> Frame:
         self.join_deadline = asyncio.get_running_loop().time() + self._client.options.timeout
         self._join_token = token
-        return self._state.begin_join(ref, join_ref, token)
+        self._join_presence = self._presence_listen or self._presence_used or self._tracked is not None
+        self._presence.begin_join()
+        return self._state.begin_join(ref, join_ref, token, self._join_presence)
 
     @property
     def needs_token_refresh(self) -> bool:
@@ -240,6 +535,7 @@ class RealtimeChannel:
 
     def on_disconnect(self) -> None:
         self._state.on_disconnect()
+        self._settle_pending("lost", "connection lost")
         self.retry_at = 0.0
         self.join_deadline = None
         if self._left is not None and not self._left.done():
@@ -256,6 +552,12 @@ class RealtimeChannel:
         try:
             if ev == "postgres_changes":
                 await self._on_change(parse_change(self.name, frame.payload))
+            elif ev == "broadcast":
+                await self._on_broadcast(parse_broadcast(self.name, frame.payload))
+            elif ev == "presence_state":
+                await self._on_presence(self._presence.on_state(frame.payload, bool(self._presence_subs)))
+            elif ev == "presence_diff":
+                await self._on_presence(self._presence.on_diff(frame.payload, bool(self._presence_subs)))
             elif ev == "phx_reply":
                 await self._on_reply(frame, link)
             elif ev == "system":
@@ -280,6 +582,26 @@ class RealtimeChannel:
         await self._put(change, resync_item=False)
         st.processed(change.position)
 
+    async def _on_broadcast(self, msg: Broadcast) -> None:
+        self._state.stats.broadcasts += 1
+        for event, cb in list(self._broadcast_callbacks):
+            if _event_matches(event, msg.event):
+                await _call(cb, msg)
+        self._offer(self._broadcast_subs, msg, msg.event)
+
+    async def _on_presence(self, events: list[PresenceEvent]) -> None:
+        for item in events:
+            if isinstance(item, PresenceJoin):
+                for jcb in list(self._join_callbacks):
+                    await _call(jcb, item.key, list(item.current_presences), list(item.new_presences))
+            elif isinstance(item, PresenceLeave):
+                for lcb in list(self._leave_callbacks):
+                    await _call(lcb, item.key, list(item.current_presences), list(item.left_presences))
+            else:
+                for scb in list(self._sync_callbacks):
+                    await _call(scb)
+            self._offer(self._presence_subs, item)
+
     async def _put(self, item: ChannelEvent, resync_item: bool) -> int:
         delivered = 0
         for entry in list(self._buffers):
@@ -291,13 +613,33 @@ class RealtimeChannel:
         return delivered
 
     async def _on_reply(self, frame: Frame, link: Link) -> None:
+        waiting = self._pending.pop(frame.ref, None) if frame.ref is not None else None
+        if waiting is not None:
+            self._on_push_reply(waiting, frame.payload)
+            return
         out = self._state.on_reply(frame.ref, frame.payload)
         if out is None:
+            ok, reason = parse_reply(frame.payload)
+            if not ok:  # e.g. a broadcast without ack that the relay refused
+                log.warning("the relay refused a push on %s: %s", self.topic, reason)
             return
         loop = asyncio.get_running_loop()
         if out.kind == "joined":
             self.join_deadline = None
             self._joined_at = loop.time()
+            self._close_reason = None
+            self._presence.joined()
+            if self._tracked is not None:  # stay present across reconnects and rejoins
+                retrack = presence_frame(
+                    self.topic, self._client._ref(), self._state.join_ref, "track", self._tracked
+                )
+                assert retrack.ref is not None
+                self._pending[retrack.ref] = _Push("re-track", None)
+                try:
+                    await link.send(retrack)
+                    self._state.stats.retracks += 1
+                except LinkClosed:
+                    self._pending.pop(retrack.ref, None)
             token = self._client._token
             if token is not None and token != self._join_token:  # set_auth() while we were joining
                 push = self.access_token_frame(self._client._ref(), token)
@@ -307,6 +649,8 @@ class RealtimeChannel:
             if self._subscribed is not None and not self._subscribed.done():
                 self._subscribed.set_result(None)
             await self._notify(RealtimeSubscribeStates.SUBSCRIBED, None)
+            if self._presence_listen:
+                self._want_presence()  # (listeners added while this join was on its way)
         elif out.kind == "left":
             if self._left is not None and not self._left.done():
                 self._left.set_result(None)
@@ -326,6 +670,15 @@ class RealtimeChannel:
                 await self._notify(RealtimeSubscribeStates.CHANNEL_ERROR, err)
                 self._client._wake_joiner()
 
+    def _on_push_reply(self, push: _Push, payload: Any) -> None:
+        ok, reason = parse_reply(payload)
+        if push.future is not None and not push.future.done():
+            push.future.set_result(("ok", "") if ok else ("error", str(reason)))
+        elif not ok and push.what == "re-track":
+            log.error("presence on %s could not be tracked again after the rejoin: %s", self.topic, reason)
+        elif not ok:
+            log.warning("%s on %s refused: %s", push.what, self.topic, reason)
+
     async def _on_system(self, payload: Any) -> None:
         event = parse_system(self.name, payload)
         self._state.on_system(event)
@@ -337,10 +690,13 @@ class RealtimeChannel:
                 log.error("resync needed on %s but nobody listens (on_resync / changes())", self.topic)
         elif isinstance(event, ChannelClosedByServer):
             log.warning("relay is closing %s: %s", self.topic, event.message)
+            self._close_reason = event.message
 
     async def _on_close(self, ref: str | None) -> None:
         if not self._state.on_close(ref):
             return
+        reason, self._close_reason = self._close_reason, None
+        self._settle_pending("lost", "channel closed by the relay")
         if self._left is not None and not self._left.done():
             self._left.set_result(None)
         if self._state.state is ChannelStates.ERRORED:  # closed by the relay: rejoin
@@ -348,7 +704,8 @@ class RealtimeChannel:
             self._backoff.connection_ended(loop.time() - self._joined_at)
             delay = 0.0 if self._state.token_error else self._backoff.next_delay()
             self.retry_at = loop.time() + delay
-            await self._notify(RealtimeSubscribeStates.CHANNEL_ERROR, None)
+            error = None if reason is None else ChannelError(self.name, reason)
+            await self._notify(RealtimeSubscribeStates.CHANNEL_ERROR, error)
             self._client._wake_joiner()
 
     async def _notify(self, state: RealtimeSubscribeStates, error: Exception | None) -> None:
@@ -365,16 +722,33 @@ class RealtimeChannel:
         for buf, _ in self._buffers:
             buf.close(error)
         self._buffers.clear()
+        for bsub in self._broadcast_subs:
+            bsub.buffer.close(error)
+        for psub in self._presence_subs:
+            psub.buffer.close(error)
+        self._broadcast_subs.clear()
+        self._presence_subs.clear()
+        self._tracked = None
+        self._settle_pending("lost", "channel closed")
         if state is not None:
             await self._notify(state, error)
         self._callbacks = [None] * len(self._callbacks)
         self._resync_callbacks.clear()
         self._subscribe_callbacks.clear()
+        self._broadcast_callbacks.clear()
+        self._sync_callbacks.clear()
+        self._join_callbacks.clear()
+        self._leave_callbacks.clear()
+        self._presence.clear()
 
     def close_streams(self) -> None:
-        """End the ``changes()`` streams after what they hold (the client is closing)."""
+        """End every stream after what it holds (the client is closing)."""
         for buf, _ in self._buffers:
             buf.close()
+        for bsub in self._broadcast_subs:
+            bsub.buffer.close()
+        for psub in self._presence_subs:
+            psub.buffer.close()
 
     def finish_now(self, error: Exception | None) -> Awaitable[None]:
         """For the client's close: state CLOSED, then :meth:`_finish`."""

@@ -20,7 +20,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 
@@ -28,7 +28,7 @@ from relay_client.backoff import Backoff
 from relay_client.channel import RealtimeChannel
 from relay_client.errors import ClientClosedError, GaveUpError
 from relay_client.link import AuthRejected, Link, LinkClosed, describe_error
-from relay_client.options import ClientOptions
+from relay_client.options import ChannelOptions, ClientOptions
 from relay_client.protocol import socket_url, topic_of
 from relay_client.status import ClientState, Status, StatusBoard, StatusCallback
 from relay_client.tokens import refresh_at
@@ -221,16 +221,35 @@ class RelayClient:
         self._closed.set()
 
     # -- channels -----------------------------------------------------------------------------
-    def channel(self, name: str, *, resume_from: str | None = None) -> RealtimeChannel:
+    def channel(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        resume_from: str | None = None,
+        broadcast_self: bool = False,
+        broadcast_ack: bool = False,
+        presence_key: str = "",
+        private: bool = False,
+    ) -> RealtimeChannel:
         """The channel ``name`` (``realtime:`` prefix optional); an existing open one is returned.
 
         ``resume_from``: a position persisted from an earlier run (``channel.position``): the
-        first join resumes after it instead of starting now.
+        first join resumes after it instead of starting now.  ``broadcast_self``,
+        ``broadcast_ack``, ``presence_key``, ``private``: see :class:`ChannelOptions`; they may
+        also come as the official client's ``params`` (``{"config": {"broadcast": {"self": True}}}``).
         """
+        options = ChannelOptions(broadcast_self, broadcast_ack, presence_key, private)
+        if params is not None:
+            if options != ChannelOptions():
+                raise ValueError("give the channel options either as params or as keywords, not both")
+            options = ChannelOptions.from_params(params)
         existing = self._channels.get(topic_of(name))
         if existing is not None and not existing.is_closed:
+            if options != ChannelOptions() and options != existing.options:
+                raise ValueError(f"channel {name!r} is open with other options ({existing.options})")
             return existing
-        return RealtimeChannel(self, name.removeprefix("realtime:"), resume_from)
+        return RealtimeChannel(self, name.removeprefix("realtime:"), resume_from, options)
 
     def get_channels(self) -> list[RealtimeChannel]:
         return list(self._channels.values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from relay_client.options import ChannelOptions
 from relay_client.protocol import (
     ChannelClosedByServer,
     Frame,
@@ -42,6 +43,10 @@ class ChannelStats:
     server_closes: int = 0  # the relay closed the channel (token expiry, refused token)
     changes: int = 0  # changes delivered to the application
     duplicates: int = 0  # changes dropped because their position was not after the last one
+    broadcasts: int = 0  # broadcasts received
+    broadcasts_sent: int = 0  # send_broadcast() calls that wrote their frame
+    retracks: int = 0  # tracks the SDK sent by itself on a (re)join (the last tracked state)
+    dropped: int = 0  # broadcast / presence stream items dropped because a stream was full
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,7 @@ class ChannelState:
 
     name: str
     position: str | None = None  # last processed position: what a rejoin resumes from
+    options: ChannelOptions = field(default_factory=ChannelOptions)
     bindings: list[Binding] = field(default_factory=list)
     ids: list[int | None] = field(default_factory=list)  # relay's id of each binding (last join)
     state: ChannelStates = ChannelStates.CLOSED
@@ -86,12 +92,39 @@ class ChannelState:
         return self.wanted and self.state in (ChannelStates.CLOSED, ChannelStates.ERRORED)
 
     # -- join / leave ---------------------------------------------------------------------
-    def begin_join(self, ref: str, join_ref: str, token: str | None) -> Frame:
-        """The ``phx_join`` to send now; resumes from the last processed position if any."""
+    def begin_join(self, ref: str, join_ref: str, token: str | None, presence: bool = False) -> Frame:
+        """The ``phx_join`` to send now; resumes from the last processed position if any.
+
+        ``presence``: ask for the room's presence state and diffs from the join on.
+        """
         self.state = ChannelStates.JOINING
         self.join_ref, self.join_push = join_ref, ref
         self.token_error = False
-        return join_frame(self.topic, ref, join_ref, self.bindings, token, self.position)
+        opts = self.options
+        return join_frame(
+            self.topic,
+            ref,
+            join_ref,
+            self.bindings,
+            token,
+            self.position,
+            broadcast_self=opts.broadcast_self,
+            broadcast_ack=opts.broadcast_ack,
+            presence_key=opts.presence_key,
+            presence_enabled=presence,
+            private=opts.private,
+        )
+
+    def force_rejoin(self) -> bool:
+        """Join again on the same socket (the relay replaces the current join); True if it will.
+
+        Used to turn presence on when listeners are added to a joined channel, as the official
+        client does.  The rejoin resumes from the last processed position, so no change is lost.
+        """
+        if not self.wanted or self.state is not ChannelStates.JOINED:
+            return False
+        self.state = ChannelStates.ERRORED
+        return True
 
     def begin_leave(self, ref: str) -> Frame | None:
         """Stop wanting the channel; the ``phx_leave`` to send, if it is joined (or joining)."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from relay_client.backoff import BackoffPolicy
 
-__all__ = ["ClientOptions"]
+__all__ = ["ChannelOptions", "ClientOptions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +52,54 @@ class ClientOptions:
     @property
     def backoff(self) -> BackoffPolicy:
         return BackoffPolicy(self.initial_backoff, self.max_backoff, self.stable_after)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOptions:
+    """A channel's broadcast, presence and privacy settings, sent in every join's ``config``.
+
+    ``broadcast_self``: receive your own broadcasts.  ``broadcast_ack``: ``send_broadcast()``
+    waits for the relay's ok.  ``presence_key``: the key your presence is tracked under (empty:
+    the relay picks a fresh UUID per join, so it changes after a reconnect).  ``private``: join
+    the private room of that name, admitted by the relay's topic policies.
+    """
+
+    broadcast_self: bool = False
+    broadcast_ack: bool = False
+    presence_key: str = ""
+    private: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("broadcast_self", "broadcast_ack", "private"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool")
+        if not isinstance(self.presence_key, str):
+            raise ValueError("presence_key must be a str")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ChannelOptions:
+        """The official client's channel params: ``{"config": {"broadcast": {"self", "ack"},
+        "presence": {"key"}, "private"}}``.
+
+        ``presence.enabled`` is accepted and not needed: a join asks for presence whenever the
+        channel has presence listeners or tracks.
+        """
+        config = params.get("config", {})
+        if not isinstance(config, Mapping):
+            raise ValueError('channel params are {"config": {...}}')
+        known = {"broadcast", "presence", "private", "postgres_changes"}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"unknown channel config keys: {sorted(unknown)}")
+        if config.get("postgres_changes"):
+            raise ValueError("add postgres_changes bindings with on_postgres_changes()")
+        bcast = config.get("broadcast") or {}
+        presence = config.get("presence") or {}
+        if not isinstance(bcast, Mapping) or not isinstance(presence, Mapping):
+            raise ValueError("config.broadcast and config.presence are objects")
+        return cls(
+            broadcast_self=bcast.get("self", False),
+            broadcast_ack=bcast.get("ack", False),
+            presence_key=presence.get("key", ""),
+            private=config.get("private", False),
+        )

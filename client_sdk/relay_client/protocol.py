@@ -7,6 +7,8 @@ Anything malformed raises :class:`ProtocolError`; nothing else escapes on bad in
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from relay_client.types import Binding, Change, ResyncNeeded
+from relay_client.types import Binding, Broadcast, Change, ResyncNeeded
 
 __all__ = [
     "PHOENIX",
@@ -27,14 +29,17 @@ __all__ = [
     "Subscribed",
     "SystemEvent",
     "access_token_frame",
+    "broadcast_frame",
     "decode",
     "encode",
     "heartbeat_frame",
     "join_frame",
     "leave_frame",
+    "parse_broadcast",
     "parse_change",
     "parse_reply",
     "parse_system",
+    "presence_frame",
     "socket_url",
 ]
 
@@ -125,13 +130,23 @@ def join_frame(
     bindings: Sequence[Binding],
     access_token: str | None,
     resume_from: str | None,
+    *,
+    broadcast_self: bool = False,
+    broadcast_ack: bool = False,
+    presence_key: str = "",
+    presence_enabled: bool = False,
+    private: bool = False,
 ) -> Frame:
-    """``phx_join`` for ``bindings``; ``resume_from`` asks the relay to replay what was missed."""
+    """``phx_join`` for ``bindings``; ``resume_from`` asks the relay to replay what was missed.
+
+    ``presence_enabled``: send this channel the room's ``presence_state`` and ``presence_diff``
+    events from the join on (the relay also turns them on with the first ``track``).
+    """
     config: dict[str, Any] = {
-        "broadcast": {"ack": False, "self": False},
-        "presence": {"key": ""},
+        "broadcast": {"ack": broadcast_ack, "self": broadcast_self},
+        "presence": {"key": presence_key, "enabled": presence_enabled},
         "postgres_changes": [b.wire() for b in bindings],
-        "private": False,
+        "private": private,
     }
     if resume_from is not None:
         config["resume_from"] = resume_from
@@ -147,6 +162,19 @@ def leave_frame(topic: str, ref: str, join_ref: str | None) -> Frame:
 
 def access_token_frame(topic: str, ref: str, join_ref: str | None, token: str) -> Frame:
     return Frame(topic, "access_token", {"access_token": token}, ref, join_ref)
+
+
+def broadcast_frame(topic: str, ref: str, join_ref: str | None, event: str, payload: Any) -> Frame:
+    """A ``broadcast`` push: ``{"type": "broadcast", "event": E, "payload": P}``."""
+    return Frame(topic, "broadcast", {"type": "broadcast", "event": event, "payload": payload}, ref, join_ref)
+
+
+def presence_frame(topic: str, ref: str, join_ref: str | None, event: str, meta: Any = None) -> Frame:
+    """A ``presence`` push: ``track`` (with the tracked state ``meta``) or ``untrack``."""
+    payload: dict[str, Any] = {"type": "presence", "event": event}
+    if event == "track":
+        payload["payload"] = meta if meta is not None else {}
+    return Frame(topic, "presence", payload, ref, join_ref)
 
 
 # -- server frames ----------------------------------------------------------------------------
@@ -234,7 +262,9 @@ def parse_system(channel: str, payload: Any) -> SystemEvent:
             )
         return Subscribed(_opt_str(payload.get("position")))
     if status == "error" and payload.get("extension") == "system":
-        return ChannelClosedByServer(message, token="token" in message.lower())
+        # (a topic policy's refusal names the topic, which may contain "token": not a token error)
+        token = "token" in message.lower() and not message.startswith("Unauthorized:")
+        return ChannelClosedByServer(message, token=token)
     return OtherSystem(payload)
 
 
@@ -270,6 +300,30 @@ def parse_change(channel: str, payload: Any) -> Change:
         ids=tuple(i for i in ids if isinstance(i, int)) if isinstance(ids, list) else (),
         moved_out=data.get("moved_out") is True,
     )
+
+
+def parse_broadcast(channel: str, payload: Any) -> Broadcast:
+    """A ``broadcast`` event as a :class:`Broadcast`; a base64-wrapped binary payload becomes bytes.
+
+    On vsn 1.0.0 a binary payload (what realtime-js sends for an ``ArrayBuffer``) arrives as
+    ``{"base64": "..."}`` with ``meta: {"encoding": "base64"}``: JSON has no bytes.
+    """
+    if not isinstance(payload, dict):
+        raise ProtocolError("broadcast payload is not an object")
+    event = payload.get("event")
+    if not isinstance(event, str):
+        raise ProtocolError("broadcast without an event")
+    meta = _mapping(payload.get("meta"))
+    body = payload.get("payload")
+    if meta.get("encoding") == "base64":
+        encoded = body.get("base64") if isinstance(body, dict) else None
+        if not isinstance(encoded, str):
+            raise ProtocolError('a base64 broadcast without {"base64": "..."}')
+        try:
+            body = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(f"bad base64 broadcast payload: {exc}") from None
+    return Broadcast(channel=channel, event=event, payload=body, meta=meta)
 
 
 def topic_of(name: str) -> str:

@@ -6,6 +6,10 @@ it as a slow consumer (code 1013); the client reconnects and resumes from the la
 put in a buffer, so nothing is dropped or repeated and memory stays bounded on both sides.  The
 price: one stalled consumer pauses every channel of its client (they share one socket).
 
+Broadcast and presence streams (``broadcasts()``, ``presence_events()``) use the other policy,
+drop-oldest (:meth:`Buffer.offer`): those messages are ephemeral (the relay never replays them),
+so a slow reader of them must not hold back change delivery or get the socket dropped.
+
 Why a finalizer: a consumer that ``break``s out of ``async for`` (or drops the iterator) must not
 leave a full buffer blocking the reader forever.  The user-facing :class:`ChangeStream` owns a
 :class:`Buffer` the channel holds; when the stream is garbage, or ``aclose()`` d, the buffer
@@ -52,6 +56,21 @@ class Buffer(Generic[T]):
         self.items.append(item)
         self._readable.set()
         return True
+
+    def offer(self, item: T) -> bool:
+        """Append without waiting, dropping the oldest item when full; True if one was dropped.
+
+        The policy of broadcast and presence streams: they are ephemeral, so a slow consumer
+        loses the oldest rather than pausing the socket reader (and every change stream).
+        """
+        if self.closed:
+            return False
+        dropped = len(self.items) >= self.maxsize
+        if dropped:
+            self.items.popleft()
+        self.items.append(item)
+        self._readable.set()
+        return dropped
 
     async def get(self) -> T:
         """Next item; after ``close`` the remaining items, then StopAsyncIteration (or the error)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Literal, Self, TypeVar, overload
 
@@ -23,9 +23,16 @@ from relay_client.join_state import ChannelStats
 from relay_client.status import Status, StatusCallback
 from relay_client.streams import ChangeStream
 from relay_client.types import (
+    Broadcast,
+    BroadcastCallback,
     Change,
     ChangeCallback,
     ChannelStates,
+    PresenceEvent,
+    PresenceJoinCallback,
+    PresenceLeaveCallback,
+    PresenceState,
+    PresenceSyncCallback,
     RealtimePostgresChangesListenEvent,
     ResyncCallback,
     ResyncNeeded,
@@ -146,6 +153,58 @@ class SyncChannel:
         self._runner.run(self.channel.subscribe(callback, timeout=timeout))
         return self
 
+    # -- broadcast and presence (callbacks run on the client's thread) --------------------------
+    def _on_loop(self, fn: Callable[[], object]) -> None:
+        async def run() -> None:
+            fn()
+
+        self._runner.run(run())
+
+    def on_broadcast(self, event: str, callback: BroadcastCallback) -> Self:
+        self._on_loop(lambda: self.channel.on_broadcast(event, callback))
+        return self
+
+    def broadcasts(self, event: str = "*", *, timeout: float | None = None) -> SyncChangeIterator[Broadcast]:
+        """Blocking iterator of broadcasts; ``timeout`` bounds each wait (TimeoutError)."""
+
+        async def make() -> ChangeStream[Broadcast]:
+            return self.channel.broadcasts(event)
+
+        return SyncChangeIterator(self._runner, self._runner.run(make()), timeout)
+
+    def send_broadcast(self, event: str, payload: Any, *, timeout: float | None = None) -> None:
+        self._runner.run(self.channel.send_broadcast(event, payload, timeout=timeout))
+
+    def on_presence_sync(self, callback: PresenceSyncCallback) -> Self:
+        self._on_loop(lambda: self.channel.on_presence_sync(callback))
+        return self
+
+    def on_presence_join(self, callback: PresenceJoinCallback) -> Self:
+        self._on_loop(lambda: self.channel.on_presence_join(callback))
+        return self
+
+    def on_presence_leave(self, callback: PresenceLeaveCallback) -> Self:
+        self._on_loop(lambda: self.channel.on_presence_leave(callback))
+        return self
+
+    def presence_events(self, *, timeout: float | None = None) -> SyncChangeIterator[PresenceEvent]:
+        async def make() -> ChangeStream[PresenceEvent]:
+            return self.channel.presence_events()
+
+        return SyncChangeIterator(self._runner, self._runner.run(make()), timeout)
+
+    def presence_state(self) -> PresenceState:
+        async def get() -> PresenceState:
+            return self.channel.presence_state()
+
+        return self._runner.run(get())
+
+    def track(self, state: Mapping[str, Any], *, timeout: float | None = None) -> None:
+        self._runner.run(self.channel.track(state, timeout=timeout))
+
+    def untrack(self, *, timeout: float | None = None) -> None:
+        self._runner.run(self.channel.untrack(timeout=timeout))
+
     def unsubscribe(self) -> None:
         self._runner.run(self.channel.unsubscribe())
 
@@ -179,9 +238,27 @@ class SyncRelayClient:
     def wait_online(self, timeout: float | None = None) -> Status:
         return self._runner.run(self.client.wait_online(timeout))
 
-    def channel(self, name: str, *, resume_from: str | None = None) -> SyncChannel:
+    def channel(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        resume_from: str | None = None,
+        broadcast_self: bool = False,
+        broadcast_ack: bool = False,
+        presence_key: str = "",
+        private: bool = False,
+    ) -> SyncChannel:
         async def make() -> RealtimeChannel:  # on the loop thread, which owns the client's state
-            return self.client.channel(name, resume_from=resume_from)
+            return self.client.channel(
+                name,
+                params,
+                resume_from=resume_from,
+                broadcast_self=broadcast_self,
+                broadcast_ack=broadcast_ack,
+                presence_key=presence_key,
+                private=private,
+            )
 
         return SyncChannel(self._runner, self._runner.run(make()))
 

@@ -14,10 +14,21 @@ from typing import Any, Literal
 
 __all__ = [
     "Binding",
+    "Broadcast",
+    "BroadcastCallback",
     "Change",
     "ChangeCallback",
     "ChangeType",
     "ChannelStates",
+    "Presence",
+    "PresenceEvent",
+    "PresenceJoin",
+    "PresenceJoinCallback",
+    "PresenceLeave",
+    "PresenceLeaveCallback",
+    "PresenceState",
+    "PresenceSync",
+    "PresenceSyncCallback",
     "RealtimePostgresChangesListenEvent",
     "RealtimeSubscribeStates",
     "ResyncCallback",
@@ -112,6 +123,66 @@ class ResyncNeeded:
     retained_from: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """One broadcast message received on a channel (ephemeral: never replayed after a disconnect).
+
+    ``payload`` is the sender's JSON value, or ``bytes`` when the sender sent a binary payload
+    (a realtime-js ``ArrayBuffer``): the relay hands those to vsn 1.0.0 clients as
+    ``{"base64": ...}`` with ``meta["encoding"] == "base64"``, and the SDK decodes them.
+    """
+
+    channel: str
+    event: str
+    payload: Any
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_binary(self) -> bool:
+        return isinstance(self.payload, bytes)
+
+
+Presence = dict[str, Any]
+"""One tracked presence: the state a member tracked, plus ``presence_ref`` (the relay's id of it)."""
+
+PresenceState = dict[str, list[Presence]]
+"""``channel.presence_state()``: presence key -> the presences tracked under it (one per member)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceJoin:
+    """Presences joined under ``key``; ``current_presences`` are the ones it already had."""
+
+    channel: str
+    key: str
+    current_presences: tuple[Presence, ...]
+    new_presences: tuple[Presence, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceLeave:
+    """Presences left ``key``; ``current_presences`` are the ones it still has."""
+
+    channel: str
+    key: str
+    current_presences: tuple[Presence, ...]
+    left_presences: tuple[Presence, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceSync:
+    """The presence state changed (after a ``presence_state`` or a diff); ``state`` is a snapshot."""
+
+    channel: str
+    state: PresenceState
+
+
+PresenceEvent = PresenceJoin | PresenceLeave | PresenceSync
+
 ChangeCallback = Callable[[Change], Awaitable[None] | None]
+BroadcastCallback = Callable[[Broadcast], Awaitable[None] | None]
+PresenceSyncCallback = Callable[[], Awaitable[None] | None]
+PresenceJoinCallback = Callable[[str, list[Presence], list[Presence]], Awaitable[None] | None]
+PresenceLeaveCallback = Callable[[str, list[Presence], list[Presence]], Awaitable[None] | None]
 ResyncCallback = Callable[[ResyncNeeded], Awaitable[None] | None]
 SubscribeCallback = Callable[[RealtimeSubscribeStates, Exception | None], Awaitable[None] | None]
