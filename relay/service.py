@@ -96,7 +96,8 @@ async def start_relay(
         elif op == "broadcast":  # realtime.send: in commit order with the row changes
             server.topics.db_message(msg, int(commit_lsn) << 32)
         elif op == "topic_policy_changed":
-            server.topics.policies_changed()
+            xid = msg.get("xid")
+            server.topics.policies_changed(xid if isinstance(xid, str) else None)
 
     pipeline = Pipeline(
         dsn,

@@ -11,6 +11,7 @@ join for everyone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -105,6 +106,25 @@ class TopicAuthorizer:
                 "realtime.topic_policies and the relay role's privileges"
             ) from exc
         return _grants_from_rows(rows)
+
+    async def wait_visible(self, xid: str, within: float = 5.0) -> bool:
+        """Wait until transaction ``xid`` is visible to new snapshots on the relay's connections.
+
+        Why: logical decoding can hand the relay a commit a moment before other sessions see it,
+        so a re-check run at once may still read the policy a ``drop_topic_policy`` just
+        removed.  Returns False if it is still not visible after ``within`` seconds (checked anyway).
+        """
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            rows = await self._catalog._fetch(
+                "select pg_catalog.pg_visible_in_snapshot($1::text::xid8, pg_catalog.pg_current_snapshot())",
+                xid,
+            )
+            if rows and rows[0][0] is True:
+                return True
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
 
 
 def _grants_from_rows(rows: list[Any]) -> TopicGrants:

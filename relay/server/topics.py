@@ -208,11 +208,20 @@ class TopicHub:
         self.server.flush()
 
     # -- policy changes -------------------------------------------------------------------------
-    def policies_changed(self) -> None:
-        """A topic policy was created or dropped: check every private channel again."""
+    def policies_changed(self, xid: str | None = None) -> None:
+        """A topic policy was created or dropped (by transaction ``xid``): re-check private channels."""
         if self._recheck is not None and not self._recheck.done():
             self._recheck.cancel()
-        self._recheck = asyncio.get_running_loop().create_task(self.recheck(), name="topic-recheck")
+        self._recheck = asyncio.get_running_loop().create_task(self._after(xid), name="topic-recheck")
+
+    async def _after(self, xid: str | None) -> None:
+        if xid:
+            try:
+                if not await self.authorizer.wait_visible(xid):
+                    log.warning("topic policy change %s not visible after 5 s; re-checking anyway", xid)
+            except Exception as exc:  # the re-check below reports what is wrong with Postgres
+                log.warning("cannot wait for topic policy change %s: %s", xid, exc)
+        await self.recheck()
 
     async def recheck(self, chans: Iterable[Channel] | None = None) -> None:
         """Re-evaluate private channels' grants; a channel that may no longer read is closed."""

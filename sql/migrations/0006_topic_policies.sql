@@ -180,7 +180,10 @@ begin
     perform pg_catalog.pg_logical_emit_message(
         true,
         'realtime',
-        pg_catalog.jsonb_build_object('op', 'topic_policy_changed', 'name', create_topic_policy.name)::text
+        -- xid: the relay waits until this transaction is visible to its own queries before it
+        -- re-checks (decoding can see the commit a moment before other sessions do)
+        pg_catalog.jsonb_build_object('op', 'topic_policy_changed', 'name', create_topic_policy.name,
+                                      'xid', pg_catalog.pg_current_xact_id()::text)::text
     );
 end;
 $$;
@@ -215,7 +218,10 @@ begin
     perform pg_catalog.pg_logical_emit_message(
         true,
         'realtime',
-        pg_catalog.jsonb_build_object('op', 'topic_policy_changed', 'name', drop_topic_policy.name)::text
+        -- xid: the relay waits until this transaction is visible to its own queries before it
+        -- re-checks (decoding can see the commit a moment before other sessions do)
+        pg_catalog.jsonb_build_object('op', 'topic_policy_changed', 'name', drop_topic_policy.name,
+                                      'xid', pg_catalog.pg_current_xact_id()::text)::text
     );
 end;
 $$;
