@@ -16,6 +16,7 @@ from relay.config import Config
 from relay.core.tokens import mint
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from relay.service import RunningRelay, start_relay
+from tests.support.binary import kind3, split_kind4
 
 SECRET = "test-secret-0123456789-0123456789-abcdef"
 
@@ -86,8 +87,7 @@ class PhoenixClient:
     ) -> str:
         """A kind 3 user broadcast push, byte for byte as realtime-js's serializer writes it."""
         ref = str(next(self._refs))
-        head = bytes((3, len(join_ref), len(ref), len(topic), len(event), len(meta), encoding))
-        await self.ws.send_bytes(head + (join_ref + ref + topic + event + meta).encode() + payload)
+        await self.ws.send_bytes(kind3(join_ref, ref, topic, event, payload, encoding, meta))
         return ref
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
@@ -147,22 +147,12 @@ class PhoenixClient:
 
 
 def decode_user_broadcast(data: bytes) -> dict[str, Any]:
-    """A kind 4 frame as realtime-js decodes it (JSON payloads parsed, binary kept as bytes)."""
-    if not data or data[0] != 4:
-        raise AssertionError(f"expected a kind 4 user broadcast, got {data[:8]!r}")
-    t, e, m, enc = data[1], data[2], data[3], data[4]
-    pos = 5
-    topic = data[pos : pos + t].decode()
-    pos += t
-    event = data[pos : pos + e].decode()
-    pos += e
-    meta = data[pos : pos + m].decode()
-    pos += m
-    body = data[pos:]
+    """A kind 4 frame as realtime-js hands it on (JSON payloads parsed, binary kept as bytes)."""
+    topic, event, meta, enc, body = split_kind4(data)
     payload: dict[str, Any] = {
         "type": "broadcast",
         "event": event,
-        "payload": orjson.loads(body) if enc == 1 else bytes(body),
+        "payload": orjson.loads(body) if enc == 1 else body,
     }
     if meta:
         payload["meta"] = orjson.loads(meta)

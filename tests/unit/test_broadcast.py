@@ -17,28 +17,8 @@ from relay.core.broadcast import (
     from_push,
 )
 from relay.core.protocol import BINARY_ENCODING, JSON_ENCODING, ProtocolError, parse_binary
-
-
-def kind3(
-    join_ref: str, ref: str, topic: str, event: str, payload: bytes, encoding: int = 1, meta: str = ""
-) -> bytes:
-    """Exactly what realtime-js's serializer writes (lib/serializer.js, _encodeUserBroadcastPush)."""
-    head = bytes((3, len(join_ref), len(ref), len(topic), len(event), len(meta), encoding))
-    return head + (join_ref + ref + topic + event + meta).encode() + payload
-
-
-def decode_kind4(data: bytes) -> tuple[str, str, str, int, bytes]:
-    """What realtime-js's serializer reads (_decodeUserBroadcast)."""
-    assert data[0] == 4
-    t, e, m, enc = data[1], data[2], data[3], data[4]
-    pos = 5
-    topic = data[pos : pos + t].decode()
-    pos += t
-    event = data[pos : pos + e].decode()
-    pos += e
-    meta = data[pos : pos + m].decode()
-    pos += m
-    return topic, event, meta, enc, data[pos:]
+from tests.support.binary import kind3
+from tests.support.binary import split_kind4 as decode_kind4
 
 
 def test_parse_kind3_json() -> None:
