@@ -30,6 +30,7 @@ __all__ = [
     "Broadcast",
     "BroadcastError",
     "BroadcastFrames",
+    "event_name",
     "from_binary",
     "from_db_message",
     "from_push",
@@ -79,7 +80,8 @@ class Broadcast:
         return {"base64": base64.b64encode(self.raw or b"").decode()}
 
 
-def _event(v: Any) -> str:
+def event_name(v: Any) -> str:
+    """A broadcast event name: non-empty, and short enough for the binary format's one-byte length."""
     if not isinstance(v, str) or not v:
         raise BroadcastError('a broadcast needs an "event" (a non-empty string)')
     if len(v.encode()) > 255:
@@ -94,12 +96,12 @@ def from_push(payload: Any) -> Broadcast:
     kind = payload.get("type", "broadcast")
     if kind != "broadcast":
         raise BroadcastError(f'a broadcast has "type": "broadcast", not {kind!r}')
-    return Broadcast(_event(payload.get("event")), payload.get("payload", {}))
+    return Broadcast(event_name(payload.get("event")), payload.get("payload", {}))
 
 
 def from_binary(push: BinaryPush) -> Broadcast:
     """A kind 3 push: the payload bytes pass through untouched (JSON was already checked)."""
-    event = _event(push.event)
+    event = event_name(push.event)
     if push.encoding == JSON_ENCODING:
         return Broadcast(event, push.value, push.payload or b"{}", JSON_ENCODING)
     return Broadcast(event, None, push.payload, BINARY_ENCODING)
@@ -117,7 +119,7 @@ def from_db_message(msg: dict[str, Any]) -> tuple[str, bool, Broadcast]:
     return (
         topic.removeprefix("realtime:"),
         private,
-        Broadcast(_event(msg.get("event")), {} if payload is None else payload),
+        Broadcast(event_name(msg.get("event")), {} if payload is None else payload),
     )
 
 

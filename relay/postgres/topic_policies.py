@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import asyncpg
 import orjson
@@ -44,9 +44,6 @@ class TopicGrants:
     presence_write: bool
     errors: tuple[str, ...] = ()
 
-    ALL: ClassVar[TopicGrants]
-    """Everything allowed: what public channels get (alias of :data:`PUBLIC_GRANTS`)."""
-
     @property
     def can_join(self) -> bool:
         """A channel is worth joining when it may receive something: broadcast or presence."""
@@ -55,8 +52,6 @@ class TopicGrants:
 
 PUBLIC_GRANTS = TopicGrants(True, True, True, True)
 """Public channels are not subject to topic policies: everything is allowed."""
-
-TopicGrants.ALL = PUBLIC_GRANTS
 
 
 class TopicPolicyError(RuntimeError):

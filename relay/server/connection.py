@@ -313,7 +313,7 @@ class Connection:
             try:
                 msg = from_push(f.payload)
             except BroadcastError as exc:
-                self.server.topics.client_broadcast(chan, f, None, f"invalid broadcast: {exc}")
+                self.reply_error(f, f"invalid broadcast: {exc}")
                 return
             self.server.topics.client_broadcast(chan, f, msg)
             return
@@ -344,7 +344,7 @@ class Connection:
         try:
             msg = from_binary(push)
         except BroadcastError as exc:
-            self.server.topics.client_broadcast(chan, f, None, f"invalid broadcast: {exc}")
+            self.reply_error(f, f"invalid broadcast: {exc}")
             return
         self.server.topics.client_broadcast(chan, f, msg)
 

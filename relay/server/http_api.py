@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from relay.core.broadcast import Broadcast, BroadcastError, from_push
+from relay.core.broadcast import Broadcast, BroadcastError, event_name, from_push
 from relay.core.protocol import BINARY_ENCODING
 from relay.core.tokens import Claims, TokenError
 from relay.server.topics import JoinRefused, write_denied
@@ -96,7 +96,7 @@ class HttpApi:
             if request.content_type == "application/octet-stream":
                 data = await request.read()
                 try:
-                    msg = Broadcast(_event(request.match_info["event"]), None, data, BINARY_ENCODING)
+                    msg = Broadcast(event_name(request.match_info["event"]), None, data, BINARY_ENCODING)
                 except BroadcastError as exc:
                     raise HttpError(400, str(exc)) from None
             else:
@@ -182,10 +182,6 @@ async def _json_body(request: web.Request) -> Any:
         return orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError as exc:
         raise HttpError(400, f"the body is not JSON: {exc}") from None
-
-
-def _event(v: Any) -> str:
-    return from_push({"event": v}).event
 
 
 def _broadcast(obj: dict[str, Any]) -> Broadcast:

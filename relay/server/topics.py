@@ -95,14 +95,9 @@ class TopicHub:
             self._send_diff(room, diff)
 
     # -- broadcast ----------------------------------------------------------------------------
-    def client_broadcast(
-        self, chan: Channel, f: Frame, msg: Broadcast | None, error: str | None = None
-    ) -> None:
-        """A member's broadcast push (text or binary): check, fan out, and ack if asked."""
+    def client_broadcast(self, chan: Channel, f: Frame, msg: Broadcast) -> None:
+        """A member's (parsed) broadcast push, text or binary: check, fan out, and ack if asked."""
         conn = chan.conn
-        if error is not None or msg is None:
-            conn.reply_error(f, error or "invalid broadcast")
-            return
         if not chan.grants.broadcast_write:
             self.denied += 1
             conn.reply_error(f, write_denied(chan.name))
