@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable
 from typing import Any
 
@@ -72,6 +73,8 @@ class RelayServer:
         self.types = TypeRegistry()  # the pipeline's registry (set by the service) for re-decoding
         self.live_floor = -1
         self.floors_ready = asyncio.Event()
+        # replication_ready asked before the first stream (weak: closed channels just vanish)
+        self._awaiting_ready: weakref.WeakSet[Channel] = weakref.WeakSet()
         self.open_tx: set[Channel] = set()
         self.resumes = 0
         self.resyncs = 0
@@ -271,6 +274,10 @@ class RelayServer:
                     if not chan.replaying and chan.cursor < self.live_floor:
                         chan.cursor = self.live_floor
             self.floors_ready.set()
+            for chan in list(self._awaiting_ready):
+                if not chan.closed:
+                    self._send_replication_ready(chan)
+            self._awaiting_ready.clear()
         elif info.created:
             # The slot was lost: changes between what we had and the new slot are gone.
             self.log.reset(floor)
@@ -278,6 +285,21 @@ class RelayServer:
                 for chan in list(conn.channels.values()):
                     if chan.specs and not chan.replaying:
                         self._resync(chan, chan.cursor, "the replication slot was lost and recreated")
+
+    def replication_ready(self, chan: Channel) -> None:
+        """``config.broadcast.replication_ready``: tell the channel once the stream is up.
+
+        Supabase's end-to-end tests wait for this before writing, so a write is never made
+        before the relay can see it.  Sent at once when the first stream already started.
+        """
+        if self.floors_ready.is_set():
+            self._send_replication_ready(chan)
+        else:
+            self._awaiting_ready.add(chan)
+
+    def _send_replication_ready(self, chan: Channel) -> None:
+        chan.conn.queue_frame(chan.system("ok", "Replication connection established", extension="system"))
+        chan.conn.flush()
 
     async def replay(self, chan: Channel, after: int) -> None:
         """Serve a resume: the log after ``after``, paced by the socket, then hand over to live.

@@ -366,14 +366,11 @@ class Connection:
         except TokenError as exc:
             self.reply_error(f, exc.reason)
             return
-        resume_from = config.get("resume_from")
-        after: int | None = None
-        if resume_from is not None:
-            try:
-                after = parse_position(resume_from)
-            except ValueError as exc:
-                self.reply_error(f, f"InvalidResume: {exc}")
-                return
+        try:
+            after = _resume_point(config)
+        except ValueError as exc:
+            self.reply_error(f, f"InvalidResume: {exc}")
+            return
         private = str(config.get("private", False)).lower() == "true"
         try:
             grants = await self.server.topics.admit(f.topic.removeprefix("realtime:"), private, claims)
@@ -391,7 +388,9 @@ class Connection:
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
         chan = Channel(self, f.topic, f.join_ref, claims, specs)
-        chan.tx_end = config.get("tx_end") is True
+        # realtime-js sends only broadcast/presence/postgres_changes/private in ``config``, but
+        # it keeps the application's binding objects by reference: extensions may sit there.
+        chan.tx_end = config.get("tx_end") is True or any(s.raw.get("tx_end") is True for s in specs)
         chan.private, chan.grants = private, grants
         chan.bcast_self = str(bcast.get("self", False)).lower() == "true"
         chan.bcast_ack = str(bcast.get("ack", False)).lower() == "true"
@@ -414,6 +413,8 @@ class Connection:
             known = after is not None or self.server.floors_ready.is_set()
             start = {"position": format_position(chan.cursor)} if known else {}
             self.send_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
+        if _truthy(bcast.get("replication_ready")):
+            self.server.replication_ready(chan)
         if after is not None:
             chan.task = asyncio.get_running_loop().create_task(
                 self.server.replay(chan, after), name=f"replay {f.topic}"
@@ -487,3 +488,29 @@ class Connection:
             self.close_channel(chan, send_close=False)
         self.closing = True
         self._wake.set()
+
+
+def _truthy(value: Any) -> bool:
+    """Join config booleans: JSON ``true`` or the string ``"true"`` (both clients send either)."""
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _resume_point(config: dict[str, Any]) -> int | None:
+    """Where a resuming join continues: ``config.resume_from``, else the bindings' own.
+
+    An unchanged realtime-js rebuilds ``config`` at ``subscribe()`` and keeps only its four
+    known keys, but the binding objects are the application's own, serialized again on every
+    automatic rejoin; so a dashboard keeps ``resume_from`` up to date on its binding objects.
+    All bindings of a channel share one cursor: the earliest position given wins, so nothing
+    any binding still needs is skipped (the client drops what it already has by position).
+    """
+    top = config.get("resume_from")
+    if top is not None:
+        return parse_position(top)
+    bindings = config.get("postgres_changes")
+    found: list[int] = []
+    if isinstance(bindings, list):
+        for b in bindings:
+            if isinstance(b, dict) and b.get("resume_from") not in (None, ""):
+                found.append(parse_position(b["resume_from"]))
+    return min(found) if found else None

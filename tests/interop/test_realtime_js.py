@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,8 +22,10 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_resume import _alerts
 from tests.interop.helpers import BOOKING_COLUMNS, delete_booking, insert_booking, set_status
 from tests.support.relay import running_relay, token
+from tests.support.tcp_proxy import FaultProxy
 
 pytestmark = [pytest.mark.pg, pytest.mark.interop]
 
@@ -257,3 +260,68 @@ async def test_bad_filter_reports_channel_error(pg_dsn: str, node_env: str) -> N
         line = await sub.wait_for(lambda m: "status" in m)
         assert line["status"] == "CHANNEL_ERROR" and "unknown operator" in line["error"], line
         assert await asyncio.wait_for(sub.proc.wait(), WAIT) == 1
+
+
+async def test_unchanged_realtime_js_resumes_from_the_position_on_its_binding(
+    pg_dsn: str, node_env: str
+) -> None:
+    """Drop realtime-js's socket under a writer: every row is applied exactly once, in order."""
+    total = 90
+    async with running_relay(pg_dsn) as relay, FaultProxy(relay.port) as proxy:
+        env = {
+            **os.environ,
+            "RT_URL": f"ws://127.0.0.1:{proxy.port}/realtime/v1",
+            "RT_TOKEN": token(),
+            "RT_COUNT": str(total),
+            "RT_TIMEOUT_MS": "60000",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            node_env,
+            str(JS_DIR / "resume.mjs"),
+            cwd=JS_DIR,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        sub = NodeSubscriber(proc)
+        written: list[int] = []
+        stop = threading.Event()
+
+        def writer() -> None:  # 30 transactions of 3 rows, one every 50 ms
+            while len(written) < total and not stop.is_set():
+                written.extend(_alerts(pg_dsn, 3, None))
+                time.sleep(0.05)
+
+        try:
+            await sub.wait_for(lambda m: m.get("status") == "SUBSCRIBED")
+            await sub.wait_for(lambda m: "system" in m)
+            t = threading.Thread(target=writer)
+            t.start()
+            drops = 0
+            for _ in range(4):  # drop the socket a few times while the writer runs
+                await asyncio.sleep(0.4)
+                drops += proxy.drop()
+            stop_at = time.monotonic() + 30
+            while time.monotonic() < stop_at:
+                line = await sub.next_line(max(0.05, stop_at - time.monotonic()))
+                if line.get("done"):
+                    break
+            await asyncio.to_thread(t.join)
+            applied = [
+                i
+                for m in sub.lines
+                if "applied" in m and isinstance(m["applied"], list)
+                for i in m["applied"]
+            ]
+            assert drops >= 2, "the test must actually break connections"
+            assert applied == written, (len(applied), len(written))
+            resumed = [m["system"] for m in sub.lines if "system" in m and "resumed_from" in m["system"]]
+            assert resumed, "realtime-js rejoined without the position on its binding"
+            assert await asyncio.wait_for(proc.wait(), WAIT) == 0
+        finally:
+            stop.set()
+            if proc.returncode is None:
+                proc.kill()
+            with contextlib.suppress(ProcessLookupError, asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
