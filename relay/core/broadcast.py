@@ -10,7 +10,7 @@ members receive it.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -30,6 +30,7 @@ __all__ = [
     "Broadcast",
     "BroadcastError",
     "BroadcastFrames",
+    "db_message_time",
     "event_name",
     "from_binary",
     "from_db_message",
@@ -49,6 +50,9 @@ class Broadcast:
     value: Any = None  # the JSON payload (None for an opaque binary payload)
     raw: bytes | None = None
     encoding: int = JSON_ENCODING
+    # Supabase's ``meta`` for database broadcasts: ``{"id": <uuid>}``, plus ``"replayed": true``
+    # when sent again to a channel that joined with ``broadcast.replay``.
+    meta: dict[str, Any] | None = None
 
     @property
     def is_binary(self) -> bool:
@@ -68,13 +72,24 @@ class Broadcast:
         """
         if self.encoding == JSON_ENCODING:
             value = self.value if self.raw is None else orjson.Fragment(self.raw)
-            return {"type": "broadcast", "event": self.event, "payload": value}
+            out = {"type": "broadcast", "event": self.event, "payload": value}
+            if self.meta:
+                out["meta"] = self.meta
+            return out
         return {
             "type": "broadcast",
             "event": self.event,
             "payload": self._binary_as_json(),
-            "meta": {"encoding": "base64"},
+            "meta": {**(self.meta or {}), "encoding": "base64"},
         }
+
+    def replayed(self) -> Broadcast:
+        """The same message marked as a replay (``meta.replayed``), as Supabase marks them."""
+        return replace(self, meta={**(self.meta or {}), "replayed": True})
+
+    def size(self) -> int:
+        """Approximate bytes held for this message (payload and event), for memory bounds."""
+        return len(self.raw) if self.raw is not None else len(dumps(self.value)) + len(self.event)
 
     def _binary_as_json(self) -> dict[str, str]:
         return {"base64": base64.b64encode(self.raw or b"").decode()}
@@ -108,19 +123,41 @@ def from_binary(push: BinaryPush) -> Broadcast:
 
 
 def from_db_message(msg: dict[str, Any]) -> tuple[str, bool, Broadcast]:
-    """``realtime.send``'s logical message: ``(channel name, private, message)``."""
+    """``realtime.send`` / ``send_binary``'s logical message: ``(channel name, private, message)``.
+
+    Since migration 0010 the message carries Supabase's ``id`` (a uuid, sent as ``meta.id``);
+    ``send_binary`` sends its bytes base64-encoded with ``"binary": true``, and they leave as
+    binary again (kind 4 to vsn 2.0.0 clients, ``{"base64": ...}`` to text clients).
+    """
     topic = msg.get("topic")
     if not isinstance(topic, str) or not topic:
         raise BroadcastError("realtime.send message without a topic")
     private = msg.get("private", True)
     if not isinstance(private, bool):
         raise BroadcastError("realtime.send message with a non-boolean private flag")
+    mid = msg.get("id")
+    meta = {"id": mid} if isinstance(mid, str) and mid else None
+    event = event_name(msg.get("event"))
     payload = msg.get("payload")
+    if msg.get("binary") is True:
+        if not isinstance(payload, str):
+            raise BroadcastError("realtime.send_binary message without base64 bytes")
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except ValueError:
+            raise BroadcastError("realtime.send_binary message with malformed base64") from None
+        return topic.removeprefix("realtime:"), private, Broadcast(event, None, raw, BINARY_ENCODING, meta)
     return (
         topic.removeprefix("realtime:"),
         private,
-        Broadcast(event_name(msg.get("event")), {} if payload is None else payload),
+        Broadcast(event, {} if payload is None else payload, meta=meta),
     )
+
+
+def db_message_time(msg: dict[str, Any]) -> int | None:
+    """When a database broadcast was sent (ms since the epoch), for ``broadcast.replay.since``."""
+    ts = msg.get("ts")
+    return int(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else None
 
 
 class BroadcastFrames:
@@ -149,7 +186,8 @@ class BroadcastFrames:
         if vsn == "2.0.0":
             msg = self.msg
             payload = msg.raw if msg.raw is not None else dumps(msg.value)
-            binary = encode_user_broadcast(self.topic, msg.event, payload, msg.encoding)
+            meta = dumps(msg.meta) if msg.meta else b""
+            binary = encode_user_broadcast(self.topic, msg.event, payload, msg.encoding, meta)
             if binary is not None:
                 return ws_binary_frame(binary) if framed else binary
         prefix, suffix = encode_push_prefix(self.topic, "broadcast", vsn)

@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, web
 
 from relay.core.authorize import claims_key
 from relay.core.broadcast import BroadcastError, from_binary, from_push
+from relay.core.broadcast_history import REPLAY_LIMIT
 from relay.core.changes import format_position, parse_position
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
@@ -380,6 +381,11 @@ class Connection:
         bcast_cfg = config.get("broadcast")
         bcast: dict[str, Any] = bcast_cfg if isinstance(bcast_cfg, dict) else {}
         try:
+            replay = _replay_request(bcast.get("replay"), private)
+        except ValueError as exc:
+            self.reply_error(f, f"InvalidReplay: {exc}")
+            return
+        try:
             specs = parse_bindings(config.get("postgres_changes"))
             bound = [await self._bind(s) for s in specs]
         except (BindingError, FilterError) as exc:
@@ -409,6 +415,8 @@ class Connection:
         response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
         self.server.topics.enter(chan)
+        if replay is not None:
+            self.server.topics.replay(chan, *replay)
         if specs:
             known = after is not None or self.server.floors_ready.is_set()
             start = {"position": format_position(chan.cursor)} if known else {}
@@ -514,3 +522,22 @@ def _resume_point(config: dict[str, Any]) -> int | None:
             if isinstance(b, dict) and b.get("resume_from") not in (None, ""):
                 found.append(parse_position(b["resume_from"]))
     return min(found) if found else None
+
+
+def _replay_request(value: Any, private: bool) -> tuple[int, int] | None:
+    """``config.broadcast.replay = {since: <ms epoch>, limit: <1..25>}`` as ``(since, limit)``.
+
+    As upstream: private channels only, ``limit`` is at most 25 (the default here).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("broadcast.replay must be an object {since, limit}")
+    if not private:
+        raise ValueError("broadcast replay is only available on private channels")
+    since, limit = value.get("since"), value.get("limit", REPLAY_LIMIT)
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        raise ValueError("broadcast.replay.since must be a time in milliseconds since the epoch")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= REPLAY_LIMIT:
+        raise ValueError(f"broadcast.replay.limit must be an integer from 1 to {REPLAY_LIMIT}")
+    return since, limit

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from relay.core.broadcast import Broadcast, BroadcastError, BroadcastFrames, from_db_message
+from relay.core.broadcast import Broadcast, BroadcastError, BroadcastFrames, db_message_time, from_db_message
+from relay.core.broadcast_history import BroadcastHistory
 from relay.core.presence import Diff, PresenceError
 from relay.core.protocol import Frame, encode, ws_text_frame
 from relay.core.rooms import Room, Rooms
@@ -51,6 +53,8 @@ class TopicHub:
         self.rooms: Rooms[Channel] = Rooms()
         self.broadcasts = 0  # messages accepted (client, REST and database)
         self.db_broadcasts = 0
+        self.history = BroadcastHistory()  # database broadcasts kept for broadcast.replay
+        self.history.start(_now_ms())
         self.denied = 0
         self._recheck: asyncio.Task[None] | None = None
 
@@ -136,15 +140,44 @@ class TopicHub:
         A message committed before this relay started (the window Postgres decodes again after
         a restart) was already delivered, or was sent while nobody could receive it: never twice.
         """
-        if commit_seq <= self.server.live_floor:
-            return
         try:
             name, private, bmsg = from_db_message(msg)
         except BroadcastError as exc:
             log.warning("ignoring malformed realtime.send message: %s", exc)
             return
+        if private:  # replayable (broadcast.replay is for private channels only, as upstream)
+            ts = db_message_time(msg)
+            self.history.record(name, ts if ts is not None else _now_ms(), bmsg)
+        if commit_seq <= self.server.live_floor:
+            return
         self.db_broadcasts += 1
         self.publish(name, private, bmsg)
+
+    def replay(self, chan: Channel, since: int, limit: int) -> None:
+        """``config.broadcast.replay``: the recent database broadcasts, before any live one.
+
+        Called in the same step as the join reply (no await in between), so every later live
+        message follows the replayed ones.  When the relay no longer holds everything asked
+        for, the channel is told so (``broadcast_replay_incomplete``) rather than left guessing.
+        """
+        if not chan.grants.broadcast_read:
+            return
+        found = self.history.since(chan.name, since, limit, _now_ms())
+        conn = chan.conn
+        for msg in found.messages:
+            conn.push(BroadcastFrames(chan.topic, msg.replayed()).get(conn.vsn, conn.raw))
+        if not found.complete:
+            conn.queue_frame(
+                chan.system(
+                    "ok",
+                    "broadcast replay incomplete: the relay holds this topic's messages only since "
+                    f"{found.complete_from} (ms since the epoch)",
+                    extension="broadcast",
+                    code="broadcast_replay_incomplete",
+                    complete_from=found.complete_from,
+                )
+            )
+        self.server.flush()
 
     # -- presence -----------------------------------------------------------------------------
     def presence_push(self, chan: Channel, f: Frame) -> None:
@@ -305,3 +338,7 @@ def presence_key(config: Any) -> tuple[str, bool]:
     if not isinstance(key, str | int) or isinstance(key, bool) or key == "":
         return str(uuid.uuid4()), enabled
     return str(key), enabled
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

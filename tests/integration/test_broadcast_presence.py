@@ -216,6 +216,8 @@ async def test_database_broadcast_after_commit_only(pg_dsn: str) -> None:
             conn.execute("select realtime.send('{\"n\": 3}'::jsonb, 'secret', 'realtime:alerts')")  # private
             conn.commit()
         got = await pub.recv_until(lambda m: m["event"] == "broadcast")
+        meta = got["payload"].pop("meta")  # Supabase's id of a database broadcast (migration 0010)
+        assert list(meta) == ["id"] and len(meta["id"]) == 36
         assert got["payload"] == {"type": "broadcast", "event": "pending", "payload": {"n": 2}}
         secret = await priv.recv_until(lambda m: m["event"] == "broadcast")
         assert secret["payload"]["event"] == "secret"

@@ -7,9 +7,11 @@ Real Postgres, real relay, raw WebSockets (the interop tests drive the same thro
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.integration.test_resume import _alerts, _changes, _join, _n_changes, _system, _until_resumed
@@ -91,3 +93,86 @@ async def test_earliest_binding_position_wins_and_bad_positions_are_refused(pg_d
             reply = await c.join("alerts", [{**ALERTS, "resume_from": "0/16B3748"}])
             assert reply["payload"]["status"] == "error"
             assert reply["payload"]["response"]["reason"].startswith("InvalidResume:")
+
+
+def _sql(dsn: str, text: str, *params: Any) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(text, params)
+
+
+def _bcasts(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m["payload"] for m in frames if m["event"] == "broadcast"]
+
+
+async def test_broadcast_replay_on_private_channels(pg_dsn: str) -> None:
+    admin = token()  # service_role: admitted to private channels without topic policies
+    async with running_relay(pg_dsn) as relay:
+        await asyncio.wait_for(relay.server.floors_ready.wait(), 20)
+        for i in range(4):
+            _sql(pg_dsn, "select realtime.send(jsonb_build_object('i', %s::int), 'note', 'room:r')", i)
+        _sql(pg_dsn, "select realtime.send('{\"other\": 1}', 'note', 'room:other')")
+        _sql(pg_dsn, "select realtime.send('{\"public\": 1}', 'note', 'room:r', false)")
+        # wait until the relay has decoded them
+        deadline = time.monotonic() + 10
+        while len(relay.server.topics.history.since("room:r", 0, 25, int(time.time() * 1000)).messages) < 4:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        async with PhoenixClient.connect(relay, admin) as c:
+            reply = await c.join("room:r", [], private=True, broadcast={"replay": {"since": 0, "limit": 2}})
+            assert reply["payload"]["status"] == "ok", reply
+            _sql(pg_dsn, "select realtime.send('{\"i\": 99}', 'note', 'room:r')")
+            await c.recv_until(lambda m: m["event"] == "broadcast" and m["payload"]["payload"] == {"i": 99})
+            got = _bcasts(c.inbox)  # the inbox keeps every frame, in arrival order
+            # the two newest replayed first, oldest first, marked; then the live one
+            assert [b["payload"] for b in got] == [{"i": 2}, {"i": 3}, {"i": 99}]
+            assert [b["meta"].get("replayed") for b in got] == [True, True, None]
+            assert all(len(b["meta"]["id"]) == 36 for b in got)
+            assert len({b["meta"]["id"] for b in got}) == 3
+            # two asked and two given: nothing is said to be missing
+            assert not [m for m in c.inbox if m["payload"].get("code") == "broadcast_replay_incomplete"]
+        async with PhoenixClient.connect(relay, admin, vsn="2.0.0") as c:
+            # everything since the epoch: the relay holds only what was sent since it started
+            reply = await c.join("room:r", [], private=True, broadcast={"replay": {"since": 0}})
+            assert reply["payload"]["status"] == "ok", reply
+            frames = await c.collect(0.5)
+            assert [b["payload"] for b in _bcasts(frames)] == [{"i": i} for i in (0, 1, 2, 3, 99)]
+            assert all(m.get("binary") for m in frames if m["event"] == "broadcast")  # kind 4 with meta
+            note = [m["payload"] for m in frames if m["event"] == "system"]
+            assert note and note[-1]["code"] == "broadcast_replay_incomplete" and note[-1]["status"] == "ok"
+        async with PhoenixClient.connect(relay, admin) as c:
+            since = int(time.time() * 1000) + 60_000  # nothing after it
+            reply = await c.join(
+                "room:r", [], private=True, broadcast={"replay": {"since": since, "limit": 5}}
+            )
+            assert reply["payload"]["status"] == "ok"
+            assert _bcasts(await c.collect(0.3)) == []
+            for bad, why in (
+                ({"since": 0, "limit": 26}, "limit"),
+                ({"since": "yesterday"}, "since"),
+                ([1], "object"),
+            ):
+                reply = await c.join("room:bad", [], private=True, broadcast={"replay": bad})
+                assert reply["payload"]["status"] == "error"
+                assert reply["payload"]["response"]["reason"].startswith("InvalidReplay:") and why in str(
+                    reply
+                )
+            reply = await c.join("room:r", [], broadcast={"replay": {"since": 0}})  # public
+            assert "only available on private channels" in reply["payload"]["response"]["reason"]
+
+
+async def test_send_binary_reaches_binary_and_text_clients(pg_dsn: str) -> None:
+    blob = bytes(range(256)) * 2
+    async with (
+        running_relay(pg_dsn) as relay,
+        PhoenixClient.connect(relay, token(), vsn="2.0.0") as v2,
+        PhoenixClient.connect(relay, token(), vsn="1.0.0") as v1,
+    ):
+        for c in (v1, v2):
+            assert (await c.join("files", [], private=True))["payload"]["status"] == "ok"
+        _sql(pg_dsn, "select realtime.send_binary(%s, 'blob', 'files')", blob)
+        got2 = await v2.recv_until(lambda m: m["event"] == "broadcast")
+        assert got2["binary"] and got2["payload"]["payload"] == blob and got2["payload"]["event"] == "blob"
+        assert len(got2["payload"]["meta"]["id"]) == 36
+        got1 = await v1.recv_until(lambda m: m["event"] == "broadcast")
+        assert base64.b64decode(got1["payload"]["payload"]["base64"]) == blob
+        assert got1["payload"]["meta"] == {"id": got2["payload"]["meta"]["id"], "encoding": "base64"}
