@@ -137,8 +137,13 @@ class JsRoom:
         private: bool = False,
         presence: bool = False,
         expect: str = "SUBSCRIBED",
+        broadcast: dict[str, Any] | None = None,
     ) -> Line:
-        config = {"broadcast": {"self": self_, "ack": ack}, "presence": {"key": key}, "private": private}
+        config = {
+            "broadcast": {"self": self_, "ack": ack, **(broadcast or {})},
+            "presence": {"key": key},
+            "private": private,
+        }
         res = await self.call("join", channel=channel, config=config, presence=presence)
         assert res.get("result") == "joining", res
         status = await self.take(lambda m: m["ev"] == "status" and m["join"] == res["id"])
@@ -422,6 +427,36 @@ async def test_binary_payload_between_realtime_js_clients(pg_dsn: str, node_env:
         assert await a.send("bin", "json", {"ok": True}) == "ok"
         assert (await b.broadcast("bin", "json"))["payload"] == {"ok": True}
         assert await a.none(is_broadcast("bin")) == []
+
+
+async def test_realtime_js_replay_replication_ready_and_send_binary(pg_dsn: str, node_env: str) -> None:
+    """Supabase's 2026 broadcast options, as an unchanged realtime-js sends and reads them."""
+    blob = bytes(range(256))
+    async with running_relay(pg_dsn) as relay, js_room(node_env, relay.url) as a:
+        await asyncio.wait_for(relay.server.floors_ready.wait(), WAIT)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("select realtime.send('{\"n\": 1}', 'note', 'files')")
+            conn.execute("select realtime.send_binary(%s, 'blob', 'files')", (blob,))
+        await until(
+            lambda: (
+                len(relay.server.topics.history.since("files", 0, 25, int(time.time() * 1000)).messages) == 2
+            )
+        )
+        await a.join(
+            "files", private=True, broadcast={"replay": {"since": 0, "limit": 25}, "replication_ready": True}
+        )
+        ready = await a.take(lambda m: m["ev"] == "system" and m["payload"].get("extension") == "system")
+        assert ready["payload"]["message"] == "Replication connection established"
+        note, bin_ = await a.take_n(is_broadcast("files"), 2)
+        assert (
+            note["payload"] == {"n": 1} and note["meta"]["replayed"] is True and len(note["meta"]["id"]) == 36
+        )
+        assert base64.b64decode(bin_["b64"]) == blob and bin_["meta"]["replayed"] is True
+        assert (bin_["wire"], bin_.get("kind")) == ("binary", 4)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("select realtime.send_binary(%s, 'live', 'files')", (blob[::-1],))
+        live = await a.broadcast("files", "live")
+        assert base64.b64decode(live["b64"]) == blob[::-1] and "replayed" not in live["meta"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@
 //   {"ev":"broadcast","channel","event","payload"|"b64","meta"?,"wire":"binary"|"text","kind"?}
 //        b64 when the payload arrived as an ArrayBuffer; wire/kind describe the frame it came in
 //   {"ev":"presence","channel","kind":"sync"|"join"|"leave","key"?,"presences"?,"state":{...}}
+//   {"ev":"system","channel","payload":{...}}            every system event (channel.on('system'))
 //   {"ev":"result","id","cmd","result"} / {"ev":"result","id","cmd","error"}
 //   {"ev":"sent","wire":"binary"|"text","kind"?,"event"?}       every frame the client writes
 //        that is not a heartbeat (so tests can see realtime-js really sent kind 3)
@@ -117,6 +118,7 @@ function join(cmd) {
     if (msg.meta !== undefined) line.meta = msg.meta
     out(line)
   })
+  ch.on('system', {}, (payload) => out({ ev: 'system', channel: name, payload }))
   if (cmd.presence) {
     const state = () => ch.presenceState()
     ch.on('presence', { event: 'sync' }, () => out({ ev: 'presence', channel: name, kind: 'sync', state: state() }))
