@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from relay.core.payload_limits import PayloadLimits, check_depth, check_json, check_size
 from relay.core.protocol import (
     BINARY_ENCODING,
     JSON_ENCODING,
@@ -30,6 +31,7 @@ __all__ = [
     "Broadcast",
     "BroadcastError",
     "BroadcastFrames",
+    "checked",
     "event_name",
     "from_binary",
     "from_db_message",
@@ -121,6 +123,21 @@ def from_db_message(msg: dict[str, Any]) -> tuple[str, bool, Broadcast]:
         private,
         Broadcast(event_name(msg.get("event")), {} if payload is None else payload),
     )
+
+
+def checked(msg: Broadcast, limits: PayloadLimits) -> Broadcast:
+    """``msg`` within ``limits`` (else :class:`~relay.core.payload_limits.PayloadRejected`).
+
+    A JSON value is encoded here, once, and the bytes travel with the message: every form sent
+    to members is built from them, so nothing can fail to encode after the sender was told ok.
+    Bytes that arrived as bytes (kind 3, REST octet-stream) are measured as they are.
+    """
+    if msg.raw is not None:
+        check_size(len(msg.raw), limits)
+        if msg.encoding == JSON_ENCODING:
+            check_depth(msg.value, limits)
+        return msg
+    return Broadcast(msg.event, msg.value, check_json(msg.value, limits), msg.encoding)
 
 
 class BroadcastFrames:
