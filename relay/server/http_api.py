@@ -160,6 +160,8 @@ class HttpApi:
                 "from_database": topics.db_broadcasts,
                 "denied": topics.denied,
             },
+            # payloads and presences refused by the limits; stored metas repaired (should stay 0)
+            "limits": {"refused": topics.refused, "presence_errors": topics.presence_errors},
             "sockets": sockets,
         }
         return web.Response(body=orjson.dumps(body), content_type="application/json")

@@ -263,8 +263,12 @@ async def test_presence_is_bounded_per_socket_and_per_room(pg_dsn: str) -> None:
         assert (await track(c, "p1", {}))["status"] == "ok"
         err = await track(b, "p1", {})
         assert err["status"] == "error" and err["response"]["code"] == "room_presence_full"
-        stats = {r["topic"]: r["presences"] for r in relay.server.topics.room_stats()}
-        assert stats["p1"] == 2 and stats["q0"] == 1
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{relay.port}/api/stats"
+            async with http.get(url, headers={"apikey": token()}) as r:
+                stats = await r.json()
+        assert {r["topic"]: r["presences"] for r in stats["rooms"]}["p1"] == 2
+        assert stats["limits"] == {"refused": 3, "presence_errors": 0}
 
 
 async def test_an_unencodable_meta_that_slipped_through_never_breaks_the_room(pg_dsn: str) -> None:
