@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from relay.core.payload_limits import MAX_DEPTH_CEILING, PayloadLimits
+
 __all__ = ["ENV_VARS", "Config", "ConfigError"]
 
 
@@ -33,6 +35,13 @@ class Config:
     publication: str = "supabase_realtime"
     max_frame_bytes: int = 5 * 1024 * 1024
     socket_queue_frames: int = 10_000
+    # user payloads (broadcast payloads, presence metas) and presence bounds: hostile input
+    # is refused where it enters, with a code (docs/broadcast-presence.md#limits)
+    max_payload_bytes: int = 3 * 1024 * 1024
+    max_payload_depth: int = 64
+    max_socket_presences: int = 100
+    max_socket_presence_bytes: int = 256 * 1024
+    max_room_presences: int = 10_000
     heartbeat_timeout: float = 60.0
     publication_poll_interval: float = 1.0
     policy_poll_interval: float = 2.0
@@ -80,9 +89,26 @@ class Config:
                         raise ConfigError(f"{ENV_VARS[name][0]}: cannot read {path}: {exc}") from None
         if out.resume_window < 0 or out.resume_max_bytes < 0:
             raise ConfigError("RELAY_RESUME_WINDOW and RELAY_RESUME_MAX_BYTES must not be negative")
+        if not (1 <= out.max_payload_depth <= MAX_DEPTH_CEILING):
+            raise ConfigError(
+                f"RELAY_MAX_PAYLOAD_DEPTH must be 1..{MAX_DEPTH_CEILING} (the JSON encoder writes at most "
+                f"254 levels, and frames wrap payloads), got {out.max_payload_depth}"
+            )
+        for name in (
+            "max_payload_bytes",
+            "max_socket_presences",
+            "max_socket_presence_bytes",
+            "max_room_presences",
+        ):
+            if getattr(out, name) < 1:
+                raise ConfigError(f"{ENV_VARS[name][0]} must be at least 1, got {getattr(out, name)}")
         if not (1 <= out.port <= 65535):
             raise ConfigError(f"RELAY_PORT must be 1..65535, got {out.port}")
         return out
+
+    @property
+    def payload_limits(self) -> PayloadLimits:
+        return PayloadLimits(self.max_payload_depth, self.max_payload_bytes)
 
     def require_database(self) -> str:
         if not self.database_url:
@@ -137,6 +163,23 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "RELAY_SOCKET_QUEUE_FRAMES",
         "Frames queued per socket before it is dropped as too slow",
     ),
+    "max_payload_bytes": (
+        "RELAY_MAX_PAYLOAD_BYTES",
+        "Largest broadcast payload or presence meta (encoded JSON bytes); larger ones are refused",
+    ),
+    "max_payload_depth": (
+        "RELAY_MAX_PAYLOAD_DEPTH",
+        f"Deepest nesting of objects/arrays in a broadcast payload or presence meta (1..{MAX_DEPTH_CEILING})",
+    ),
+    "max_socket_presences": (
+        "RELAY_MAX_SOCKET_PRESENCES",
+        "Presences one socket may track (over all channels)",
+    ),
+    "max_socket_presence_bytes": (
+        "RELAY_MAX_SOCKET_PRESENCE_BYTES",
+        "Encoded bytes of the presence metas one socket may track (over all channels)",
+    ),
+    "max_room_presences": ("RELAY_MAX_ROOM_PRESENCES", "Presences one room (topic) may hold"),
     "heartbeat_timeout": ("RELAY_HEARTBEAT_TIMEOUT", "Seconds of client silence before a socket is closed"),
     "publication_poll_interval": ("RELAY_PUBLICATION_POLL", "Seconds between publication membership checks"),
     "policy_poll_interval": (

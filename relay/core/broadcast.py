@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from relay.core.payload_limits import PayloadLimits, check_depth, check_json, check_size
 from relay.core.protocol import (
     BINARY_ENCODING,
     JSON_ENCODING,
@@ -30,6 +31,7 @@ __all__ = [
     "Broadcast",
     "BroadcastError",
     "BroadcastFrames",
+    "checked",
     "db_message_time",
     "event_name",
     "from_binary",
@@ -158,6 +160,21 @@ def db_message_time(msg: dict[str, Any]) -> int | None:
     """When a database broadcast was sent (ms since the epoch), for ``broadcast.replay.since``."""
     ts = msg.get("ts")
     return int(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else None
+
+
+def checked(msg: Broadcast, limits: PayloadLimits) -> Broadcast:
+    """``msg`` within ``limits`` (else :class:`~relay.core.payload_limits.PayloadRejected`).
+
+    A JSON value is encoded here, once, and the bytes travel with the message: every form sent
+    to members is built from them, so nothing can fail to encode after the sender was told ok.
+    Bytes that arrived as bytes (kind 3, REST octet-stream) are measured as they are.
+    """
+    if msg.raw is not None:
+        check_size(len(msg.raw), limits)
+        if msg.encoding == JSON_ENCODING:
+            check_depth(msg.value, limits)
+        return msg
+    return Broadcast(msg.event, msg.value, check_json(msg.value, limits), msg.encoding, msg.meta)
 
 
 class BroadcastFrames:

@@ -19,7 +19,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Diff", "Presence", "PresenceError"]
+from relay.core.protocol import dumps
+
+__all__ = ["UNENCODABLE", "Diff", "Presence", "PresenceError", "repair_metas"]
 
 M = TypeVar("M", bound=Hashable)
 Diff = dict[str, dict[str, dict[str, list[dict[str, Any]]]]]
@@ -28,8 +30,19 @@ _PREFIX = os.urandom(4).hex()  # refs stay unique across relay restarts
 _counter = itertools.count(1)
 
 
+UNENCODABLE = "presence_unencodable"
+
+
 class PresenceError(ValueError):
-    """A presence push that cannot be applied; ``str()`` is safe to show the client."""
+    """A presence push that cannot be applied; ``str()`` is safe to show the client.
+
+    ``code`` is stable for clients to act on: ``presence_invalid`` (not an object) or
+    ``room_presence_full`` (the room holds its limit of presences).
+    """
+
+    def __init__(self, message: str, code: str = "presence_invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _new_ref() -> str:
@@ -40,6 +53,7 @@ def _new_ref() -> str:
 class _Entry:
     key: str
     meta: dict[str, Any]  # includes phx_ref (and phx_ref_prev after an update)
+    size: int  # encoded bytes of the client's meta, for the per-socket budget
 
 
 class Presence(Generic[M]):
@@ -53,10 +67,19 @@ class Presence(Generic[M]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def track(self, member: M, key: str, meta: Any) -> Diff:
-        """Track (or update) ``member``'s presence; returns the diff to send to the topic."""
+    def track(self, member: M, key: str, meta: Any, size: int = 0, max_entries: int | None = None) -> Diff:
+        """Track (or update) ``member``'s presence; returns the diff to send to the topic.
+
+        ``max_entries`` bounds the room: a new presence beyond it is refused (an update of one
+        already tracked is not a new one), so the ``presence_state`` every joiner receives stays
+        bounded.
+        """
         if not isinstance(meta, dict):
             raise PresenceError("a presence payload (the tracked state) must be a JSON object")
+        if max_entries is not None and member not in self._entries and len(self._entries) >= max_entries:
+            raise PresenceError(
+                f"this room already holds its limit of {max_entries} presences", "room_presence_full"
+            )
         if "phx_ref" in meta or "phx_ref_prev" in meta:
             meta = {k: v for k, v in meta.items() if k not in ("phx_ref", "phx_ref_prev")}
         old = self._entries.get(member)
@@ -67,7 +90,7 @@ class Presence(Generic[M]):
             if old.key == key:
                 new_meta["phx_ref_prev"] = old.meta["phx_ref"]
             del self._entries[member]  # re-insert: an update moves to the end, as in Phoenix
-        self._entries[member] = _Entry(key, new_meta)
+        self._entries[member] = _Entry(key, new_meta, size)
         return {"joins": {key: {"metas": [new_meta]}}, "leaves": leaves}
 
     def untrack(self, member: M) -> Diff | None:
@@ -81,9 +104,60 @@ class Presence(Generic[M]):
         entry = self._entries.get(member)
         return None if entry is None else entry.key
 
+    def size_of(self, member: M) -> int | None:
+        """Encoded size of ``member``'s tracked meta; None when it tracks nothing."""
+        entry = self._entries.get(member)
+        return None if entry is None else entry.size
+
+    def repair(self) -> int:
+        """Replace every meta that cannot be encoded by a placeholder; returns how many.
+
+        Defence in depth: payloads are checked before they are tracked, but if one ever slipped
+        through, one bad entry must not make the whole room's state unreadable for every later
+        joiner (and for the member's own departure).  The placeholder keeps the ``phx_ref`` so
+        clients can still match the leave.
+        """
+        n = 0
+        for entry in self._entries.values():
+            if not _encodes(entry.meta):
+                entry.meta = _placeholder(entry.meta)
+                n += 1
+        return n
+
     def state(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """The ``presence_state`` payload: ``{key: {"metas": [meta, ...]}}``."""
         out: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for entry in self._entries.values():
             out.setdefault(entry.key, {"metas": []})["metas"].append(entry.meta)
         return out
+
+
+def _encodes(meta: Any) -> bool:
+    try:
+        dumps(meta)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return False
+    return True
+
+
+def _placeholder(meta: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: meta[k] for k in ("phx_ref", "phx_ref_prev") if k in meta}
+    out["error"] = UNENCODABLE
+    return out
+
+
+def repair_metas(section: dict[str, dict[str, list[dict[str, Any]]]]) -> int:
+    """Replace unencodable metas in one ``{key: {"metas": [...]}}`` section; returns how many.
+
+    A section is a ``presence_state`` payload or a diff's ``joins`` / ``leaves``.  Its lists are
+    rebuilt, so stored entries are untouched (:meth:`Presence.repair` is for those).
+    """
+    n = 0
+    for key, value in section.items():
+        metas = value["metas"]
+        fixed = [m if _encodes(m) else _placeholder(m) for m in metas]
+        bad = sum(1 for a, b in zip(fixed, metas, strict=True) if a is not b)
+        if bad:
+            section[key] = {**value, "metas": fixed}
+            n += bad
+    return n

@@ -201,9 +201,13 @@ class Connection:
             self._draining = True
             self._wake.set()
 
-    def reply_error(self, f: Frame, reason: str) -> None:
-        """``phx_reply`` error answering the frame ``f`` (same topic, ref and join_ref)."""
-        self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": reason}))
+    def reply_error(self, f: Frame, reason: str, code: str | None = None) -> None:
+        """``phx_reply`` error answering the frame ``f`` (same topic, ref and join_ref).
+
+        ``code``, when given, is a short stable name beside the human ``reason``.
+        """
+        response = {"reason": reason} if code is None else {"reason": reason, "code": code}
+        self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", response))
 
     def send_frame_error(self, reason: str) -> None:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
@@ -446,7 +450,10 @@ class Connection:
 
     def close_channel(self, chan: Channel, send_close: bool = True) -> None:
         chan.closed = True
-        self.server.topics.leave(chan)
+        try:
+            self.server.topics.leave(chan)
+        except Exception:  # telling the room failed: the channel must still be forgotten everywhere
+            log.exception("error leaving the room of %s", chan.topic)
         if chan.task is not None and not chan.task.done():
             chan.task.cancel()
         self.server.open_tx.discard(chan)
@@ -491,11 +498,21 @@ class Connection:
         self.close_channel(chan)
 
     def teardown(self) -> None:
-        """Forget every channel (socket gone): no frame is sent."""
-        for chan in list(self.channels.values()):
-            self.close_channel(chan, send_close=False)
-        self.closing = True
-        self._wake.set()
+        """Forget every channel (socket gone): no frame is sent.
+
+        Never raises: an error tearing one channel down is logged and the others still go, so
+        the server always forgets the socket (it used to stay counted when one channel failed).
+        """
+        try:
+            for chan in list(self.channels.values()):
+                try:
+                    self.close_channel(chan, send_close=False)
+                except Exception:
+                    log.exception("error closing %s of %s", chan.topic, self.peer)
+                    self.channels.pop(chan.topic, None)
+        finally:
+            self.closing = True
+            self._wake.set()
 
 
 def _truthy(value: Any) -> bool:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from relay.core.broadcast import Broadcast, BroadcastError, event_name, from_push
+from relay.core.broadcast import Broadcast, BroadcastError, checked, event_name, from_push
+from relay.core.payload_limits import PayloadLimits, PayloadRejected
 from relay.core.protocol import BINARY_ENCODING
 from relay.core.tokens import Claims, TokenError
 from relay.server.topics import JoinRefused, write_denied
@@ -31,9 +32,13 @@ MAX_MESSAGES = 100
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """An error answer: ``{"error": message}`` plus ``code`` / ``index`` when they are known."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, index: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
+        self.index = index
 
 
 class HttpApi:
@@ -79,10 +84,12 @@ class HttpApi:
                 raise HttpError(400, 'the body is {"messages": [{"topic", "event", "payload", "private"}]}')
             if len(messages) > MAX_MESSAGES:
                 raise HttpError(400, f"at most {MAX_MESSAGES} messages per request")
-            parsed = [_message(i, m) for i, m in enumerate(messages)]
+            # every message is checked (and encoded) before any is sent: all or none
+            limits = self.server.config.payload_limits
+            parsed = [_message(i, m, limits) for i, m in enumerate(messages)]
             await self._check_write(claims, {(name, private) for name, private, _ in parsed})
         except HttpError as exc:
-            return _error(exc.status, str(exc))
+            return _error(exc.status, str(exc), exc.code, exc.index)
         for name, private, msg in parsed:
             self.server.topics.publish(name, private, msg)
         return web.Response(status=202)
@@ -104,9 +111,10 @@ class HttpApi:
                 msg = _broadcast({"event": request.match_info["event"], "payload": payload})
             if not name:
                 raise HttpError(400, "the topic must not be empty")
+            msg = _checked(msg, self.server.config.payload_limits)
             await self._check_write(claims, {(name, private)})
         except HttpError as exc:
-            return _error(exc.status, str(exc))
+            return _error(exc.status, str(exc), exc.code)
         self.server.topics.publish(name, private, msg)
         return web.Response(status=202)
 
@@ -152,6 +160,8 @@ class HttpApi:
                 "from_database": topics.db_broadcasts,
                 "denied": topics.denied,
             },
+            # payloads and presences refused by the limits; stored metas repaired (should stay 0)
+            "limits": {"refused": topics.refused, "presence_errors": topics.presence_errors},
             "sockets": sockets,
         }
         return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -191,21 +201,35 @@ def _broadcast(obj: dict[str, Any]) -> Broadcast:
         raise HttpError(400, str(exc)) from None
 
 
-def _message(i: int, m: Any) -> tuple[str, bool, Broadcast]:
+def _checked(msg: Broadcast, limits: PayloadLimits, index: int | None = None) -> Broadcast:
+    """Within the payload limits, or 422 (the reference server's status for an oversized payload)."""
+    try:
+        return checked(msg, limits)
+    except PayloadRejected as exc:
+        where = "" if index is None else f"messages[{index}]: "
+        raise HttpError(422, f"{where}{exc}", exc.code, index) from None
+
+
+def _message(i: int, m: Any, limits: PayloadLimits) -> tuple[str, bool, Broadcast]:
     if not isinstance(m, dict):
-        raise HttpError(400, f"messages[{i}] must be an object")
+        raise HttpError(400, f"messages[{i}] must be an object", index=i)
     topic = m.get("topic")
     if not isinstance(topic, str) or not topic.removeprefix("realtime:"):
-        raise HttpError(400, f"messages[{i}]: topic must be a non-empty string")
+        raise HttpError(400, f"messages[{i}]: topic must be a non-empty string", index=i)
     private = m.get("private", False)
     if not isinstance(private, bool):
-        raise HttpError(400, f"messages[{i}]: private must be true or false")
+        raise HttpError(400, f"messages[{i}]: private must be true or false", index=i)
     try:
         msg = from_push({"event": m.get("event"), "payload": m.get("payload", {})})
     except BroadcastError as exc:
-        raise HttpError(400, f"messages[{i}]: {exc}") from None
-    return topic.removeprefix("realtime:"), private, msg
+        raise HttpError(400, f"messages[{i}]: {exc}", index=i) from None
+    return topic.removeprefix("realtime:"), private, _checked(msg, limits, i)
 
 
-def _error(status: int, text: str) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps({"error": text}), content_type="application/json")
+def _error(status: int, text: str, code: str | None = None, index: int | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": text}
+    if code is not None:
+        body["code"] = code
+    if index is not None:
+        body["index"] = index
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

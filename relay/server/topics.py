@@ -16,10 +16,18 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from relay.core.broadcast import Broadcast, BroadcastError, BroadcastFrames, db_message_time, from_db_message
+from relay.core.broadcast import (
+    Broadcast,
+    BroadcastError,
+    BroadcastFrames,
+    checked,
+    db_message_time,
+    from_db_message,
+)
 from relay.core.broadcast_history import BroadcastHistory
-from relay.core.presence import Diff, PresenceError
-from relay.core.protocol import Frame, encode, ws_text_frame
+from relay.core.payload_limits import PayloadRejected, check_json
+from relay.core.presence import Diff, PresenceError, repair_metas
+from relay.core.protocol import Frame, dumps, encode, ws_text_frame
 from relay.core.rooms import Room, Rooms
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicAuthorizer, TopicGrants, TopicPolicyError
 
@@ -56,6 +64,8 @@ class TopicHub:
         self.history = BroadcastHistory()  # database broadcasts kept for broadcast.replay
         self.history.start(_now_ms())
         self.denied = 0
+        self.refused = 0  # payloads over a limit, and presences beyond a bound
+        self.presence_errors = 0  # stored metas replaced because they could not be encoded
         self._recheck: asyncio.Task[None] | None = None
 
     # -- admission ----------------------------------------------------------------------------
@@ -106,6 +116,12 @@ class TopicHub:
             self.denied += 1
             conn.reply_error(f, write_denied(chan.name))
             return
+        try:
+            msg = checked(msg, self.server.config.payload_limits)
+        except PayloadRejected as exc:
+            self.refused += 1
+            conn.reply_error(f, str(exc), exc.code)
+            return
         room = chan.room
         if room is not None:
             self.fan_out(room, msg, exclude=None if chan.bcast_self else chan)
@@ -142,8 +158,13 @@ class TopicHub:
         """
         try:
             name, private, bmsg = from_db_message(msg)
+            bmsg = checked(bmsg, self.server.config.payload_limits)
         except BroadcastError as exc:
             log.warning("ignoring malformed realtime.send message: %s", exc)
+            return
+        except PayloadRejected as exc:  # nobody to answer: say it in the log, never crash the stream
+            self.refused += 1
+            log.warning("ignoring realtime.send message to %r: %s", msg.get("topic"), exc)
             return
         if private:  # replayable (broadcast.replay is for private channels only, as upstream)
             ts = db_message_time(msg)
@@ -197,16 +218,16 @@ class TopicHub:
             conn.reply_error(f, "unmatched topic")
             return
         if event == "track":
-            if not chan.presence_enabled:
-                # tracking turns presence on for this channel (its listeners were added after
-                # the join): it needs the state before the first diff
-                chan.presence_enabled = True
-                if chan.grants.presence_read:
-                    self._send_state(chan)
             try:
-                diff: Diff | None = room.presence.track(chan, chan.presence_key, payload.get("payload", {}))
+                diff: Diff | None = self._track(chan, room, payload.get("payload", {}))
+            except PayloadRejected as exc:
+                self.refused += 1
+                conn.reply_error(f, str(exc), exc.code)
+                return
             except PresenceError as exc:
-                conn.reply_error(f, str(exc))
+                if exc.code != "presence_invalid":
+                    self.refused += 1
+                conn.reply_error(f, str(exc), exc.code)
                 return
         else:
             diff = room.presence.untrack(chan)
@@ -214,10 +235,69 @@ class TopicHub:
         if diff is not None:
             self._send_diff(room, diff)
 
+    def _track(self, chan: Channel, room: Room[Channel], meta: Any) -> Diff:
+        """Check ``meta`` and the bounds, then track it: nothing is stored unless all pass.
+
+        Why bounds per socket as well as per payload: one anonymous socket tracking a 200 kB
+        meta on 400 channels grew the relay by 141 MiB.  A socket's presences (count and encoded
+        bytes, over all its channels) and a room's presences are bounded; beyond, the track is
+        refused with a code and the previous presence, if any, stays.
+        """
+        if not isinstance(meta, dict):
+            raise PresenceError("a presence payload (the tracked state) must be a JSON object")
+        cfg = self.server.config
+        size = len(check_json(meta, cfg.payload_limits, "presence payload"))
+        count, total = 1, size
+        for other in chan.conn.channels.values():
+            if other is not chan and other.room is not None:
+                n = other.room.presence.size_of(other)
+                if n is not None:
+                    count, total = count + 1, total + n
+        if count > cfg.max_socket_presences:
+            raise PresenceError(
+                f"this socket already tracks its limit of {cfg.max_socket_presences} presences "
+                "(untrack one first)",
+                "too_many_presences",
+            )
+        if total > cfg.max_socket_presence_bytes:
+            raise PresenceError(
+                f"presence payloads of this socket would total {total} bytes, over the limit of "
+                f"{cfg.max_socket_presence_bytes}",
+                "presence_too_large",
+            )
+        if not chan.presence_enabled:
+            # tracking turns presence on for this channel (its listeners were added after the
+            # join): it needs the state before the first diff
+            chan.presence_enabled = True
+            if chan.grants.presence_read:
+                self._send_state(chan)
+        return room.presence.track(chan, chan.presence_key, meta, size, cfg.max_room_presences)
+
+    def presence_state(self, room: Room[Channel]) -> dict[str, Any]:
+        """The room's ``presence_state``, guaranteed encodable (unencodable entries repaired)."""
+        state = room.presence.state()
+        try:
+            dumps(state)
+        except TypeError:
+            self._repair(room)
+            state = room.presence.state()
+        return state
+
+    def _repair(self, room: Room[Channel]) -> None:
+        n = room.presence.repair()
+        self.presence_errors += n
+        log.error("room %s: %d presence meta(s) could not be encoded and were replaced", room.name, n)
+
     def _send_state(self, chan: Channel) -> None:
         room = chan.room
-        state = room.presence.state() if room is not None else {}
-        chan.conn.send_frame(Frame(chan.topic, "presence_state", state))
+        if room is None:
+            chan.conn.send_frame(Frame(chan.topic, "presence_state", {}))
+            return
+        try:
+            chan.conn.send_frame(Frame(chan.topic, "presence_state", room.presence.state()))
+        except TypeError:  # a stored meta that cannot be encoded: repair the room, never break it
+            self._repair(room)
+            chan.conn.send_frame(Frame(chan.topic, "presence_state", room.presence.state()))
 
     def _send_diff(self, room: Room[Channel], diff: Diff) -> None:
         topic = f"realtime:{room.name}"
@@ -230,7 +310,15 @@ class TopicHub:
             key = (conn.vsn, conn.raw)
             out = cache.get(key)
             if out is None:
-                text = encode(frame, conn.vsn)
+                try:
+                    text = encode(frame, conn.vsn)
+                except TypeError:  # defence in depth, as in _send_state: placeholders, counted
+                    self.presence_errors += repair_metas(diff["joins"]) + repair_metas(diff["leaves"])
+                    room.presence.repair()
+                    log.error(
+                        "room %s: presence diff metas could not be encoded and were replaced", room.name
+                    )
+                    text = encode(frame, conn.vsn)
                 out = cache[key] = ws_text_frame(text.encode()) if conn.raw else text
             conn.push(out)
         self.server.flush()
@@ -323,7 +411,7 @@ class TopicHub:
                 }
                 for ch in room.members
             ],
-            "presence": room.presence.state(),
+            "presence": self.presence_state(room),
         }
 
 

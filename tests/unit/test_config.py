@@ -210,3 +210,14 @@ def test_require_jwt() -> None:
     Config(jwt_secret="s").require_jwt()
     Config(jwt_public_key=PEM).require_jwt()
     Config(jwt_jwks="{}").require_jwt()
+
+
+def test_payload_and_presence_limits() -> None:
+    cfg = Config.from_env({"RELAY_MAX_PAYLOAD_DEPTH": "32", "RELAY_MAX_PAYLOAD_BYTES": "1000"})
+    assert cfg.payload_limits.max_depth == 32 and cfg.payload_limits.max_bytes == 1000
+    assert Config.from_env({}).payload_limits.max_depth == 64
+    # the JSON encoder writes at most 254 levels, and frames wrap the payload in a few more
+    with pytest.raises(ConfigError, match="RELAY_MAX_PAYLOAD_DEPTH"):
+        Config.from_env({"RELAY_MAX_PAYLOAD_DEPTH": "300"})
+    with pytest.raises(ConfigError, match="RELAY_MAX_ROOM_PRESENCES"):
+        Config.from_env({"RELAY_MAX_ROOM_PRESENCES": "0"})

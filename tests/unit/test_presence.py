@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
-from relay.core.presence import Presence, PresenceError
+from relay.core.presence import Presence, PresenceError, repair_metas
 from relay.core.rooms import Rooms
 
 
@@ -66,3 +67,30 @@ def test_rooms_private_and_public_are_distinct_and_vanish_when_empty() -> None:
     assert len(pub.presence) == 0 and list(pub.members) == ["c"]
     rooms.leave(pub, "c")
     assert rooms.get("lobby", False) is None and rooms.get("lobby", True) is priv
+
+
+def test_room_bound_refuses_new_presences_but_not_updates() -> None:
+    p: Presence[str] = Presence()
+    p.track("a", "alice", {}, max_entries=2)
+    p.track("b", "bob", {}, max_entries=2)
+    with pytest.raises(PresenceError) as exc:
+        p.track("c", "carol", {}, max_entries=2)
+    assert exc.value.code == "room_presence_full" and len(p) == 2
+    p.track("a", "alice", {"s": "away"}, size=7, max_entries=2)  # an update is not a new presence
+    assert p.size_of("a") == 7 and p.size_of("c") is None
+
+
+def test_unencodable_metas_are_replaced_not_fatal() -> None:
+    p: Presence[str] = Presence()
+    p.track("ok", "fine", {"v": 1})
+    bad = p.track("bad", "deep", orjson.loads('{"x":' + "[" * 300 + "]" * 300 + "}"))  # unwritable
+    with pytest.raises(TypeError):
+        orjson.dumps(p.state())
+    joins = bad["joins"]
+    assert repair_metas(joins) == 1
+    ref = joins["deep"]["metas"][0]["phx_ref"]
+    assert joins["deep"]["metas"][0] == {"phx_ref": ref, "error": "presence_unencodable"}
+    assert p.repair() == 1 and p.repair() == 0
+    state = orjson.loads(orjson.dumps(p.state()))
+    assert state["deep"]["metas"] == [{"phx_ref": ref, "error": "presence_unencodable"}]
+    assert state["fine"]["metas"][0]["v"] == 1
