@@ -23,7 +23,15 @@ from relay.core.changes import format_position, parse_position
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
 from relay.core.rooms import Room
-from relay.core.subscriptions import BindingError, BindingSpec, FrameCache, parse_bindings
+from relay.core.subscriptions import (
+    TABLE_UNAVAILABLE_CODE,
+    TABLE_UNAVAILABLE_REASON,
+    BindingError,
+    BindingSpec,
+    FrameCache,
+    TableUnavailable,
+    parse_bindings,
+)
 from relay.core.tokens import Claims, TokenError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
 from relay.server.topics import JoinRefused, presence_key
@@ -200,9 +208,10 @@ class Connection:
             self._draining = True
             self._wake.set()
 
-    def reply_error(self, f: Frame, reason: str) -> None:
+    def reply_error(self, f: Frame, reason: str, code: str | None = None) -> None:
         """``phx_reply`` error answering the frame ``f`` (same topic, ref and join_ref)."""
-        self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": reason}))
+        response = {"reason": reason} if code is None else {"reason": reason, "code": code}
+        self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", response))
 
     def send_frame_error(self, reason: str) -> None:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
@@ -361,8 +370,11 @@ class Connection:
         if not isinstance(config, dict):
             config = {}
         token = payload.get("access_token")
+        verifier = self.server.verifier
         try:
-            claims = self.server.verifier.verify(token) if token else self.claims
+            # The channel's effective token is checked before anything is sent or accepted:
+            # the connect token may have expired since the socket opened.
+            claims = verifier.verify(token) if token else verifier.check_claims(self.claims)
         except TokenError as exc:
             self.reply_error(f, exc.reason)
             return
@@ -385,8 +397,16 @@ class Connection:
         try:
             specs = parse_bindings(config.get("postgres_changes"))
             bound = [await self._bind(s) for s in specs]
+        except TableUnavailable:
+            self.reply_error(f, TABLE_UNAVAILABLE_REASON, code=TABLE_UNAVAILABLE_CODE)
+            return
         except (BindingError, FilterError) as exc:
             self.reply_error(f, f"InvalidBinding: {exc}")
+            return
+        try:  # the token may have expired while the topic policies and the catalog answered
+            verifier.check_claims(claims)
+        except TokenError as exc:
+            self.reply_error(f, exc.reason)
             return
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
@@ -420,11 +440,22 @@ class Connection:
             )
 
     async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
+        """Check a binding against the relay's publication and cast its filter.
+
+        Only tables in the publication can be subscribed, and every other case (a catalog, a
+        view, a missing table, a table not enabled, a schema without enabled tables) raises
+        the same :class:`TableUnavailable`: what exists outside the publication is nobody's
+        business.  Column names and types are only revealed for published tables.
+        """
+        publication = self.server.config.publication
+        catalog = self.server.catalog
         if spec.table is None:
+            if not await catalog.schema_published(publication, spec.schema):
+                raise TableUnavailable()
             return None
-        shape = await self.server.catalog.table(spec.schema, spec.table)
+        shape = await catalog.published_table(publication, spec.schema, spec.table)
         if shape is None:
-            raise BindingError(f'relation "{spec.schema}.{spec.table}" does not exist')
+            raise TableUnavailable()
         if spec.filter is None:
             return None
         ctype = shape.columns.get(spec.filter.column)
