@@ -284,7 +284,9 @@ class Connection:
     async def handle_text(self, data: str) -> None:
         """Handle one client text frame; every failure becomes an error frame, never a crash."""
         limit = self.server.config.max_frame_bytes
-        too_large = len(data) > limit and len(data.encode()) > limit
+        # The limit is in bytes, as on the wire: a character is 1 to 4 UTF-8 bytes, so only a
+        # frame of more than limit/4 characters needs encoding to know.
+        too_large = len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
         try:
             frame = parse(data, self.vsn)
         except ProtocolError as exc:
