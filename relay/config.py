@@ -34,6 +34,7 @@ class Config:
     max_frame_bytes: int = 5 * 1024 * 1024
     socket_queue_frames: int = 10_000
     heartbeat_timeout: float = 60.0
+    handshake_timeout: float = 10.0
     publication_poll_interval: float = 1.0
     policy_poll_interval: float = 2.0
     compression: bool = False
@@ -80,6 +81,8 @@ class Config:
                         raise ConfigError(f"{ENV_VARS[name][0]}: cannot read {path}: {exc}") from None
         if out.resume_window < 0 or out.resume_max_bytes < 0:
             raise ConfigError("RELAY_RESUME_WINDOW and RELAY_RESUME_MAX_BYTES must not be negative")
+        if not out.handshake_timeout > 0:
+            raise ConfigError(f"RELAY_HANDSHAKE_TIMEOUT must be positive, got {out.handshake_timeout}")
         if not (1 <= out.port <= 65535):
             raise ConfigError(f"RELAY_PORT must be 1..65535, got {out.port}")
         return out
@@ -138,6 +141,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Frames queued per socket before it is dropped as too slow",
     ),
     "heartbeat_timeout": ("RELAY_HEARTBEAT_TIMEOUT", "Seconds of client silence before a socket is closed"),
+    "handshake_timeout": (
+        "RELAY_HANDSHAKE_TIMEOUT",
+        "Seconds a connection may take to send a complete HTTP request (also the idle keep-alive)",
+    ),
     "publication_poll_interval": ("RELAY_PUBLICATION_POLL", "Seconds between publication membership checks"),
     "policy_poll_interval": (
         "RELAY_POLICY_POLL",

@@ -210,3 +210,11 @@ def test_require_jwt() -> None:
     Config(jwt_secret="s").require_jwt()
     Config(jwt_public_key=PEM).require_jwt()
     Config(jwt_jwks="{}").require_jwt()
+
+
+def test_handshake_timeout() -> None:
+    assert Config().handshake_timeout == 10.0
+    assert Config.from_env({"RELAY_HANDSHAKE_TIMEOUT": "2.5"}).handshake_timeout == 2.5
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="RELAY_HANDSHAKE_TIMEOUT must be positive"):
+            Config.from_env({"RELAY_HANDSHAKE_TIMEOUT": bad})
