@@ -4,17 +4,21 @@ Not part of CI.  ``python bench/authz.py [--changes 5000] [--subscribers 500 500
 
 One run on a throwaway cluster (migrations + demo schema) with three policies on
 ``public.bookings`` — branch membership (``branch_id = (claims->>'branch_id')::int``), ownership
-(``assignee_id = auth.uid()``) and a role grant (``claims->>'user_role' = 'admin'``):
+(``assignee_id = auth.uid()``) and a role grant (``claims->>'user_role' = 'admin'``).  Per phase:
 
-1. one slot per phase is created, then a backlog of ``--changes`` single-row INSERTs (random
-   branch, assignee drawn from the subscribers' user ids);
-2. **baseline**: the relay drains slot 0 to one ``service_role`` subscriber (no policy work);
-3. for each subscriber count N: N WebSocket subscribers in a separate process, each with its
-   own token (distinct ``sub``; 80 % plain users of one branch who may see their branch's rows
-   or their own, 15 % branch managers, 5 % admins), all joined to ``realtime:dash`` with a ``*``
-   binding on bookings; the relay drains its slot and the clock runs from the moment its stream
-   starts until every change was handed to the sockets and every frame was read by the clients.
+1. a fresh slot and a relay streaming it; N WebSocket subscribers in a separate process, each with
+   its own token (distinct ``sub``; 5 % admins, 15 % branch managers, 80 % plain users who see
+   only the rows assigned to them), all joined to ``realtime:dash`` with a ``*`` binding on
+   bookings — **live** subscribers, joined before the changes exist;
+2. the bench takes the slot away from the relay (ends its walsender and holds the slot), writes
+   a backlog of ``--changes`` single-row INSERTs (random branch, assignee drawn from the
+   subscribers' user ids) and gives the slot back: the relay reconnects and drains the backlog
+   through the live fan-out path (not the resume path), and the clock runs from the moment its
+   stream is up again until every change was handed to the sockets and every frame was read;
+3. the deliveries are checked against the count the policies imply (computed here from the
+   claims): a bench that delivers nothing, or not what it should, fails instead of printing a rate.
 
+The **baseline** is the same phase with one ``service_role`` subscriber (no policy work).
 Prints changes/s, deliveries/s and the ratio to the baseline changes/s measured in the same run.
 """
 
@@ -22,11 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing as mp
 import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -50,25 +57,62 @@ POLICIES = [
 ]
 
 
-def subscriber_tokens(n: int, branches: list[int], rng: random.Random) -> tuple[list[str], list[str]]:
+@dataclass
+class Audience:
+    """Who may see a row, by the bench's three policies: to compute the expected deliveries."""
+
+    admins: int = 0
+    managers: dict[int, int] = field(default_factory=dict)  # branch -> managers of it
+    roles: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # sub -> (kind, branch)
+
+    def sees(self, branch: int, assignee: str | None) -> int:
+        n = self.admins + self.managers.get(branch, 0)
+        who = self.roles.get(assignee) if assignee else None
+        if who is not None and who[0] == "plain":
+            n += 1
+        elif who is not None and who[0] == "manager" and who[1] != branch:
+            n += 1  # a manager of another branch still sees rows assigned to them
+        return n
+
+
+def subscriber_tokens(
+    n: int, branches: list[int], rng: random.Random
+) -> tuple[list[str], list[str], list[tuple[str, int | None]]]:
     """Distinct claims: every subscriber has its own ``sub``; roles mixed as documented above."""
-    tokens, users = [], []
+    tokens, users, kinds = [], [], []
     for i in range(n):
         sub = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         users.append(sub)
         kind = i % 20
-        claims: dict[str, Any] = {"branch_id": branches[i % len(branches)]}
+        branch = branches[i % len(branches)]
+        claims: dict[str, Any] = {"branch_id": branch}
         if kind == 0:
             claims = {"user_role": "admin"}
+            kinds.append(("admin", None))
         elif kind <= 3:
             claims["user_role"] = "manager"
+            kinds.append(("manager", branch))
         else:
             claims = {"assignee_only": True}  # a plain user: sees only rows assigned to it
+            kinds.append(("plain", None))
         tokens.append(mint(SECRET, role="authenticated", sub=sub, ttl=7200, claims=claims))
-    return tokens, users
+    return tokens, users, kinds
 
 
-def make_backlog(dsn: str, n: int, users: list[str], rng: random.Random) -> None:
+def audience(users: list[str], kinds: list[tuple[str, int | None]]) -> Audience:
+    a = Audience()
+    for sub, (kind, branch) in zip(users, kinds, strict=True):
+        a.roles[sub] = (kind, branch)
+        if kind == "admin":
+            a.admins += 1
+        elif kind == "manager" and branch is not None:
+            a.managers[branch] = a.managers.get(branch, 0) + 1
+    return a
+
+
+def make_backlog(dsn: str, n: int, users: list[str], rng: random.Random) -> list[tuple[int, str | None]]:
+    """Write ``n`` single-row transactions; returns each row's (branch, assignee)."""
+    rows: list[tuple[int, str | None]] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         branches = [r[0] for r in conn.execute("select id from branches order by id")]
         client = conn.execute("select min(id) from clients").fetchone()
@@ -77,15 +121,39 @@ def make_backlog(dsn: str, n: int, users: list[str], rng: random.Random) -> None
         batch: list[str] = []
         for i in range(n):
             assignee = rng.choice(users) if users else None
+            branch = rng.choice(branches)
+            rows.append((branch, assignee))
             a = f"'{assignee}'" if assignee else "null"
             batch.append(
                 "begin; insert into bookings (branch_id, client_id, assignee_id, service, status, "
-                f"starts_at, ends_at, price) values ({rng.choice(branches)}, {client[0]}, {a}, 'bench', "
+                f"starts_at, ends_at, price) values ({branch}, {client[0]}, {a}, 'bench', "
                 "'pending', now(), now() + interval '1 hour', 10); commit;"
             )
             if len(batch) == 200 or i == n - 1:
                 conn.execute("".join(batch).encode())
                 batch.clear()
+    return rows
+
+
+def take_slot(dsn: str, slot: str) -> psycopg.Connection[Any]:
+    """End the relay's walsender and hold ``slot`` ourselves (the relay retries until it is free)."""
+    deadline = time.monotonic() + 30
+    while True:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "select pg_terminate_backend(active_pid) from pg_replication_slots "
+                "where slot_name = %s and active_pid is not null",
+                (slot,),
+            )
+        blocker = psycopg.connect(dsn, autocommit=True, replication="database")
+        try:
+            blocker.execute(f"START_REPLICATION SLOT {slot} LOGICAL 0/0 (\"format-version\" '2')")
+            return blocker
+        except psycopg.Error:
+            blocker.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def clients_main(url: str, tokens: list[str], pipe: Connection) -> None:
@@ -112,7 +180,7 @@ async def _clients(url: str, tokens: list[str], pipe: Connection) -> None:
                     continue
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     return
-                if '"postgres_changes"' in msg.data[:200]:
+                if '"postgres_changes",{' in msg.data[:200]:  # the event, not a system message's extension
                     received += 1
 
     conn = aiohttp.TCPConnector(limit=0)
@@ -134,38 +202,60 @@ async def _clients(url: str, tokens: list[str], pipe: Connection) -> None:
         pipe.send(("count", received))
 
 
-async def phase(dsn: str, slot: str, tokens: list[str], n_changes: int) -> tuple[float, int]:
-    """Drain ``slot`` to the given subscribers; returns (seconds, deliveries)."""
+async def phase(
+    dsn: str,
+    slot: str,
+    tokens: list[str],
+    backlog: Callable[[], list[tuple[int, str | None]]],
+    who: Audience | None,
+) -> tuple[float, int, int]:
+    """Drain a backlog written while the relay was cut off to live subscribers.
+
+    Returns (seconds, changes, deliveries); fails when the deliveries are not what the policies
+    imply (``who`` None: every subscriber sees every change, as service_role).
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("select pg_create_logical_replication_slot(%s, 'wal2json')", (slot,))
     cfg = Config(database_url=dsn, jwt_secret=SECRET, port=0, slot=slot, socket_queue_frames=1_000_000)
-    # hold the slot until every subscriber has joined (the relay retries until it is free)
-    blocker = psycopg.connect(dsn, autocommit=True, replication="database")
-    blocker.execute(f"START_REPLICATION SLOT {slot} LOGICAL 0/0 (\"format-version\" '2')")
-    relay = await start_relay(cfg, wait_ready=False)
+    relay = await start_relay(cfg)
+    loop = asyncio.get_running_loop()
     try:
         parent, child = mp.Pipe()
         proc = mp.get_context("spawn").Process(
             target=clients_main, args=(relay.url + "/websocket", tokens, child)
         )
         proc.start()
-        loop = asyncio.get_running_loop()
         assert (await loop.run_in_executor(None, parent.recv))[0] == "joined"
+        blocker = await loop.run_in_executor(None, take_slot, dsn, slot)
+        rows = await loop.run_in_executor(None, backlog)
+        expected = sum(who.sees(b, a) for b, a in rows) if who is not None else len(rows) * len(tokens)
+        changes0, frames0 = relay.pipeline.stats.changes, relay.server.frames_queued
         blocker.close()
-        await asyncio.wait_for(relay.pipeline.ready.wait(), 60)
+        while not relay.pipeline.stats.streaming:  # the relay's retry finds the slot free
+            await asyncio.sleep(0.001)
         t0 = time.perf_counter()
-        while relay.pipeline.stats.changes < n_changes:
+        deadline = time.monotonic() + 600
+        while relay.pipeline.stats.changes - changes0 < len(rows):
+            assert time.monotonic() < deadline, "the relay did not decode the backlog"
             await asyncio.sleep(0.01)
-        expected = relay.server.frames_queued
         while True:  # every queued frame read by the clients
+            queued = relay.server.frames_queued - frames0
             parent.send("count")
             got = (await loop.run_in_executor(None, parent.recv))[1]
-            if got >= expected:
+            if got >= expected or (queued >= expected and got >= queued):
                 break
+            assert time.monotonic() < deadline, f"clients read {got} of {expected} deliveries"
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - t0
         parent.send("stop")
         await loop.run_in_executor(None, parent.recv)
         proc.join(30)
-        return elapsed, expected
+        if got == 0 or got != expected:
+            raise SystemExit(
+                f"bench invalid: {got} deliveries read for {len(rows)} changes, the policies imply "
+                f"{expected} (queued {queued}): not printing a rate for it"
+            )
+        return elapsed, len(rows), got
     finally:
         await relay.stop()
 
@@ -181,24 +271,29 @@ async def main_async(args: argparse.Namespace) -> None:
             conn.execute("delete from realtime.row_policies")  # the bench states its own policies
             for name, expr in POLICIES:
                 conn.execute("select realtime.create_policy('public.bookings', %s, %s)", (name, expr))
-            slots = ["authz_base"] + [f"authz_{n}" for n in args.subscribers]
-            for s in slots:
-                conn.execute("select pg_create_logical_replication_slot(%s, 'wal2json')", (s,))
         max_n = max(args.subscribers)
-        tokens, users = subscriber_tokens(max_n, branches, rng)
-        make_backlog(dsn, args.changes, users[: max(args.subscribers)], rng)
+        tokens, users, kinds = subscriber_tokens(max_n, branches, rng)
         print(
-            f"backlog: {args.changes} single-row transactions; policies: {', '.join(p for p, _ in POLICIES)}"
+            f"backlog: {args.changes} single-row transactions per phase; "
+            f"policies: {', '.join(p for p, _ in POLICIES)}"
         )
-        base_s, _ = await phase(dsn, "authz_base", [mint(SECRET, role="service_role")], args.changes)
-        base_rate = args.changes / base_s
+
+        def backlog_for(n: int) -> Callable[[], list[tuple[int, str | None]]]:
+            return lambda: make_backlog(dsn, args.changes, users[:n], rng)
+
+        base_s, n_base, _ = await phase(
+            dsn, "authz_base", [mint(SECRET, role="service_role")], backlog_for(max_n), None
+        )
+        base_rate = n_base / base_s
         print(f"baseline (1 service_role subscriber, no policies): {base_rate:,.0f} changes/s")
         for n in args.subscribers:
-            secs, deliveries = await phase(dsn, f"authz_{n}", tokens[:n], args.changes)
-            rate = args.changes / secs
+            secs, n_changes, deliveries = await phase(
+                dsn, f"authz_{n}", tokens[:n], backlog_for(n), audience(users[:n], kinds[:n])
+            )
+            rate = n_changes / secs
             print(
                 f"{n:>5} subscribers, distinct claims: {rate:,.0f} changes/s, {deliveries / secs:,.0f} "
-                f"deliveries/s ({deliveries / args.changes:.1f} per change); "
+                f"deliveries/s ({deliveries / n_changes:.1f} per change); "
                 f"ratio to baseline {rate / base_rate:.2f}x"
             )
 
@@ -207,6 +302,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--changes", type=int, default=5000)
     ap.add_argument("--subscribers", type=int, nargs="+", default=[500, 5000])
+    logging.basicConfig(level=logging.ERROR)  # the relay's expected "slot busy" retries are noise here
     asyncio.run(main_async(ap.parse_args()))
 
 

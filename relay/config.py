@@ -43,6 +43,7 @@ class Config:
     max_socket_presence_bytes: int = 256 * 1024
     max_room_presences: int = 10_000
     heartbeat_timeout: float = 60.0
+    handshake_timeout: float = 10.0
     publication_poll_interval: float = 1.0
     policy_poll_interval: float = 2.0
     compression: bool = False
@@ -102,6 +103,8 @@ class Config:
         ):
             if getattr(out, name) < 1:
                 raise ConfigError(f"{ENV_VARS[name][0]} must be at least 1, got {getattr(out, name)}")
+        if not out.handshake_timeout > 0:
+            raise ConfigError(f"RELAY_HANDSHAKE_TIMEOUT must be positive, got {out.handshake_timeout}")
         if not (1 <= out.port <= 65535):
             raise ConfigError(f"RELAY_PORT must be 1..65535, got {out.port}")
         return out
@@ -181,6 +184,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "max_room_presences": ("RELAY_MAX_ROOM_PRESENCES", "Presences one room (topic) may hold"),
     "heartbeat_timeout": ("RELAY_HEARTBEAT_TIMEOUT", "Seconds of client silence before a socket is closed"),
+    "handshake_timeout": (
+        "RELAY_HANDSHAKE_TIMEOUT",
+        "Seconds a connection may take to send a complete HTTP request (also the idle keep-alive)",
+    ),
     "publication_poll_interval": ("RELAY_PUBLICATION_POLL", "Seconds between publication membership checks"),
     "policy_poll_interval": (
         "RELAY_POLICY_POLL",

@@ -120,7 +120,12 @@ async def start_relay(
         await asyncio.wait_for(asyncio.shield(store.loaded.wait()), ready_timeout)
     except TimeoutError:
         log.warning("row policies not loaded yet; rows go only to service_role until they are")
-    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)
+    # aiohttp arms its keep-alive timer when a connection opens and closes the connection if
+    # no complete request has arrived when it fires: the same timeout bounds a half-sent
+    # (trickled) upgrade request and an idle keep-alive connection.  Its default is an hour.
+    runner = web.AppRunner(
+        server.app(), handle_signals=False, access_log=None, keepalive_timeout=config.handshake_timeout
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()

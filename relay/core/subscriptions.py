@@ -23,12 +23,15 @@ from relay.core.filters import BoundFilter, Filter, FilterError, parse_filter
 from relay.core.protocol import dumps, encode_push_prefix, ws_text_frame
 
 __all__ = [
+    "TABLE_UNAVAILABLE_CODE",
+    "TABLE_UNAVAILABLE_REASON",
     "Binding",
     "BindingError",
     "BindingSpec",
     "Delivery",
     "Subscriber",
     "SubscriptionIndex",
+    "TableUnavailable",
     "binding_id",
     "change_payload",
     "parse_bindings",
@@ -37,6 +40,28 @@ __all__ = [
 
 class BindingError(ValueError):
     """A ``postgres_changes`` entry that cannot be subscribed; the message goes to the client."""
+
+
+# One refusal for every binding outside the publication, worded like the reference server's
+# (which appends the parameters; this one does not, so that the text is byte-identical
+# whatever was probed).  ``code`` is stable for programs.
+TABLE_UNAVAILABLE_REASON: Final = (
+    "Unable to subscribe to changes with given parameters. "
+    "Please check Realtime is enabled for the given connect parameters"
+)
+TABLE_UNAVAILABLE_CODE: Final = "table_not_enabled"
+
+
+class TableUnavailable(BindingError):
+    """The binding names no table (or schema) of the relay's publication.
+
+    Raised alike for catalogs, views, missing tables and tables not enabled, and answered with
+    :data:`TABLE_UNAVAILABLE_REASON` only: a different answer per case would let any token map
+    the database's schemas, tables and columns.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(TABLE_UNAVAILABLE_REASON)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+import orjson
 from jwt import PyJWK
 
 __all__ = ["Claims", "TokenError", "Verifier", "mint"]
@@ -113,20 +114,72 @@ class Verifier:
         return self.check_claims(claims, now)
 
     def check_claims(self, claims: Mapping[str, Any], now: float | None = None) -> Claims:
-        """Claim rules shared by first verification and later expiry checks."""
+        """The claim rules, applied identically wherever a token's claims are (re)accepted.
+
+        Called on every connect, on every ``phx_join`` (its ``access_token``, or the connect
+        token's stored claims, which may have expired since the socket opened) and on every
+        ``access_token`` push.  pyjwt's own ``exp``/``nbf``/``iat`` checks coerce with ``int()``
+        (so ``"123"`` and ``true`` pass), hence the explicit type rules here: a time claim is a
+        JSON number (not a string, not a boolean, not null) and finite.  Every claim must also
+        be usable later without surprises: its JSON must fit orjson (integers within 64 bits,
+        bounded nesting: claims are canonicalised for the fan-out memo) and Postgres ``jsonb``
+        (no NUL characters: claims are sent to policy evaluation).  Refusing such a token here
+        is a clear answer; accepting it meant an internal error on every later join.
+        """
         if now is None:
             now = time.time()
         exp = claims.get("exp")
         if "role" not in claims or exp is None:
             raise TokenError("InvalidJWTToken", "Fields `role` and `exp` are required in JWT")
-        if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
-            raise TokenError("InvalidJWTToken", "Field `exp` must be a finite number")
+        for name in _TIME_CLAIMS:
+            if name in claims:
+                v = claims[name]
+                if (
+                    not isinstance(v, int | float)
+                    or isinstance(v, bool)
+                    or (isinstance(v, float) and not math.isfinite(v))
+                ):
+                    raise TokenError("InvalidJWTToken", f"Field `{name}` must be a finite number")
+        for name, value in claims.items():
+            _check_usable(name, value)
         if exp + self.leeway <= now:
             raise TokenError("InvalidJWTToken", f"Token has expired {int(now - exp)} seconds ago")
         nbf = claims.get("nbf")
-        if isinstance(nbf, int | float) and nbf - self.leeway > now:
+        if nbf is not None and nbf - self.leeway > now:
             raise TokenError("InvalidJWTToken", "Token is not yet valid (nbf)")
         return dict(claims)
+
+
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _check_usable(name: str, value: Any) -> None:
+    """Refuse a claim the relay could not canonicalise (orjson) or hand to Postgres (jsonb)."""
+    try:
+        orjson.dumps({name: value})  # depth is bounded once this succeeds
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" in str(exc):
+            raise TokenError(
+                "InvalidJWTToken", f"Claim `{name}` holds an integer outside the 64-bit range"
+            ) from None
+        raise TokenError("InvalidJWTToken", f"Claim `{name}` cannot be used: {exc}") from None
+    bad = _unstorable(name) or _unstorable(value)
+    if bad:
+        raise TokenError("InvalidJWTToken", f"Claim `{name}` {bad}")
+
+
+def _unstorable(value: Any) -> str | None:
+    """What Postgres jsonb would refuse (NUL) or orjson would silently turn into null (NaN)."""
+    if isinstance(value, str):
+        return "contains a NUL character" if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "holds NaN or Infinity"
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+        return next((r for r in map(_unstorable, items) if r), None)
+    if isinstance(value, list):
+        return next((r for r in map(_unstorable, value) if r), None)
+    return None
 
 
 def mint(

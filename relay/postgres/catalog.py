@@ -35,6 +35,7 @@ class Catalog:
         self.ttl = ttl
         self._pool: asyncpg.Pool | None = None
         self._tables: dict[tuple[str, str], tuple[float, TableShape | None]] = {}
+        self._published: dict[tuple[str, str, str | None], tuple[float, TableShape | None]] = {}
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=10)
@@ -83,6 +84,57 @@ class Catalog:
         )
         shape = TableShape(schema, table, {r["name"]: r["type"] for r in rows}) if rows else None
         self._tables[key] = (now, shape)
+        return shape
+
+    async def published_table(self, publication: str, schema: str, table: str) -> TableShape | None:
+        """The table's shape if it is in ``publication``; None for anything else.
+
+        None alike for a missing table, a view, a catalog and a table not enabled: joins answer
+        all of them with one refusal, so nothing outside the publication can be probed.  A
+        refusal is cached for a second only, so a table just enabled can be joined at once.
+        """
+        return await self._published_lookup(publication, schema, table)
+
+    async def schema_published(self, publication: str, schema: str) -> bool:
+        """Whether ``publication`` has at least one table in ``schema`` (schema-wide bindings)."""
+        return await self._published_lookup(publication, schema, None) is not None
+
+    async def _published_lookup(self, publication: str, schema: str, table: str | None) -> TableShape | None:
+        key = (publication, schema, table)
+        hit = self._published.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < (self.ttl if hit[1] is not None else min(self.ttl, 1.0)):
+            return hit[1]
+        if table is None:
+            rows = await self._fetch(
+                "select 1 from pg_catalog.pg_publication_tables "
+                "where pubname = $1 and schemaname = $2 limit 1",
+                publication,
+                schema,
+            )
+            shape = TableShape(schema, "*", {}) if rows else None
+        else:
+            rows = await self._fetch(
+                """
+                select a.attname::text as name, t.typname::text as type
+                from pg_catalog.pg_publication_tables p
+                join pg_catalog.pg_class c on c.relname = p.tablename
+                join pg_catalog.pg_namespace n on n.oid = c.relnamespace and n.nspname = p.schemaname
+                left join pg_catalog.pg_attribute a
+                  on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                left join pg_catalog.pg_type t on t.oid = a.atttypid
+                where p.pubname = $1 and p.schemaname = $2 and p.tablename = $3
+                order by a.attnum
+                """,
+                publication,
+                schema,
+                table,
+            )
+            cols = {r["name"]: r["type"] for r in rows if r["name"] is not None}
+            shape = TableShape(schema, table, cols) if rows else None
+        if len(self._published) > 4096:  # probes of random names must not grow memory
+            self._published.clear()
+        self._published[key] = (now, shape)
         return shape
 
     async def types(self) -> list[TypeInfo]:

@@ -24,7 +24,15 @@ from relay.core.changes import format_position, parse_position
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
 from relay.core.rooms import Room
-from relay.core.subscriptions import BindingError, BindingSpec, FrameCache, parse_bindings
+from relay.core.subscriptions import (
+    TABLE_UNAVAILABLE_CODE,
+    TABLE_UNAVAILABLE_REASON,
+    BindingError,
+    BindingSpec,
+    FrameCache,
+    TableUnavailable,
+    parse_bindings,
+)
 from relay.core.tokens import Claims, TokenError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
 from relay.server.topics import JoinRefused, presence_key
@@ -280,7 +288,9 @@ class Connection:
     async def handle_text(self, data: str) -> None:
         """Handle one client text frame; every failure becomes an error frame, never a crash."""
         limit = self.server.config.max_frame_bytes
-        too_large = len(data) > limit and len(data.encode()) > limit
+        # The limit is in bytes, as on the wire: a character is 1 to 4 UTF-8 bytes, so only a
+        # frame of more than limit/4 characters needs encoding to know.
+        too_large = len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
         try:
             frame = parse(data, self.vsn)
         except ProtocolError as exc:
@@ -366,8 +376,11 @@ class Connection:
         if not isinstance(config, dict):
             config = {}
         token = payload.get("access_token")
+        verifier = self.server.verifier
         try:
-            claims = self.server.verifier.verify(token) if token else self.claims
+            # The channel's effective token is checked before anything is sent or accepted:
+            # the connect token may have expired since the socket opened.
+            claims = verifier.verify(token) if token else verifier.check_claims(self.claims)
         except TokenError as exc:
             self.reply_error(f, exc.reason)
             return
@@ -392,8 +405,16 @@ class Connection:
         try:
             specs = parse_bindings(config.get("postgres_changes"))
             bound = [await self._bind(s) for s in specs]
+        except TableUnavailable:
+            self.reply_error(f, TABLE_UNAVAILABLE_REASON, code=TABLE_UNAVAILABLE_CODE)
+            return
         except (BindingError, FilterError) as exc:
             self.reply_error(f, f"InvalidBinding: {exc}")
+            return
+        try:  # the token may have expired while the topic policies and the catalog answered
+            verifier.check_claims(claims)
+        except TokenError as exc:
+            self.reply_error(f, exc.reason)
             return
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
@@ -433,11 +454,22 @@ class Connection:
             )
 
     async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
+        """Check a binding against the relay's publication and cast its filter.
+
+        Only tables in the publication can be subscribed, and every other case (a catalog, a
+        view, a missing table, a table not enabled, a schema without enabled tables) raises
+        the same :class:`TableUnavailable`: what exists outside the publication is nobody's
+        business.  Column names and types are only revealed for published tables.
+        """
+        publication = self.server.config.publication
+        catalog = self.server.catalog
         if spec.table is None:
+            if not await catalog.schema_published(publication, spec.schema):
+                raise TableUnavailable()
             return None
-        shape = await self.server.catalog.table(spec.schema, spec.table)
+        shape = await catalog.published_table(publication, spec.schema, spec.table)
         if shape is None:
-            raise BindingError(f'relation "{spec.schema}.{spec.table}" does not exist')
+            raise TableUnavailable()
         if spec.filter is None:
             return None
         ctype = shape.columns.get(spec.filter.column)

@@ -35,11 +35,12 @@ async def _wait_for(pred: Any, timeout: float) -> None:
 async def test_table_enabled_while_running_streams_within_5s(pg_dsn: str) -> None:
     async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
         await asyncio.to_thread(_exec, pg_dsn, "create table public.gadgets (id int primary key, name text)")
-        r = await c.join("g", [{"event": "*", "schema": "public", "table": "gadgets"}])
-        assert r["payload"]["status"] == "ok"
-        # Enable and write in the same breath: the first row after enable_table must arrive too.
+        # Enable, join and write in the same breath: the first row after enable_table must arrive
+        # too.  (A table not enabled yet cannot be joined: see test_hostile_clients.py.)
         t0 = time.monotonic()
         await asyncio.to_thread(_exec, pg_dsn, "select realtime.enable_table('public.gadgets')")
+        r = await c.join("g", [{"event": "*", "schema": "public", "table": "gadgets"}])
+        assert r["payload"]["status"] == "ok"
         await asyncio.to_thread(_exec, pg_dsn, "insert into public.gadgets values (1, 'first')")
         m = await c.recv_until(lambda m: m["event"] == "postgres_changes", timeout=5)
         assert m["payload"]["data"]["record"] == {"id": 1, "name": "first"}
@@ -55,9 +56,10 @@ async def test_raw_alter_publication_is_picked_up(pg_dsn: str) -> None:
     async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
         await asyncio.to_thread(_exec, pg_dsn, "create table public.widgets (id int primary key)")
         await asyncio.to_thread(_exec, pg_dsn, "alter table public.widgets replica identity full")
-        await c.join("w", [{"event": "INSERT", "schema": "public", "table": "widgets"}])
         # Write in the very next transaction: the event trigger's message makes this lossless.
         await asyncio.to_thread(_exec, pg_dsn, "alter publication supabase_realtime add table public.widgets")
+        r = await c.join("w", [{"event": "INSERT", "schema": "public", "table": "widgets"}])
+        assert r["payload"]["status"] == "ok"
         await asyncio.to_thread(_exec, pg_dsn, "insert into public.widgets values (7)")
         m = await c.recv_until(lambda m: m["event"] == "postgres_changes", timeout=5)
         assert m["payload"]["data"]["record"] == {"id": 7}

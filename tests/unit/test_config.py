@@ -221,3 +221,11 @@ def test_payload_and_presence_limits() -> None:
         Config.from_env({"RELAY_MAX_PAYLOAD_DEPTH": "300"})
     with pytest.raises(ConfigError, match="RELAY_MAX_ROOM_PRESENCES"):
         Config.from_env({"RELAY_MAX_ROOM_PRESENCES": "0"})
+
+
+def test_handshake_timeout() -> None:
+    assert Config().handshake_timeout == 10.0
+    assert Config.from_env({"RELAY_HANDSHAKE_TIMEOUT": "2.5"}).handshake_timeout == 2.5
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="RELAY_HANDSHAKE_TIMEOUT must be positive"):
+            Config.from_env({"RELAY_HANDSHAKE_TIMEOUT": bad})

@@ -393,3 +393,84 @@ class TestMint:
 
     def test_default_now(self) -> None:
         assert Verifier(secret=SECRET).verify(mint(SECRET))["role"] == "authenticated"
+
+
+# -- claim types and values (issue 12 item 3) ------------------------------------------------------
+class TestClaimValues:
+    """One set of rules wherever claims are accepted: connect, join, access_token, stored claims."""
+
+    HS = {"alg": "HS256", "typ": "JWT"}
+
+    @pytest.mark.parametrize("name", ["nbf", "iat"])
+    @pytest.mark.parametrize("value", [str(int(NOW) - 10), True, None, [1], {"a": 1}, float("nan")])
+    def test_time_claims_must_be_numbers(self, name: str, value: Any) -> None:
+        tok = hs_token(self.HS, claims(**{name: value}))
+        with pytest.raises(TokenError) as ei:
+            Verifier(secret=SECRET).verify(tok, now=NOW)
+        assert ei.value.reason == f"InvalidJWTToken: Field `{name}` must be a finite number"
+
+    def test_string_exp_and_string_nbf_are_refused_alike(self) -> None:
+        v = Verifier(secret=SECRET)
+        for name in ("exp", "nbf"):
+            with pytest.raises(TokenError, match=f"Field `{name}` must be a finite number"):
+                v.check_claims(claims(exp=str(int(NOW) + 60)) if name == "exp" else claims(nbf="0"), now=NOW)
+
+    @pytest.mark.parametrize("name", ["nbf", "iat"])
+    def test_numeric_time_claims_accepted(self, name: str) -> None:
+        for value in (int(NOW) - 10, NOW - 0.5):
+            tok = hs_token(self.HS, claims(**{name: value}))
+            assert Verifier(secret=SECRET).verify(tok, now=NOW)[name] == value
+
+    @pytest.mark.parametrize("name", ["exp", "nbf", "iat", "branch_id", "user_level"])
+    @pytest.mark.parametrize("value", [2**70, -(2**70), 10**400])
+    def test_integers_beyond_64_bits_refused(self, name: str, value: int) -> None:
+        body = claims(**{name: value})
+        tok = hs_token(self.HS, body)
+        with pytest.raises(TokenError) as ei:
+            Verifier(secret=SECRET).verify(tok, now=NOW)
+        assert ei.value.reason == (
+            f"InvalidJWTToken: Claim `{name}` holds an integer outside the 64-bit range"
+        )
+
+    def test_nested_huge_integer_refused(self) -> None:
+        tok = hs_token(self.HS, claims(app_metadata={"branches": [1, 2**64]}))
+        with pytest.raises(TokenError, match="Claim `app_metadata` holds an integer outside the 64-bit"):
+            Verifier(secret=SECRET).verify(tok, now=NOW)
+
+    def test_64_bit_limits_accepted_and_canonicalisable(self) -> None:
+        from relay.core.authorize import claims_key
+
+        body = claims(exp=2**63 - 1, lo=-(2**63), nbf=int(NOW) - 1)
+        out = Verifier(secret=SECRET).verify(hs_token(self.HS, body), now=NOW)
+        assert out == body and claims_key(out)
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), {"x": [float("-inf")]}])
+    def test_non_finite_numbers_refused(self, value: Any) -> None:
+        tok = hs_token(self.HS, claims(score=value))
+        with pytest.raises(TokenError, match="Claim `score` holds NaN or Infinity"):
+            Verifier(secret=SECRET).verify(tok, now=NOW)
+
+    @pytest.mark.parametrize(
+        "body", [claims(email="a\x00b"), claims(meta={"k\x00": 1}), claims(**{"x\x00": 1})]
+    )
+    def test_nul_characters_refused(self, body: dict[str, Any]) -> None:
+        with pytest.raises(TokenError, match="contains a NUL character"):
+            Verifier(secret=SECRET).verify(hs_token(self.HS, body), now=NOW)
+
+    def test_backslash_u0000_text_is_fine(self) -> None:
+        body = claims(note="\\u0000 is just text")
+        assert Verifier(secret=SECRET).verify(hs_token(self.HS, body), now=NOW)["note"] == body["note"]
+
+    def test_deep_nesting_refused(self) -> None:
+        deep: Any = 1
+        for _ in range(300):
+            deep = [deep]
+        with pytest.raises(TokenError, match=r"^InvalidJWTToken: Claim `deep` cannot be used"):
+            Verifier(secret=SECRET).check_claims(claims(deep=deep), now=NOW)
+
+    def test_stored_claims_rechecked_with_the_same_rules(self) -> None:
+        v = Verifier(secret=SECRET)
+        stored = v.verify(hs_token(self.HS, claims(exp=int(NOW) + 2)), now=NOW)
+        assert v.check_claims(stored, now=NOW + 1) == stored
+        with pytest.raises(TokenError, match=r"^InvalidJWTToken: Token has expired 1 seconds ago$"):
+            v.check_claims(stored, now=NOW + 3)
