@@ -40,6 +40,16 @@ def _wake(fut: asyncio.Future[bool]) -> None:
 _ZERO = Lsn(0)
 
 
+def _option_literal(value: str) -> str:
+    """A START_REPLICATION option value: a plain ``'...'`` literal with ``''`` doubling.
+
+    Why not ``sql.Literal``: for a value with a backslash (wal2json's escape in ``add-tables``)
+    it renders ``E'...'``, which the replication command grammar rejects with a syntax error,
+    stopping every table.  The grammar's literals know no escapes: backslashes stay as they are.
+    """
+    return "'" + value.replace("'", "''") + "'"
+
+
 class ReplicationError(RuntimeError):
     """The replication connection failed or ended; the caller reconnects with backoff."""
 
@@ -161,7 +171,8 @@ class ReplicationStream:
                     )
                 )
             opts = sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in self.options.items()
+                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(_option_literal(v)))
+                for k, v in self.options.items()
             )
             query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
                 sql.Identifier(self.slot), sql.SQL(str(self.start_lsn)), opts
