@@ -169,7 +169,7 @@ async def test_raw_alter_publication_drop_stops_stream(pg_dsn: str) -> None:
 
 # Every character wal2json's add-tables parser or the replication grammar treats specially, plus
 # quotes, uppercase and non-ASCII: none of them may stop the stream (issue 11, item 3).
-ODD_SCHEMA = 'Odd Sch.ema,\\ \'q\' "dq" Ünï'
+ODD_SCHEMA = "Odd Sch.ema,\\ 'q' \"dq\" Ünï"
 ODD_TABLE = "Order Items.v2,\\x 'it''s' \"T\" Ñandú\t*"
 
 
