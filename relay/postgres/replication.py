@@ -22,7 +22,7 @@ from psycopg import pq, sql
 
 from relay.core.changes import Lsn
 
-__all__ = ["ReplicationError", "ReplicationStream", "SlotInfo", "ensure_slot"]
+__all__ = ["ReplicationError", "ReplicationStream", "ServerShuttingDown", "SlotInfo", "ensure_slot"]
 
 log = logging.getLogger("relay.replication")
 
@@ -39,6 +39,17 @@ def _wake(fut: asyncio.Future[bool]) -> None:
 
 _ZERO = Lsn(0)
 
+# A walsender that is shutting down (``pg_ctl stop -m fast``) waits in WalSndDone until the
+# client confirms everything it sent, pinging (keepalive, reply requested) again as soon as each
+# answer arrives.  The relay deliberately confirms only up to its replay window's floor, so that
+# wait never ends and blocks the whole shutdown.  A normal ping comes only after the walsender
+# heard nothing for wal_sender_timeout/2 (and we send a status every second), so pings arriving
+# back to back (each within SHUTDOWN_PING_GAP of our previous answer, SHUTDOWN_PINGS in a row)
+# mean the server is stopping: we end the copy stream, which lets the walsender exit at once,
+# without confirming anything more.  Misreading (wal_sender_timeout under ~2 s) costs a reconnect.
+SHUTDOWN_PING_GAP = 1.0
+SHUTDOWN_PINGS = 3
+
 
 def _option_literal(value: str) -> str:
     """A START_REPLICATION option value: a plain ``'...'`` literal with ``''`` doubling.
@@ -52,6 +63,14 @@ def _option_literal(value: str) -> str:
 
 class ReplicationError(RuntimeError):
     """The replication connection failed or ended; the caller reconnects with backoff."""
+
+
+class ServerShuttingDown(ReplicationError):
+    """The walsender is shutting down and waits for a confirmation the relay withholds.
+
+    The stream has been ended (CopyDone) so the shutdown can finish; reconnect when Postgres
+    is back.
+    """
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,9 @@ class ReplicationStream:
         self._last_status = 0.0
         self._closed = False
         self._fd: int | None = None
+        self._copy_ended = False
+        self._last_ping_answer = -SHUTDOWN_PING_GAP
+        self._ping_streak = 0
 
     async def __aenter__(self) -> ReplicationStream:
         await self.start()
@@ -201,7 +223,7 @@ class ReplicationStream:
         if conn is None:
             return
         try:
-            if not conn.closed and self.flushed_lsn:
+            if not conn.closed and self.flushed_lsn and not self._copy_ended:
                 self._send_status(conn.pgconn, reply=False)
                 conn.pgconn.flush()
         except (psycopg.Error, OSError):
@@ -257,6 +279,7 @@ class ReplicationStream:
                         self.received_lsn = Lsn(wal_end)
                     if reply:
                         self._send_status(pgconn, reply=False)
+                        self._on_ping(pgconn)
             if batch:
                 yield batch
                 self._maybe_status(pgconn)
@@ -277,6 +300,31 @@ class ReplicationStream:
             except psycopg.Error as exc:
                 self._drop_reader()
                 raise ReplicationError(f"replication connection lost: {exc}") from exc
+
+    def _on_ping(self, pgconn: pq.abc.PGconn) -> None:
+        """Count back-to-back pings; on a shutdown's ping loop end the copy stream and raise."""
+        now = time.monotonic()
+        if now - self._last_ping_answer < SHUTDOWN_PING_GAP:
+            self._ping_streak += 1
+        else:
+            self._ping_streak = 1
+        self._last_ping_answer = now
+        if self._ping_streak < SHUTDOWN_PINGS:
+            return
+        # CopyDone: the walsender answers with its own and exits (it is stopping); nothing is
+        # confirmed beyond the status just sent, so the slot keeps what resuming clients need.
+        self._copy_ended = True
+        try:
+            pgconn.put_copy_end()
+            pgconn.flush()
+        except psycopg.Error:
+            pass  # the connection is going away anyway; closing it ends the walsender too
+        self._drop_reader()
+        raise ServerShuttingDown(
+            f"Postgres is shutting down (the walsender waits for a confirmation up to "
+            f"{self.received_lsn}; the relay holds it at {self.flushed_lsn} for its replay window): "
+            "ended the replication stream"
+        )
 
     def _on_readable(self) -> None:
         w = self._waiter
