@@ -41,7 +41,6 @@ from relay.core.pgtypes import TypeRegistry
 from relay.core.wal2json import Decoder, wal2json_options
 from relay.postgres.catalog import Catalog
 from relay.postgres.replication import (
-    RECEIVE_TIMEOUT,
     ReplicationError,
     ReplicationStream,
     SlotInfo,
@@ -124,7 +123,7 @@ class Pipeline:
         on_slot: Callable[[SlotInfo, bool], None] | None = None,
         hold: Callable[[], Lsn | None] | None = None,
         max_backoff: float = 10.0,
-        receive_timeout: float = RECEIVE_TIMEOUT,
+        receive_timeout: float | None = None,
     ) -> None:
         self.dsn = dsn
         self.catalog = catalog
@@ -140,7 +139,7 @@ class Pipeline:
         self.on_slot = on_slot
         self.hold = hold
         self.max_backoff = max_backoff
-        self.receive_timeout = receive_timeout
+        self.receive_timeout = receive_timeout  # None: derived from wal_sender_timeout
         self.types = TypeRegistry()
         self.stats = PipelineStats()
         self.handed_off = Lsn(0)  # end LSN of the last transaction fully handed to the sink

@@ -52,10 +52,15 @@ SHUTDOWN_PING_GAP = 1.0
 SHUTDOWN_PINGS = 3
 
 # A half-open link to Postgres (a NAT or firewall that forgot the connection, a host that
-# vanished) looks like an idle database forever.  The kernel notices with TCP keepalives; the
-# stream notices sooner by itself: with nothing received for half of ``receive_timeout`` it asks
-# the walsender for a reply (which it sends at once), and with nothing for the whole of it the
-# stream is dead.  These are defaults: a DSN that sets one of them wins.
+# vanished, a middlebox whose upstream died) looks like an idle database forever.  The kernel
+# notices a vanished peer with TCP keepalives (these defaults; a DSN that sets one wins); the
+# stream notices the rest by itself: with nothing received for half of its receive deadline it
+# asks the walsender for a reply, and with nothing for the whole of it the stream is dead.
+#
+# The deadline must outlast a walsender that is legitimately silent: while it feeds wal2json a
+# large transaction of tables we filter out, it reads our messages (and so answers our request)
+# only every wal_sender_timeout/2.  Unless given, the deadline is therefore twice the server's
+# wal_sender_timeout (2 minutes by default), and at least RECEIVE_TIMEOUT.
 CONNECT_DEFAULTS: dict[str, str] = {
     "connect_timeout": "10",
     "keepalives": "1",
@@ -194,7 +199,7 @@ class ReplicationStream:
         start_lsn: Lsn = _ZERO,
         status_interval: float = 1.0,
         temporary: bool = False,
-        receive_timeout: float = RECEIVE_TIMEOUT,
+        receive_timeout: float | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -210,7 +215,7 @@ class ReplicationStream:
         self._closed = False
         self._fd: int | None = None
         self._copy_ended = False
-        self.receive_timeout = receive_timeout
+        self.receive_timeout = receive_timeout  # None: from the server's wal_sender_timeout
         self.backend_pid: int | None = None  # the walsender serving this stream
         self._last_recv = 0.0
         self._asked_reply = False
@@ -235,6 +240,13 @@ class ReplicationStream:
                 options="-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres",
             )
             self.backend_pid = self._conn.pgconn.backend_pid
+            if self.receive_timeout is None:
+                cur = await self._conn.cursor().execute(
+                    "select setting::int from pg_settings where name = 'wal_sender_timeout'"
+                )
+                row = await cur.fetchone()
+                sender_ms = int(str(row[0])) if row is not None else 0
+                self.receive_timeout = max(RECEIVE_TIMEOUT, 2 * sender_ms / 1000)
             if self.temporary:
                 # A temporary slot lives on this very connection (``relay tail``): it never
                 # holds WAL back after we go and never touches the relay's persistent slot.
@@ -361,16 +373,17 @@ class ReplicationStream:
         Runs only when libpq's input was just read and held nothing, so a busy consumer that
         left data unread is never mistaken for a silent server.
         """
-        if self.receive_timeout <= 0:
+        timeout = self.receive_timeout
+        if timeout is None or timeout <= 0:
             return
         silent = time.monotonic() - self._last_recv
-        if silent >= self.receive_timeout:
+        if silent >= timeout:
             self._drop_reader()
             raise ReplicationError(
                 f"nothing received from Postgres for {silent:.0f}s (not even a keepalive): "
                 "the replication connection is considered dead"
             )
-        if silent >= self.receive_timeout / 2 and not self._asked_reply:
+        if silent >= timeout / 2 and not self._asked_reply:
             self._asked_reply = True
             self._send_status(pgconn, reply=True)  # the walsender answers with a keepalive
 

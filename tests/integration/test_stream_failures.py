@@ -20,9 +20,11 @@ import psycopg
 import pytest
 
 from relay.core.changes import RowChange
+from relay.core.wal2json import wal2json_options
 from relay.pipeline import Pipeline
 from relay.postgres.catalog import Catalog
 from relay.postgres.migrate import apply_migrations
+from relay.postgres.replication import ReplicationStream
 from tests.support.tcp_proxy import FaultProxy
 
 pytestmark = pytest.mark.pg
@@ -132,3 +134,20 @@ async def test_internal_error_is_logged_with_traceback_counted_and_retried(
         assert bug[0].exc_info is not None and bug[0].exc_info[0] is ZeroDivisionError
         await asyncio.sleep(0.5)
         assert run.got == [1]  # handed off once: the failed transaction was not confirmed
+
+
+async def test_default_receive_deadline_outlasts_wal_sender_timeout(pg_dsn: str) -> None:
+    """Unless given, the deadline is twice the server's wal_sender_timeout (60 s by default):
+    a walsender replaying a large filtered-out transaction answers only every timeout/2."""
+    await asyncio.to_thread(_setup, pg_dsn)
+    stream = ReplicationStream(pg_dsn, "deadline", wal2json_options([]), temporary=True)
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "select setting::int from pg_settings where name = 'wal_sender_timeout'"
+        ).fetchone()
+    assert row is not None
+    await stream.start()
+    try:
+        assert stream.receive_timeout == max(30.0, 2 * row[0] / 1000)  # 120 s with the default
+    finally:
+        await stream.close()
