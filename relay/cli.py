@@ -196,6 +196,9 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
     report = run_preflight(dsn, publication=cfg.publication, slot=cfg.slot)
+    for check in report.checks:
+        if check.status == "warn":
+            log.warning("preflight: %s: %s", check.name, check.message)
     if not report.ok:
         print(report.render(), file=sys.stderr)
         print("relay: preflight failed; fix the items marked FAIL above", file=sys.stderr)

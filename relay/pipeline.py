@@ -10,6 +10,11 @@ Why it is shaped like this:
 - **Exactly once across stream restarts.**  Restarting the stream (new table set, reconnect)
   may replay transactions the relay already handed off; they are skipped by commit LSN, which
   is strictly increasing in a logical slot.
+- **Network weather retries quietly, bugs do not.**  Connection failures (Postgres restarting
+  or shutting down, a dead link noticed by the stream's receive deadline) are expected: a
+  warning, then a retry with exponential backoff and full jitter.  Anything else is a bug in
+  the relay: logged with its traceback and counted in ``internal_errors`` (on /health), and
+  still retried with backoff so the relay stays up.
 - **Table set changes in commit order.**  ``realtime.enable_table`` / ``disable_table`` (and an
   event trigger on ``ALTER PUBLICATION``) emit a transactional logical message.  When the relay
   decodes it, it confirms up to that transaction and restarts the stream from there with the new
@@ -21,19 +26,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import orjson
+import psycopg
+from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from relay.core.changes import Begin, Commit, Lsn, Message, RowChange
 from relay.core.pgtypes import TypeRegistry
 from relay.core.wal2json import Decoder, wal2json_options
 from relay.postgres.catalog import Catalog
-from relay.postgres.replication import ReplicationStream, SlotInfo, ensure_slot
+from relay.postgres.replication import (
+    ReplicationError,
+    ReplicationStream,
+    SlotInfo,
+    ensure_slot,
+)
 
 __all__ = ["Pipeline", "PipelineStats"]
 
@@ -42,6 +54,31 @@ log = logging.getLogger("relay.pipeline")
 MESSAGE_PREFIX = "realtime"
 _TABLE_OPS = {"enable_table", "disable_table", "publication_changed"}
 LAG_LOG_INTERVAL = 60.0  # seconds between "slot lag" log lines
+HEALTHY_STREAM = 30.0  # a stream that ran this long resets the backoff
+
+# What a database or network going away raises: retried with a warning, no traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    ReplicationError,  # stream failed, ended, timed out, server shutting down
+    psycopg.OperationalError,  # connection refused/lost, admin shutdown, too many connections
+    OSError,  # sockets (includes ConnectionError and TimeoutError)
+    asyncpg.PostgresConnectionError,  # catalog pool: connection lost
+    asyncpg.exceptions.OperatorInterventionError,  # catalog pool: shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # catalog pool: too many connections
+)
+
+
+def is_expected(exc: BaseException) -> bool:
+    """True for a database or network failure; False for anything else (a relay bug)."""
+    return isinstance(exc, EXPECTED_ERRORS)
+
+
+def backoff_delay(attempt: int, max_backoff: float) -> float:
+    """Seconds to wait before retry ``attempt`` (1, 2, ...): tenacity's exponential backoff with
+    full jitter (0.25 s doubling, capped at ``max_backoff``), so a flapping database is not
+    hammered and many relays do not reconnect in step."""
+    state = RetryCallState(Retrying(), None, (), {})
+    state.attempt_number = attempt
+    return float(wait_random_exponential(multiplier=0.25, max=max_backoff)(state))
 
 
 @dataclass
@@ -55,6 +92,7 @@ class PipelineStats:
     transactions: int = 0
     changes: int = 0
     restarts: int = 0
+    internal_errors: int = 0  # stream failures that were relay bugs, not network weather
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -85,6 +123,7 @@ class Pipeline:
         on_slot: Callable[[SlotInfo, bool], None] | None = None,
         hold: Callable[[], Lsn | None] | None = None,
         max_backoff: float = 10.0,
+        receive_timeout: float | None = None,
     ) -> None:
         self.dsn = dsn
         self.catalog = catalog
@@ -100,12 +139,15 @@ class Pipeline:
         self.on_slot = on_slot
         self.hold = hold
         self.max_backoff = max_backoff
+        self.receive_timeout = receive_timeout  # None: derived from wal_sender_timeout
         self.types = TypeRegistry()
         self.stats = PipelineStats()
         self.handed_off = Lsn(0)  # end LSN of the last transaction fully handed to the sink
         self.last_commit = Lsn(0)  # commit LSN of that transaction (dedup key)
         self.ready = asyncio.Event()  # set once the first stream is running
         self._first_stream = True
+        self._streaming_since: float | None = None  # when the current stream started
+        self._stale_pid: int | None = None  # walsender of a stream that failed (may linger)
 
     async def run(self, stop: asyncio.Event) -> None:
         attempt = 0
@@ -117,14 +159,26 @@ class Pipeline:
                 attempt = 0
                 self.stats.restarts += 1
                 continue
-            except Exception as exc:  # ReplicationError, DecodeError, OSError, asyncpg errors...
+            except Exception as exc:
                 self.stats.streaming = False
-                self.stats.last_error = str(exc)
-                self._publish()
+                if stop.is_set():  # failures while stopping (pool closing...) are not news
+                    log.debug("replication stopped while stopping: %r", exc)
+                    break
+                since = self._streaming_since
+                if since is not None and time.monotonic() - since >= HEALTHY_STREAM:
+                    attempt = 0  # it had been fine for a while: start the backoff over
                 attempt += 1
-                # exponential backoff with full jitter, capped: a flapping database is not hammered
-                delay = random.uniform(0, min(self.max_backoff, 0.25 * 2**attempt))
-                log.warning("replication stopped (%s); retrying in %.1fs", exc, delay)
+                delay = backoff_delay(attempt, self.max_backoff)
+                if is_expected(exc):
+                    self.stats.last_error = str(exc)
+                    log.warning("replication stopped (%s); retrying in %.1fs", exc, delay)
+                else:
+                    self.stats.internal_errors += 1
+                    self.stats.last_error = f"internal error: {type(exc).__name__}: {exc}"
+                    log.exception(
+                        "replication stopped by an internal error (a relay bug); retrying in %.1fs", delay
+                    )
+                self._publish()
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:
@@ -133,8 +187,10 @@ class Pipeline:
         self._publish()
 
     async def _stream_once(self, stop: asyncio.Event) -> None:
+        self._streaming_since = None
         if not self.temporary_slot:
-            info = await ensure_slot(self.dsn, self.slot)
+            info = await ensure_slot(self.dsn, self.slot, stale_pid=self._stale_pid)
+            self._stale_pid = None
             if info.reason == "lost":
                 self.stats.last_error = f"slot {self.slot} was lost and recreated at {info.confirmed_flush}"
             if self.on_slot is not None:
@@ -144,10 +200,16 @@ class Pipeline:
         tables = await self.catalog.published_tables(self.publication)
         options = wal2json_options(tables, (MESSAGE_PREFIX,))
         stream = ReplicationStream(
-            self.dsn, self.slot, options, start_lsn=self.handed_off, temporary=self.temporary_slot
+            self.dsn,
+            self.slot,
+            options,
+            start_lsn=self.handed_off,
+            temporary=self.temporary_slot,
+            receive_timeout=self.receive_timeout,
         )
         decoder = Decoder(self.types)
         await stream.start()
+        self._streaming_since = time.monotonic()
         try:
             self.stats.streaming = True
             self.stats.tables = [f"{s}.{t}" for s, t in tables]
@@ -161,6 +223,11 @@ class Pipeline:
             )
             self.ready.set()
             await self._consume(stream, decoder, tables, stop)
+        except _Restart:
+            raise
+        except BaseException:
+            self._stale_pid = stream.backend_pid  # its walsender may still hold the slot
+            raise
         finally:
             self.stats.streaming = False
             await stream.close()

@@ -44,9 +44,12 @@ def wal2json_options(
 ) -> dict[str, str]:
     """The option set for START_REPLICATION, restricted to ``tables`` and our message prefixes.
 
-    wal2json's ``add-tables`` takes ``schema.table`` with ``\\`` escaping for ``,`` and ``.``
-    inside names.  An empty table list would mean "all tables" to wal2json, so we then filter
-    on a name no table can have.
+    wal2json's ``add-tables`` parser (2.x) splits the list on ``,`` and on unescaped
+    whitespace, splits each entry on the first ``.``, reads a leading ``*`` as a wildcard, and
+    drops a ``\\`` before any character, keeping that character.  :func:`_esc` escapes
+    exactly those characters, so any identifier Postgres accepts names itself and only
+    itself.  An empty table list would mean "all tables" to wal2json, so we then filter on a name
+    no table can have.
     """
     opts = dict(WAL2JSON_OPTIONS)
     if tables:
@@ -57,8 +60,13 @@ def wal2json_options(
     return opts
 
 
+# The characters wal2json's add-tables parser gives a meaning: separators, the escape itself,
+# the wildcard, and what C's isspace() counts as whitespace (it ends an entry).
+_ADD_TABLES_SPECIAL = frozenset(",.\\* \t\n\v\f\r")
+
+
 def _esc(name: str) -> str:
-    return name.replace("\\", "\\\\").replace(",", "\\,").replace(".", "\\.").replace(" ", "\\ ")
+    return "".join("\\" + ch if ch in _ADD_TABLES_SPECIAL else ch for ch in name)
 
 
 class Decoder:

@@ -172,6 +172,36 @@ class LocalCluster:
             self._proc.wait(timeout=10)
         self._proc = None
 
+    def shutdown(self, mode: str = "fast", timeout: float = 60.0) -> float:
+        """``pg_ctl stop -m <mode>`` keeping the data (for restart tests); returns the seconds taken.
+
+        Raises :class:`ClusterError` if the server is still up after ``timeout``: the caller
+        learns that the shutdown was blocked (it then still has to stop the server).
+        """
+        user = _run_as_user()
+        t0 = time.monotonic()
+        try:
+            self._run(
+                [
+                    str(find_pg_bin() / "pg_ctl"),
+                    "stop",
+                    "-D",
+                    str(self.data_dir),
+                    "-m",
+                    mode,
+                    "-t",
+                    str(int(timeout)),
+                ],
+                user,
+            )
+        except ClusterError as exc:
+            raise ClusterError(f"pg_ctl stop -m {mode} did not finish in {timeout}s: {exc}") from exc
+        elapsed = time.monotonic() - t0
+        if self._proc is not None:
+            self._proc.wait(timeout=10)  # reap the postmaster pg_ctl stopped
+            self._proc = None
+        return elapsed
+
     def __enter__(self) -> LocalCluster:
         return self.start()
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from relay.core.changes import Lsn
 
-__all__ = ["ReplicationError", "ReplicationStream", "SlotInfo", "ensure_slot"]
+__all__ = ["ReplicationError", "ReplicationStream", "ServerShuttingDown", "SlotInfo", "ensure_slot"]
 
 log = logging.getLogger("relay.replication")
 
@@ -39,9 +40,63 @@ def _wake(fut: asyncio.Future[bool]) -> None:
 
 _ZERO = Lsn(0)
 
+# A walsender that is shutting down (``pg_ctl stop -m fast``) waits in WalSndDone until the
+# client confirms everything it sent, pinging (keepalive, reply requested) again as soon as each
+# answer arrives.  The relay deliberately confirms only up to its replay window's floor, so that
+# wait never ends and blocks the whole shutdown.  A normal ping comes only after the walsender
+# heard nothing for wal_sender_timeout/2 (and we send a status every second), so pings arriving
+# back to back (each within SHUTDOWN_PING_GAP of our previous answer, SHUTDOWN_PINGS in a row)
+# mean the server is stopping: we end the copy stream, which lets the walsender exit at once,
+# without confirming anything more.  Misreading (wal_sender_timeout under ~2 s) costs a reconnect.
+SHUTDOWN_PING_GAP = 1.0
+SHUTDOWN_PINGS = 3
+
+# A half-open link to Postgres (a NAT or firewall that forgot the connection, a host that
+# vanished, a middlebox whose upstream died) looks like an idle database forever.  The kernel
+# notices a vanished peer with TCP keepalives (these defaults; a DSN that sets one wins); the
+# stream notices the rest by itself: with nothing received for half of its receive deadline it
+# asks the walsender for a reply, and with nothing for the whole of it the stream is dead.
+#
+# The deadline must outlast a walsender that is legitimately silent: while it feeds wal2json a
+# large transaction of tables we filter out, it reads our messages (and so answers our request)
+# only every wal_sender_timeout/2.  Unless given, the deadline is therefore twice the server's
+# wal_sender_timeout (2 minutes by default), and at least RECEIVE_TIMEOUT.
+CONNECT_DEFAULTS: dict[str, str] = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
+RECEIVE_TIMEOUT = 30.0
+
+
+def with_connect_defaults(dsn: str) -> str:
+    """``dsn`` plus the CONNECT_DEFAULTS it does not set itself."""
+    given = conninfo_to_dict(dsn)
+    return make_conninfo(dsn, **{k: v for k, v in CONNECT_DEFAULTS.items() if k not in given})
+
+
+def _option_literal(value: str) -> str:
+    """A START_REPLICATION option value: a plain ``'...'`` literal with ``''`` doubling.
+
+    Why not ``sql.Literal``: for a value with a backslash (wal2json's escape in ``add-tables``)
+    it renders ``E'...'``, which the replication command grammar rejects with a syntax error,
+    stopping every table.  The grammar's literals know no escapes: backslashes stay as they are.
+    """
+    return "'" + value.replace("'", "''") + "'"
+
 
 class ReplicationError(RuntimeError):
     """The replication connection failed or ended; the caller reconnects with backoff."""
+
+
+class ServerShuttingDown(ReplicationError):
+    """The walsender is shutting down and waits for a confirmation the relay withholds.
+
+    The stream has been ended (CopyDone) so the shutdown can finish; reconnect when Postgres
+    is back.
+    """
 
 
 @dataclass(frozen=True)
@@ -60,15 +115,22 @@ class SlotInfo:
     reason: str = ""
 
 
-async def ensure_slot(dsn: str, slot: str) -> SlotInfo:
+async def ensure_slot(dsn: str, slot: str, stale_pid: int | None = None) -> SlotInfo:
     """Create the persistent wal2json slot if missing (or recreate it if it was invalidated).
 
     A persistent slot (not a temporary one, as the reference server uses) is what makes a relay
     restart lose nothing: Postgres keeps the WAL from the last confirmed position.  A slot whose
     WAL was removed (``wal_status = 'lost'``, after ``max_slot_wal_keep_size``) cannot stream
     any more: it is dropped and created anew, and the caller tells clients to resync.
+
+    ``stale_pid``: the walsender of this relay's previous stream, which it gave up on (e.g. a
+    half-open link).  Postgres may not have noticed yet (only after ``wal_sender_timeout``), and
+    while it holds the slot no new stream can start; it is terminated.  Only that very process:
+    a slot held by anyone else is left alone.
     """
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(with_connect_defaults(dsn), autocommit=True) as conn:
+        if stale_pid is not None:
+            await _release_stale(conn, slot, stale_pid)
         cur = await conn.execute(
             "select plugin, wal_status, confirmed_flush_lsn::text, pg_current_wal_lsn()::text "
             "from pg_replication_slots where slot_name = %s and database = current_database()",
@@ -109,6 +171,23 @@ async def ensure_slot(dsn: str, slot: str) -> SlotInfo:
         return SlotInfo(True, Lsn.parse(created[0]), Lsn.parse(created[1]), reason)
 
 
+async def _release_stale(conn: psycopg.AsyncConnection[tuple[object, ...]], slot: str, pid: int) -> None:
+    """Terminate our own abandoned walsender ``pid`` if it still holds ``slot``; wait until freed."""
+    query = "select active_pid from pg_replication_slots where slot_name = %s"
+    cur = await conn.execute(query, (slot,))
+    row = await cur.fetchone()
+    if row is None or row[0] != pid:
+        return
+    log.warning("terminating walsender %d: it still holds slot %s for a stream the relay gave up", pid, slot)
+    await conn.execute("select pg_terminate_backend(%s)", (pid,))
+    for _ in range(50):  # bounded: the slot is released as the process exits
+        cur = await conn.execute(query, (slot,))
+        row = await cur.fetchone()
+        if row is None or row[0] != pid:
+            return
+        await asyncio.sleep(0.1)
+
+
 class ReplicationStream:
     """One START_REPLICATION session.  Use ``async with`` and iterate :meth:`messages`."""
 
@@ -120,6 +199,7 @@ class ReplicationStream:
         start_lsn: Lsn = _ZERO,
         status_interval: float = 1.0,
         temporary: bool = False,
+        receive_timeout: float | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -134,6 +214,13 @@ class ReplicationStream:
         self._last_status = 0.0
         self._closed = False
         self._fd: int | None = None
+        self._copy_ended = False
+        self.receive_timeout = receive_timeout  # None: from the server's wal_sender_timeout
+        self.backend_pid: int | None = None  # the walsender serving this stream
+        self._last_recv = 0.0
+        self._asked_reply = False
+        self._last_ping_answer = -SHUTDOWN_PING_GAP
+        self._ping_streak = 0
 
     async def __aenter__(self) -> ReplicationStream:
         await self.start()
@@ -145,13 +232,21 @@ class ReplicationStream:
     async def start(self) -> None:
         try:
             self._conn = await psycopg.AsyncConnection.connect(
-                self.dsn,
+                with_connect_defaults(self.dsn),
                 replication="database",
                 autocommit=True,
                 # UTC makes wal2json print timestamptz as +00 (the decoder's fast path);
                 # ISO dates are what the converters expect.
                 options="-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres",
             )
+            self.backend_pid = self._conn.pgconn.backend_pid
+            if self.receive_timeout is None:
+                cur = await self._conn.cursor().execute(
+                    "select setting::int from pg_settings where name = 'wal_sender_timeout'"
+                )
+                row = await cur.fetchone()
+                sender_ms = int(str(row[0])) if row is not None else 0
+                self.receive_timeout = max(RECEIVE_TIMEOUT, 2 * sender_ms / 1000)
             if self.temporary:
                 # A temporary slot lives on this very connection (``relay tail``): it never
                 # holds WAL back after we go and never touches the relay's persistent slot.
@@ -161,7 +256,8 @@ class ReplicationStream:
                     )
                 )
             opts = sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in self.options.items()
+                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(_option_literal(v)))
+                for k, v in self.options.items()
             )
             query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
                 sql.Identifier(self.slot), sql.SQL(str(self.start_lsn)), opts
@@ -177,7 +273,7 @@ class ReplicationStream:
         # reader left registered on the number would hijack the next socket that reuses it.
         self._fd = pgconn.socket
         asyncio.get_running_loop().add_reader(self._fd, self._on_readable)
-        self._last_status = time.monotonic()
+        self._last_status = self._last_recv = time.monotonic()
 
     async def close(self) -> None:
         if self._closed:
@@ -190,7 +286,7 @@ class ReplicationStream:
         if conn is None:
             return
         try:
-            if not conn.closed and self.flushed_lsn:
+            if not conn.closed and self.flushed_lsn and not self._copy_ended:
                 self._send_status(conn.pgconn, reply=False)
                 conn.pgconn.flush()
         except (psycopg.Error, OSError):
@@ -230,6 +326,8 @@ class ReplicationStream:
                     raise ReplicationError(f"replication stream failed: {exc}") from exc
                 if nbytes == 0:
                     break
+                self._last_recv = time.monotonic()
+                self._asked_reply = False
                 if nbytes < 0:
                     self._drop_reader()
                     msg = pgconn.error_message.decode(errors="replace").strip()
@@ -246,11 +344,13 @@ class ReplicationStream:
                         self.received_lsn = Lsn(wal_end)
                     if reply:
                         self._send_status(pgconn, reply=False)
+                        self._on_ping(pgconn)
             if batch:
                 yield batch
                 self._maybe_status(pgconn)
                 continue
             self._maybe_status(pgconn)
+            self._check_alive(pgconn)
             waiter = loop.create_future()
             self._waiter = waiter
             timer = loop.call_later(idle_timeout, _wake, waiter)
@@ -266,6 +366,51 @@ class ReplicationStream:
             except psycopg.Error as exc:
                 self._drop_reader()
                 raise ReplicationError(f"replication connection lost: {exc}") from exc
+
+    def _check_alive(self, pgconn: pq.abc.PGconn) -> None:
+        """Receive deadline: ask for a reply at half of it, give the stream up at all of it.
+
+        Runs only when libpq's input was just read and held nothing, so a busy consumer that
+        left data unread is never mistaken for a silent server.
+        """
+        timeout = self.receive_timeout
+        if timeout is None or timeout <= 0:
+            return
+        silent = time.monotonic() - self._last_recv
+        if silent >= timeout:
+            self._drop_reader()
+            raise ReplicationError(
+                f"nothing received from Postgres for {silent:.0f}s (not even a keepalive): "
+                "the replication connection is considered dead"
+            )
+        if silent >= timeout / 2 and not self._asked_reply:
+            self._asked_reply = True
+            self._send_status(pgconn, reply=True)  # the walsender answers with a keepalive
+
+    def _on_ping(self, pgconn: pq.abc.PGconn) -> None:
+        """Count back-to-back pings; on a shutdown's ping loop end the copy stream and raise."""
+        now = time.monotonic()
+        if now - self._last_ping_answer < SHUTDOWN_PING_GAP:
+            self._ping_streak += 1
+        else:
+            self._ping_streak = 1
+        self._last_ping_answer = now
+        if self._ping_streak < SHUTDOWN_PINGS:
+            return
+        # CopyDone: the walsender answers with its own and exits (it is stopping); nothing is
+        # confirmed beyond the status just sent, so the slot keeps what resuming clients need.
+        self._copy_ended = True
+        try:
+            pgconn.put_copy_end()
+            pgconn.flush()
+        except psycopg.Error:
+            pass  # the connection is going away anyway; closing it ends the walsender too
+        self._drop_reader()
+        raise ServerShuttingDown(
+            f"Postgres is shutting down (the walsender waits for a confirmation up to "
+            f"{self.received_lsn}; the relay holds it at {self.flushed_lsn} for its replay window): "
+            "ended the replication stream"
+        )
 
     def _on_readable(self) -> None:
         w = self._waiter

@@ -167,3 +167,44 @@ async def test_raw_alter_publication_drop_stops_stream(pg_dsn: str) -> None:
             _exec, pg_dsn, "insert into tasks (branch_id, title, owner_id) values (1, 'x', gen_random_uuid())"
         )
         assert _changes(await c.collect(1.0)) == []
+
+
+# Every character wal2json's add-tables parser or the replication grammar treats specially, plus
+# quotes, uppercase and non-ASCII: none of them may stop the stream (issue 11, item 3).
+ODD_SCHEMA = "Odd Sch.ema,\\ 'q' \"dq\" Ünï"
+ODD_TABLE = "Order Items.v2,\\x 'it''s' \"T\" Ñandú\t*"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def test_odd_table_names_stream_and_do_not_stop_other_tables(pg_dsn: str) -> None:
+    odd = f"{_ident(ODD_SCHEMA)}.{_ident(ODD_TABLE)}"
+    async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
+        await asyncio.to_thread(_exec, pg_dsn, "create table public.plain (id int primary key)")
+        await asyncio.to_thread(_exec, pg_dsn, f"create schema {_ident(ODD_SCHEMA)}")
+        await asyncio.to_thread(_exec, pg_dsn, f"create table {odd} (id int primary key, note text)")
+        r = await c.join(
+            "odd",
+            [
+                {"event": "INSERT", "schema": "public", "table": "plain"},
+                {"event": "INSERT", "schema": ODD_SCHEMA, "table": ODD_TABLE},
+            ],
+        )
+        assert r["payload"]["status"] == "ok", r
+        await asyncio.to_thread(_exec, pg_dsn, "select realtime.enable_table('public.plain')")
+        await asyncio.to_thread(_exec, pg_dsn, "select realtime.enable_table(%s)", (odd,))
+        await _wait_for(lambda: f"{ODD_SCHEMA}.{ODD_TABLE}" in relay.server.status.get("tables", []), 10)
+        await asyncio.to_thread(_exec, pg_dsn, f"insert into {odd} values (1, 'odd')")
+        await asyncio.to_thread(_exec, pg_dsn, "insert into public.plain values (2)")
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += _changes(await c.collect(0.5))
+        assert [(d["schema"], d["table"], d["record"]["id"]) for d in got] == [
+            (ODD_SCHEMA, ODD_TABLE, 1),
+            ("public", "plain", 2),
+        ]
+        assert relay.server.status["streaming"] is True
+        assert relay.server.status["last_error"] is None

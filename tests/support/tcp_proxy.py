@@ -8,6 +8,7 @@ and a real relay.  The proxy sits between them and injects the failures networks
 - ``reset()``: abort both sides with RST (``SO_LINGER`` 0), as a crashed NAT or firewall does;
 - ``blackhole()``: keep both sockets open but silently discard everything, forever, in both
   directions (a half-open connection); while it is on, new connections are blackholed too;
+  with ``half_open=True`` a close is discarded too (the other side never learns);
 - ``stall()``: keep both sockets open and hold everything until ``stall(False)`` (a long pause);
 - ``delay(seconds)``: add latency to every chunk forwarded from now on.
 
@@ -74,7 +75,8 @@ class _Direction:
         except (ConnectionError, OSError):
             pass
         finally:
-            self.pair.finish()
+            if not self.pair.half_open:  # half-open: the close is lost like everything else
+                self.pair.finish()
 
     async def write(self) -> None:
         proxy = self.pair.proxy
@@ -118,6 +120,7 @@ class Pair:
         self.client = c_writer
         self.upstream = u_writer
         self.silenced = proxy.blackholing
+        self.half_open = proxy.blackholing and proxy.half_open
         self.flowing = asyncio.Event()
         if not proxy.stalling:
             self.flowing.set()
@@ -166,6 +169,7 @@ class FaultProxy:
         self.pairs: set[Pair] = set()
         self.latency = 0.0
         self.blackholing = False
+        self.half_open = False
         self.stalling = False
         self._server: asyncio.Server | None = None
 
@@ -223,14 +227,20 @@ class FaultProxy:
             self.stats.dropped += len(victims)
         return len(victims)
 
-    def blackhole(self, on: bool = True) -> int:
-        """Silence every open connection for good; while ``on``, new ones are silenced too."""
+    def blackhole(self, on: bool = True, half_open: bool = False) -> int:
+        """Silence every open connection for good; while ``on``, new ones are silenced too.
+
+        ``half_open``: closes are swallowed as well (a vanished peer's FIN never arrives), so
+        the other side keeps its socket until :meth:`stop`.
+        """
         self.blackholing = on
+        self.half_open = on and half_open
         if not on:
             return 0
         victims = [p for p in self.pairs if not p.silenced]
         for pair in victims:
             pair.silenced = True
+            pair.half_open = half_open
             pair.flowing.set()  # writers wake up and discard what they hold
         self.stats.blackholed += len(victims)
         return len(victims)

@@ -456,6 +456,12 @@ class TestOptions:
         assert opts["add-msg-prefixes"] == "realtime"
         assert opts["format-version"] == "2"
 
+    def test_wildcard_backslash_and_all_whitespace_escaped(self) -> None:
+        # A bare "*" is wal2json's wildcard (a table named "*" would add its whole schema) and
+        # any isspace() character ends an entry; a backslash escapes itself.
+        opts = wal2json_options([("*", "*"), ("s\\x", "a\tb\nc\rd\ve\ff"), ("Ünï", "'q\"")])
+        assert opts["add-tables"] == ("\\*.\\*,s\\\\x.a\\\tb\\\nc\\\rd\\\ve\\\ff,Ünï.'q\"")
+
     def test_no_tables_matches_nothing(self) -> None:
         opts = wal2json_options([], ("a", "b"))
         assert opts["add-tables"]
