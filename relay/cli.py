@@ -540,6 +540,7 @@ async def _tail(cfg: Config, count: int) -> int:
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     from relay.demo import run_demo
 
+    warn_weak_secret(cfg)  # (without one, the demo makes a strong secret of its own)
     if cfg.database_url:  # else a throwaway cluster
         _database(cfg)
     return asyncio.run(
