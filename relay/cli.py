@@ -9,22 +9,62 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import secrets
+import socket
 import sys
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import orjson
 
-from relay.config import ENV_VARS, Config, ConfigError
+from relay.config import ENV_VARS, LOG_LEVELS, MIN_SECRET_BYTES, Config, ConfigError
+from relay.redact import Redactor, dsn_password
 
 __all__ = ["main"]
 
 log = logging.getLogger("relay")
 
 EPILOG = "Environment:\n" + "\n".join(f"  {var:<26} {desc}" for var, desc in ENV_VARS.values())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is two lines (what is wrong, where to look), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n  see: {self.prog} --help\n")
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pg-change-relay")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from relay import __version__
+
+        return __version__
+
+
+def _common_args(p: argparse.ArgumentParser, default: Any) -> None:
+    """Options every command takes, before or after the command name."""
+    p.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=default,
+        help=f"{', '.join(LOG_LEVELS)} (env RELAY_LOG_LEVEL)",
+    )
 
 
 def _db_args(p: argparse.ArgumentParser) -> None:
@@ -48,17 +88,22 @@ def _server_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="relay",
         description="Stream committed Postgres row changes to Supabase-compatible WebSocket channels.",
         epilog=EPILOG,
         formatter_class=fmt,
     )
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (env RELAY_LOG_LEVEL)")
+    parser.add_argument("--version", action="version", version=f"relay {_version()}")
+    _common_args(parser, None)
+    # after the command name too; SUPPRESS: a sub-command without it keeps the one given before
+    common = _Parser(add_help=False)
+    _common_args(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
         "serve",
+        parents=[common],
         help="run the relay against RELAY_DATABASE_URL",
         epilog=EPILOG,
         formatter_class=fmt,
@@ -71,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "migrate",
+        parents=[common],
         help="apply the realtime schema migrations",
         formatter_class=fmt,
         description="Apply numbered, idempotent migrations from sql/migrations (and sql/demo with --demo).",
@@ -80,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
+        parents=[common],
         help="run everything locally: throwaway Postgres, demo tables, writer, relay",
         formatter_class=fmt,
         epilog=EPILOG,
@@ -96,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "token",
+        parents=[common],
         help="mint a development JWT (HS256)",
         formatter_class=fmt,
         description="Print an HS256 token signed with RELAY_JWT_SECRET / --jwt-secret.",
@@ -114,20 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "tables",
+        parents=[common],
         help="enable, disable or list realtime tables",
         formatter_class=fmt,
         description="Manage which tables stream (adds them to the publication with REPLICA IDENTITY FULL).",
     )
     tsub = p.add_subparsers(dest="tables_command", metavar="ACTION", required=True)
     for name, helptext in (("enable", "enable a table"), ("disable", "disable a table")):
-        tp = tsub.add_parser(name, help=helptext, description=f"{helptext.capitalize()} for realtime.")
+        tp = tsub.add_parser(
+            name, help=helptext, description=f"{helptext.capitalize()} for realtime.", parents=[common]
+        )
         _db_args(tp)
         tp.add_argument("table", nargs="+", help="schema.table (schema defaults to public)")
-    tp = tsub.add_parser("list", help="list enabled tables", description="List enabled tables.")
+    tp = tsub.add_parser(
+        "list", help="list enabled tables", description="List enabled tables.", parents=[common]
+    )
     _db_args(tp)
 
     p = sub.add_parser(
         "tail",
+        parents=[common],
         help="print decoded changes as JSON lines",
         formatter_class=fmt,
         description="Stream changes of the enabled tables to stdout, one JSON object per line. Uses a "
@@ -138,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "check",
+        parents=[common],
         help="preflight report",
         formatter_class=fmt,
         description="Check wal_level, wal2json, privileges, publication, replica identity and slot lag.",
@@ -161,27 +216,183 @@ def _config(args: argparse.Namespace) -> Config:
     return Config.from_env(**{k: getattr(args, k, None) for k in keys})
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Formats as usual (traceback included), then masks secrets in the finished text."""
+
+    def __init__(self, redactor: Redactor, fmt: str) -> None:
+        super().__init__(fmt)
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.scrub(super().format(record))
+
+
+def _redactor(args: argparse.Namespace, cfg: Config | None) -> Redactor:
+    """Everything secret this run could know: DSN passwords, the JWT secret, PGPASSWORD."""
+    urls = [getattr(args, "database_url", None), os.environ.get("RELAY_DATABASE_URL")]
+    keys = [getattr(args, "jwt_secret", None), os.environ.get("RELAY_JWT_SECRET")]
+    if cfg is not None:
+        urls.append(cfg.database_url)
+        keys.append(cfg.jwt_secret)
+    return Redactor([*(dsn_password(u) for u in urls), *keys, os.environ.get("PGPASSWORD")])
+
+
+def _setup_logging(level: str, redactor: Redactor) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter(redactor, "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # PyJWT warns about short HMAC keys with a multi-line warning on every use; the relay says
+    # it once, on one line (warn_weak_secret)
+    from jwt.warnings import InsecureKeyLengthWarning
+
+    warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure ends as one or two lines on stderr, secrets masked."""
     args = build_parser().parse_args(argv)
     try:
         cfg = _config(args)
     except ConfigError as exc:
-        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        print(_redactor(args, None).scrub(f"relay: configuration error: {exc}"), file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    redactor = _redactor(args, cfg)
+    _setup_logging(cfg.log_level, redactor)
     try:
         handler = _COMMANDS[args.command]
         return handler(args, cfg)
     except ConfigError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+        print(redactor.scrub(f"relay: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        log.debug("%s failed", args.command, exc_info=True)  # the traceback, for --log-level DEBUG
+        print(redactor.scrub(f"relay {args.command}: {explain_failure(exc, cfg)}"), file=sys.stderr)
+        return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out and len(out) < 10:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def explain_failure(exc: BaseException, cfg: Config) -> str:
+    """What went wrong and the fix, in at most two lines, for the failures people actually hit.
+
+    Why by message as well as by type: the same failure comes from psycopg (migrate, check,
+    tables, replication) and from asyncpg (the catalog pool of serve and tail) with different
+    exception classes, and the relay wraps some of them (``replication did not start: ...``).
+    """
+    chain = _chain(exc)
+    text = " | ".join(str(e) for e in chain).lower()
+    names = " ".join(type(e).__name__ for e in chain)
+    host, port, user, db = "?", "5432", "?", "?"
+    if cfg.database_url:
+        try:
+            u = urlsplit(cfg.database_url)
+            host, port = u.hostname or "localhost", str(u.port or 5432)
+            user, db = u.username or "(default user)", u.path.lstrip("/") or "(default)"
+        except ValueError:
+            pass
+    where = f"{host}:{port}"
+    url_hint = "check RELAY_DATABASE_URL / --database-url"
+
+    if any(isinstance(e, OSError) and e.errno == errno.EADDRINUSE for e in chain):
+        return (
+            f"cannot listen on {cfg.host}:{cfg.port}: the address is already in use.\n"
+            "  fix: stop what uses that port, or choose another with --port / RELAY_PORT"
+        )
+    if any(isinstance(e, OSError) and e.errno == errno.EADDRNOTAVAIL for e in chain):
+        return (
+            f"cannot listen on {cfg.host}:{cfg.port}: no such local address.\n"
+            "  fix: use an address of this machine with --host / RELAY_HOST (127.0.0.1, 0.0.0.0)"
+        )
+    if (
+        any(isinstance(e, ConnectionRefusedError) for e in chain)
+        or "connection refused" in text
+        or ("connect call failed" in text)
+    ):
+        return (
+            f"cannot connect to Postgres at {where}: connection refused.\n"
+            f"  fix: is Postgres running and listening on port {port} there? {url_hint}"
+        )
+    if (
+        any(isinstance(e, socket.gaierror) for e in chain)
+        or "resolve host" in text
+        or ("name or service not known" in text or "could not translate host name" in text)
+    ):
+        return f"cannot connect to Postgres: host {host!r} not found.\n  fix: correct the host; {url_hint}"
+    if (
+        "password authentication failed" in text
+        or "InvalidPassword" in names
+        or ("no password supplied" in text)
+    ):
+        return (
+            f"Postgres at {where} refused the password of user {user!r}.\n"
+            f"  fix: correct the user name or password; {url_hint}"
+        )
+    if "pg_hba.conf" in text:
+        return (
+            f"Postgres at {where} does not accept user {user!r} from this host (pg_hba.conf).\n"
+            "  fix: add a pg_hba.conf line for this user and host (replication needs its own), then reload"
+        )
+    if "database" in text and "does not exist" in text:
+        return f"Postgres at {where} has no database {db!r}.\n  fix: create it, or {url_hint}"
+    if "role" in text and "does not exist" in text:
+        return f"Postgres at {where} has no role {user!r}.\n  fix: create it (REPLICATION), or {url_hint}"
+    if "invalid dsn" in text or "ClientConfigurationError" in names or "invalid connection option" in text:
+        return (
+            "RELAY_DATABASE_URL is not a valid Postgres URL.\n"
+            "  fix: use postgresql://user:password@host:5432/dbname"
+        )
+    if any(isinstance(e, TimeoutError) for e in chain) or "timeout expired" in text or "timed out" in text:
+        return (
+            f"timed out connecting to Postgres at {where}.\n"
+            f"  fix: check that the host is reachable and the port is right; {url_hint}"
+        )
+    if "permission denied" in text or "must be superuser" in text or "must have" in text:
+        return f"{_first_line(exc)}\n  fix: run `relay check`: it names the privileges the role is missing"
+    return f"{type(exc).__name__}: {_first_line(exc)}\n  (run with --log-level DEBUG for the details)"
+
+
+def _database(cfg: Config) -> str:
+    """The checked database URL, after one connection proved it works.
+
+    Why probe: the commands behind it report a failed connection in their own ways (a preflight
+    line, a TableError with libpq's two-line text, a replication retry loop); a probe makes the
+    usual mistakes (port, host, password, database name) fail first, through explain_failure.
+    """
+    import psycopg
+
+    dsn = cfg.require_database()
+    psycopg.connect(dsn, connect_timeout=10).close()
+    return dsn
+
+
+def warn_weak_secret(cfg: Config) -> None:
+    """HS256 with a short secret can be brute-forced offline from any token a client holds."""
+    n = cfg.weak_secret()
+    if n is not None:
+        log.warning(
+            "RELAY_JWT_SECRET is %d bytes; use at least %d random bytes (e.g. openssl rand -hex 32)",
+            n,
+            MIN_SECRET_BYTES,
+        )
 
 
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
@@ -189,8 +400,10 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     from relay.postgres.preflight import run_preflight
     from relay.service import run_until_stopped
 
-    dsn = cfg.require_database()
+    cfg.require_database()
     cfg.require_jwt()
+    warn_weak_secret(cfg)
+    dsn = _database(cfg)
     if not args.no_migrate:
         applied = apply_migrations(dsn, publication=cfg.publication)
         if applied:
@@ -200,7 +413,7 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         if check.status == "warn":
             log.warning("preflight: %s: %s", check.name, check.message)
     if not report.ok:
-        print(report.render(), file=sys.stderr)
+        print(_redactor(args, cfg).scrub(report.render()), file=sys.stderr)
         print("relay: preflight failed; fix the items marked FAIL above", file=sys.stderr)
         return 1
     asyncio.run(run_until_stopped(cfg))
@@ -210,10 +423,11 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_migrate(args: argparse.Namespace, cfg: Config) -> int:
     from relay.postgres.migrate import apply_demo_schema, apply_migrations
 
-    applied = apply_migrations(cfg.require_database(), publication=cfg.publication)
+    dsn = _database(cfg)
+    applied = apply_migrations(dsn, publication=cfg.publication)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     if args.demo:
-        apply_demo_schema(cfg.require_database())
+        apply_demo_schema(dsn)
         print("demo schema applied")
     return 0
 
@@ -223,6 +437,7 @@ def cmd_token(args: argparse.Namespace, cfg: Config) -> int:
 
     if not cfg.jwt_secret:
         raise ConfigError("relay token needs RELAY_JWT_SECRET or --jwt-secret")
+    warn_weak_secret(cfg)
     claims: dict[str, Any] = {}
     for kv in args.claim:
         key, sep, value = kv.partition("=")
@@ -239,7 +454,7 @@ def cmd_token(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_tables(args: argparse.Namespace, cfg: Config) -> int:
     from relay.postgres.tables import TableError, disable_table, enable_table, list_tables
 
-    dsn = cfg.require_database()
+    dsn = _database(cfg)
     try:
         if args.tables_command == "list":
             rows = list_tables(dsn)
@@ -257,7 +472,7 @@ def cmd_tables(args: argparse.Namespace, cfg: Config) -> int:
             print(f"{args.tables_command}d {name}")
         return 0
     except TableError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+        print(_redactor(args, cfg).scrub(f"relay: {exc}"), file=sys.stderr)
         return 1
 
 
@@ -265,17 +480,18 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     from relay.postgres.preflight import run_preflight
 
     report = run_preflight(
-        cfg.require_database(),
+        _database(cfg),
         publication=cfg.publication,
         slot=cfg.slot,
         resume_window=cfg.resume_window,
         resume_max_bytes=cfg.resume_max_bytes,
     )
-    print(report.render())
+    print(_redactor(args, cfg).scrub(report.render()))
     return 0 if report.ok else 1
 
 
 def cmd_tail(args: argparse.Namespace, cfg: Config) -> int:
+    _database(cfg)
     return asyncio.run(_tail(cfg, args.count))
 
 
@@ -327,6 +543,9 @@ async def _tail(cfg: Config, count: int) -> int:
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     from relay.demo import run_demo
 
+    warn_weak_secret(cfg)  # (without one, the demo makes a strong secret of its own)
+    if cfg.database_url:  # else a throwaway cluster
+        _database(cfg)
     return asyncio.run(
         run_demo(cfg, rate=args.rate, port_given=args.port is not None or "RELAY_PORT" in os.environ)
     )

@@ -14,7 +14,11 @@ from typing import Any
 
 from relay.core.payload_limits import MAX_DEPTH_CEILING, PayloadLimits
 
-__all__ = ["ENV_VARS", "Config", "ConfigError"]
+__all__ = ["ENV_VARS", "LOG_LEVELS", "MIN_SECRET_BYTES", "Config", "ConfigError", "check_database_url"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# RFC 7518 3.2: an HS256 key should be at least as long as the hash output (32 bytes).
+MIN_SECRET_BYTES = 32
 
 
 class ConfigError(ValueError):
@@ -107,6 +111,11 @@ class Config:
             raise ConfigError(f"RELAY_HANDSHAKE_TIMEOUT must be positive, got {out.handshake_timeout}")
         if not (1 <= out.port <= 65535):
             raise ConfigError(f"RELAY_PORT must be 1..65535, got {out.port}")
+        if out.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(
+                f"RELAY_LOG_LEVEL / --log-level: {out.log_level!r} is not a log level; "
+                f"use one of {', '.join(LOG_LEVELS)}"
+            )
         return out
 
     @property
@@ -114,15 +123,54 @@ class Config:
         return PayloadLimits(self.max_payload_depth, self.max_payload_bytes)
 
     def require_database(self) -> str:
+        """The database URL, checked for shape first so a typo never reaches a driver.
+
+        Why: psycopg quotes a malformed DSN verbatim in its error (password included), and
+        asyncpg's message does not say what a valid one looks like.
+        """
         if not self.database_url:
             raise ConfigError("no database: set RELAY_DATABASE_URL (or pass --database-url)")
+        check_database_url(self.database_url)
         return self.database_url
+
+    def weak_secret(self) -> int | None:
+        """Length in bytes of an HS256 secret shorter than :data:`MIN_SECRET_BYTES`, else None."""
+        if self.jwt_secret is None:
+            return None
+        n = len(self.jwt_secret.encode())
+        return n if n < MIN_SECRET_BYTES else None
 
     def require_jwt(self) -> None:
         if not (self.jwt_secret or self.jwt_public_key or self.jwt_jwks):
             raise ConfigError(
                 "no JWT key: set RELAY_JWT_SECRET (HS256), RELAY_JWT_PUBLIC_KEY (PEM) or RELAY_JWT_JWKS"
             )
+
+
+_URL_HELP = "expected postgresql://user:password@host:5432/dbname"
+
+
+def check_database_url(url: str) -> None:
+    """Raise :class:`ConfigError` (naming no password) unless ``url`` is a usable Postgres URL.
+
+    Accepted: ``postgresql://`` / ``postgres://`` URLs (what both drivers take).  A libpq
+    keyword string (``host=... dbname=...``) is refused with the same hint: the relay's asyncpg
+    pool cannot use it, so it would only fail later, in ``serve``.
+    """
+    from urllib.parse import urlsplit
+
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ConfigError(f"RELAY_DATABASE_URL is not a URL: {_URL_HELP}")
+    if scheme.lower() not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"RELAY_DATABASE_URL has scheme {scheme[:20]!r}: {_URL_HELP} (postgres:// works too)"
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a non-numeric or out-of-range port)
+    except ValueError:
+        raise ConfigError(f"RELAY_DATABASE_URL has an invalid host or port: {_URL_HELP}") from None
 
 
 def _looks_like_path(v: str) -> bool:

@@ -22,6 +22,7 @@ from relay.core.tokens import mint
 from relay.demo_writer import run_demo_writer
 from relay.postgres.cluster import LocalCluster
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
+from relay.redact import redact_dsn
 from relay.service import start_relay
 
 __all__ = ["run_demo"]
@@ -119,7 +120,8 @@ async def run_demo(cfg: Config, *, rate: float = 2.0, port_given: bool = False) 
             )
         else:
             service = user = "(sign your own token with your key)"
-        print(banner(relay.url, service, user, dsn, cluster is not None), flush=True)
+        # the tokens are the point of the banner; a password of RELAY_DATABASE_URL is not
+        print(banner(relay.url, service, user, redact_dsn(dsn), cluster is not None), flush=True)
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, relay.task}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()

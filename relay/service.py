@@ -56,6 +56,13 @@ class RunningRelay:
         return f"ws://{host}:{self.port}/realtime/v1"
 
     async def stop(self) -> None:
+        """Stop accepting, tell every client it is going away (1001), then wind down.
+
+        Why the listener first: closing sockets while it still accepts lets clients reconnect
+        straight into a relay that is shutting down, where nobody serves them.
+        """
+        for site in list(self.runner.sites):
+            await site.stop()
         self.stop_event.set()
         await self.server.close_all()
         with suppress(asyncio.CancelledError):

@@ -27,7 +27,7 @@ import aiohttp
 from relay_client.backoff import Backoff
 from relay_client.channel import RealtimeChannel
 from relay_client.errors import ClientClosedError, GaveUpError
-from relay_client.link import AuthRejected, Link, LinkClosed, describe_error
+from relay_client.link import GOING_AWAY, AuthRejected, Link, LinkClosed, describe_error
 from relay_client.options import ChannelOptions, ClientOptions
 from relay_client.protocol import socket_url, topic_of
 from relay_client.status import ClientState, Status, StatusBoard, StatusCallback
@@ -384,9 +384,10 @@ class RelayClient:
             if self.closing:
                 await link.close()
                 break
-            self._status.set(ClientState.ONLINE, None)
+            # online is reported by _serve once the relay answers on this socket, not here
             reason = await self._serve(link)
-            self._backoff.connection_ended(link.age)
+            # a link that never answered was no connection at all: it must not reset the backoff
+            self._backoff.connection_ended(link.age if link.answered.is_set() else 0.0)
             if self.closing:
                 break
             log.info("connection lost: %s", reason)
@@ -396,7 +397,14 @@ class RelayClient:
             self._status.set(ClientState.OFFLINE, reason, 0)
             if link.stop_reason == "reconnect requested":
                 continue
-            await self._pause(self._backoff.next_delay())
+            delay = self._backoff.next_delay()
+            if link.close_code == GOING_AWAY:
+                # The relay is shutting down: its listener may still accept for a moment, and a
+                # replacement needs time to start.  Never retry at once (full jitter can draw ~0):
+                # wait at least initial_backoff, and let the attempts count up.
+                self._backoff.connection_ended(0.0)
+                delay += self.options.initial_backoff
+            await self._pause(delay)
 
     async def _pause(self, delay: float) -> None:
         """Wait ``delay`` seconds before the next attempt, or less if woken (reconnect(), close())."""
@@ -422,6 +430,7 @@ class RelayClient:
         heartbeat = asyncio.create_task(link.heartbeat(self._ref), name="relay-client-heartbeat")
         joiner = self._joiner = asyncio.create_task(self._join_loop(link), name="relay-client-joiner")
         stop = asyncio.create_task(link.stop_requested.wait(), name="relay-client-stop")
+        online = asyncio.create_task(self._online_when_answered(link), name="relay-client-online")
         helpers = (heartbeat, joiner, stop)
         reason = "connection ended"
         try:
@@ -447,15 +456,26 @@ class RelayClient:
             # (its position is recorded only then), bounded when closing.
             await asyncio.wait({reader}, timeout=self.options.timeout if self.closing else None)
         finally:
-            for t in (reader, *helpers):
+            for t in (reader, online, *helpers):
                 t.cancel()
-            await asyncio.gather(reader, *helpers, return_exceptions=True)
+            await asyncio.gather(reader, online, *helpers, return_exceptions=True)
             await link.close()
             self._link = None
             self._reader = self._joiner = None
             for ch in list(self._channels.values()):
                 ch.on_disconnect()
         return reason
+
+    async def _online_when_answered(self, link: Link) -> None:
+        """Report online once the relay answered on ``link`` (a join or heartbeat reply).
+
+        Why not on the handshake: a relay that is shutting down can still accept a socket it
+        will never serve; reporting online then would be a lie that lasts until the heartbeat
+        gives up on it.
+        """
+        await link.answered.wait()
+        if not link.stopping and not self.closing:
+            self._status.set(ClientState.ONLINE, None)
 
     async def _read(self, link: Link) -> str | None:
         while not link.stopping:

@@ -10,6 +10,11 @@ Two things extend the deadline, because they are not a dead network: frames stil
 (the reply is queued behind them) and the application holding the reader (``delivering``: a
 slow callback or a full ``changes()`` buffer — the reply sits unread in the socket).
 
+Proof of life comes first: the first heartbeat goes out as soon as the socket opens, and
+``answered`` is set by the first frame the relay sends.  An accepted handshake alone proves
+little — a relay that is shutting down may still complete one — so the client reports online
+only once ``answered`` is set.
+
 Closing never waits on a dead peer: a reader idle in ``receive()`` is cancelled, which makes
 aiohttp abort the transport instead of waiting for the peer's close frame.
 """
@@ -24,7 +29,9 @@ import aiohttp
 
 from relay_client.protocol import PHOENIX, VSN, Frame, ProtocolError, decode, encode, heartbeat_frame
 
-__all__ = ["AuthRejected", "Link", "LinkClosed", "describe_error"]
+__all__ = ["GOING_AWAY", "AuthRejected", "Link", "LinkClosed", "describe_error"]
+
+GOING_AWAY = 1001  # RFC 6455: the endpoint is going away (the relay is shutting down)
 
 log = logging.getLogger("relay_client")
 
@@ -68,6 +75,8 @@ class Link:
         self._send_lock = asyncio.Lock()
         self._hb_ref: str | None = None
         self._hb_answered = asyncio.Event()
+        self.answered = asyncio.Event()  # the relay sent a frame on this socket: it is serving it
+        self.close_code: int | None = None  # of the relay's close frame, if it sent one
 
     @classmethod
     async def open(
@@ -138,6 +147,7 @@ class Link:
                 except ProtocolError as exc:
                     log.warning("ignoring an unreadable frame: %s", exc)
                     continue
+                self.answered.set()
                 if frame.topic == PHOENIX and frame.event == "phx_reply":
                     if frame.ref is not None and frame.ref == self._hb_ref:
                         self._hb_answered.set()
@@ -149,10 +159,14 @@ class Link:
             # from the frame: aiohttp's close_code turns 1006 if the relay hangs up before our reply.
             code = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else self.ws.close_code
             extra = msg.extra if isinstance(msg.extra, str) and msg.extra else ""
+            if isinstance(code, int) and code != 1006:
+                self.close_code = code
             if msg.type is aiohttp.WSMsgType.ERROR:
                 reason = f"socket error: {msg.data}"
             elif code in (None, 1006):  # no close frame: the TCP connection just ended
                 reason = "connection lost (no close frame)"
+            elif code == GOING_AWAY:
+                reason = f"going away: relay shutting down (code 1001{': ' + extra if extra else ''})"
             else:
                 reason = f"closed by relay (code {code}{': ' + extra if extra else ''})"
             if self.stop_reason is None:
@@ -160,10 +174,18 @@ class Link:
             return None
 
     async def heartbeat(self, next_ref: Callable[[], str]) -> str:
-        """Send heartbeats until the link is found dead; returns why."""
+        """Send heartbeats until the link is found dead; returns why.
+
+        The first one goes out at once: its reply (or any other frame) is what makes the client
+        report online, and an accepted socket that never answers is given up after
+        ``hb_timeout`` instead of ``hb_interval + hb_timeout``.
+        """
         loop = asyncio.get_running_loop()
+        first = True
         while True:
-            await asyncio.sleep(self.hb_interval)
+            if not first:
+                await asyncio.sleep(self.hb_interval)
+            first = False
             ref = next_ref()
             self._hb_ref = ref
             self._hb_answered.clear()

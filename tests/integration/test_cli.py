@@ -6,12 +6,15 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import jwt
@@ -345,3 +348,225 @@ async def _first_booking_change(url: str, tok: str) -> dict[str, Any]:
             if m["event"] == "postgres_changes":
                 return dict(m["payload"]["data"])
     raise TimeoutError("no change from the demo writer")
+
+
+# -- failures a newcomer hits: one or two lines with the fix, and never a secret ---------------
+
+PASSWORD = "pw-" + secrets.token_hex(8)  # unique: any occurrence in output is a leak
+STRONG_SECRET = "jwt-secret-" + secrets.token_hex(16)
+
+
+def _with_password(
+    dsn: str, password: str = PASSWORD, *, user: str | None = None, db: str | None = None
+) -> str:
+    """``dsn`` with a password (the throwaway cluster trusts any), optionally another user or db."""
+    u = urlsplit(dsn)
+    netloc = f"{user or u.username}:{password}@{u.hostname}:{u.port}"
+    return urlunsplit((u.scheme, netloc, f"/{db}" if db else u.path, u.query, u.fragment))
+
+
+def _assert_short_and_clean(res: subprocess.CompletedProcess[str], *, secrets_: tuple[str, ...]) -> str:
+    out = res.stdout + res.stderr
+    # INFO progress lines before the failure (policies loaded, ...) are not part of the error
+    lines = [ln for ln in out.splitlines() if ln.strip() and not re.match(r"\d{4}-\d\d-\d\d \S+ INFO ", ln)]
+    assert res.returncode != 0, out
+    assert "Traceback" not in out, out
+    assert 1 <= len(lines) <= 2, f"{len(lines)} lines:\n{out}"
+    for s in secrets_:
+        assert s not in out, f"secret {s!r} leaked:\n{out}"
+    return out
+
+
+BAD_DSNS = {
+    "refused": (f"postgresql://app:{PASSWORD}@127.0.0.1:{{port}}/db", "connection refused"),
+    "unknown host": (f"postgresql://app:{PASSWORD}@no-such-host.invalid:5432/db", "not found"),
+    "scheme typo": (f"postgress://app:{PASSWORD}@127.0.0.1:5432/db", "scheme 'postgress'"),
+    "keyword form": (f"host=127.0.0.1 user=app password={PASSWORD}", "not a URL"),
+    "bad port": (f"postgresql://app:{PASSWORD}@127.0.0.1:54x32/db", "invalid host or port"),
+}
+COMMANDS = [["migrate"], ["migrate", "--demo"], ["serve"], ["check"], ["tables", "list"], ["tail"], ["demo"]]
+
+
+@pytest.mark.parametrize("kind", list(BAD_DSNS))
+def test_bad_database_urls_fail_in_two_lines_without_the_password(kind: str) -> None:
+    template, expect = BAD_DSNS[kind]
+    dsn = template.format(port=_free_port())
+    # every command with the URL in the environment; the --database-url flag on two of them
+    runs = [(cmd, "env") for cmd in COMMANDS] + [(["migrate"], "flag"), (["tables", "list"], "flag")]
+    for cmd, how in runs:
+        env = {"RELAY_JWT_SECRET": STRONG_SECRET, "RELAY_DATABASE_URL": dsn if how == "env" else ""}
+        args = [*cmd, "--database-url", dsn] if how == "flag" else cmd
+        res = relay_cmd(*args, env=env)
+        out = _assert_short_and_clean(res, secrets_=(PASSWORD, STRONG_SECRET))
+        assert expect in out, f"relay {' '.join(args)}:\n{out}"
+        assert "RELAY_DATABASE_URL" in out or "postgresql://" in out, out  # says what to fix
+    # at DEBUG the traceback is logged too (that is what DEBUG is for), still without the password
+    res = relay_cmd("--log-level", "DEBUG", "check", env={"RELAY_DATABASE_URL": dsn})
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and expect in out and PASSWORD not in out, out
+
+
+def test_database_failures_against_a_real_server(pg_dsn: str) -> None:
+    env = {"RELAY_JWT_SECRET": STRONG_SECRET}
+    cases = [
+        (_with_password(pg_dsn, db="no_such_db"), "no database 'no_such_db'"),
+        (_with_password(pg_dsn, user="no_such_role"), "no role 'no_such_role'"),
+    ]
+    for dsn, expect in cases:
+        for cmd in (["migrate"], ["check"], ["serve"], ["tables", "list"], ["tail"]):
+            res = relay_cmd(*cmd, env={**env, "RELAY_DATABASE_URL": dsn})
+            assert expect in _assert_short_and_clean(res, secrets_=(PASSWORD, STRONG_SECRET)), cmd
+
+
+def test_missing_jwt_secret_and_weak_secret() -> None:
+    res = relay_cmd(
+        "serve", env={"RELAY_DATABASE_URL": "postgresql://u@127.0.0.1:1/d", "RELAY_JWT_SECRET": ""}
+    )
+    assert res.returncode == 2 and "RELAY_JWT_SECRET" in _assert_short_and_clean(res, secrets_=())
+    weak = "weak-" + secrets.token_hex(4)  # 13 bytes
+    res = relay_cmd("token", env={"RELAY_JWT_SECRET": weak})
+    assert res.returncode == 0 and weak not in res.stdout + res.stderr
+    assert (
+        [ln for ln in res.stderr.splitlines() if ln.strip()]
+        == [ln for ln in res.stderr.splitlines() if "RELAY_JWT_SECRET is 13 bytes; use at least 32" in ln]
+        != []
+    ), res.stderr  # exactly our one line; PyJWT's multi-line warning is not shown
+    dsn = f"postgresql://app:{PASSWORD}@127.0.0.1:{_free_port()}/db"
+    res = relay_cmd("serve", env={"RELAY_JWT_SECRET": weak, "RELAY_DATABASE_URL": dsn})
+    out = res.stdout + res.stderr
+    assert "use at least 32" in out and "connection refused" in out and res.returncode == 1, out
+    assert weak not in out and PASSWORD not in out and "Traceback" not in out
+    strong = relay_cmd("token", env={"RELAY_JWT_SECRET": STRONG_SECRET}, check=True)
+    assert strong.stderr == ""
+
+
+def test_version_and_log_level_anywhere() -> None:
+    from importlib.metadata import version
+
+    res = relay_cmd("--version", check=True)
+    assert res.stdout.strip() == f"relay {version('pg-change-relay')}"
+    env = {"RELAY_JWT_SECRET": STRONG_SECRET}
+    for args in (["--log-level", "debug", "token"], ["token", "--log-level", "WARNING"]):
+        relay_cmd(*args, env=env, check=True)
+    relay_cmd("tables", "list", "--log-level", "ERROR", "--help", check=True)
+    for args in (["--log-level", "LOUD", "token"], ["token", "--log-level", "LOUD"]):
+        res = relay_cmd(*args, env=env)
+        assert res.returncode == 2 and "'LOUD' is not a log level" in _assert_short_and_clean(
+            res, secrets_=()
+        )
+    res = relay_cmd("token", env={**env, "RELAY_LOG_LEVEL": "LOUD"})
+    assert res.returncode == 2 and "RELAY_LOG_LEVEL" in _assert_short_and_clean(res, secrets_=())
+    res = relay_cmd("serve", "--no-such-flag")
+    assert res.returncode == 2 and "--no-such-flag" in _assert_short_and_clean(res, secrets_=())
+
+
+def test_serve_on_a_busy_port_is_two_lines(pg_dsn: str) -> None:
+    apply_migrations(pg_dsn)
+    apply_demo_schema(pg_dsn)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            "RELAY_DATABASE_URL": _with_password(pg_dsn),
+            "RELAY_JWT_SECRET": STRONG_SECRET,
+            "RELAY_PORT": str(port),
+            "RELAY_SLOT": "busy_port",
+            # serve logs its preflight warnings (e.g. unbounded WAL retention on this test
+            # cluster) before it binds; the failure itself must still be two lines
+            "RELAY_LOG_LEVEL": "ERROR",
+        }
+        res = relay_cmd("serve", env=env)
+    out = _assert_short_and_clean(res, secrets_=(PASSWORD, STRONG_SECRET))
+    assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in out
+    assert "--port" in out
+
+
+def test_serve_logs_no_secret_with_bad_tokens(pg_dsn: str, tmp_path: Path) -> None:
+    """A DEBUG-level relay, clients with bad tokens: neither tokens nor keys appear in its log."""
+    from relay.core.tokens import mint
+
+    apply_migrations(pg_dsn)
+    apply_demo_schema(pg_dsn)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RELAY_DATABASE_URL": _with_password(pg_dsn),
+        "RELAY_JWT_SECRET": STRONG_SECRET,
+        "RELAY_PORT": str(port),
+        "RELAY_SLOT": "bad_tokens",
+        "RELAY_LOG_LEVEL": "DEBUG",
+    }
+    bad_tokens = [
+        mint("another-secret-" + secrets.token_hex(16), role="service_role", ttl=60),  # wrong key
+        mint(STRONG_SECRET, role="service_role", ttl=-120),  # expired
+        "eyJhbGciOiJIUzI1NiJ9." + secrets.token_urlsafe(24) + "." + secrets.token_urlsafe(32),  # garbage
+        "not-a-jwt-" + secrets.token_hex(8),
+    ]
+    log_path = tmp_path / "relay.log"
+    with log_path.open("w") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve"], stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
+    try:
+        refusals = asyncio.run(_connect_with_bad_tokens(port, bad_tokens))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    out = log_path.read_text()
+    assert "relay listening" in out and refusals, out
+    for s in (PASSWORD, STRONG_SECRET, *bad_tokens, *(t.split(".")[-1] for t in bad_tokens if "." in t)):
+        assert s not in out, f"{s!r} leaked into the relay's log:\n{out}"
+
+
+async def _connect_with_bad_tokens(port: int, tokens: list[str]) -> list[str]:
+    """Handshakes and joins with each bad token; what the relay answered."""
+    from relay.core.tokens import mint
+
+    base = f"http://127.0.0.1:{port}"
+    answers: list[str] = []
+    async with aiohttp.ClientSession() as s:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with s.get(f"{base}/health") as r:
+                    if (await r.json())["status"] == "ok":
+                        break
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("relay serve did not become healthy")
+            await asyncio.sleep(0.2)
+        for tok in tokens:
+            try:
+                async with s.ws_connect(f"{base}/realtime/v1/websocket", params={"apikey": tok}) as ws:
+                    await ws.receive(timeout=2)
+                    answers.append(f"closed {ws.close_code}")
+            except aiohttp.WSServerHandshakeError as exc:
+                answers.append(f"HTTP {exc.status}")
+            except TimeoutError:
+                answers.append("accepted")
+        good = mint(STRONG_SECRET, role="service_role", ttl=60)
+        async with s.ws_connect(f"{base}/realtime/v1/websocket", params={"apikey": good}) as ws:
+            for i, tok in enumerate(tokens):  # a bad token inside a join, then as access_token
+                join = {"config": {"postgres_changes": []}, "access_token": tok}
+                await ws.send_json(
+                    {"topic": f"realtime:t{i}", "event": "phx_join", "ref": str(i), "payload": join}
+                )
+                reply = await ws.receive_json(timeout=5)
+                answers.append(str(reply["payload"].get("status")))
+                await ws.send_json(
+                    {
+                        "topic": f"realtime:t{i}",
+                        "event": "access_token",
+                        "ref": f"a{i}",
+                        "payload": {"access_token": tok},
+                    }
+                )
+            await asyncio.sleep(0.5)
+    return answers
