@@ -41,6 +41,7 @@ import json
 import math
 import operator
 import re
+import string
 import struct
 import uuid
 from collections.abc import Callable, Mapping
@@ -1111,14 +1112,25 @@ def _compile_pattern(op: str, pattern: str, fold: bool) -> Callable[[str], bool]
     """The text test of a pattern operator; ``fold`` for citext, whose operators ignore case."""
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise _CastError(f"the pattern is longer than {MAX_PATTERN_LENGTH} characters")
+    ignore_case = fold or op in ("ilike", "imatch")
+    if ignore_case:
+        cased = next((c for c in pattern if not c.isascii() and c.lower() != c.upper()), None)
+        if cased is not None:
+            raise _CastError(
+                f'a case-insensitive pattern with "{cased}" is not supported by the relay: how Postgres '
+                "folds the case of non-ASCII letters depends on the database's locale"
+            )
     if op in ("like", "ilike"):
-        lower = fold or op == "ilike"
-        test = _compile_like(pattern.lower() if lower else pattern)
-        if lower:
-            return lambda s: test(s.lower())
+        test = _compile_like(pattern.translate(_ASCII_LOWER) if ignore_case else pattern)
+        if ignore_case:
+            return lambda s: test(s.translate(_ASCII_LOWER))
         return test
-    regex = _compile_regex(pattern, ignore_case=fold or op == "imatch")
+    regex = _compile_regex(pattern, ignore_case)
     return lambda s: regex.search(s) is not None
+
+
+#: Case folding of ASCII letters only: the part of ``lower()`` every database locale agrees on.
+_ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def _compile_like(pattern: str) -> Callable[[str], bool]:
@@ -1169,7 +1181,7 @@ def _compile_like(pattern: str) -> Callable[[str], bool]:
 
 
 _REGEX_ESCAPES: Final = {
-    "d": "[0-9]", "D": "[^0-9]", "s": r"\s", "S": r"\S", "w": r"\w", "W": r"\W",
+    "d": "[0-9]", "D": "[^0-9]", "s": "[ \\t\\n\\r\\f\\v]", "S": "[^ \\t\\n\\r\\f\\v]",
     "n": r"\n", "t": r"\t", "r": r"\r", "f": r"\f", "v": r"\v",
 }  # fmt: skip
 _BOUND_RE: Final = re.compile(r"\{(\d{1,9})(,(\d{1,9})?)?\}")
@@ -1210,6 +1222,11 @@ def _compile_regex(pattern: str, ignore_case: bool) -> re.Pattern[str]:
                 atom(_REGEX_ESCAPES[d])
             elif d.isascii() and not d.isalnum():
                 atom(re.escape(d))
+            elif d in "wW":
+                raise _CastError(
+                    f'"\\{d}" is not supported by the relay: which letters it matches depends on the '
+                    "database's locale; write a bracket expression such as [A-Za-z0-9_]"
+                )
             else:
                 raise _CastError(f'regular expression escape "\\{d}" is not supported by the relay')
             i += 2
@@ -1303,7 +1320,7 @@ def _compile_regex(pattern: str, ignore_case: bool) -> re.Pattern[str]:
     if len(complex_group) != 1:
         raise _CastError("unbalanced ( in the regular expression")
     try:
-        return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+        return re.compile("".join(out), re.DOTALL | (re.IGNORECASE | re.ASCII if ignore_case else 0))
     except re.error as exc:
         raise _CastError(f"invalid regular expression: {exc}") from None
 
