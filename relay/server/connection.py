@@ -426,6 +426,9 @@ class Connection:
         shape = await self.server.catalog.table(spec.schema, spec.table)
         if shape is None:
             raise BindingError(f'relation "{spec.schema}.{spec.table}" does not exist')
+        unknown = [c for c in spec.select or () if c not in shape.columns]
+        if unknown:
+            raise BindingError(f'select: column "{unknown[0]}" does not exist in {spec.schema}.{spec.table}')
         if spec.filter is None:
             return None
         types: dict[str, str] = {}

@@ -84,3 +84,29 @@ async def test_postgres_special_inputs_are_accepted(pg_dsn: str) -> None:
         await asyncio.to_thread(_new_booking, pg_dsn, 1)
         got = [m for m in await c.collect(2.0) if m["event"] == "postgres_changes"]
         assert [m["topic"] for m in got] == ["realtime:ok2"]  # "id is null and id is not null" never holds
+
+
+async def test_select_restricts_the_payload(pg_dsn: str) -> None:
+    """``select`` cuts record/old_record/columns to the chosen columns plus the primary key, while
+    the filter still tests a column that is not selected; an unknown column fails the join."""
+    async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
+        bad = await c.join("bad", [{**_binding("branch_id=eq.2"), "select": ["status", "nope"]}])
+        assert bad["payload"]["status"] == "error"
+        assert bad["payload"]["response"]["reason"] == (
+            'InvalidBinding: select: column "nope" does not exist in public.bookings'
+        )
+        entry = {"event": "*", "schema": "public", "table": "bookings", "filter": "branch_id=eq.2"}
+        reply = await c.join("sel", [{**entry, "select": ["status"]}])
+        assert reply["payload"]["status"] == "ok", reply
+        assert reply["payload"]["response"]["postgres_changes"][0]["select"] == ["status"]
+        await asyncio.to_thread(_new_booking, pg_dsn, 1)
+        bid = await asyncio.to_thread(_new_booking, pg_dsn, 2)
+        await asyncio.to_thread(
+            _exec, pg_dsn, "update bookings set status = 'confirmed' where id = %s", (bid,)
+        )
+        got = [m["payload"]["data"] for m in await c.collect(2.0) if m["event"] == "postgres_changes"]
+        assert [d["type"] for d in got] == ["INSERT", "UPDATE"]
+        assert got[0]["record"] == {"id": bid, "status": "pending"}
+        assert [col["name"] for col in got[0]["columns"]] == ["id", "status"]
+        assert got[1]["record"] == {"id": bid, "status": "confirmed"}
+        assert got[1]["old_record"] == {"id": bid, "status": "pending"}

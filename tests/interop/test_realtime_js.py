@@ -141,6 +141,7 @@ async def subscriber(
     event: str = "*",
     filter: str = "",
     filter_builder: list[list[Any]] | None = None,
+    select: list[str] | None = None,
     vsn: str = "",
     heartbeat_ms: int = 0,
     timeout_ms: int = 15000,
@@ -153,6 +154,7 @@ async def subscriber(
         "RT_EVENT": event,
         "RT_FILTER": filter,
         "RT_FILTER_BUILDER": json.dumps(filter_builder) if filter_builder else "",
+        "RT_SELECT": json.dumps(select) if select else "",
         "RT_VSN": vsn,
         "RT_COUNT": str(count),
         "RT_TIMEOUT_MS": str(timeout_ms),
@@ -288,6 +290,22 @@ async def test_and_filters(
                 expected.append(bid)
         got = await sub.payloads()
         assert [p["new"]["id"] for p in got] == expected
+
+
+async def test_select(pg_dsn: str, node_env: str) -> None:
+    """realtime-js 2.109's ``select``: new/old carry the chosen columns and the primary key."""
+    async with (
+        running_relay(pg_dsn) as relay,
+        subscriber(node_env, relay.url, count=2, filter="branch_id=eq.2", select=["status"]) as sub,
+    ):
+        await sub.wait_subscribed()
+        await insert_booking(pg_dsn, branch=1)
+        bid = await insert_booking(pg_dsn, branch=2)
+        await set_status(pg_dsn, bid, "confirmed")
+        ins, upd = await sub.payloads()
+        assert ins["eventType"] == "INSERT" and ins["new"] == {"id": bid, "status": "pending"}
+        assert upd["eventType"] == "UPDATE" and upd["new"] == {"id": bid, "status": "confirmed"}
+        assert upd["old"] == {"id": bid, "status": "pending"}
 
 
 async def test_insert_only_binding(pg_dsn: str, node_env: str) -> None:
