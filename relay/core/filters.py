@@ -1156,6 +1156,8 @@ def _compile_like(pattern: str) -> Callable[[str], bool]:
         else:
             segments[-1].append(None if c == "_" else c)
         i += 1
+    if all(None not in seg for seg in segments):
+        return _literal_like(["".join(x for x in seg if x is not None) for seg in segments])
     compiled = [
         re.compile("".join("." if x is None else re.escape(x) for x in seg), re.DOTALL) for seg in segments
     ]
@@ -1175,6 +1177,31 @@ def _compile_like(pattern: str) -> Callable[[str], bool]:
             if m is None:
                 return False
             pos = m.end()
+        return True
+
+    return like
+
+
+def _literal_like(parts: list[str]) -> Callable[[str], bool]:
+    """LIKE without ``_``: the common ``abc%``, ``%abc``, ``%abc%`` are plain string methods."""
+    if len(parts) == 1:
+        only = parts[0]
+        return lambda s: s == only
+    first, middle, last = parts[0], [p for p in parts[1:-1] if p], parts[-1]
+    if not middle:
+        fixed = len(first) + len(last)
+        return lambda s: len(s) >= fixed and s.startswith(first) and s.endswith(last)
+
+    def like(s: str) -> bool:
+        end = len(s) - len(last)
+        if end < len(first) or not s.startswith(first) or not s.endswith(last):
+            return False
+        pos = len(first)
+        for part in middle:
+            pos = s.find(part, pos, end)
+            if pos < 0:
+                return False
+            pos += len(part)
         return True
 
     return like

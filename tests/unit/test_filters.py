@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -1069,3 +1070,27 @@ def test_canonical_operands_from_postgres_are_used() -> None:
     assert not bound.matches({"t": "2026-12-04T00:00:00+00:00", "n": 7})
     assert parse_filter("t=like.x%,s=is.null").casts({"t": "text", "s": "int4"}) == []
     assert parse_filter("j=eq.1").casts({"j": "jsonb"}) == [("jsonb", "1")]
+
+
+def _like_reference(pattern: str) -> str:
+    """LIKE as a backtracking regex: the obvious translation, fine for short test strings."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if c == "%" else "." if c == "_" else re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+@given(
+    pattern=st.text("ab%_\\", max_size=8).filter(lambda p: not re.search(r"(?<!\\)(\\\\)*\\$", p)),
+    value=st.text("ab%_\\", max_size=10),
+)
+def test_like_agrees_with_a_regex_translation(pattern: str, value: str) -> None:
+    """The segment matcher (and its plain-string fast path) answers like a full regex match."""
+    expected = re.fullmatch(_like_reference(pattern), value, re.DOTALL) is not None
+    assert bind(f"s=like.{_quote(pattern)}", "text").matches({"s": value}) is expected
