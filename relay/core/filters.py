@@ -107,6 +107,10 @@ def _error(text: str, reason: str) -> FilterError:
     return FilterError(f'invalid filter "{shown}": {reason}')
 
 
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _expected_ops() -> str:
     return f'expected one of {", ".join(OPERATORS)}, optionally after "not."'
 
@@ -169,11 +173,20 @@ class Condition:
         keys: list[Any] = []
         if op in _CAST_OPS:
             for position, raw in enumerate(self.values, 1):
+                pg = canonical.get(raw) if canonical is not None else None
+                where = f" (position {position})" if op == "in" else ""
                 try:
-                    pg = canonical.get(raw) if canonical is not None else None
                     keys.append(spec.parse(raw if pg is None else pg))
-                except (ValueError, TypeError, ArithmeticError) as exc:
-                    where = f" (position {position})" if op == "in" else ""
+                except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+                    if pg is not None or isinstance(exc, RecursionError):
+                        # Postgres took it, but the relay cannot compare it: BC dates, years past
+                        # 9999, JSON nested deeper than Python's parser goes.
+                        shown = pg if pg is not None else raw
+                        raise _error(
+                            self.text,
+                            f'value "{_clip(shown)}"{where} of type {_display(typ)} is beyond what the '
+                            "relay can compare",
+                        ) from None
                     detail = f": {exc}" if isinstance(exc, _CastError) else ""
                     raise _error(
                         self.text, f'value "{raw}"{where} is not a valid {_display(typ)}{detail}'

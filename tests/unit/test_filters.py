@@ -1094,3 +1094,22 @@ def test_like_agrees_with_a_regex_translation(pattern: str, value: str) -> None:
     """The segment matcher (and its plain-string fast path) answers like a full regex match."""
     expected = re.fullmatch(_like_reference(pattern), value, re.DOTALL) is not None
     assert bind(f"s=like.{_quote(pattern)}", "text").matches({"s": value}) is expected
+
+
+@pytest.mark.parametrize(
+    ("typ", "raw", "canonical"),
+    [("date", "4714-11-24 BC", "4714-11-24 BC"), ("timestamp", "10000-01-01", "10000-01-01 00:00:00")],
+)
+def test_values_postgres_takes_but_the_relay_cannot_compare(typ: str, raw: str, canonical: str) -> None:
+    """Refused with a message that says why, rather than silently never matching."""
+    f = parse_filter(f"c=eq.{raw}")
+    with pytest.raises(FilterError, match=f"of type {typ} is beyond what the relay can compare"):
+        f.bind(typ, {(typ, raw): canonical})
+
+
+def test_deeply_nested_json_is_refused_not_crashing() -> None:
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(FilterError, match="beyond what the relay can compare"):
+        bind(f"j=eq.{deep}", "jsonb")
+    with pytest.raises(FilterError, match="beyond what the relay can compare"):
+        parse_filter(f"j=eq.{deep}").bind("jsonb", {("jsonb", deep): deep})
