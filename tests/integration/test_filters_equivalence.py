@@ -116,27 +116,31 @@ def _pg_accepts(conn: psycopg.Connection[Any], typ: str, value: str) -> bool:
         return False
 
 
-def _relay_bind(dsn: str, column: str, text: str) -> tuple[Any, str | None]:
-    """Bind ``text`` as the server does: Postgres casts the operands, then Filter.bind."""
+class RelayBinder:
+    """Binds filters as the server does: Postgres casts the operands (``Catalog.cast_operands``,
+    the real component, on one pool and event loop per check), then ``Filter.bind``."""
 
-    async def run() -> tuple[Any, str | None]:
-        catalog = Catalog(dsn)
-        await catalog.open()
+    def __init__(self, dsn: str) -> None:
+        self.runner = asyncio.Runner()
+        self.catalog = Catalog(dsn, ttl=0.0)  # no cache: every operand is really cast
+        self.runner.run(self.catalog.open())
+
+    def close(self) -> None:
+        self.runner.run(self.catalog.close())
+        self.runner.close()
+
+    def bind(self, column: str, text: str) -> tuple[Any, str | None]:
         try:
             f = parse_filter(text)
             types = {column: COLUMNS[column]}
             casts = f.casts(types)
             try:
-                canonical = await catalog.cast_operands(casts) if casts else None
+                canonical = self.runner.run(self.catalog.cast_operands(casts)) if casts else None
             except OperandCastError as exc:
                 return None, str(exc)
             return f.bind(types, canonical), None
         except FilterError as exc:
             return None, str(exc)
-        finally:
-            await catalog.close()
-
-    return asyncio.run(run())
 
 
 def _load_rows(conn: psycopg.Connection[Any], column: str, values: list[str | None]) -> list[RowChange]:
@@ -197,12 +201,20 @@ def _pg_matching(
 
 def _check(dsn: str, column: str, operands: list[str]) -> None:
     typ = COLUMNS[column]
+    binder = RelayBinder(dsn)
+    try:
+        _check_with(binder, dsn, column, typ, operands)
+    finally:
+        binder.close()
+
+
+def _check_with(binder: RelayBinder, dsn: str, column: str, typ: str, operands: list[str]) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("set timezone to 'UTC'")
         accepted = []
         for raw in operands:
             pg_ok = _pg_accepts(conn, typ, raw)
-            bound, error = _relay_bind(dsn, column, f"{column}=eq.{_quote(raw)}")
+            bound, error = binder.bind(column, f"{column}=eq.{_quote(raw)}")
             if pg_ok and error is not None and "beyond what the relay can compare" in error:
                 continue  # documented: BC dates, years past 9999 (refused, with that reason)
             assert (bound is not None) == pg_ok, (typ, raw, error)
@@ -218,7 +230,7 @@ def _check(dsn: str, column: str, operands: list[str]) -> None:
             for op in ops:
                 for negated in (False, True):
                     text = f"{column}={'not.' if negated else ''}{op}.{_quote(raw)}"
-                    bound, error = _relay_bind(dsn, column, text)
+                    bound, error = binder.bind(column, text)
                     assert bound is not None, error
                     predicate = f"{{col}} {VALUE_OPS[op]} {cast}"
                     expected = _pg_matching(
@@ -226,12 +238,12 @@ def _check(dsn: str, column: str, operands: list[str]) -> None:
                     )
                     got = {i for i, r in records.items() if bound.matches(r)}
                     assert got == expected, (text, {i: records[i][column] for i in got ^ expected})
-            bound, _ = _relay_bind(dsn, column, f"{column}=isdistinct.{_quote(raw)}")
+            bound, _ = binder.bind(column, f"{column}=isdistinct.{_quote(raw)}")
             expected = _pg_matching(conn, column, f"{{col}} is distinct from {cast}", raw, records)
             assert {i for i, r in records.items() if bound.matches(r)} == expected, raw
         if accepted:
             listed = accepted[:5]
-            bound, error = _relay_bind(dsn, column, f"{column}=in.({','.join(map(_quote, listed))})")
+            bound, error = binder.bind(column, f"{column}=in.({','.join(map(_quote, listed))})")
             assert bound is not None, error
             element = "jsonb" if typ == "json" else typ
             expected = _pg_matching(conn, column, f"{{col}} = any(%s::text[]::{element}[])", listed, records)
@@ -247,7 +259,7 @@ _NUMBERISH = st.text(alphabet="0123456789.eE+-_ xIfnaNity", max_size=8)
 _DATEISH = st.text(alphabet="0123456789-:. TZ+/", min_size=4, max_size=22)
 
 
-@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
     column=st.sampled_from(["i2", "i4", "i8", "n", "f4", "f8"]),
     operands=st.lists(_NUMBERISH | st.integers(-(2**64), 2**64).map(str), min_size=1, max_size=8),
@@ -256,7 +268,7 @@ def test_generated_numbers_agree_with_postgres(dsn: str, column: str, operands: 
     _check(dsn, column, operands)
 
 
-@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
     column=st.sampled_from(["d", "ts", "tz"]),
     operands=st.lists(
@@ -278,7 +290,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
     column=st.sampled_from(["j", "jb"]),
     operands=st.lists(
@@ -333,7 +345,7 @@ def _check_patterns(dsn: str, patterns: list[tuple[str, str]]) -> None:
                 assert got == expected, (text, sorted(records[i]["s"] for i in got ^ expected))
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
     patterns=st.lists(
         st.tuples(st.sampled_from(["like", "ilike"]), st.text(_LIKE_ALPHABET, max_size=6))
