@@ -313,6 +313,21 @@ _REGEX_PIECES = ["a", "b", "c", "A", ".", "^", "$", "*", "+", "?", "[a-c]", "[^a
                  "{1,2}", "é", "\\w", "(?:ab)", "|"]  # fmt: skip
 
 
+def _like_probe(pattern: str) -> str:
+    """Text that a LIKE pattern's matcher follows up to its end (``\\c`` is c, ``_`` any
+    character, ``%`` nothing), plus one more character, so a trailing lone escape is reached."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i + 1 : i + 2])
+            i += 2
+            continue
+        out.append("" if c == "%" else "x" if c == "_" else c)
+        i += 1
+    return "".join(out) + "x"
+
+
 def _check_patterns(dsn: str, patterns: list[tuple[str, str]]) -> None:
     pg_ops = {"like": "like", "ilike": "ilike", "match": "~", "imatch": "~*"}
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -330,7 +345,7 @@ def _check_patterns(dsn: str, patterns: list[tuple[str, str]]) -> None:
                         continue
                     # Postgres raises when it compiles a bad regex, but a bad LIKE pattern only
                     # when matching reaches the fault: probe with the pattern's own literal text.
-                    probe = pattern.replace("%", "").replace("_", "x").replace("\\", "") + "x"
+                    probe = _like_probe(pattern)
                     with pytest.raises(psycopg.errors.DataError), conn.transaction():
                         conn.execute(
                             f"select s {pg_ops[op]} %s from t union all select %s {pg_ops[op]} %s",
