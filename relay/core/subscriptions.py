@@ -74,6 +74,9 @@ class BindingSpec:
     filter: Filter | None
     raw: Mapping[str, Any]
     id: int
+    #: Columns the client wants in ``record``/``old_record``/``columns`` (the primary key always
+    #: comes too); None for the whole row.  Filters and policies still see the whole row.
+    select: tuple[str, ...] | None = None
 
 
 def binding_id(event: str, schema: str, table: str | None, filter_text: str | None) -> int:
@@ -121,12 +124,36 @@ def parse_bindings(entries: Any) -> list[BindingSpec]:
                 flt = parse_filter(ftext)
             except FilterError as exc:
                 raise BindingError(str(exc)) from None
+        select = _parse_select(i, e.get("select"))
+        if select is not None and table is None:
+            raise BindingError(f"postgres_changes[{i}]: select needs a table")
         out.append(
             BindingSpec(
-                event, schema, table, flt, e, binding_id(event, schema, table, flt.text if flt else None)
+                event,
+                schema,
+                table,
+                flt,
+                e,
+                binding_id(event, schema, table, flt.text if flt else None),
+                select,
             )
         )
     return out
+
+
+def _parse_select(i: int, value: Any) -> tuple[str, ...] | None:
+    """``select``: a list of column names (realtime-js 2.109), or a comma-separated string as
+    upstream also reads it; empty means the whole row.  Column names are checked at bind."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        names = [n.strip() for n in value.split(",")]
+        names = [n for n in names if n]
+    elif isinstance(value, list) and all(isinstance(n, str) and n for n in value):
+        names = list(value)
+    else:
+        raise BindingError(f"postgres_changes[{i}]: select must be a list of column names")
+    return tuple(dict.fromkeys(names)) or None
 
 
 class Subscriber(Protocol):
@@ -150,6 +177,7 @@ class Binding(Generic[S]):
     id: int
     event: str
     filter: BoundFilter | None
+    select: tuple[str, ...] | None = None
 
     def matches(self, change: RowChange) -> bool:
         if self.event != "*" and self.event != change.action.value:
@@ -172,7 +200,7 @@ class SubscriptionIndex(Generic[S]):
     by_owner: dict[tuple[str, str], dict[S, list[Binding[S]]]] = field(default_factory=dict)
 
     def add(self, spec: BindingSpec, owner: S, bound: BoundFilter | None) -> Binding[S]:
-        b = Binding(owner, spec.id, spec.event, bound)
+        b = Binding(owner, spec.id, spec.event, bound, spec.select)
         if spec.table is None:
             self.by_schema.setdefault(spec.schema, []).append(b)
         else:
@@ -245,7 +273,7 @@ class SubscriptionIndex(Generic[S]):
             for owner, ids in self.plan(change, owners):
                 v = decide(owner, which)
                 if v is True:
-                    deliveries.append(Delivery(owner, ids, CHANGE))
+                    deliveries.append(Delivery(owner, ids, CHANGE, None, self._select(change, owner, ids)))
                 elif isinstance(v, Denied):
                     deliveries.append(Delivery(owner, ids, ERROR, v))
                 elif v is ASK_POSTGRES:
@@ -281,7 +309,8 @@ class SubscriptionIndex(Generic[S]):
             delivered = False
             sent: list[int] = []
             if u and vn is True:
-                deliveries.append(Delivery(owner, u, CHANGE if vo is True else MOVED_IN))
+                kind = CHANGE if vo is True else MOVED_IN
+                deliveries.append(Delivery(owner, u, kind, None, self._select(change, owner, u)))
                 delivered = True
                 sent = u
             if vo is True:
@@ -289,13 +318,28 @@ class SubscriptionIndex(Generic[S]):
                     [i for i in p if i not in sent] if vn is not True else []
                 )
                 if out:
-                    deliveries.append(Delivery(owner, out, MOVED_OUT))
+                    deliveries.append(Delivery(owner, out, MOVED_OUT, None, self._select(change, owner, out)))
                     delivered = True
             if not delivered:
                 err = vn if isinstance(vn, Denied) else vo if isinstance(vo, Denied) else None
                 if err is not None:
                     deliveries.append(Delivery(owner, u or f or p, ERROR, err))
         return deliveries, pending
+
+    def _select(self, change: RowChange, owner: S, ids: list[int]) -> tuple[str, ...] | None:
+        """The columns ``owner``'s frame carries: the union of the ``select`` of its delivered
+        bindings, or None (the whole row) if one of them has none."""
+        per_owner = self.by_owner.get((change.schema, change.table))
+        bindings = per_owner.get(owner) if per_owner is not None else None
+        if not bindings or all(b.select is None for b in bindings):
+            return None
+        wanted: dict[str, None] = {}
+        for b in bindings:
+            if b.id in ids:
+                if b.select is None:
+                    return None
+                wanted.update(dict.fromkeys(b.select))
+        return tuple(wanted) if wanted else None
 
 
 def _add(d: dict[int, tuple[S, list[int]]], owner: S, bid: int) -> None:
@@ -323,6 +367,7 @@ class Delivery(Generic[S]):
     ids: list[int]
     kind: str = "change"
     error: Denied | None = None
+    select: tuple[str, ...] | None = None
 
 
 K = TypeVar("K")
@@ -396,14 +441,21 @@ class FrameCache:
             self._wire[key] = w
         return w
 
-    def variant(self, kind: str, error: Denied | None = None) -> FrameCache:
-        """The cache for a variant of this change (moved out/in, error), built once."""
-        if kind == CHANGE:
+    def variant(
+        self, kind: str, error: Denied | None = None, select: tuple[str, ...] | None = None
+    ) -> FrameCache:
+        """The cache for a variant of this change (moved out/in, error, a column selection),
+        built once."""
+        if kind == ERROR:
+            select = None  # an error frame carries no row anyway
+        if kind == CHANGE and select is None:
             return self
         key = kind if error is None else f"{kind}:{error.code}:{error.policy}"
+        if select is not None:
+            key = f"{key}:select:" + "\x00".join(select)
         v = self._variants.get(key)
         if v is None:
-            v = FrameCache(self.change, lambda ch: dumps(_variant_payload(ch, kind, error)))
+            v = FrameCache(self.change, lambda ch: dumps(_variant_payload(ch, kind, error, select)))
             self._variants[key] = v
         return v
 
@@ -422,9 +474,19 @@ def _encode_data(change: RowChange) -> bytes:
     return dumps(change_payload(change))
 
 
-def _variant_payload(change: RowChange, kind: str, error: Denied | None) -> dict[str, Any]:
-    """``data`` for a moved-out DELETE, a moved-in UPDATE or a per-subscriber error."""
+def _variant_payload(
+    change: RowChange, kind: str, error: Denied | None, select: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """``data`` for a moved-out DELETE, a moved-in UPDATE, a per-subscriber error, or a column
+    selection (``record``/``old_record``/``columns`` cut to ``select`` plus the primary key)."""
     data = change_payload(change)
+    if select is not None:
+        keep = set(select).union(change.pk)
+        data["columns"] = [{"name": c.name, "type": c.type} for c in change.columns if c.name in keep]
+        for side in ("record", "old_record"):
+            row = data.get(side)
+            if row is not None:
+                data[side] = {k: v for k, v in row.items() if k in keep}
     if kind == MOVED_OUT:
         data["type"] = "DELETE"
         data.pop("record", None)

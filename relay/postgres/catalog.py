@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from relay.core.filters import PG_CAST_TYPES
 from relay.core.pgtypes import TypeInfo
 
-__all__ = ["Catalog", "TableShape"]
+__all__ = ["Catalog", "OperandCastError", "TableShape"]
+
+#: Session settings for operand casts: the canonical output the filter converters read (ISO dates,
+#: shortest-exact floats; the day/month order stays the database's), and offset-less timestamptz
+#: operands taken as UTC.
+_CAST_SETTINGS = (
+    "select set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO', true), "
+    "set_config('extra_float_digits', '1', true)"
+)
+_CAST_CACHE_SIZE = 4096
+
+
+class OperandCastError(ValueError):
+    """Postgres refused to cast a filter operand; the message is Postgres' own."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,7 @@ class Catalog:
         self._pool: asyncpg.Pool | None = None
         self._tables: dict[tuple[str, str], tuple[float, TableShape | None]] = {}
         self._published: dict[tuple[str, str, str | None], tuple[float, TableShape | None]] = {}
+        self._casts: dict[tuple[str, str], tuple[float, str]] = {}
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=10)
@@ -136,6 +152,57 @@ class Catalog:
             self._published.clear()
         self._published[key] = (now, shape)
         return shape
+
+    async def cast_operands(self, casts: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Postgres' text output of ``operand::pg_catalog.<type>`` for each ``(type, operand)``.
+
+        Why ask Postgres: a filter must accept exactly the operands Postgres accepts and mean what
+        Postgres means by them (``1e3`` for numeric, ``yesterday`` for a timestamp, the JSON
+        grammar), and only its input functions know that for sure.  One transaction per join
+        (settings pinned, one statement per type); results are cached for ``ttl`` seconds, which
+        also bounds how stale a cached ``now``/``today`` can be.  Types must be in
+        :data:`relay.core.filters.PG_CAST_TYPES` (built-in names, safe to put in the SQL text).
+        Raises :class:`OperandCastError` with Postgres' message when a cast fails.
+        """
+        now = time.monotonic()
+        out: dict[tuple[str, str], str] = {}
+        by_type: dict[str, list[str]] = {}
+        for typ, value in casts:
+            if typ not in PG_CAST_TYPES:
+                raise ValueError(f"not a type the relay casts in Postgres: {typ!r}")
+            hit = self._casts.get((typ, value))
+            if hit is not None and now - hit[0] < self.ttl:
+                out[(typ, value)] = hit[1]
+            else:
+                by_type.setdefault(typ, []).append(value)
+        if not by_type:
+            return out
+        try:
+            fetched = await self._cast(by_type)
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, OSError):
+            fetched = await self._cast(by_type)  # a pooled connection died with a restart: once more
+        if len(self._casts) + len(fetched) > _CAST_CACHE_SIZE:
+            self._casts.clear()
+        for key, text in fetched.items():
+            self._casts[key] = (now, text)
+        out.update(fetched)
+        return out
+
+    async def _cast(self, by_type: dict[str, list[str]]) -> dict[tuple[str, str], str]:
+        out: dict[tuple[str, str], str] = {}
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_CAST_SETTINGS)
+            for typ, values in by_type.items():
+                try:
+                    rows = await conn.fetch(
+                        f"select u.v::pg_catalog.{typ}::text as c "
+                        "from unnest($1::text[]) with ordinality as u(v, i) order by u.i",
+                        values,
+                    )
+                except (asyncpg.DataError, asyncpg.SyntaxOrAccessError) as exc:
+                    raise OperandCastError(str(exc)) from None
+                out.update(((typ, v), r["c"]) for v, r in zip(values, rows, strict=True))
+        return out
 
     async def types(self) -> list[TypeInfo]:
         rows = await self._fetch(

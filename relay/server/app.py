@@ -211,7 +211,7 @@ class RelayServer:
                     change.table,
                     d.error.message,
                 )
-            chan.conn.deliver(cache.variant(d.kind, d.error), chan.topic, d.ids)
+            chan.conn.deliver(cache.variant(d.kind, d.error, d.select), chan.topic, d.ids)
         self.frames_queued += sent
 
     # -- transactions -----------------------------------------------------------------------

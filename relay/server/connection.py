@@ -34,6 +34,7 @@ from relay.core.subscriptions import (
     parse_bindings,
 )
 from relay.core.tokens import Claims, TokenError
+from relay.postgres.catalog import OperandCastError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
 from relay.server.topics import JoinRefused, presence_key
 
@@ -470,15 +471,26 @@ class Connection:
         shape = await catalog.published_table(publication, spec.schema, spec.table)
         if shape is None:
             raise TableUnavailable()
+        unknown = [c for c in spec.select or () if c not in shape.columns]
+        if unknown:
+            raise BindingError(f'select: column "{unknown[0]}" does not exist in {spec.schema}.{spec.table}')
         if spec.filter is None:
             return None
-        ctype = shape.columns.get(spec.filter.column)
-        if ctype is None:
-            raise BindingError(
-                f'invalid filter "{spec.filter.text}": column "{spec.filter.column}" does not exist '
-                f"in {spec.schema}.{spec.table}"
-            )
-        return spec.filter.bind(ctype)
+        types: dict[str, str] = {}
+        for column in spec.filter.columns:
+            ctype = shape.columns.get(column)
+            if ctype is None:
+                raise BindingError(
+                    f'invalid filter "{spec.filter.text}": column "{column}" does not exist '
+                    f"in {spec.schema}.{spec.table}"
+                )
+            types[column] = ctype
+        casts = spec.filter.casts(types)
+        try:  # Postgres itself casts the operands: it decides what they mean, or refuses them
+            canonical = await self.server.catalog.cast_operands(casts) if casts else None
+        except OperandCastError as exc:
+            raise BindingError(f'invalid filter "{spec.filter.text}": {exc}') from None
+        return spec.filter.bind(types, canonical)
 
     def close_channel(self, chan: Channel, send_close: bool = True) -> None:
         chan.closed = True

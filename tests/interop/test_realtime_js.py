@@ -143,6 +143,8 @@ async def subscriber(
     table: str = "bookings",
     event: str = "*",
     filter: str = "",
+    filter_builder: list[list[Any]] | None = None,
+    select: list[str] | None = None,
     vsn: str = "",
     heartbeat_ms: int = 0,
     timeout_ms: int = 15000,
@@ -154,6 +156,8 @@ async def subscriber(
         "RT_TABLE": table,
         "RT_EVENT": event,
         "RT_FILTER": filter,
+        "RT_FILTER_BUILDER": json.dumps(filter_builder) if filter_builder else "",
+        "RT_SELECT": json.dumps(select) if select else "",
         "RT_VSN": vsn,
         "RT_COUNT": str(count),
         "RT_TIMEOUT_MS": str(timeout_ms),
@@ -235,6 +239,76 @@ async def test_filter_receives_only_matching_rows(pg_dsn: str, node_env: str) ->
         assert ins["new"]["id"] == b2 and ins["new"]["branch_id"] == 2
         _check_common(dele, "DELETE")
         assert dele["old"]["id"] == b2
+
+
+@pytest.mark.parametrize(
+    ("filter_text", "builder"),
+    [
+        (
+            'branch_id=gte.2,branch_id=lte.3,status=not.in.(cancelled,"no show")',
+            None,
+        ),
+        (
+            "",
+            [
+                ["gte", "branch_id", 2],
+                ["lte", "branch_id", 3],
+                ["not", "status", "in", ["cancelled", "no show"]],
+                ["like", "service", "hair%"],
+                ["isDistinct", "price", 1],
+                ["is", "staff_id", None],
+            ],
+        ),
+    ],
+    ids=["raw-string", "postgresChangesFilter"],
+)
+async def test_and_filters(
+    pg_dsn: str, node_env: str, filter_text: str, builder: list[list[Any]] | None
+) -> None:
+    """realtime-js 2.109's postgresChangesFilter() (and the same raw string): ANDed conditions,
+    quoted values, not., like, isdistinct and is.  Only branches 2 and 3, not cancelled, match."""
+    async with (
+        running_relay(pg_dsn) as relay,
+        subscriber(
+            node_env, relay.url, count=2, event="INSERT", filter=filter_text, filter_builder=builder
+        ) as sub,
+    ):
+        if builder:
+            line = await sub.wait_for(lambda m: "filter" in m)
+            assert line["filter"] == (
+                "branch_id=gte.2,branch_id=lte.3,status=not.in.(cancelled,no show),service=like.hair%,"
+                "price=isdistinct.1,staff_id=is.null"
+            )
+        await sub.wait_subscribed()
+        expected = []
+        for branch, status in [
+            (1, "pending"),
+            (2, "pending"),
+            (3, "cancelled"),
+            (4, "pending"),
+            (3, "confirmed"),
+        ]:
+            bid = await insert_booking(pg_dsn, branch=branch, status=status)
+            if 2 <= branch <= 3 and status != "cancelled":
+                expected.append(bid)
+        got = await sub.payloads()
+        assert [p["new"]["id"] for p in got] == expected
+
+
+async def test_select(pg_dsn: str, node_env: str) -> None:
+    """realtime-js 2.109's ``select``: new/old carry the chosen columns and the primary key."""
+    async with (
+        running_relay(pg_dsn) as relay,
+        subscriber(node_env, relay.url, count=2, filter="branch_id=eq.2", select=["status"]) as sub,
+    ):
+        await sub.wait_subscribed()
+        await insert_booking(pg_dsn, branch=1)
+        bid = await insert_booking(pg_dsn, branch=2)
+        await set_status(pg_dsn, bid, "confirmed")
+        ins, upd = await sub.payloads()
+        assert ins["eventType"] == "INSERT" and ins["new"] == {"id": bid, "status": "pending"}
+        assert upd["eventType"] == "UPDATE" and upd["new"] == {"id": bid, "status": "confirmed"}
+        assert upd["old"] == {"id": bid, "status": "pending"}
 
 
 async def test_insert_only_binding(pg_dsn: str, node_env: str) -> None:

@@ -189,6 +189,36 @@ async def test_filter_receives_only_matching_rows(pg_dsn: str, client_errors: Cl
         assert client_errors() == []
 
 
+async def test_and_filter_receives_only_rows_in_range(pg_dsn: str, client_errors: ClientErrors) -> None:
+    """A comma-separated filter is ANDed (Supabase Realtime PR #1912)."""
+    async with running_relay(pg_dsn) as relay, connected(relay.url, token()) as client:
+        changes: asyncio.Queue[Any] = asyncio.Queue()
+        channel = client.channel("range")
+        channel.on_postgres_changes(
+            "INSERT",
+            schema="public",
+            table="bookings",
+            filter='branch_id=gte.2,branch_id=lte.3,status=not.in.(cancelled,"no_show")',
+            callback=changes.put_nowait,
+        )
+        await subscribe(channel)
+        expected = []
+        for branch, status in [
+            (1, "pending"),
+            (2, "pending"),
+            (3, "cancelled"),
+            (4, "pending"),
+            (3, "confirmed"),
+        ]:
+            bid = await insert_booking(pg_dsn, branch=branch, status=status)
+            if 2 <= branch <= 3 and status != "cancelled":
+                expected.append(bid)
+        got = [(await next_item(changes))["data"]["record"]["id"] for _ in expected]
+        assert got == expected
+        assert await quiet(changes) == []
+        assert client_errors() == []
+
+
 async def test_event_specific_bindings(pg_dsn: str, client_errors: ClientErrors) -> None:
     async with running_relay(pg_dsn) as relay, connected(relay.url, token()) as client:
         inserts: asyncio.Queue[Any] = asyncio.Queue()

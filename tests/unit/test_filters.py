@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -16,11 +17,22 @@ from relay.core.filters import (
     MAX_IN_VALUES,
     OPERATORS,
     BoundFilter,
+    Condition,
     Filter,
     FilterError,
     normalize_type_name,
     parse_filter,
 )
+
+
+def _quote_operand(text: str) -> str:
+    """Quote a scalar operand that holds a comma (``a=eq.{1,2}`` -> ``a=eq."{1,2}"``): commas
+    separate conditions, so array and JSON literals with commas travel quoted."""
+    column, _, rest = text.partition("=")
+    op, _, operand = rest.partition(".")
+    if op == "in" or "," not in operand or operand.startswith('"'):
+        return text
+    return f"{column}={op}." + '"' + operand.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def bind(text: str, column_type: str) -> BoundFilter:
@@ -32,19 +44,25 @@ def match(text: str, column_type: str, value: Any, column: str | None = None) ->
     return bound.matches({column or bound.filter.column: value})
 
 
+#: Operators whose operand is a value of the column's type (not a pattern or an ``is`` keyword).
+VALUE_OPS = ("eq", "neq", "lt", "lte", "gt", "gte", "isdistinct")
+
+
 # --------------------------------------------------------------------------------------------------
 # Parsing
 
 
 def test_parse_scalar() -> None:
     f = parse_filter("branch_id=eq.7")
-    assert f == Filter(column="branch_id", op="eq", values=("7",), text="branch_id=eq.7")
+    assert f == Filter((Condition("branch_id", "eq", ("7",), "branch_id=eq.7"),), "branch_id=eq.7")
     assert str(f) == "branch_id=eq.7"
 
 
-@pytest.mark.parametrize("op", [o for o in OPERATORS if o != "in"])
+@pytest.mark.parametrize("op", [o for o in OPERATORS if o not in ("in", "is")])
 def test_parse_every_scalar_operator(op: str) -> None:
     assert parse_filter(f"n={op}.1").op == op
+    negated = parse_filter(f"n=not.{op}.1").conditions[0]
+    assert (negated.op, negated.negated, negated.values) == (op, True, ("1",))
 
 
 @pytest.mark.parametrize(
@@ -71,7 +89,7 @@ def test_parse_scalar_value_is_verbatim(text: str, column: str, value: str) -> N
         ('status=in.("a,b",c)', ("a,b", "c")),
         ('status=in.("(x)", "y z" ,"")', ("(x)", "y z", "")),
         ('status=in.("say \\"hi\\"","back\\\\slash")', ('say "hi"', "back\\slash")),
-        ("status=in.(a(b),c)", ("a(b)", "c")),
+        ('status=in.("a(b)",c)', ("a(b)", "c")),
     ],
 )
 def test_parse_in(text: str, values: tuple[str, ...]) -> None:
@@ -83,7 +101,7 @@ def test_parse_in(text: str, values: tuple[str, ...]) -> None:
 def test_parse_in_limit() -> None:
     ok = parse_filter("id=in.(" + ",".join(map(str, range(MAX_IN_VALUES))) + ")")
     assert len(ok.values) == MAX_IN_VALUES == 100
-    with pytest.raises(FilterError, match=r"too many values in the in list: 101 \(at most 100\)"):
+    with pytest.raises(FilterError, match=r"too many values in the in list: more than 100"):
         parse_filter("id=in.(" + ",".join(map(str, range(101))) + ")")
 
 
@@ -97,11 +115,22 @@ def test_parse_in_limit() -> None:
         (
             "branch_id=foo.7",
             'invalid filter "branch_id=foo.7": unknown operator "foo" '
-            "(expected one of eq, neq, lt, lte, gt, gte, in)",
+            "(expected one of eq, neq, lt, lte, gt, gte, in, like, ilike, match, imatch, is, "
+            'isdistinct, optionally after "not.")',
         ),
         ("id=EQ.1", 'unknown operator "EQ"'),
         ("id=.1", 'unknown operator ""'),
-        ("id=is.null", 'unknown operator "is"'),
+        ("id=is.nil", '"is" takes null, true, false or unknown, not "nil"'),
+        ("id=not.foo.1", 'unknown operator "foo"'),
+        ("id=not.not.eq.1", 'unknown operator "not"'),
+        ("status=in.(a(b),c)", 'parenthesis in the in list (position 1); quote the value, e.g. "a(b)"'),
+        ("id=in.(1,2)x", "unexpected text after the in list"),
+        ("a=eq.1,", "empty condition after a comma"),
+        ("a=eq.1,,b=eq.2", "empty condition"),
+        ("a=eq.1,b", 'missing "=" in "b"'),
+        ('a=eq."x', "unterminated quoted value"),
+        ('a=eq."x"y', "unexpected text after a quoted value"),
+        ("tags=eq.{1,2}", 'missing "=" in "2}"'),  # as upstream: quote it, tags=eq."{1,2}"
         ("id=in.1,2", "the in operator takes a parenthesised list"),
         ("id=in.(1,2", "the in operator takes a parenthesised list"),
         ("id=in.", "the in operator takes a parenthesised list"),
@@ -245,18 +274,19 @@ def test_int_tolerates_non_int_row_values() -> None:
         ("x=eq.abc", "numeric", "is not a valid numeric"),
         ("x=eq.maybe", "bool", 'value "maybe" is not a valid bool: expected true or false'),
         ("x=eq.not-a-uuid", "uuid", "is not a valid uuid"),
-        ("x=eq.yesterday", "timestamptz", "is not a valid timestamptz"),
+        ("x=eq.the day before", "timestamptz", "is not a valid timestamptz"),
         ("x=eq.2026-13-01", "date", "is not a valid date"),
         ("x=eq.25:00", "time", "is not a valid time"),
         ("x=eq.24:00:01", "time", "hour 24 is only valid as 24:00:00"),
         ("x=eq.{1,x}", "_int4", 'value "{1,x}" is not a valid int4[]'),
-        ("x=eq.1,2", "_int4", "an array value looks like {1,2,3}"),
-        ("x=eq.{1,2", "_int4", "missing closing }"),
+        ('x=eq."1,2"', "_int4", "an array value looks like {1,2,3}"),
+        ('x=eq."{1,2"', "_int4", "missing closing }"),
         ("x=eq.{1,2}x", "_int4", "unexpected text after the closing }"),
         ("x=eq.{1,,2}", "_int4", "empty element"),
     ],
 )
 def test_bind_rejects_bad_values(text: str, typ: str, message: str) -> None:
+    text = _quote_operand(text)
     with pytest.raises(FilterError) as info:
         bind(text, typ)
     assert message in str(info.value)
@@ -266,10 +296,15 @@ def test_bind_rejects_bad_values(text: str, typ: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("text", "typ", "supported"),
     [
-        ("doc=lt.1", "jsonb", "eq, neq, in"),
-        ("doc=gte.1", "json", "eq, neq, in"),
-        ("tags=gt.{a}", "_text", "eq, neq"),
-        ("tags=in.({a},{b})", "text[]", "eq, neq"),
+        ("doc=lt.1", "jsonb", "eq, neq, in, is, isdistinct"),
+        ("doc=gte.1", "json", "eq, neq, in, is, isdistinct"),
+        ("doc=like.1", "json", "eq, neq, in, is, isdistinct"),
+        ("tags=gt.{a}", "_text", "eq, neq, is, isdistinct"),
+        ("tags=in.({a},{b})", "text[]", "eq, neq, is, isdistinct"),
+        ("n=like.1%", "int4", "eq, neq, lt, lte, gt, gte, in, is, isdistinct"),
+        ("n=match.1", "numeric", "eq, neq, lt, lte, gt, gte, in, is, isdistinct"),
+        ("m=ilike.a%", "mood", "eq, neq, lt, lte, gt, gte, in, is, isdistinct"),  # an enum: unknown
+        ("c=like.a%", "bpchar", "eq, neq, lt, lte, gt, gte, in, is, isdistinct"),
     ],
 )
 def test_bind_rejects_unsupported_operators(text: str, typ: str, supported: str) -> None:
@@ -284,27 +319,38 @@ def test_bind_rejects_unsupported_operators(text: str, typ: str, supported: str)
 
 
 def test_bind_validates_hand_built_filters() -> None:
-    with pytest.raises(FilterError, match='unknown operator "like"'):
-        Filter("a", "like", ("x",), "a=like.x").bind("text")
+    with pytest.raises(FilterError, match='unknown operator "likes"'):
+        Condition("a", "likes", ("x",), "a=likes.x").bind("text")
     with pytest.raises(FilterError, match="takes exactly one value"):
-        Filter("a", "eq", ("x", "y"), "a=eq.x").bind("text")
+        Condition("a", "eq", ("x", "y"), "a=eq.x").bind("text")
     with pytest.raises(FilterError, match="an in list takes 1 to 100 values"):
-        Filter("a", "in", (), "a=in.()").bind("text")
+        Condition("a", "in", (), "a=in.()").bind("text")
+
+
+@pytest.mark.parametrize("value", ["true", "false", "unknown"])
+@pytest.mark.parametrize("typ", ["int4", "text", "jsonb", "_bool"])
+def test_is_truth_needs_a_bool_column(value: str, typ: str) -> None:
+    """Postgres: "argument of IS TRUE must be type boolean"; only is.null applies to any type."""
+    with pytest.raises(FilterError, match=f'"is.{value}" is not supported for column "c"'):
+        bind(f"c=is.{value}", typ)
+    assert bind("c=is.null", typ).matches({"c": None})
 
 
 # --------------------------------------------------------------------------------------------------
 # NULL semantics
 
 
-@pytest.mark.parametrize("op", [o for o in OPERATORS if o != "in"])
+@pytest.mark.parametrize("negated", [False, True])
+@pytest.mark.parametrize("op", ["eq", "neq", "lt", "lte", "gt", "gte"])
 @pytest.mark.parametrize(
     ("typ", "operand"),
     [("int4", "1"), ("text", "a"), ("numeric", "1.5"), ("float8", "1"), ("bool", "true"),
      ("uuid", "70a92ca3-ac46-4db9-a45e-e69f0d452f5b"), ("timestamptz", "2026-01-01T00:00:00Z"),
      ("date", "2026-01-01"), ("mood", "happy")],
 )  # fmt: skip
-def test_null_and_missing_never_match(op: str, typ: str, operand: str) -> None:
-    f = bind(f"c={op}.{operand}", typ)
+def test_null_and_missing_never_match(op: str, typ: str, operand: str, negated: bool) -> None:
+    """NULL compares as unknown, and NOT unknown is unknown: neither form matches."""
+    f = bind(f"c={'not.' if negated else ''}{op}.{operand}", typ)
     assert not f.matches({"c": None})
     assert not f.matches({})
     assert not f.matches({"other": 1})
@@ -621,26 +667,26 @@ def test_time_and_timetz() -> None:
         ("doc=eq.[1,2]", [2, 1], False),
         ("doc=eq.7", 7, True),
         ("doc=eq.7", "7", False),
-        ('doc=eq."7"', "7", True),
+        ('doc=eq."7"', 7, True),  # PostgREST quoting: the operand is 7
+        ('doc=eq."\\"7\\""', "7", True),  # the JSON string "7", as realtime-js's builder quotes it
+        ('doc=eq."\\"7\\""', 7, False),
         ("doc=eq.0.1", 0.1, True),
         ("doc=eq.0.1", Decimal("0.10"), True),
         ("doc=eq.true", True, True),
         ("doc=eq.true", 1, False),
         ("doc=eq.1", True, False),
-        ("doc=eq.active", "active", True),  # not JSON: taken as a JSON string
-        ("doc=eq.NaN", "NaN", True),
-        ("doc=neq.active", "inactive", True),
-        ("doc=neq.active", "active", False),
-        ("doc=neq.active", {"x": 1}, True),
-        ('doc=in.(1,"x",active)', "active", True),
-        ('doc=in.(1,"x",active)', 1.0, True),
-        ('doc=in.(1,"x",active)', True, False),
+        ('doc=neq.["active"]', ["inactive"], True),
+        ('doc=neq.["active"]', ["active"], False),
+        ("doc=neq.[1]", {"x": 1}, True),
+        ('doc=in.(1,"\\"x\\"",[2])', "x", True),
+        ('doc=in.(1,"\\"x\\"",[2])', 1.0, True),
+        ('doc=in.(1,"\\"x\\"",[2])', True, False),
         ('doc=in.("{\\"a\\":1}",2)', {"a": 1}, True),
     ],
 )
 @pytest.mark.parametrize("typ", ["jsonb", "json"])
 def test_json(typ: str, text: str, value: Any, expected: bool) -> None:
-    assert match(text, typ, value) is expected
+    assert match(_quote_operand(text), typ, value) is expected
 
 
 # --------------------------------------------------------------------------------------------------
@@ -677,7 +723,7 @@ def test_json(typ: str, text: str, value: Any, expected: bool) -> None:
     ],
 )
 def test_arrays(text: str, typ: str, value: Any, expected: bool) -> None:
-    assert match(text, typ, value) is expected
+    assert match(_quote_operand(text), typ, value) is expected
 
 
 # --------------------------------------------------------------------------------------------------
@@ -743,7 +789,8 @@ def test_int_in_is_membership(operands: list[int], value: int) -> None:
 
 @given(op=st.sampled_from(sorted(_PY_OPS)), operand=st.text(), value=st.text())
 def test_text_matches_python_operators(op: str, operand: str, value: str) -> None:
-    f = bind(f"s={op}.{operand}", "text")
+    """Quoted (as realtime-js's builder does for reserved characters), any text is verbatim."""
+    f = bind(f"s={op}.{_quote(operand)}", "text")
     assert f.filter.values == (operand,)
     assert f.matches({"s": value}) is _PY_OPS[op](value, operand)
 
@@ -769,3 +816,300 @@ def test_numeric_matches_decimal_semantics(op: str, operand: Decimal, value: Dec
     f = bind(f"n={op}.{operand}", "numeric")
     assert f.matches({"n": value}) is _PY_OPS[op](value, operand)
     assert f.matches({"n": str(value)}) is _PY_OPS[op](value, operand)
+
+
+# --------------------------------------------------------------------------------------------------
+# AND filters, quoting, and the PostgREST operators (like, ilike, match, imatch, is, isdistinct, not.)
+
+
+def test_comma_separated_conditions_are_anded() -> None:
+    """Regression: ``value=gte.r_b,value=lte.r_d`` used to bind ``r_b,value=lte.r_d`` as one gte
+    operand, so the subscriber received every row above r_b (r_e, r_z...) and none of the range's
+    upper half was checked.  Supabase Realtime (PR #1912) reads it as two ANDed conditions."""
+    f = parse_filter("value=gte.r_b,value=lte.r_d")
+    assert [(c.column, c.op, c.values) for c in f.conditions] == [
+        ("value", "gte", ("r_b",)),
+        ("value", "lte", ("r_d",)),
+    ]
+    bound = f.bind("text")
+    rows = ["r_a", "r_b", "r_c", "r_d", "r_e", "r_z"]
+    assert [v for v in rows if bound.matches({"value": v})] == ["r_b", "r_c", "r_d"]
+
+
+def test_and_across_columns_and_types() -> None:
+    f = parse_filter("id=gt.10, status=not.in.(draft,archived),name=like.a%")
+    assert f.columns == ("id", "status", "name")
+    bound = f.bind({"id": "int4", "status": "text", "name": "varchar"})
+    assert bound.matches({"id": 11, "status": "open", "name": "abc"})
+    assert not bound.matches({"id": 10, "status": "open", "name": "abc"})
+    assert not bound.matches({"id": 11, "status": "draft", "name": "abc"})
+    assert not bound.matches({"id": 11, "status": "open", "name": "bc"})
+    assert not bound.matches({"id": 11, "status": None, "name": "abc"})
+    with pytest.raises(FilterError, match='column "name" does not exist'):
+        f.bind({"id": "int4", "status": "text"})
+
+
+def test_too_many_conditions() -> None:
+    parse_filter(",".join(["a=eq.1"] * 20))
+    with pytest.raises(FilterError, match="too many conditions"):
+        parse_filter(",".join(["a=eq.1"] * 21))
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ('area=eq."Oslo, Norway"', ("Oslo, Norway",)),
+        ("area=eq.Oslo\\, Norway", ("Oslo, Norway",)),  # upstream's escaped comma
+        ('s=eq."say \\"hi\\" (a\\\\b)"', ('say "hi" (a\\b)',)),
+        ('s=eq." padded "', (" padded ",)),
+        ('s=eq.""', ("",)),
+        ('s=eq."x" ', ("x",)),
+        ('s=eq.a"b', ('a"b',)),  # a quote inside an unquoted value is just a character
+        ("s=eq.a(b)", ("a(b)",)),
+        ('tags=eq."{\\"a,b\\",c}"', ('{"a,b",c}',)),  # array literals and JSON with commas: quoted
+        ('doc=eq."{\\"a\\":[1,2]}"', ('{"a":[1,2]}',)),
+        ("tags=eq.{a}", ("{a}",)),
+    ],
+)
+def test_scalar_quoting(text: str, values: tuple[str, ...]) -> None:
+    assert parse_filter(text).values == values
+
+
+def _builder_quote(value: str) -> str:
+    """realtime-js 2.109's ``serializeScalar``: quote reserved characters or surrounding spaces."""
+    if any(c in value for c in ',()"\\') or value != value.strip():
+        return _quote(value)
+    return value
+
+
+@given(values=st.lists(st.text(min_size=0, max_size=12), min_size=1, max_size=5))
+def test_builder_strings_round_trip(values: list[str]) -> None:
+    """Whatever realtime-js's builder produces parses back into the same conditions."""
+    text = ",".join(f"c{i}=eq.{_builder_quote(v)}" for i, v in enumerate(values))
+    f = parse_filter(text)
+    assert [c.values for c in f.conditions] == [(v,) for v in values]
+
+
+@pytest.mark.parametrize(
+    ("text", "typ", "value", "expected"),
+    [
+        # not. before every operator; NULL stays unknown except for is / isdistinct
+        ("c=not.eq.1", "int4", 2, True),
+        ("c=not.eq.1", "int4", 1, False),
+        ("c=not.neq.1", "int4", 1, True),
+        ("c=not.lt.1", "int4", 1, True),
+        ("c=not.lte.1", "int4", 1, False),
+        ("c=not.gt.1", "int4", 1, True),
+        ("c=not.gte.1", "int4", 2, False),
+        ("c=not.in.(1,2)", "int4", 3, True),
+        ("c=not.in.(1,2)", "int4", 2, False),
+        ("c=not.in.(1,2)", "int4", None, False),
+        ("c=is.null", "int4", None, True),
+        ("c=is.null", "int4", 0, False),
+        ("c=not.is.null", "int4", 0, True),
+        ("c=not.is.null", "int4", None, False),
+        ("c=is.NULL", "text", None, True),
+        ("c=is.true", "bool", True, True),
+        ("c=is.true", "bool", None, False),
+        ("c=not.is.true", "bool", None, True),
+        ("c=not.is.true", "bool", False, True),
+        ("c=is.false", "bool", False, True),
+        ("c=is.unknown", "bool", None, True),
+        ("c=is.unknown", "bool", False, False),
+        ("c=not.is.unknown", "bool", True, True),
+        ("c=isdistinct.1", "int4", 1, False),
+        ("c=isdistinct.1", "int4", 2, True),
+        ("c=isdistinct.1", "int4", None, True),
+        ("c=not.isdistinct.1", "int4", 1, True),
+        ("c=not.isdistinct.1", "int4", None, False),
+        ('c=isdistinct.{"a":1}', "jsonb", {"a": 1.0}, False),
+        ('c=isdistinct."{1,2}"', "_int4", [1, 2], False),
+        # like / ilike: % any run, _ one character, \ escapes; anchored at both ends
+        ("c=like.a%", "text", "abc", True),
+        ("c=like.a%", "text", "Abc", False),
+        ("c=like.%b%", "text", "abc", True),
+        ("c=like.a_c", "text", "abc", True),
+        ("c=like.a_c", "text", "ac", False),
+        ("c=like.a\\%", "text", "a%", True),
+        ("c=like.a\\%", "text", "ab", False),
+        ("c=like.%", "text", "", True),
+        ("c=like.", "text", "", True),
+        ("c=like.%a%a%b", "text", "a" * 50, False),
+        ("c=like.a%", "text", "a\nb", True),
+        ("c=not.like.a%", "text", "abc", False),
+        ("c=not.like.a%", "text", None, False),
+        ("c=ilike.A%", "text", "abc", True),
+        ("c=ilike.%T_", "text", "été", True),
+        ("c=ilike.%t_", "text", "étÉ", True),
+        ("c=like.é%", "text", "éT", True),
+        ("c=not.ilike.a%", "text", "ABC", False),
+        ("c=like.a%", "citext", "ABC", True),  # citext compares case-insensitively
+        ("c=like.a%", "varchar", "abc", True),
+        # match / imatch: unanchored POSIX regex, . matches newline, $ is the very end
+        ("c=match.b", "text", "abc", True),
+        ("c=match.^b", "text", "abc", False),
+        ("c=match.^a.c$", "text", "a\nc", True),
+        ("c=match.c$", "text", "abc\n", False),
+        ('c=match."^[a-c]+\\\\d{2,3}$"', "text", "cab12", True),
+        ("c=match.^[^a-c]", "text", "cab", False),
+        ("c=match.(cat|dog)s?$", "text", "dogs", True),
+        ("c=match.a\\.b", "text", "axb", False),
+        ("c=match.B", "text", "abc", False),
+        ("c=imatch.B", "text", "abc", True),
+        ("c=not.match.b", "text", "abc", False),
+        ("c=not.imatch.x", "text", "abc", True),
+        ("c=match.b", "citext", "ABC", True),
+    ],
+)
+def test_operators(text: str, typ: str, value: Any, expected: bool) -> None:
+    assert match(text, typ, value) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("c=like.a\\", "LIKE pattern must not end with escape character"),
+        ("c=match.a\\", "must not end with a backslash"),
+        ("c=match.(a+)+", "a quantifier on a group that holds a quantifier or | is not supported"),
+        ("c=match.(a|aa)*", "a quantifier on a group that holds a quantifier or | is not supported"),
+        ("c=match.[[:alpha:]]", '"[" in a bracket expression'),
+        ("c=match.\\1", 'escape "\\1" is not supported'),
+        ("c=match.\\mword", 'escape "\\m" is not supported'),
+        ("c=match.(?=a)", '"(?" groups other than "(?:" are not supported'),
+        ("c=match.a{1000}", "invalid repetition count"),
+        ("c=match.a{x", 'a "{" in a regular expression must start a bound'),
+        ("c=match.*a", "quantifier operand invalid"),
+        ("c=match.(a", "unbalanced ("),
+        ("c=match.a)", "unbalanced )"),
+        ("c=match.[z-a]", "invalid regular expression"),
+        ("c=match.[abc", "unterminated bracket expression"),
+        ("c=match.a*b*c*d*e*", "at most 4 unbounded quantifiers"),
+        ("c=match.\\w+", '"\\w" is not supported by the relay'),
+        ("c=ilike.é%", 'a case-insensitive pattern with "é" is not supported'),
+        ("c=imatch.É", 'a case-insensitive pattern with "É" is not supported'),
+    ],
+)
+def test_bad_patterns_are_refused(text: str, message: str) -> None:
+    with pytest.raises(FilterError) as info:
+        bind(text, "text")
+    assert message in str(info.value)
+
+
+@given(op=st.sampled_from(VALUE_OPS), operand=_INT4, value=_INT4 | st.none(), negated=st.booleans())
+def test_negation_is_sql_not(op: str, operand: int, value: int | None, negated: bool) -> None:
+    """``not.op`` is ``NOT (col op x)``: the complement for values, unknown (no match) for NULL,
+    except isdistinct, which is never NULL."""
+    plain = bind(f"n={op}.{operand}", "int4").matches({"n": value})
+    flipped = bind(f"n=not.{op}.{operand}", "int4").matches({"n": value})
+    if value is None and op != "isdistinct":
+        assert not plain and not flipped
+    else:
+        assert flipped is not plain
+
+
+# --------------------------------------------------------------------------------------------------
+# Operands are cast as Postgres casts them
+
+
+@pytest.mark.parametrize(
+    ("text", "typ"),
+    [
+        ("i=eq.1_000", "int4"),  # Python's int() reads underscores; Postgres 15 does not
+        ("i=eq.1_000", "int8"),
+        ("n=eq.1_000.5", "numeric"),
+        ("n=eq.sNaN", "numeric"),
+        ("n=eq.NaN1", "numeric"),
+        ("f=eq.1_0", "float8"),
+        ("f=eq.1e999", "float8"),  # out of range in Postgres, infinity in Python
+        ("f=eq.1e-400", "float8"),  # out of range in Postgres, zero in Python
+        ("f=eq.-nan", "float8"),
+        ("f=eq.1e-50", "float4"),
+        ("j=eq.{nope", "jsonb"),  # not JSON: Postgres refuses the cast
+        ("j=eq.nope", "json"),
+        ("j=eq.NaN", "jsonb"),
+        ("b=eq.o", "bool"),  # ambiguous prefix (on / off)
+    ],
+)
+def test_python_only_spellings_are_refused(text: str, typ: str) -> None:
+    with pytest.raises(FilterError, match="is not a valid"):
+        bind(text, typ)
+
+
+@pytest.mark.parametrize(
+    ("text", "typ", "value", "expected"),
+    [
+        ("f=eq.Infinity", "float8", "Infinity", True),
+        ("f=eq.-inf", "float8", float("-inf"), True),
+        ("f=gt.1e308", "float8", "Infinity", True),
+        ("n=eq.Infinity", "numeric", "Infinity", True),
+        ("n=lt.NaN", "numeric", "Infinity", True),
+        ("b=eq.tr", "bool", True, True),
+        ("b=eq.of", "bool", False, True),
+        ("t=eq.epoch", "timestamptz", "1970-01-01T00:00:00+00:00", True),
+        ("t=eq.epoch", "timestamp", "1970-01-01T00:00:00", True),
+        ("t=eq.epoch", "date", "1970-01-01", True),
+        ("t=lt.tomorrow", "timestamptz", "2000-01-01T00:00:00+00:00", True),
+        ("t=gt.yesterday", "timestamptz", "2000-01-01T00:00:00+00:00", False),
+        ("t=lte.today", "date", "2000-01-01", True),
+        ("t=gt.now", "timestamp", "2000-01-01T00:00:00", False),
+    ],
+)
+def test_postgres_only_spellings_are_accepted(text: str, typ: str, value: Any, expected: bool) -> None:
+    assert match(text, typ, value) is expected
+
+
+def test_canonical_operands_from_postgres_are_used() -> None:
+    """The server has Postgres cast the operands; bind reads Postgres' output, not the raw text."""
+    f = parse_filter("t=eq.yesterday,n=in.(1e3, 7)")
+    types = {"t": "timestamptz", "n": "int8"}
+    assert f.casts(types) == [("timestamptz", "yesterday"), ("int8", "1e3"), ("int8", "7")]
+    canonical = {("timestamptz", "yesterday"): "2026-12-05 00:00:00+00", ("int8", "1e3"): "1000"}
+    bound = f.bind(types, canonical)
+    assert bound.matches({"t": "2026-12-05T00:00:00+00:00", "n": 7})
+    assert bound.matches({"t": "2026-12-05T00:00:00+00:00", "n": 1000})
+    assert not bound.matches({"t": "2026-12-04T00:00:00+00:00", "n": 7})
+    assert parse_filter("t=like.x%,s=is.null").casts({"t": "text", "s": "int4"}) == []
+    assert parse_filter("j=eq.1").casts({"j": "jsonb"}) == [("jsonb", "1")]
+
+
+def _like_reference(pattern: str) -> str:
+    """LIKE as a backtracking regex: the obvious translation, fine for short test strings."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if c == "%" else "." if c == "_" else re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+@given(
+    pattern=st.text("ab%_\\", max_size=8).filter(lambda p: not re.search(r"(?<!\\)(\\\\)*\\$", p)),
+    value=st.text("ab%_\\", max_size=10),
+)
+def test_like_agrees_with_a_regex_translation(pattern: str, value: str) -> None:
+    """The segment matcher (and its plain-string fast path) answers like a full regex match."""
+    expected = re.fullmatch(_like_reference(pattern), value, re.DOTALL) is not None
+    assert bind(f"s=like.{_quote(pattern)}", "text").matches({"s": value}) is expected
+
+
+@pytest.mark.parametrize(
+    ("typ", "raw", "canonical"),
+    [("date", "4714-11-24 BC", "4714-11-24 BC"), ("timestamp", "10000-01-01", "10000-01-01 00:00:00")],
+)
+def test_values_postgres_takes_but_the_relay_cannot_compare(typ: str, raw: str, canonical: str) -> None:
+    """Refused with a message that says why, rather than silently never matching."""
+    f = parse_filter(f"c=eq.{raw}")
+    with pytest.raises(FilterError, match=f"of type {typ} is beyond what the relay can compare"):
+        f.bind(typ, {(typ, raw): canonical})
+
+
+def test_deeply_nested_json_is_refused_not_crashing() -> None:
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(FilterError, match="beyond what the relay can compare"):
+        bind(f"j=eq.{deep}", "jsonb")
+    with pytest.raises(FilterError, match="beyond what the relay can compare"):
+        parse_filter(f"j=eq.{deep}").bind("jsonb", {("jsonb", deep): deep})

@@ -593,3 +593,97 @@ class TestPosition:
         assert a.position == "0000000100000000:00000002"
         assert a.position < b.position < c.position
         assert payload(a)["position"] == a.position
+
+
+# -- select ----------------------------------------------------------------------------------------
+def _frame_data(idx: SubscriptionIndex[FakeSub], ch: RowChange) -> list[dict[str, Any]]:
+    """The ``data`` of each delivered frame, encoded as the server encodes it."""
+    deliveries, pending = idx.route(ch, lambda sub, which: sub.decide(ch, which))
+    assert pending == []
+    cache = FrameCache(ch)
+    out = []
+    for d in deliveries:
+        frame = cache.variant(d.kind, d.error, d.select).frame(d.sub.topic, d.ids, V2)
+        out.append(json.loads(frame)[4]["data"])
+    return out
+
+
+def _wide(action: Action = Action.UPDATE) -> RowChange:
+    return change(
+        action,
+        record={"id": 1, "v": "new", "secret": "s2", "n": 5},
+        old={"id": 1, "v": "old", "secret": "s1", "n": 4},
+    )
+
+
+class TestSelect:
+    @pytest.mark.parametrize(
+        ("select", "expected"),
+        [
+            (["v", "n"], ("v", "n")),
+            ("v, n", ("v", "n")),  # upstream also reads a comma-separated string
+            (["v", "v"], ("v",)),
+            ([], None),
+            ("", None),
+            (None, None),
+        ],
+    )
+    def test_parsed(self, select: Any, expected: tuple[str, ...] | None) -> None:
+        (spec,) = parse_bindings([{"event": "*", "table": "t", "select": select}])
+        assert spec.select == expected
+
+    @pytest.mark.parametrize("bad", [5, [1], [""], {"v": 1}, [None]])
+    def test_bad_select(self, bad: Any) -> None:
+        with pytest.raises(BindingError, match="select must be a list of column names"):
+            parse_bindings([{"event": "*", "table": "t", "select": bad}])
+
+    def test_select_needs_a_table(self) -> None:
+        with pytest.raises(BindingError, match="select needs a table"):
+            parse_bindings([{"event": "*", "schema": "public", "select": ["id"]}])
+
+    def test_record_old_record_and_columns_cut_to_select_plus_pk(self) -> None:
+        idx, sub = new_index(), FakeSub()
+        add(idx, sub, {"event": "*", "table": "t", "select": ["v"]})
+        (data,) = _frame_data(idx, _wide())
+        assert data["record"] == {"id": 1, "v": "new"}
+        assert data["old_record"] == {"id": 1, "v": "old"}
+        assert [c["name"] for c in data["columns"]] == ["id", "v"]
+
+    def test_filter_sees_the_whole_row(self) -> None:
+        """The filter tests a column the client did not select."""
+        idx, sub = new_index(), FakeSub()
+        add(idx, sub, {"event": "*", "table": "t", "filter": "n=gt.4", "select": ["v"]})
+        (data,) = _frame_data(idx, _wide(Action.INSERT))
+        assert data["record"] == {"id": 1, "v": "new"}
+        add(idx2 := new_index(), sub, {"event": "*", "table": "t", "filter": "n=gt.5", "select": ["v"]})
+        assert _frame_data(idx2, _wide(Action.INSERT)) == []
+
+    def test_delete_and_moved_out(self) -> None:
+        idx, sub = new_index(), FakeSub()
+        add(idx, sub, {"event": "*", "table": "t", "filter": "n=lt.5", "select": ["n"]})
+        (data,) = _frame_data(idx, _wide())  # old n=4 matched, new n=5 does not: moved out
+        assert data["type"] == "DELETE" and data["moved_out"] is True
+        assert data["old_record"] == {"id": 1, "n": 4} and "record" not in data
+        (data,) = _frame_data(idx, change(Action.DELETE, old={"id": 2, "v": "x", "n": 1}))
+        assert data["old_record"] == {"id": 2, "n": 1}
+
+    def test_union_of_matched_bindings_and_full_row_wins(self) -> None:
+        idx, a, b = new_index(), FakeSub("realtime:a"), FakeSub("realtime:b")
+        add(idx, a, {"event": "*", "table": "t", "select": ["v"]})
+        add(idx, a, {"event": "UPDATE", "table": "t", "select": ["n"]})
+        add(idx, b, {"event": "*", "table": "t", "select": ["v"]})
+        add(idx, b, {"event": "UPDATE", "table": "t"})
+        got = {json.dumps(d["record"], sort_keys=True) for d in _frame_data(idx, _wide())}
+        assert got == {
+            json.dumps({"id": 1, "v": "new", "n": 5}, sort_keys=True),  # a: union of both selects
+            json.dumps({"id": 1, "v": "new", "secret": "s2", "n": 5}, sort_keys=True),  # b: whole row
+        }
+        only_insert = _frame_data(idx, _wide(Action.INSERT))  # a's UPDATE binding did not match
+        assert {"id": 1, "v": "new"} in [d["record"] for d in only_insert]
+
+    def test_unselected_subscriber_shares_the_plain_frame(self) -> None:
+        ch = _wide()
+        cache = FrameCache(ch)
+        assert cache.variant(CHANGE, None, None) is cache
+        assert cache.variant(CHANGE, None, ("v",)) is cache.variant(CHANGE, None, ("v",))
+        assert cache.variant(CHANGE, None, ("v",)) is not cache

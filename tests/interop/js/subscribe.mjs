@@ -6,6 +6,9 @@
 //   RT_SCHEMA   default "public"                                         (--schema)
 //   RT_TABLE    e.g. "bookings"; empty = every table of the schema       (--table)
 //   RT_FILTER   e.g. "branch_id=eq.2"; empty = none                      (--filter)
+//   RT_FILTER_BUILDER  JSON list of postgresChangesFilter() calls, e.g.
+//               [["gte","price",10],["not","status","in",["a","b"]]]; wins over RT_FILTER  (--filter-builder)
+//   RT_SELECT   JSON list of columns for the binding's select, e.g. ["status"]  (--select)
 //   RT_EVENT    INSERT | UPDATE | DELETE | * (default *)                 (--event)
 //   RT_COUNT    exit 0 after this many payloads (default 1)              (--count)
 //   RT_TIMEOUT_MS  exit 1 if not done by then (default 15000)            (--timeout-ms)
@@ -26,7 +29,7 @@
 import realtime from '@supabase/realtime-js'
 import WebSocket from 'ws'
 
-const { RealtimeClient } = realtime
+const { RealtimeClient, postgresChangesFilter } = realtime
 
 function settings() {
   const args = {}
@@ -41,6 +44,8 @@ function settings() {
     schema: pick('schema', 'RT_SCHEMA', 'public'),
     table: pick('table', 'RT_TABLE', ''),
     filter: pick('filter', 'RT_FILTER', ''),
+    filterBuilder: pick('filter-builder', 'RT_FILTER_BUILDER', ''),
+    select: pick('select', 'RT_SELECT', ''),
     event: pick('event', 'RT_EVENT', '*'),
     count: Number(pick('count', 'RT_COUNT', '1')),
     timeoutMs: Number(pick('timeout-ms', 'RT_TIMEOUT_MS', '15000')),
@@ -93,6 +98,14 @@ out({ endpoint: client.endpointURL(), vsn: client.vsn })
 const binding = { event: cfg.event, schema: cfg.schema }
 if (cfg.table) binding.table = cfg.table
 if (cfg.filter) binding.filter = cfg.filter
+if (cfg.select) binding.select = JSON.parse(cfg.select)
+if (cfg.filterBuilder) {
+  // The builder instance itself goes to .on(): realtime-js serializes it.
+  let builder = postgresChangesFilter()
+  for (const [method, ...args] of JSON.parse(cfg.filterBuilder)) builder = builder[method](...args)
+  binding.filter = builder
+  out({ filter: builder.build() })
+}
 
 client
   .channel(cfg.channel)
