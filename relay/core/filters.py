@@ -41,7 +41,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final
 
-from relay.core.pgtypes import scan_quoted
+from relay.core.pgtypes import RawJson, scan_quoted
 
 __all__ = [
     "MAX_IN_VALUES",
@@ -633,6 +633,8 @@ _JSON_NULL: Final = _JsonAtom("null")
 def _json_key(value: Any) -> Any:
     """A hashable key with jsonb equality: objects ignore key order, numbers compare numerically
     (``1`` = ``1.0``), and strings, numbers, booleans and null never equal each other."""
+    if type(value) is RawJson:
+        value = value.value  # parsed exactly, on first use; too deep: ValueError, no match
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
