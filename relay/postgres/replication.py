@@ -109,6 +109,11 @@ async def ensure_slot(dsn: str, slot: str) -> SlotInfo:
         return SlotInfo(True, Lsn.parse(created[0]), Lsn.parse(created[1]), reason)
 
 
+def _repl_literal(value: str) -> str:
+    """A string literal for a replication command (repl_scanner.l: only ``''`` is an escape)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 class ReplicationStream:
     """One START_REPLICATION session.  Use ``async with`` and iterate :meth:`messages`."""
 
@@ -160,8 +165,12 @@ class ReplicationStream:
                         sql.Identifier(self.slot)
                     )
                 )
+            # Not sql.Literal: it writes E'...' for values with a backslash (wal2json's add-tables
+            # escapes '.', ',' and ' ' in names with one), which the replication grammar rejects as
+            # a syntax error; its lexer takes plain quotes with '' doubled, backslashes as they are.
             opts = sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in self.options.items()
+                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(_repl_literal(v)))
+                for k, v in self.options.items()
             )
             query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
                 sql.Identifier(self.slot), sql.SQL(str(self.start_lsn)), opts
