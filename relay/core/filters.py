@@ -20,10 +20,11 @@ compares like the Postgres type does.  Deliberate approximations, all documented
 ``text`` orders by code point (Postgres orders by the column's collation); types the relay does not
 know (enums, domains, ``interval``, ``inet``...) are compared as text, so their ordering may differ
 from Postgres'; ``timetz``/``timestamptz`` operands without an offset are taken as UTC (Postgres
-would use the session time zone); JSON ``null`` in a json/jsonb column cannot be told from SQL
-``NULL`` after decoding, so it never matches; scalar ``uuid`` row strings are trusted to be
-lowercase (as Postgres prints them); date/time values Python cannot represent (BC, year > 9999)
-never match, and sub-microsecond digits are truncated where Postgres would round.
+would use the session time zone); json/jsonb values are kept as Postgres's text
+(:class:`relay.core.pgtypes.RawJson`), so JSON ``null`` is told from SQL ``NULL`` and matches
+``eq.null``; a json value nested too deeply to parse never matches; scalar ``uuid`` row strings
+are trusted to be lowercase (as Postgres prints them); date/time values Python cannot represent
+(BC, year > 9999) never match, and sub-microsecond digits are truncated where Postgres would round.
 """
 
 from __future__ import annotations

@@ -224,3 +224,12 @@ def test_replayed_change_is_as_exact_as_the_live_one() -> None:
     for vsn in (V1, V2):
         assert _data_text(again, vsn) == _data_text(live, vsn)
         assert '"n":18446744073709551616' in _data_text(again, vsn)
+
+
+def test_jsonb_null_is_not_sql_null() -> None:
+    """Kept as text, a JSON ``null`` is a value (as in Postgres), while SQL NULL matches nothing."""
+    change = _decode(_col("j", "jsonb", 3802, '"null"'), _col("k", "jsonb", 3802, "null"))
+    f = parse_filter("j=eq.null").bind("jsonb")
+    assert f.matches(change.filter_row)
+    assert not parse_filter("k=eq.null").bind("jsonb").matches(change.filter_row)
+    assert _record(change) == {"j": None, "k": None}  # both are null on the wire
