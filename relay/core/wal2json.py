@@ -107,7 +107,7 @@ class Decoder:
         action = msg.get("action")
         if action in ("I", "U", "D"):
             raw = data.encode() if isinstance(data, str) else bytes(data)
-            if _NUMERIC_MARK in raw:
+            if _NUMERIC_MARK in raw and not self.types.numbers_as_text:  # as text: already exact
                 _exact_numerics(msg, raw)
             return self._row(msg, _ACTIONS[action], raw)
         if action == "B":

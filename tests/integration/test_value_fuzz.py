@@ -68,7 +68,9 @@ def _decimal_text(digits: int, scale: int, negative: bool) -> str:
 
 numerics = st.one_of(
     st.integers(min_value=-(10**40), max_value=10**40).map(str),
-    st.sampled_from(["18446744073709551616", "-9223372036854775809", "1" + "0" * 30, *SPECIALS]),
+    st.sampled_from(
+        ["18446744073709551616", "-9223372036854775809", "1" + "0" * 30, "-1e400", "1e-400", *SPECIALS]
+    ),
     st.builds(_decimal_text, st.integers(0, 10**38), st.integers(0, 45), st.booleans()),
 )
 
