@@ -209,6 +209,10 @@ class _Harness:
         )
         assert r["payload"]["status"] == "ok", r
         self.ws = client.ws
+        async with client.session.get(f"http://127.0.0.1:{self.relay.port}/health") as resp:
+            health = await resp.json()
+        assert (health["value_errors"], health["undecodable"]) == (0, 0), health
+        assert health["numbers_as_text"] in (True, False)  # False with wal2json 2.5
         deadline = time.monotonic() + 10
         while {"public.hostile", f"public.{CANARY}"} - set(self.relay.server.status.get("tables", [])):
             assert time.monotonic() < deadline, "tables were not picked up"
