@@ -199,11 +199,11 @@ class RawJson:
 
     def __eq__(self, other: object) -> bool:
         """Equal to another RawJson with equal content, or to the parsed Python value (tests)."""
-        if isinstance(other, RawJson):
-            return self.text == other.text or self.value == other.value
         try:
+            if isinstance(other, RawJson):
+                return self.text == other.text or bool(self.value == other.value)
             return bool(self.value == other)
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
 
     __hash__ = None  # type: ignore[assignment]
