@@ -500,7 +500,7 @@ async def _tail(cfg: Config, count: int) -> int:
 
     from relay.core.changes import RowChange
     from relay.core.protocol import dumps
-    from relay.core.subscriptions import change_payload
+    from relay.core.subscriptions import change_payload, repair_unencodable
     from relay.pipeline import Pipeline
     from relay.postgres.catalog import Catalog
 
@@ -513,8 +513,12 @@ async def _tail(cfg: Config, count: int) -> int:
 
     def sink(change: RowChange) -> None:
         nonlocal seen
-        data = change_payload(change)
-        out.write(dumps(data) + b"\n")
+        try:
+            line = dumps(change_payload(change))
+        except (TypeError, ValueError, RecursionError):
+            repair_unencodable(change)  # the value goes out as null with a ColumnError, as on sockets
+            line = dumps(change_payload(change))
+        out.write(line + b"\n")
         out.flush()
         seen += 1
         if count and seen >= count:

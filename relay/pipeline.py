@@ -38,14 +38,9 @@ from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from relay.core.changes import Begin, Commit, Lsn, Message, RowChange
 from relay.core.pgtypes import TypeRegistry
-from relay.core.wal2json import Decoder, wal2json_options
+from relay.core.wal2json import NUMBERS_AS_TEXT, Decoder, wal2json_options
 from relay.postgres.catalog import Catalog
-from relay.postgres.replication import (
-    ReplicationError,
-    ReplicationStream,
-    SlotInfo,
-    ensure_slot,
-)
+from relay.postgres.replication import ReplicationError, ReplicationStream, SlotInfo, ensure_slot
 
 __all__ = ["Pipeline", "PipelineStats"]
 
@@ -94,6 +89,8 @@ class PipelineStats:
     restarts: int = 0
     internal_errors: int = 0  # stream failures that were relay bugs, not network weather
     last_error: str | None = None
+    undecodable: int = 0  # wal2json messages skipped because they could not be decoded at all
+    numbers_as_text: bool = False  # wal2json sends exact numbers, NaN/Infinity included (2.6+)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -140,7 +137,7 @@ class Pipeline:
         self.hold = hold
         self.max_backoff = max_backoff
         self.receive_timeout = receive_timeout  # None: derived from wal_sender_timeout
-        self.types = TypeRegistry()
+        self.types = TypeRegistry(numbers_as_text=True)  # until wal2json says it does not know it
         self.stats = PipelineStats()
         self.handed_off = Lsn(0)  # end LSN of the last transaction fully handed to the sink
         self.last_commit = Lsn(0)  # commit LSN of that transaction (dedup key)
@@ -198,18 +195,9 @@ class Pipeline:
             self._first_stream = False
         self.types.update(await self.catalog.types())
         tables = await self.catalog.published_tables(self.publication)
-        options = wal2json_options(tables, (MESSAGE_PREFIX,))
-        stream = ReplicationStream(
-            self.dsn,
-            self.slot,
-            options,
-            start_lsn=self.handed_off,
-            temporary=self.temporary_slot,
-            receive_timeout=self.receive_timeout,
-        )
-        decoder = Decoder(self.types)
-        await stream.start()
+        stream = await self._start_stream(tables)
         self._streaming_since = time.monotonic()
+        decoder = Decoder(self.types)
         try:
             self.stats.streaming = True
             self.stats.tables = [f"{s}.{t}" for s, t in tables]
@@ -231,6 +219,40 @@ class Pipeline:
         finally:
             self.stats.streaming = False
             await stream.close()
+
+    async def _start_stream(self, tables: list[tuple[str, str]]) -> ReplicationStream:
+        """Start streaming, with exact numbers if this wal2json has the option (2.6+).
+
+        wal2json 2.5 rejects ``numeric-data-types-as-string`` when decoding starts; we then start
+        again without it and remember.  Without it, wal2json itself prints float/numeric ``NaN``
+        and ``±Infinity`` as ``null``: those values cannot be recovered (docs/protocol.md).
+        """
+        while True:
+            as_text = self.types.numbers_as_text
+            options = wal2json_options(tables, (MESSAGE_PREFIX,), numbers_as_text=as_text)
+            stream = ReplicationStream(
+                self.dsn,
+                self.slot,
+                options,
+                start_lsn=self.handed_off,
+                temporary=self.temporary_slot,
+                receive_timeout=self.receive_timeout,
+            )
+            try:
+                await stream.start()
+            except ReplicationError as exc:
+                await stream.close()
+                if as_text and NUMBERS_AS_TEXT in str(exc):
+                    log.info(
+                        "wal2json has no %s option (wal2json < 2.6): float/numeric NaN and "
+                        "Infinity will arrive as null",
+                        NUMBERS_AS_TEXT,
+                    )
+                    self.types.numbers_as_text = False
+                    continue
+                raise
+            self.stats.numbers_as_text = as_text
+            return stream
 
     async def _consume(
         self, stream: ReplicationStream, decoder: Decoder, tables: list[tuple[str, str]], stop: asyncio.Event
@@ -274,7 +296,17 @@ class Pipeline:
                 continue
             try:
                 for payload in batch:
-                    event = decode(payload)
+                    try:
+                        event = decode(payload)
+                    except Exception as exc:
+                        # never stall the slot on one message: skip it, counted and logged
+                        stats.undecodable += 1
+                        log.error(
+                            "skipped a wal2json message that could not be decoded (%s: %s)",
+                            type(exc).__name__,
+                            str(exc)[:200],
+                        )
+                        continue
                     if type(event) is RowChange:
                         if not skipping:
                             stats.changes += 1

@@ -20,6 +20,7 @@ __all__ = [
     "Lsn",
     "Message",
     "RowChange",
+    "column_error",
     "format_position",
     "parse_position",
     "seq_before",
@@ -115,6 +116,8 @@ class RowChange:
     pk: tuple[str, ...] = ()
     column_types: dict[str, str] = field(default_factory=dict)
     raw: bytes = b""  # the wal2json message it was decoded from (kept by the replay log)
+    # Markers (see :func:`column_error`) for values that were replaced by null; sent as ``errors``
+    errors: list[str] | None = None
 
     @property
     def position(self) -> str:
@@ -137,6 +140,22 @@ class RowChange:
         if self.action is Action.DELETE:
             return self.old_record or {}
         return self.record or {}
+
+
+#: Codes of :func:`column_error`: the value could not be converted from wal2json's text, or
+#: could not be encoded as JSON.
+DECODE_FAILED = "decode_failed"
+ENCODE_FAILED = "encode_failed"
+
+
+def column_error(code: str, column: str, exc: BaseException) -> str:
+    """The ``errors`` entry of a change whose column value was replaced by ``null``.
+
+    ``ColumnError <code>: column "<name>" sent as null (<exception type>)``.  Why not drop the
+    change: one value the relay cannot handle must affect only that value, never the stream.  The
+    exception's message is left out on purpose: it may quote the value.
+    """
+    return f'ColumnError {code}: column "{column}" sent as null ({type(exc).__name__})'
 
 
 _POSITION = re.compile(r"[0-9A-Fa-f]{16}:[0-9A-Fa-f]{8}")

@@ -27,8 +27,9 @@ from the decoded row value (see :mod:`relay.core.changes`) to a Python value tha
 compares like the Postgres type does.  Deliberate approximations, all documented at the converter:
 ``text`` orders by code point (Postgres orders by the column's collation); types the relay does not
 know (enums, domains, ``interval``, ``inet``...) are compared as text, so their ordering may differ
-from Postgres'; JSON ``null`` in a json/jsonb column cannot be told from SQL ``NULL`` after
-decoding, so it never matches; scalar ``uuid`` row strings are trusted to be lowercase (as Postgres
+from Postgres'; json/jsonb values are kept as Postgres's text (:class:`relay.core.pgtypes.RawJson`),
+so JSON ``null`` is told from SQL ``NULL`` and matches ``eq.null``, and a json value nested too
+deeply to parse never matches; scalar ``uuid`` row strings are trusted to be lowercase (as Postgres
 prints them); date/time values Python cannot represent (BC, year > 9999) never match, and
 sub-microsecond digits are truncated where Postgres would round.  ``ilike`` lowercases with Python's
 ``str.lower`` (Postgres uses the collation's), and ``match``/``imatch`` accept the common subset of
@@ -51,7 +52,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final
 
-from relay.core.pgtypes import scan_quoted
+from relay.core.pgtypes import RawJson, scan_quoted
 
 __all__ = [
     "MAX_CONDITIONS",
@@ -929,6 +930,8 @@ _JSON_NULL: Final = _JsonAtom("null")
 def _json_key(value: Any) -> Any:
     """A hashable key with jsonb equality: objects ignore key order, numbers compare numerically
     (``1`` = ``1.0``), and strings, numbers, booleans and null never equal each other."""
+    if type(value) is RawJson:
+        value = value.value  # parsed exactly, on first use; too deep: ValueError, no match
     if isinstance(value, str):
         return value
     if isinstance(value, bool):

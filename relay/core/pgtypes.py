@@ -8,6 +8,7 @@ chosen once per column type and cached, so the per-value cost is one function ca
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ import orjson
 
 __all__ = [
     "BUILTIN_TYPES",
+    "RawJson",
     "TypeInfo",
     "TypeRegistry",
     "commit_timestamp",
@@ -160,13 +162,59 @@ def _timestamp(v: Any) -> Any:
     return v
 
 
-def _json(v: Any) -> Any:
-    if isinstance(v, str):
+_UNPARSED: Any = object()
+
+
+class RawJson:
+    """A json/jsonb value kept as the exact text Postgres wrote, embedded verbatim in frames.
+
+    Why not parse it: a round trip through Python changes what Postgres stored (orjson reads
+    numbers as doubles, so ``100000000000000000001`` became ``1e+20``; ``1e400`` does not parse at
+    all) and recursion limits turned deep values into errors that stopped replication.  Kept as
+    text, the frame encoder inserts it as an ``orjson.Fragment``: nothing recurses and every digit
+    survives.  Filters that compare json content parse it lazily (:attr:`value`), exactly
+    (ints unbounded, decimals as ``Decimal``), once per change.
+    """
+
+    __slots__ = ("_parsed", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._parsed = _UNPARSED
+
+    @property
+    def value(self) -> Any:
+        """The parsed content; ``ValueError`` when it is not JSON or too deep for Python to hold."""
+        parsed = self._parsed
+        if parsed is _UNPARSED:
+            try:
+                parsed = json.loads(self.text, parse_float=Decimal)
+            except RecursionError:
+                raise ValueError("json value nested too deeply to inspect") from None
+            self._parsed = parsed
+        return parsed
+
+    def fragment(self) -> orjson.Fragment:
+        return orjson.Fragment(self.text)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to another RawJson with equal content, or to the parsed Python value (tests)."""
         try:
-            return orjson.loads(v)
-        except orjson.JSONDecodeError:
-            return v
-    return v
+            if isinstance(other, RawJson):
+                return self.text == other.text or bool(self.value == other.value)
+            return bool(self.value == other)
+        except (ValueError, RecursionError):
+            return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        text = self.text if len(self.text) <= 80 else self.text[:77] + "..."
+        return f"RawJson({text!r})"
+
+
+def _json(v: Any) -> Any:
+    return RawJson(v) if type(v) is str else v
 
 
 def _bool_text(v: Any) -> Any:
@@ -175,6 +223,19 @@ def _bool_text(v: Any) -> Any:
     if v == "f" or v == "false":
         return False
     return v
+
+
+def _int_text(v: Any) -> Any:
+    return int(v) if type(v) is str else v
+
+
+def _float_text(v: Any) -> Any:
+    """float4/float8 text -> float; ``NaN`` / ``Infinity`` / ``-Infinity`` stay the strings that
+    ``to_json`` prints (a float NaN would be encoded as ``null``)."""
+    if type(v) is not str:
+        return v
+    f = float(v)
+    return f if f - f == 0.0 else v
 
 
 # Only types whose wal2json text differs from the client shape need a per-value call: wal2json
@@ -187,14 +248,26 @@ _SCALAR: dict[str, Converter] = {
     "jsonb": _json,
 }
 
+# With wal2json's ``numeric-data-types-as-string`` (2.6+) numbers arrive as their exact text,
+# NaN/Infinity included (2.5 prints those as ``null``): these types then need converting too.
+_NUMBER_TEXT: dict[str, Converter] = {
+    "int2": _int_text,
+    "int4": _int_text,
+    "int8": _int_text,
+    "oid": _int_text,
+    "float4": _float_text,
+    "float8": _float_text,
+    "numeric": lambda v: _num_text(v) if type(v) is str else v,
+}
+
 # Array elements come as text inside the array literal, so numbers need parsing there.
 _ELEMENT: dict[str, Converter] = {
     "int2": int,
     "int4": int,
     "int8": int,
     "oid": int,
-    "float4": float,
-    "float8": float,
+    "float4": _float_text,
+    "float8": _float_text,
     "numeric": lambda s: _num_text(s),
     "bool": _bool_text,
     "json": _json,
@@ -204,10 +277,21 @@ _ELEMENT: dict[str, Converter] = {
 }
 
 
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1  # orjson encodes ints in [-2**63, 2**64 - 1]; others raise
+
+
 def _num_text(s: str) -> Any:
+    """numeric text -> int, float (when it prints back as the same value) or ``Decimal``.
+
+    Integers outside what orjson encodes become ``Decimal`` (encoded verbatim, see
+    :func:`relay.core.protocol.dumps`): a 20-digit numeric once stopped replication.
+    ``NaN`` / ``Infinity`` / ``-Infinity`` stay strings, as ``to_json`` prints them.
+    """
     try:
         if "." not in s and "e" not in s and "E" not in s:
-            return int(s)
+            v = int(s)
+            return v if _INT_MIN <= v <= _INT_MAX else Decimal(s)
         d = Decimal(s)
     except (ValueError, InvalidOperation):
         return s
@@ -333,10 +417,22 @@ class TypeRegistry:
     an unknown oid falls back to the name wal2json printed.
     """
 
-    def __init__(self, types: Iterable[TypeInfo] = ()) -> None:
+    def __init__(self, types: Iterable[TypeInfo] = (), numbers_as_text: bool = False) -> None:
         self._types: dict[int, TypeInfo] = dict(BUILTIN_TYPES)
         self._converters: dict[tuple[int, str], tuple[str, Converter]] = {}
+        self._numbers_as_text = numbers_as_text
         self.update(types)
+
+    @property
+    def numbers_as_text(self) -> bool:
+        """True when wal2json sends numbers as strings (``numeric-data-types-as-string``)."""
+        return self._numbers_as_text
+
+    @numbers_as_text.setter
+    def numbers_as_text(self, on: bool) -> None:
+        if on != self._numbers_as_text:
+            self._numbers_as_text = on
+            self._converters.clear()
 
     def update(self, types: Iterable[TypeInfo]) -> None:
         for t in types:
@@ -376,6 +472,10 @@ class TypeRegistry:
             def conv(v: Any, _e: Converter = elem_conv) -> Any:
                 return parse_array(v, _e) if isinstance(v, str) else v
 
+        elif name in ("json", "jsonb") and info is not None and info.oid not in (114, 3802):
+            conv = _identity  # a user type that is only named json: its text is not known to be JSON
+        elif self._numbers_as_text and name in _NUMBER_TEXT:
+            conv = _NUMBER_TEXT[name]
         elif category == "E" or name not in _SCALAR:
             conv = _identity
         else:

@@ -14,9 +14,12 @@ bad input, so the socket handler never crashes on a frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
+
+from relay.core.pgtypes import RawJson
 
 __all__ = [
     "BINARY_ENCODING",
@@ -255,15 +258,22 @@ def _ws_frame(first: int, payload: bytes) -> bytes:
 
 
 def _default(obj: Any) -> Any:
-    from decimal import Decimal
-
+    if type(obj) is RawJson:
+        return obj.fragment()
     if isinstance(obj, Decimal):
-        return orjson.Fragment(str(obj).encode())
+        if obj.is_finite():
+            # positional notation, as Postgres prints numeric: 0.000001 stays 0.000001, not 1E-6
+            return orjson.Fragment(format(obj, "f"))
+        return "NaN" if obj.is_nan() else ("-Infinity" if obj < 0 else "Infinity")  # to_json's
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
 def dumps(obj: Any) -> bytes:
-    """orjson with exact Decimal support (numeric columns): the one JSON encoder of the relay."""
+    """orjson with exact numerics and verbatim json: the one JSON encoder of the relay.
+
+    ``Decimal`` (long numerics) and :class:`relay.core.pgtypes.RawJson` (json/jsonb columns) are
+    written as the text Postgres printed.
+    """
     return orjson.dumps(obj, default=_default)
 
 

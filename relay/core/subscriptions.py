@@ -18,7 +18,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import orjson
 
 from relay.core.authorize import ASK_POSTGRES, Denied, Verdict
-from relay.core.changes import Action, Column, RowChange
+from relay.core.changes import ENCODE_FAILED, Action, Column, RowChange, column_error
 from relay.core.filters import BoundFilter, Filter, FilterError, parse_filter
 from relay.core.protocol import dumps, encode_push_prefix, ws_text_frame
 
@@ -410,7 +410,7 @@ def change_payload(change: RowChange) -> dict[str, Any]:
         "commit_timestamp": change.commit_timestamp,
         "type": change.action.value,
         "columns": _columns_json(change.columns),
-        "errors": None,
+        "errors": change.errors,
         "position": change.position,
     }
     if change.action is not Action.DELETE:
@@ -420,14 +420,55 @@ def change_payload(change: RowChange) -> dict[str, Any]:
     return data
 
 
-class FrameCache:
-    """Encode-once cache for one change: ``data`` once, each (topic, ids, vsn) wrapper once."""
+def repair_unencodable(change: RowChange) -> list[str]:
+    """Replace the column values JSON cannot encode by ``None``, with an ``errors`` marker each.
 
-    __slots__ = ("_data", "_frames", "_variants", "_wire", "change")
+    Why here, at the narrowest point: an encoding failure used to escape the fan-out and stop
+    replication, and the retry failed on the same change forever.  Only the offending values are
+    touched (new dicts, the old ones may be shared); returns the markers added.
+    """
+    added: list[str] = []
+    for attr in ("record", "old_record"):
+        row: dict[str, Any] | None = getattr(change, attr)
+        if not row:
+            continue
+        bad: dict[str, BaseException] = {}
+        for name, value in row.items():
+            try:
+                dumps(value)
+            except (TypeError, ValueError, RecursionError) as error:
+                bad[name] = error
+        if bad:
+            setattr(change, attr, {k: (None if k in bad else v) for k, v in row.items()})
+            errors = change.errors if change.errors is not None else []
+            for name, failure in bad.items():
+                marker = column_error(ENCODE_FAILED, name, failure)
+                if marker not in errors:
+                    errors.append(marker)
+                    added.append(marker)
+            change.errors = errors
+    return added
+
+
+class FrameCache:
+    """Encode-once cache for one change: ``data`` once, each (topic, ids, vsn) wrapper once.
+
+    ``repaired`` lists the ``errors`` markers added because a value could not be encoded (see
+    :func:`repair_unencodable`); the server counts and logs them.
+    """
+
+    __slots__ = ("_data", "_frames", "_variants", "_wire", "change", "repaired")
 
     def __init__(self, change: RowChange, data_encoder: Callable[[RowChange], bytes] | None = None) -> None:
         self.change = change
-        self._data = (data_encoder or _encode_data)(change).decode()
+        encode = data_encoder or _encode_data
+        self.repaired: list[str] = []
+        try:
+            data = encode(change)
+        except (TypeError, ValueError, RecursionError):
+            self.repaired = repair_unencodable(change)
+            data = encode(change)
+        self._data = data.decode()
         self._frames: dict[tuple[str, tuple[int, ...], str], str] = {}
         self._wire: dict[tuple[str, tuple[int, ...], str], bytes] = {}
         self._variants: dict[str, FrameCache] = {}

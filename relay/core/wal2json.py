@@ -17,10 +17,20 @@ from typing import Any
 
 import orjson
 
-from relay.core.changes import Action, Begin, Column, Commit, Lsn, Message, RowChange
-from relay.core.pgtypes import Converter, TypeRegistry, _identity, commit_timestamp
+from relay.core.changes import (
+    DECODE_FAILED,
+    Action,
+    Begin,
+    Column,
+    Commit,
+    Lsn,
+    Message,
+    RowChange,
+    column_error,
+)
+from relay.core.pgtypes import Converter, TypeRegistry, _identity, _num_text, commit_timestamp
 
-__all__ = ["WAL2JSON_OPTIONS", "DecodeError", "Decoder", "wal2json_options"]
+__all__ = ["NUMBERS_AS_TEXT", "WAL2JSON_OPTIONS", "DecodeError", "Decoder", "wal2json_options"]
 
 WAL2JSON_OPTIONS: dict[str, str] = {
     "format-version": "2",
@@ -32,6 +42,10 @@ WAL2JSON_OPTIONS: dict[str, str] = {
     "include-lsn": "1",
 }
 
+#: wal2json 2.6+ option: numbers as exact strings, NaN/Infinity included (2.5 prints those as
+#: ``null`` and rejects the option; the pipeline then starts without it).
+NUMBERS_AS_TEXT = "numeric-data-types-as-string"
+
 _ACTIONS = {"I": Action.INSERT, "U": Action.UPDATE, "D": Action.DELETE}
 
 
@@ -40,7 +54,9 @@ class DecodeError(ValueError):
 
 
 def wal2json_options(
-    tables: list[tuple[str, str]], msg_prefixes: tuple[str, ...] = ("realtime",)
+    tables: list[tuple[str, str]],
+    msg_prefixes: tuple[str, ...] = ("realtime",),
+    numbers_as_text: bool = False,
 ) -> dict[str, str]:
     """The option set for START_REPLICATION, restricted to ``tables`` and our message prefixes.
 
@@ -52,6 +68,8 @@ def wal2json_options(
     no table can have.
     """
     opts = dict(WAL2JSON_OPTIONS)
+    if numbers_as_text:
+        opts[NUMBERS_AS_TEXT] = "1"
     if tables:
         opts["add-tables"] = ",".join(f"{_esc(s)}.{_esc(t)}" for s, t in tables)
     else:
@@ -97,7 +115,7 @@ class Decoder:
         action = msg.get("action")
         if action in ("I", "U", "D"):
             raw = data.encode() if isinstance(data, str) else bytes(data)
-            if _NUMERIC_MARK in raw:
+            if _NUMERIC_MARK in raw and not self.types.numbers_as_text:  # as text: already exact
                 _exact_numerics(msg, raw)
             return self._row(msg, _ACTIONS[action], raw)
         if action == "B":
@@ -178,12 +196,13 @@ class Decoder:
         record: dict[str, Any] | None = None
         old: dict[str, Any] | None = None
         lay: _Layout | None = None
+        errors: list[str] = []
         if cols_raw is not None:
             lay = self._layout(schema, table, cols_raw)
-            record = _values(cols_raw, lay)
+            record = _values(cols_raw, lay, errors)
         if ident_raw is not None:
             ilay = self._layout(schema, table, ident_raw)
-            old = _values(ident_raw, ilay)
+            old = _values(ident_raw, ilay, errors)
             if lay is None or len(ilay.names) > len(lay.names):
                 lay = ilay
                 if record is not None and old is not None:
@@ -205,6 +224,7 @@ class Decoder:
             lay.pk_of(msg.get("pk")),
             lay.column_types,
             raw,
+            errors or None,
         )
         self._index += 1
         return change
@@ -242,13 +262,23 @@ class _Layout:
         return self._pk
 
 
-def _values(cols: list[dict[str, Any]], lay: _Layout) -> dict[str, Any]:
-    """Column values keyed by name; only the columns whose type needs it are converted."""
+def _values(cols: list[dict[str, Any]], lay: _Layout, errors: list[str]) -> dict[str, Any]:
+    """Column values keyed by name; only the columns whose type needs it are converted.
+
+    A value whose conversion fails becomes ``None`` with a marker in ``errors``: one odd value
+    must not stop the stream (the exception used to end replication, and the retry hit it again).
+    """
     out = dict(zip(lay.names, [c.get("value") for c in cols], strict=True))
     for name, conv in lay.convs:
         v = out[name]
         if v is not None:
-            out[name] = conv(v)
+            try:
+                out[name] = conv(v)
+            except Exception as exc:
+                out[name] = None
+                marker = column_error(DECODE_FAILED, name, exc)
+                if marker not in errors:
+                    errors.append(marker)
     return out
 
 
@@ -289,16 +319,5 @@ def _exact_numerics(msg: dict[str, Any], raw: bytes) -> None:
 
 
 def _exact_number(text: str) -> Any:
-    if "." not in text and "e" not in text and "E" not in text:
-        try:
-            return int(text)
-        except ValueError:
-            return text  # NaN / Infinity spelled bare
-    try:
-        d = Decimal(text)
-    except ArithmeticError:
-        return text
-    if not d.is_finite():
-        return text
-    f = float(d)
-    return f if Decimal(repr(f)) == d else d
+    """int, float or Decimal, as :func:`relay.core.pgtypes._num_text` (ints past 64 bits: Decimal)."""
+    return _num_text(text)

@@ -17,6 +17,7 @@ import orjson
 from relay.core.authorize import Authorizer, Denied, Verdict, VerdictMemo
 from relay.core.changes import RowChange
 from relay.core.protocol import dumps
+from relay.core.subscriptions import repair_unencodable
 from relay.postgres.catalog import Catalog
 
 __all__ = ["PolicyEvaluator"]
@@ -51,7 +52,13 @@ class PolicyEvaluator:
                 for key in claims_by_key:
                     memo.set(which, key, False)
                 continue
-            row_json = dumps(row).decode()
+            try:
+                row_json = dumps(row).decode()
+            except (TypeError, ValueError, RecursionError):
+                # the same repair the frame encoder makes: the value goes out as null + marker
+                repair_unencodable(change)
+                row = (change.record if which == 0 else change.old_record) or {}
+                row_json = dumps(row).decode()
             keys = list(claims_by_key)
             # start from the in-process verdict of the fast policies (an error there still counts)
             verdicts: dict[bytes, Verdict] = {k: False for k in keys}

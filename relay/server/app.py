@@ -58,6 +58,7 @@ class RelayServer:
         self.authorizer = authorizer or Authorizer()
         self.evaluator = evaluator or PolicyEvaluator(catalog, self.authorizer)
         self.policy_errors = 0
+        self.value_errors = 0  # column values sent as null with an errors marker (see column_error)
         self.table_index: dict[tuple[str, str], TableIndex[Channel]] = {}
         self.dirty: set[Connection] = set()
         self.authorizer.listeners.append(self._reindex_all)
@@ -91,6 +92,8 @@ class RelayServer:
         the LSN is confirmed only after delivery.
         """
         self.changes_seen += 1
+        if change.errors:
+            self._value_errors(change, change.errors)
         seq = change.seq
         self.log.append(seq, change.commit_timestamp, change.raw)
         memo, decide = self._decider(change)
@@ -125,7 +128,10 @@ class RelayServer:
         pending: list[tuple[Channel, int]],
     ) -> None:
         self.flush()  # what earlier changes queued goes out while Postgres evaluates
+        known = len(change.errors or ())
         await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in pending])
+        if change.errors and len(change.errors) > known:  # a value the evaluator could not encode
+            self._value_errors(change, change.errors[known:])
         deliveries, still = self.index.route(change, decide, self._owners(change))
         for chan, _ in still:  # e.g. a new token while we awaited: never guess
             if chan.replaying or chan.cursor >= change.seq or chan.closed:
@@ -199,6 +205,8 @@ class RelayServer:
                 self._track_tx(chan, change, seq)
             if cache is None:
                 cache = FrameCache(change)
+                if cache.repaired:
+                    self._value_errors(change, cache.repaired)
             sent += 1
             if d.kind == ERROR and d.error is not None:
                 self.policy_errors += 1
@@ -213,6 +221,12 @@ class RelayServer:
                 )
             chan.conn.deliver(cache.variant(d.kind, d.error, d.select), chan.topic, d.ids)
         self.frames_queued += sent
+
+    def _value_errors(self, change: RowChange, markers: list[str]) -> None:
+        """Count and log values sent as null: table and marker (column, exception type), no value."""
+        self.value_errors += len(markers)
+        for marker in markers:
+            log.warning("%s.%s at %s: %s", change.schema, change.table, change.position, marker)
 
     # -- transactions -----------------------------------------------------------------------
     def on_commit(self, commit: Commit) -> None:
@@ -413,6 +427,7 @@ class RelayServer:
             "frames_queued": self.frames_queued,
             "policies": len(self.authorizer),
             "policy_errors": self.policy_errors,
+            "value_errors": self.value_errors,
             "rooms": len(self.topics.rooms),
             "broadcasts": self.topics.broadcasts,
             "resume": {
