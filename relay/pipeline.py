@@ -24,15 +24,17 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
 from relay.core.changes import Begin, Commit, Lsn, Message, RowChange
 from relay.core.pgtypes import TypeRegistry
+from relay.core.stream import StreamIdentity
 from relay.core.wal2json import Decoder, wal2json_options
 from relay.postgres.catalog import Catalog
+from relay.postgres.identity import read_identity
 from relay.postgres.replication import ReplicationStream, SlotInfo, ensure_slot
 
 __all__ = ["Pipeline", "PipelineStats"]
@@ -106,6 +108,7 @@ class Pipeline:
         self.last_commit = Lsn(0)  # commit LSN of that transaction (dedup key)
         self.ready = asyncio.Event()  # set once the first stream is running
         self._first_stream = True
+        self.stream: StreamIdentity | None = None  # identity of the history being streamed
 
     async def run(self, stop: asyncio.Event) -> None:
         attempt = 0
@@ -135,6 +138,13 @@ class Pipeline:
     async def _stream_once(self, stop: asyncio.Event) -> None:
         if not self.temporary_slot:
             info = await ensure_slot(self.dsn, self.slot)
+            info = replace(info, stream=await read_identity(self.dsn, self.slot))
+            if self.stream is not None and info.stream != self.stream:
+                # Another history (failover, restore, new cluster): its LSNs are not comparable
+                # with what was handed off, so nothing may be skipped or resumed by them.
+                log.warning("stream identity changed from %s to %s", self.stream, info.stream)
+                self.handed_off, self.last_commit = Lsn(0), Lsn(0)
+            self.stream = info.stream
             if info.reason == "lost":
                 self.stats.last_error = f"slot {self.slot} was lost and recreated at {info.confirmed_flush}"
             if self.on_slot is not None:

@@ -19,7 +19,7 @@ from aiohttp import WSCloseCode, web
 
 from relay.core.authorize import claims_key
 from relay.core.broadcast import BroadcastError, from_binary, from_push
-from relay.core.changes import format_position, parse_position
+from relay.core.changes import parse_stream_position
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
 from relay.core.rooms import Room
@@ -368,9 +368,10 @@ class Connection:
             return
         resume_from = config.get("resume_from")
         after: int | None = None
+        stream = ""
         if resume_from is not None:
             try:
-                after = parse_position(resume_from)
+                stream, after = parse_stream_position(resume_from)
             except ValueError as exc:
                 self.reply_error(f, f"InvalidResume: {exc}")
                 return
@@ -411,12 +412,15 @@ class Connection:
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
         self.server.topics.enter(chan)
         if specs:
-            known = after is not None or self.server.floors_ready.is_set()
-            start = {"position": format_position(chan.cursor)} if known else {}
+            if after is not None:  # echoed as sent: it may not be of this stream (see replay)
+                start = {"position": str(resume_from)}
+            else:
+                known = self.server.floors_ready.is_set()
+                start = {"position": self.server.position(chan.cursor)} if known else {}
             self.send_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
         if after is not None:
             chan.task = asyncio.get_running_loop().create_task(
-                self.server.replay(chan, after), name=f"replay {f.topic}"
+                self.server.replay(chan, after, stream, str(resume_from)), name=f"replay {f.topic}"
             )
 
     async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
