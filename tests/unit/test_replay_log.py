@@ -49,7 +49,8 @@ def test_positions_carry_their_stream_and_order_within_it() -> None:
     assert parse_stream_position(b.lower()) == (sid, seq(2, 0))  # ids compare upper-case
     # the legacy form (no stream id) still parses, with an empty stream: the server refuses it
     assert parse_stream_position("00000000016B3748:00000003") == ("", seq(0x16B3748, 3))
-    for bad in ("/00000000016B3748:00000003", "ABC/00000000016B3748:00000003", f"{sid}:0000000000000001:00000000"):
+    bad_ones = ("/00000000016B3748:00000003", "ABC/00000000016B3748:00000003", f"{sid}:00000001:00000000")
+    for bad in bad_ones:
         with pytest.raises(ValueError, match="stream id"):
             parse_stream_position(bad)
 
