@@ -366,6 +366,7 @@ class RelayServer:
                     if chan.tx_end and chan.open_tx and (seq >> 32) != chan.open_tx:
                         self._send_tx_end(chan)
                     change = decoder.replay(raw, seq, timestamp)
+                    change.stream = current
                     before = chan.cursor
                     await self._route_one(change, chan)
                     if chan.cursor > before:

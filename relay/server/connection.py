@@ -25,6 +25,7 @@ from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binar
 from relay.core.rooms import Room
 from relay.core.subscriptions import BindingError, BindingSpec, FrameCache, parse_bindings
 from relay.core.tokens import Claims, TokenError
+from relay.postgres.availability import UNREACHABLE_CODE, UNREACHABLE_REASON, database_unreachable
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
 from relay.server.topics import JoinRefused, presence_key
 
@@ -200,9 +201,10 @@ class Connection:
             self._draining = True
             self._wake.set()
 
-    def reply_error(self, f: Frame, reason: str) -> None:
+    def reply_error(self, f: Frame, reason: str, code: str | None = None) -> None:
         """``phx_reply`` error answering the frame ``f`` (same topic, ref and join_ref)."""
-        self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", {"reason": reason}))
+        response = {"reason": reason} if code is None else {"reason": reason, "code": code}
+        self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", response))
 
     def send_frame_error(self, reason: str) -> None:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
@@ -381,6 +383,11 @@ class Connection:
         except JoinRefused as exc:
             self.reply_error(f, str(exc))
             return
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            self._reply_unreachable(f, exc)
+            return
         bcast_cfg = config.get("broadcast")
         bcast: dict[str, Any] = bcast_cfg if isinstance(bcast_cfg, dict) else {}
         try:
@@ -388,6 +395,11 @@ class Connection:
             bound = [await self._bind(s) for s in specs]
         except (BindingError, FilterError) as exc:
             self.reply_error(f, f"InvalidBinding: {exc}")
+            return
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            self._reply_unreachable(f, exc)
             return
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
@@ -422,6 +434,16 @@ class Connection:
             chan.task = asyncio.get_running_loop().create_task(
                 self.server.replay(chan, after, stream, str(resume_from)), name=f"replay {f.topic}"
             )
+
+    def _reply_unreachable(self, f: Frame, exc: BaseException) -> None:
+        """The join needs Postgres, which cannot be reached: a retryable error, not a refusal.
+
+        The detail (host, port, driver message) goes to the log, not to the client.
+        """
+        log.warning(
+            "join of %s from %s: Postgres unreachable (%s: %s)", f.topic, self.peer, type(exc).__name__, exc
+        )
+        self.reply_error(f, UNREACHABLE_REASON, code=UNREACHABLE_CODE)
 
     async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
         if spec.table is None:
