@@ -9,7 +9,6 @@ whose position compared lower: silence.  Real Postgres, real relay, raw WebSocke
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,9 +17,10 @@ import pytest
 from relay_client import Change, RelayClient, ResyncNeeded
 
 from relay.core.changes import parse_stream_position
-from relay.postgres.cluster import ClusterError, LocalCluster
+from relay.postgres.cluster import LocalCluster
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from tests.sdk.helpers import insert_alerts, url
+from tests.support.clusters import own_cluster, stop_keeping_data
 from tests.support.relay import PhoenixClient, running_relay, token
 
 pytestmark = pytest.mark.pg
@@ -169,29 +169,15 @@ async def test_the_sdk_does_not_drop_rows_after_resuming_from_a_foreign_position
 
 @pytest.fixture()
 def stoppable() -> Iterator[LocalCluster]:
-    """A cluster of the test's own, which it may stop and start."""
-    if os.environ.get("RELAY_TEST_DSN"):
-        pytest.skip("needs a cluster the test can stop (RELAY_TEST_DSN is shared)")
-    cluster = LocalCluster()
-    try:
-        cluster.start()
-    except ClusterError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    try:
+    with own_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 async def test_a_join_while_postgres_is_down_is_a_retryable_error(stoppable: LocalCluster) -> None:
     cluster = stoppable
     dsn = cluster.dsn()
     async with running_relay(dsn, slot="down_join") as relay, PhoenixClient.connect(relay) as c:
-        cluster.keep = True  # stop() keeps the data directory: the same database comes back
-        await asyncio.to_thread(cluster.stop)
-        cluster.keep = False
+        await asyncio.to_thread(stop_keeping_data, cluster)
         relay.server.catalog._tables.clear()  # nothing cached: the join must ask Postgres
         reply = await c.join("alerts", ALERTS)
         resp = reply["payload"]["response"]
