@@ -361,8 +361,8 @@ class RelayServer:
                     self._go_live(chan, after, replayed)
                     return
                 for seq, _, timestamp, raw in entries:
-                    if chan.closed:
-                        return
+                    if chan.closed or self.stream_id != current:
+                        return  # (a stream change while awaiting below: on_slot resynced it)
                     if chan.tx_end and chan.open_tx and (seq >> 32) != chan.open_tx:
                         self._send_tx_end(chan)
                     change = decoder.replay(raw, seq, timestamp)
