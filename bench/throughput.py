@@ -52,6 +52,7 @@ from relay.core.changes import Lsn, format_position, seq_before
 from relay.core.tokens import mint
 from relay.core.wal2json import wal2json_options
 from relay.postgres.cluster import LocalCluster, find_pg_bin
+from relay.postgres.identity import read_identity
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from relay.service import RunningRelay, start_relay
 
@@ -432,7 +433,9 @@ async def run_relay_phases(
             "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s", (SLOT_RELAY,)
         ).fetchone()
     assert row is not None
-    resume_from = format_position(seq_before(Lsn.parse(row[0])))
+    # positions carry the stream identity; a position without it would get resync_needed
+    stream = await read_identity(dsn, SLOT_RELAY)
+    resume_from = format_position(seq_before(Lsn.parse(row[0])), stream.id)
     sub = ctx.Process(target=subscriber_main, args=(url, tok, n, sub_child, resume_from), daemon=True)
     sub.start()
     writer = None

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -38,8 +38,10 @@ from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from relay.core.changes import Begin, Commit, Lsn, Message, RowChange
 from relay.core.pgtypes import TypeRegistry
+from relay.core.stream import StreamIdentity
 from relay.core.wal2json import NUMBERS_AS_TEXT, Decoder, wal2json_options
 from relay.postgres.catalog import Catalog
+from relay.postgres.identity import read_identity
 from relay.postgres.replication import ReplicationError, ReplicationStream, SlotInfo, ensure_slot
 
 __all__ = ["Pipeline", "PipelineStats"]
@@ -145,6 +147,7 @@ class Pipeline:
         self._first_stream = True
         self._streaming_since: float | None = None  # when the current stream started
         self._stale_pid: int | None = None  # walsender of a stream that failed (may linger)
+        self.stream: StreamIdentity | None = None  # identity of the history being streamed
 
     async def run(self, stop: asyncio.Event) -> None:
         attempt = 0
@@ -188,6 +191,13 @@ class Pipeline:
         if not self.temporary_slot:
             info = await ensure_slot(self.dsn, self.slot, stale_pid=self._stale_pid)
             self._stale_pid = None
+            info = replace(info, stream=await read_identity(self.dsn, self.slot))
+            if self.stream is not None and info.stream != self.stream:
+                # Another history (failover, restore, new cluster): its LSNs are not comparable
+                # with what was handed off, so nothing may be skipped or resumed by them.
+                log.warning("stream identity changed from %s to %s", self.stream, info.stream)
+                self.handed_off, self.last_commit = Lsn(0), Lsn(0)
+            self.stream = info.stream
             if info.reason == "lost":
                 self.stats.last_error = f"slot {self.slot} was lost and recreated at {info.confirmed_flush}"
             if self.on_slot is not None:

@@ -27,7 +27,17 @@ from relay_client.protocol import (
 )
 from relay_client.types import Binding, ChannelStates, ResyncNeeded
 
-__all__ = ["ChannelState", "ChannelStats", "ReplyOutcome"]
+__all__ = ["ChannelState", "ChannelStats", "ReplyOutcome", "same_stream"]
+
+
+def same_stream(a: str, b: str) -> bool:
+    """Whether two positions belong to one stream, and so compare as strings.
+
+    Positions are ``"<stream id>/<lsn>:<index>"`` (legacy ones have no ``<stream id>/``); the
+    stream id changes when the database behind the relay is another history, whose positions
+    say nothing about ours.
+    """
+    return a.rpartition("/")[0] == b.rpartition("/")[0]
 
 
 @dataclass(slots=True)
@@ -190,7 +200,9 @@ class ChannelState:
 
     # -- positions --------------------------------------------------------------------------
     def _advance(self, position: str | None) -> None:
-        if position is not None and (self.position is None or position > self.position):
+        if position is None:
+            return
+        if self.position is None or not same_stream(position, self.position) or position > self.position:
             self.position = position
 
     def on_system(self, event: SystemEvent) -> None:
@@ -203,13 +215,17 @@ class ChannelState:
             self._advance(event.position)
         elif isinstance(event, ResyncNeeded):
             self.stats.resyncs += 1
-            self._advance(event.position)  # the relay continues live after it
+            # The relay continues live after its position, which may compare *lower* than ours:
+            # ours may come from another stream (database restored, failed over, replaced) or
+            # from the future.  Taken as is, or every later change would look like a duplicate.
+            if event.position is not None:
+                self.position = event.position
         elif isinstance(event, ChannelClosedByServer):
             self.token_error = event.token
 
     def is_new(self, position: str) -> bool:
         """Whether a change at ``position`` comes after everything processed (else: a duplicate)."""
-        if self.position is not None and position <= self.position:
+        if self.position is not None and same_stream(position, self.position) and position <= self.position:
             self.stats.duplicates += 1
             return False
         return True

@@ -90,8 +90,8 @@ class Change:
     """One row change, delivered once, in commit order.
 
     ``record`` is empty for DELETE and ``old_record`` empty for INSERT (rather than None), so
-    handlers index them without a None check.  ``position`` is the relay's resume position:
-    strings compare in commit order.
+    handlers index them without a None check.  ``position`` is the relay's resume position,
+    ``"<stream id>/<lsn>:<index>"``: strings of one stream compare in commit order.
     """
 
     channel: str

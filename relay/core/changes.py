@@ -23,6 +23,7 @@ __all__ = [
     "column_error",
     "format_position",
     "parse_position",
+    "parse_stream_position",
     "seq_before",
 ]
 
@@ -118,15 +119,22 @@ class RowChange:
     raw: bytes = b""  # the wal2json message it was decoded from (kept by the replay log)
     # Markers (see :func:`column_error`) for values that were replaced by null; sent as ``errors``
     errors: list[str] | None = None
+    # The identity of the stream it was read from (relay.core.stream): stamped by the server
+    # when it fans the change out, since the decoder does not know which database it reads.
+    stream: str = ""
 
     @property
     def position(self) -> str:
-        """Where this change stands in the total order of all changes: commit LSN, then index.
+        """Where this change stands in the total order of all changes: stream, commit LSN, index.
 
-        ``"<commit LSN as 16 hex digits>:<index as 8 hex digits>"`` compares as a string in
-        the same order as the changes were committed and made, so clients can sort, dedupe and
-        resume with it without parsing.
+        ``"<stream id>/<commit LSN as 16 hex digits>:<index as 8 hex digits>"``: within one
+        stream it compares as a string in the same order as the changes were committed and
+        made, so clients can sort, dedupe and resume with it without parsing.  The stream id
+        says which database history the LSN belongs to: an LSN alone means nothing once the
+        database was restored, failed over or replaced (see :mod:`relay.core.stream`).
         """
+        if self.stream:  # inline, not format_position(): one call per change on the hot path
+            return f"{self.stream}/{int(self.commit_lsn):016X}:{self.index:08X}"
         return f"{int(self.commit_lsn):016X}:{self.index:08X}"
 
     @property
@@ -158,25 +166,42 @@ def column_error(code: str, column: str, exc: BaseException) -> str:
     return f'ColumnError {code}: column "{column}" sent as null ({type(exc).__name__})'
 
 
-_POSITION = re.compile(r"[0-9A-Fa-f]{16}:[0-9A-Fa-f]{8}")
+_POSITION = re.compile(r"(?:([0-9A-Fa-f]{16})/)?([0-9A-Fa-f]{16}):([0-9A-Fa-f]{8})")
 
 
-def format_position(seq: int) -> str:
-    """The wire form of a position integer (see :attr:`RowChange.position`)."""
+def format_position(seq: int, stream: str = "") -> str:
+    """The wire form of a position integer (see :attr:`RowChange.position`).
+
+    Without ``stream`` it is the bare ``<lsn>:<index>`` form (no stream known yet, or a
+    position a client sent in the legacy form, echoed back).
+    """
     if seq < 0:
-        return f"{0:016X}:{0:08X}"
-    return f"{seq >> 32:016X}:{seq & 0xFFFFFFFF:08X}"
+        seq = 0
+    bare = f"{seq >> 32:016X}:{seq & 0xFFFFFFFF:08X}"
+    return f"{stream}/{bare}" if stream else bare
+
+
+def parse_stream_position(text: object) -> tuple[str, int]:
+    """Parse a client-supplied position into (stream id, position integer).
+
+    The stream id is ``""`` for the legacy form without one (positions issued before streams
+    had identities): the relay cannot tell which database history such a position belongs to.
+    ``ValueError`` with a message a client can act on.
+    """
+    m = _POSITION.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(
+            f"invalid position {text!r}: expected a stream id (16 hex digits) and a slash, then 16 hex "
+            'digits, a colon and 8 hex digits, as in the "position" field of a change '
+            '(e.g. "9F0C2A1B3D4E5F60/00000000016B3748:00000000")'
+        )
+    stream, lsn, index = m.groups()
+    return (stream or "").upper(), (int(lsn, 16) << 32) | int(index, 16)
 
 
 def parse_position(text: object) -> int:
-    """Parse a client-supplied position; ``ValueError`` with a message a client can act on."""
-    if not isinstance(text, str) or not _POSITION.fullmatch(text):
-        raise ValueError(
-            f"invalid position {text!r}: expected 16 hex digits, a colon and 8 hex digits, as in the "
-            '"position" field of a change (e.g. "00000000016B3748:00000000")'
-        )
-    lsn, _, index = text.partition(":")
-    return (int(lsn, 16) << 32) | int(index, 16)
+    """The position integer of a client-supplied position (its stream id is not checked)."""
+    return parse_stream_position(text)[1]
 
 
 def seq_before(lsn: int) -> int:

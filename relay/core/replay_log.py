@@ -130,6 +130,15 @@ class ReplayLog:
         if retained_from > self.head:
             self.head = retained_from
 
+    def restart(self, retained_from: int) -> None:
+        """Forget everything and start over at ``retained_from`` (another stream: failover,
+        restore, new cluster), even if that is lower: positions of different streams do not
+        compare, so nothing held or promised before means anything after."""
+        self._evict_while(lambda e: True)
+        self.retained_from = self.head = retained_from
+        self.committed = Lsn(0)
+        self._floor_at = self.clock()
+
     def _evict_while(self, cond: Callable[[Entry], bool]) -> int:
         entries = self._entries
         i = self._start

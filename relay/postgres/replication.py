@@ -22,6 +22,7 @@ from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from relay.core.changes import Lsn
+from relay.core.stream import StreamIdentity
 
 __all__ = ["ReplicationError", "ReplicationStream", "ServerShuttingDown", "SlotInfo", "ensure_slot"]
 
@@ -107,12 +108,14 @@ class SlotInfo:
     replay window starts there.  ``current``: the server's WAL position now; transactions
     committing before it were committed before this stream started.  ``created`` with a
     ``reason`` other than "new" means changes may have been missed (the slot was lost).
+    ``stream``: which database history the slot reads (filled in by the pipeline).
     """
 
     created: bool
     confirmed_flush: Lsn
     current: Lsn
     reason: str = ""
+    stream: StreamIdentity | None = None
 
 
 async def ensure_slot(dsn: str, slot: str, stale_pid: int | None = None) -> SlotInfo:

@@ -23,6 +23,7 @@ from relay.core.changes import Commit, Lsn, RowChange, format_position, seq_befo
 from relay.core.pgtypes import TypeRegistry
 from relay.core.protocol import SUPPORTED_VSN, Frame
 from relay.core.replay_log import ReplayLog
+from relay.core.stream import StreamIdentity
 from relay.core.subscriptions import ERROR, Decide, Delivery, FrameCache, SubscriptionIndex
 from relay.core.tokens import TokenError, Verifier
 from relay.core.wal2json import Decoder
@@ -76,6 +77,11 @@ class RelayServer:
         self.floors_ready = asyncio.Event()
         # replication_ready asked before the first stream (weak: closed channels just vanish)
         self._awaiting_ready: weakref.WeakSet[Channel] = weakref.WeakSet()
+        # Which database history positions belong to (set by on_slot; "" until then, or when
+        # the pipeline cannot tell), and the highest WAL position known to exist in it.
+        self.stream: StreamIdentity | None = None
+        self.stream_id = ""
+        self.wal_end = 0
         self.open_tx: set[Channel] = set()
         self.resumes = 0
         self.resyncs = 0
@@ -94,6 +100,7 @@ class RelayServer:
         self.changes_seen += 1
         if change.errors:
             self._value_errors(change, change.errors)
+        change.stream = self.stream_id
         seq = change.seq
         self.log.append(seq, change.commit_timestamp, change.raw)
         memo, decide = self._decider(change)
@@ -256,7 +263,7 @@ class RelayServer:
         payload = {
             "commit_lsn": str(Lsn(chan.open_tx)),
             "commit_timestamp": chan.open_ts,
-            "position": format_position(chan.open_pos),
+            "position": self.position(chan.open_pos),
             "changes": chan.open_count,
         }
         chan.open_tx, chan.open_count = 0, 0
@@ -264,6 +271,10 @@ class RelayServer:
         self.dirty.add(chan.conn)
 
     # -- resume ---------------------------------------------------------------------------
+    def position(self, seq: int) -> str:
+        """The wire form of ``seq`` in the current stream (carrying its identity)."""
+        return format_position(seq, self.stream_id)
+
     def fresh_cursor(self) -> int:
         """Where a join without ``resume_from`` starts: after everything already fanned out.
 
@@ -278,9 +289,32 @@ class RelayServer:
         return self.log.hold_lsn()
 
     def on_slot(self, info: SlotInfo, first: bool) -> None:
-        """A stream is starting: set the floors (first start) or recover from a lost slot."""
+        """A stream is starting: set the floors (first start) or recover from a lost slot or a
+        changed stream identity (failover, restore, another cluster behind the same address)."""
         floor = seq_before(info.confirmed_flush)
-        if first:
+        old_id = self.stream_id
+        self.stream = info.stream
+        self.stream_id = info.stream.id if info.stream is not None else ""
+        changed = not first and self.stream_id != old_id
+        self.wal_end = int(info.current) if changed else max(self.wal_end, int(info.current))
+        if changed:
+            # Positions of the old stream mean nothing here, even (especially) higher ones.
+            log.warning(
+                "stream identity changed from %s to %s: every subscriber resyncs", old_id, self.stream_id
+            )
+            self.log.restart(floor)
+            self.live_floor = seq_before(info.current)
+            for conn in self.connections:
+                for chan in list(conn.channels.values()):
+                    if chan.specs:
+                        self._resync(
+                            chan,
+                            chan.cursor,
+                            "the database's stream changed (failover, restore or another cluster)",
+                            resume_from=format_position(chan.cursor, old_id),
+                            restart=True,
+                        )
+        elif first:
             self.log.reset(floor)
             self.live_floor = seq_before(info.current)
             for conn in self.connections:  # joined before the database was reachable
@@ -315,20 +349,46 @@ class RelayServer:
         chan.conn.queue_frame(chan.system("ok", "Replication connection established", extension="system"))
         chan.conn.flush()
 
-    async def replay(self, chan: Channel, after: int) -> None:
+    async def replay(self, chan: Channel, after: int, stream: str = "", text: str | None = None) -> None:
         """Serve a resume: the log after ``after``, paced by the socket, then hand over to live.
 
         Live fan-out skips the channel while ``replaying``; the hand-over happens in the same
         step that finds the log exhausted, and every delivery checks the channel's cursor, so
         nothing is missed or repeated at the switch.
+
+        ``stream`` is the stream id the position carried (``""``: legacy form), ``text`` the
+        position as the client sent it.  A position of another stream, or one beyond the WAL
+        this stream has written, was not issued here: comparing it with this stream's positions
+        would skip changes, so the answer is ``resync_needed`` (checked once the stream is known).
         """
         try:
             await self.floors_ready.wait()
+            current = self.stream_id
+            if stream != current:
+                why = (
+                    f"the position belongs to another stream ({stream}, this relay streams {current}): "
+                    "the database was restored, failed over or replaced, or the slot changed"
+                    if stream
+                    else "the position carries no stream id (the legacy form), so it cannot be trusted"
+                )
+                self._resync(chan, after, why, resume_from=text, restart=True)
+                return
+            if after >> 32 > max(self.wal_end, self.log.head >> 32, self.live_floor >> 32):
+                self._resync(
+                    chan,
+                    after,
+                    "the position is ahead of the database's WAL, so it was not issued by this stream",
+                    resume_from=text,
+                    restart=True,
+                )
+                return
             log = self.log
             decoder = Decoder(self.types)
             limit = max(1, min(256, self.config.socket_queue_frames // 4))
             replayed = 0
             while not chan.closed:
+                if self.stream_id != current:
+                    return  # on_slot told the channel to resync
                 if not log.covers(chan.cursor):
                     self._resync(chan, after, "the position is older than the relay's replay window")
                     return
@@ -337,11 +397,12 @@ class RelayServer:
                     self._go_live(chan, after, replayed)
                     return
                 for seq, _, timestamp, raw in entries:
-                    if chan.closed:
-                        return
+                    if chan.closed or self.stream_id != current:
+                        return  # (a stream change while awaiting below: on_slot resynced it)
                     if chan.tx_end and chan.open_tx and (seq >> 32) != chan.open_tx:
                         self._send_tx_end(chan)
                     change = decoder.replay(raw, seq, timestamp)
+                    change.stream = current
                     before = chan.cursor
                     await self._route_one(change, chan)
                     if chan.cursor > before:
@@ -379,30 +440,40 @@ class RelayServer:
         chan.conn.queue_frame(
             chan.system(
                 "ok",
-                f"Resumed: {replayed} changes replayed after {format_position(after)}",
-                resumed_from=format_position(after),
+                f"Resumed: {replayed} changes replayed after {self.position(after)}",
+                resumed_from=self.position(after),
                 replayed=replayed,
-                position=format_position(chan.cursor),
+                position=self.position(chan.cursor),
             )
         )
         chan.conn.flush()
 
-    def _resync(self, chan: Channel, after: int, why: str) -> None:
-        """Tell a channel it missed changes it cannot be given: refetch, then continue live."""
+    def _resync(
+        self, chan: Channel, after: int, why: str, *, resume_from: str | None = None, restart: bool = False
+    ) -> None:
+        """Tell a channel it missed changes it cannot be given: refetch, then continue live.
+
+        ``restart``: the channel's cursor is not a position of this stream (foreign, future or
+        legacy): it continues from the fresh-join position, never from its own cursor (which
+        may compare higher than every change to come).  ``resume_from``: the position to echo
+        (the client's own text when it is not of this stream).
+        """
         chan.replaying = False
-        chan.cursor = max(chan.cursor, self.fresh_cursor())
+        chan.cursor = self.fresh_cursor() if restart else max(chan.cursor, self.fresh_cursor())
+        if resume_from is None:
+            resume_from = self.position(after)
         chan.open_tx = 0
         self.resyncs += 1
         log.info("resync needed for %s on %s: %s", chan.topic, chan.conn.peer, why)
         chan.conn.queue_frame(
             chan.system(
                 "error",
-                f"resync needed: {why}; changes after {format_position(after)} may be missing. "
-                f"Refetch, then continue from position {format_position(chan.cursor)}",
+                f"resync needed: {why}; changes after {resume_from} may be missing. "
+                f"Refetch, then continue from position {self.position(chan.cursor)}",
                 code="resync_needed",
-                resume_from=format_position(after),
-                retained_from=format_position(self.log.retained_from),
-                position=format_position(chan.cursor),
+                resume_from=resume_from,
+                retained_from=self.position(self.log.retained_from),
+                position=self.position(chan.cursor),
             )
         )
         chan.conn.flush()
@@ -436,6 +507,7 @@ class RelayServer:
                 "resumes": self.resumes,
                 "resyncs": self.resyncs,
             },
+            "stream": self.stream.as_dict() if self.stream is not None else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             **self.status,
         }

@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, web
 from relay.core.authorize import claims_key
 from relay.core.broadcast import BroadcastError, from_binary, from_push
 from relay.core.broadcast_history import REPLAY_LIMIT
-from relay.core.changes import format_position, parse_position
+from relay.core.changes import parse_stream_position
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
 from relay.core.rooms import Room
@@ -34,6 +34,7 @@ from relay.core.subscriptions import (
     parse_bindings,
 )
 from relay.core.tokens import Claims, TokenError
+from relay.postgres.availability import UNREACHABLE_CODE, UNREACHABLE_REASON, database_unreachable
 from relay.postgres.catalog import OperandCastError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
 from relay.server.topics import JoinRefused, presence_key
@@ -386,15 +387,21 @@ class Connection:
             self.reply_error(f, exc.reason)
             return
         try:
-            after = _resume_point(config)
+            resume = _resume_point(config)
         except ValueError as exc:
             self.reply_error(f, f"InvalidResume: {exc}")
             return
+        stream, after, resume_from = resume if resume is not None else ("", None, None)
         private = str(config.get("private", False)).lower() == "true"
         try:
             grants = await self.server.topics.admit(f.topic.removeprefix("realtime:"), private, claims)
         except JoinRefused as exc:
             self.reply_error(f, str(exc))
+            return
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            self._reply_unreachable(f, exc)
             return
         bcast_cfg = config.get("broadcast")
         bcast: dict[str, Any] = bcast_cfg if isinstance(bcast_cfg, dict) else {}
@@ -411,6 +418,11 @@ class Connection:
             return
         except (BindingError, FilterError) as exc:
             self.reply_error(f, f"InvalidBinding: {exc}")
+            return
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            self._reply_unreachable(f, exc)
             return
         try:  # the token may have expired while the topic policies and the catalog answered
             verifier.check_claims(claims)
@@ -444,15 +456,28 @@ class Connection:
         if replay is not None:
             self.server.topics.replay(chan, *replay)
         if specs:
-            known = after is not None or self.server.floors_ready.is_set()
-            start = {"position": format_position(chan.cursor)} if known else {}
+            if after is not None:  # echoed as sent: it may not be of this stream (see replay)
+                start = {"position": str(resume_from)}
+            else:
+                known = self.server.floors_ready.is_set()
+                start = {"position": self.server.position(chan.cursor)} if known else {}
             self.send_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
         if _truthy(bcast.get("replication_ready")):
             self.server.replication_ready(chan)
         if after is not None:
             chan.task = asyncio.get_running_loop().create_task(
-                self.server.replay(chan, after), name=f"replay {f.topic}"
+                self.server.replay(chan, after, stream, str(resume_from)), name=f"replay {f.topic}"
             )
+
+    def _reply_unreachable(self, f: Frame, exc: BaseException) -> None:
+        """The join needs Postgres, which cannot be reached: a retryable error, not a refusal.
+
+        The detail (host, port, driver message) goes to the log, not to the client.
+        """
+        log.warning(
+            "join of %s from %s: Postgres unreachable (%s: %s)", f.topic, self.peer, type(exc).__name__, exc
+        )
+        self.reply_error(f, UNREACHABLE_REASON, code=UNREACHABLE_CODE)
 
     async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
         """Check a binding against the relay's publication and cast its filter.
@@ -564,25 +589,31 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
-def _resume_point(config: dict[str, Any]) -> int | None:
-    """Where a resuming join continues: ``config.resume_from``, else the bindings' own.
+def _resume_point(config: dict[str, Any]) -> tuple[str, int, str] | None:
+    """Where a resuming join continues: ``(stream id, position, as sent)``, or None for a fresh join.
 
-    An unchanged realtime-js rebuilds ``config`` at ``subscribe()`` and keeps only its four
-    known keys, but the binding objects are the application's own, serialized again on every
-    automatic rejoin; so a dashboard keeps ``resume_from`` up to date on its binding objects.
-    All bindings of a channel share one cursor: the earliest position given wins, so nothing
-    any binding still needs is skipped (the client drops what it already has by position).
+    ``config.resume_from`` first, else the bindings' own.  An unchanged realtime-js rebuilds
+    ``config`` at ``subscribe()`` and keeps only its four known keys, but the binding objects
+    are the application's own, serialized again on every automatic rejoin; so a dashboard keeps
+    ``resume_from`` up to date on its binding objects.  All bindings of a channel share one
+    cursor: the earliest position given wins, so nothing any binding still needs is skipped
+    (the client drops what it already has by position).
     """
     top = config.get("resume_from")
     if top is not None:
-        return parse_position(top)
+        stream, after = parse_stream_position(top)
+        return stream, after, str(top)
     bindings = config.get("postgres_changes")
-    found: list[int] = []
+    found: list[tuple[int, str, str]] = []
     if isinstance(bindings, list):
         for b in bindings:
             if isinstance(b, dict) and b.get("resume_from") not in (None, ""):
-                found.append(parse_position(b["resume_from"]))
-    return min(found) if found else None
+                stream, after = parse_stream_position(b["resume_from"])
+                found.append((after, stream, str(b["resume_from"])))
+    if not found:
+        return None
+    after, stream, text = min(found)
+    return stream, after, text
 
 
 def _replay_request(value: Any, private: bool) -> tuple[int, int] | None:

@@ -29,6 +29,7 @@ from relay.core.payload_limits import PayloadRejected, check_json
 from relay.core.presence import Diff, PresenceError, repair_metas
 from relay.core.protocol import Frame, dumps, encode, ws_text_frame
 from relay.core.rooms import Room, Rooms
+from relay.postgres.availability import database_unreachable
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicAuthorizer, TopicGrants, TopicPolicyError
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class TopicHub:
         try:
             return await self.authorizer.grants(name, claims)
         except TopicPolicyError as exc:
+            if database_unreachable(exc):
+                raise  # not a refusal: the join answers "unable to connect", which clients retry
             log.error("topic policies for %s could not be evaluated: %s", name, exc)
             raise JoinRefused(f"Unauthorized: topic policies could not be checked: {exc}") from None
 

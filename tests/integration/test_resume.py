@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.core.changes import Lsn, format_position, parse_position
+from relay.core.changes import Lsn, parse_position
 from tests.support.relay import PhoenixClient, running_relay, token
 
 pytestmark = pytest.mark.pg
@@ -185,7 +185,7 @@ async def test_resume_older_than_the_window_says_resync_needed(pg_dsn: str) -> N
             assert [d["record"]["id"] for d in got] == live and got[0]["position"] > resync["position"]
         # a position inside what is still held resumes normally
         async with PhoenixClient.connect(relay) as c:
-            await _join(c, resume_from=format_position(relay.server.log.retained_from))
+            await _join(c, resume_from=relay.server.position(relay.server.log.retained_from))
             frames = await _until_resumed(c)
             assert _system(frames)[-1]["status"] == "ok" and _changes(frames)
         health = relay.server.log.stats()

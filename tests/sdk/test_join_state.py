@@ -83,6 +83,39 @@ def test_system_events_only_move_the_position_forward() -> None:
     assert st.token_error
 
 
+OLD_STREAM, NEW_STREAM = "1111111111111111", "2222222222222222"
+
+
+def sp(stream: str, n: int) -> str:
+    return f"{stream}/{p(n)}"
+
+
+def test_a_resync_for_a_foreign_or_future_position_resets_the_dedup_position() -> None:
+    """The database was restored / failed over: the relay answers resync_needed with a position
+    of its stream that compares *lower* than ours.  Kept as the higher of the two, every later
+    change would be dropped as a duplicate."""
+    st = joined(sp(OLD_STREAM, 0xFFFFFF))
+    st.on_system(Subscribed(sp(OLD_STREAM, 0xFFFFFF)))  # a resume's Subscribed echoes resume_from
+    st.on_system(ResyncNeeded("dash", "m", sp(NEW_STREAM, 40)))
+    assert st.position == sp(NEW_STREAM, 40)
+    assert st.is_new(sp(NEW_STREAM, 41)) and st.stats.duplicates == 0
+    st.processed(sp(NEW_STREAM, 41))
+    assert not st.is_new(sp(NEW_STREAM, 41))  # dedup works again within the new stream
+    # same stream, position from the future (e.g. FFFFFFFFFFFFFFFF:FFFFFFFF): also reset
+    st = joined(sp(NEW_STREAM, 0xFFFFFFFF))
+    st.on_system(ResyncNeeded("dash", "m", sp(NEW_STREAM, 40)))
+    assert st.is_new(sp(NEW_STREAM, 41))
+
+
+def test_positions_of_different_streams_never_compare() -> None:
+    st = joined(p(0xFFFFFFFFFFFFFFFF))  # a legacy position (no stream id), compares higher
+    assert st.is_new(sp(NEW_STREAM, 1))
+    st.processed(sp(NEW_STREAM, 1))
+    assert st.position == sp(NEW_STREAM, 1)
+    st.on_system(Resumed(sp(NEW_STREAM, 3), sp(NEW_STREAM, 1), 0))
+    assert st.position == sp(NEW_STREAM, 3)
+
+
 def test_stale_replies_and_the_close_of_a_replaced_join_are_ignored() -> None:
     st = joined()
     st.on_disconnect()

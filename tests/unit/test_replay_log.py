@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from relay.core.changes import Lsn, format_position, parse_position, seq_before
+from relay.core.changes import Lsn, format_position, parse_position, parse_stream_position, seq_before
 from relay.core.replay_log import ENTRY_OVERHEAD, ReplayLog
+from relay.core.stream import StreamIdentity
 
 
 class Clock:
@@ -36,8 +37,47 @@ def test_positions_round_trip_and_order() -> None:
     "bad", ["", "0/16B3748", "00000000016B3748", "x" * 25, 42, None, "00000000016B3748:0000000G"]
 )
 def test_bad_positions_are_clear_errors(bad: object) -> None:
-    with pytest.raises(ValueError, match="expected 16 hex digits"):
+    with pytest.raises(ValueError, match="16 hex digits, a colon and 8 hex digits"):
         parse_position(bad)
+
+
+def test_positions_carry_their_stream_and_order_within_it() -> None:
+    sid = StreamIdentity("7716215630931067960", 1, 16384, "relay").id
+    a, b = format_position(seq(1, 0xFFFFFFFF), sid), format_position(seq(2, 0), sid)
+    assert a == f"{sid}/0000000000000001:FFFFFFFF" and a < b
+    assert parse_stream_position(b) == (sid, seq(2, 0))
+    assert parse_stream_position(b.lower()) == (sid, seq(2, 0))  # ids compare upper-case
+    # the legacy form (no stream id) still parses, with an empty stream: the server refuses it
+    assert parse_stream_position("00000000016B3748:00000003") == ("", seq(0x16B3748, 3))
+    bad_ones = ("/00000000016B3748:00000003", "ABC/00000000016B3748:00000003", f"{sid}:00000001:00000000")
+    for bad in bad_ones:
+        with pytest.raises(ValueError, match="stream id"):
+            parse_stream_position(bad)
+
+
+def test_stream_id_changes_with_every_part_of_the_identity() -> None:
+    base = StreamIdentity("7716215630931067960", 1, 16384, "relay")
+    others = [
+        StreamIdentity("7716215630931067961", 1, 16384, "relay"),  # another cluster
+        StreamIdentity("7716215630931067960", 2, 16384, "relay"),  # failover / PITR
+        StreamIdentity("7716215630931067960", 1, 16385, "relay"),  # database re-created
+        StreamIdentity("7716215630931067960", 1, 16384, "relay2"),  # another slot
+    ]
+    assert len({base.id, *(o.id for o in others)}) == 5
+    assert base.id == StreamIdentity("7716215630931067960", 1, 16384, "relay").id  # stable
+    assert len(base.id) == 16 and base.id == base.id.upper()
+
+
+def test_restart_forgets_everything_even_for_a_lower_floor() -> None:
+    """Another stream's positions may be lower than the old head: reset() would keep the old
+    (higher) floor and head, and append() would then ignore every change of the new stream."""
+    log = ReplayLog(clock=Clock())
+    log.append(seq(500), "", b"x")
+    log.restart(seq_before(100))
+    assert len(log) == 0 and log.bytes == 0
+    assert log.retained_from == log.head == seq_before(100)
+    log.append(seq(120), "", b"y")
+    assert [e[0] for e in log.after(seq_before(100), 10)] == [seq(120)]
 
 
 def test_seq_before_is_just_before_a_transaction() -> None:

@@ -15,6 +15,8 @@
 //   RT_VSN      protocol version ("1.0.0" | "2.0.0"); unset = client default (2.0.0)  (--vsn)
 //   RT_CHANNEL  channel name (default "interop")                         (--channel)
 //   RT_HEARTBEAT_MS  heartbeat interval; when set, heartbeat statuses are printed too  (--heartbeat-ms)
+//   RT_KEEP_ON_ERROR  "1": a CHANNEL_ERROR is printed but does not end the run, so the client's
+//               own rejoin can be observed (default: exit 1 on CHANNEL_ERROR)  (--keep-on-error)
 //
 // Output (stdout), one JSON object per line:
 //   {"endpoint": "<url the client connects to>", "vsn": "<vsn>"}       once, at start
@@ -52,6 +54,7 @@ function settings() {
     vsn: pick('vsn', 'RT_VSN', ''),
     channel: pick('channel', 'RT_CHANNEL', 'interop'),
     heartbeatMs: Number(pick('heartbeat-ms', 'RT_HEARTBEAT_MS', '0')),
+    keepOnError: pick('keep-on-error', 'RT_KEEP_ON_ERROR', '') === '1',
   }
 }
 
@@ -123,6 +126,7 @@ client
     const line = { status }
     if (err) line.error = String(err && err.message ? err.message : err)
     out(line)
+    if (status === 'CHANNEL_ERROR' && cfg.keepOnError) return
     if (status === 'CHANNEL_ERROR' || status === 'TIMED_OUT' || status === 'CLOSED') {
       clearTimeout(timer)
       finish(1)
