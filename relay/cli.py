@@ -73,10 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate",
         help="apply the realtime schema migrations",
         formatter_class=fmt,
-        description="Apply numbered, idempotent migrations from sql/migrations (and sql/demo with --demo).",
+        description=(
+            "Apply numbered, idempotent migrations from relay/sql/migrations "
+            "(and relay/sql/demo with --demo)."
+        ),
     )
     _db_args(p)
-    p.add_argument("--demo", action="store_true", help="also apply the demo schema (sql/demo)")
+    p.add_argument("--demo", action="store_true", help="also apply the demo schema (relay/sql/demo)")
 
     p = sub.add_parser(
         "demo",

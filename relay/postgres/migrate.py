@@ -1,4 +1,4 @@
-"""Apply the numbered SQL migrations in ``sql/migrations`` and the optional demo schema.
+"""Apply the numbered SQL migrations in ``relay/sql/migrations`` and the optional demo schema.
 
 Why a tiny home-grown migrator instead of a framework: the relay owns one small schema
 (``realtime``), must be able to migrate itself at start-up, and must be safe when several relay
@@ -10,19 +10,22 @@ processes start at once.  The rules are the classic ones:
 * an applied file is immutable: if its checksum changed we refuse, because silently skipping the
   edit and silently re-running it are both wrong.  Add a new numbered file instead.
 
-The SQL lives at the repository's top-level ``sql/`` directory; ``RELAY_SQL_DIR`` overrides the
-location (e.g. when the package is installed without the source tree next to it).
+The SQL ships inside the package (``relay/sql``, package data read through
+:mod:`importlib.resources`), so ``pip install`` gives a relay that can migrate; ``RELAY_SQL_DIR``
+overrides the location (a test, or a DBA trying a patched migration set).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import logging
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import psycopg
@@ -69,25 +72,26 @@ class MigrationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Migration:
-    """One ``NNNN_name.sql`` file as found on disk."""
+    """One ``NNNN_name.sql`` file of the migration set (a file, or a resource of the package)."""
 
     version: int
     name: str
-    path: Path
+    path: Traversable
     checksum: str
 
     def read(self) -> str:
         return self.path.read_text(encoding="utf-8")
 
 
-def sql_dir() -> Path:
+def sql_dir() -> Traversable:
     """The directory holding ``migrations/`` and ``demo/``.
 
-    ``RELAY_SQL_DIR`` wins so an installed package (or a test) can point elsewhere; otherwise the
-    repository layout ``<repo>/relay/postgres/migrate.py`` -> ``<repo>/sql`` is assumed.
+    ``RELAY_SQL_DIR`` wins so a test or a DBA can point elsewhere; otherwise the package's own
+    ``relay/sql`` (package data), found through :mod:`importlib.resources` so it works the same
+    from a source checkout, an editable install and a wheel.
     """
     env = os.environ.get("RELAY_SQL_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "sql"
+    path: Traversable = Path(env) if env else importlib.resources.files("relay").joinpath("sql")
     if not path.is_dir():
         raise MigrationError(
             f"SQL directory not found at {path}; set RELAY_SQL_DIR to the directory containing "
@@ -96,7 +100,7 @@ def sql_dir() -> Path:
     return path
 
 
-def _checksum(path: Path) -> str:
+def _checksum(path: Traversable) -> str:
     """sha256 of the file with line endings normalized.
 
     Why normalize: a checkout with CRLF line endings (git autocrlf) is the same migration, and
@@ -105,13 +109,20 @@ def _checksum(path: Path) -> str:
     return hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
 
 
-def discover_migrations(directory: Path | None = None) -> list[Migration]:
+def _sql_files(directory: Traversable) -> list[Traversable]:
+    """The ``*.sql`` entries of ``directory`` in name order (Traversable has no glob)."""
+    return sorted(
+        (p for p in directory.iterdir() if p.name.endswith(".sql") and p.is_file()), key=lambda p: p.name
+    )
+
+
+def discover_migrations(directory: Traversable | None = None) -> list[Migration]:
     """The migration files in version order; rejects duplicate versions and stray ``.sql`` names."""
     mdir = (directory if directory is not None else sql_dir()) / "migrations"
     if not mdir.is_dir():
         raise MigrationError(f"migrations directory not found: {mdir}")
     found: dict[int, Migration] = {}
-    for path in sorted(mdir.glob("*.sql")):
+    for path in _sql_files(mdir):
         m = _FILE_RE.match(path.name)
         if m is None:
             raise MigrationError(
@@ -189,7 +200,7 @@ def _verify_checksums(migrations: list[Migration], applied: dict[int, tuple[str,
 
 
 def migration_status(
-    conn: psycopg.Connection[TupleRow], directory: Path | None = None
+    conn: psycopg.Connection[TupleRow], directory: Traversable | None = None
 ) -> tuple[list[str], list[str]]:
     """(applied, pending) migration file names, for ``relay check``; raises on a changed checksum."""
     migrations = discover_migrations(directory)
@@ -252,13 +263,13 @@ def _ensure_publication(conn: psycopg.Connection[TupleRow], publication: str) ->
 
 
 def apply_demo_schema(dsn: str) -> None:
-    """Apply ``sql/demo/*.sql`` (idempotent files) in name order; migrations must be applied first.
+    """Apply ``relay/sql/demo/*.sql`` (idempotent files) in name order; migrations must be applied first.
 
     Why not migrate implicitly: the publication name is a deployment choice, and guessing the
     default here could overwrite the configured one.
     """
     ddir = sql_dir() / "demo"
-    files = sorted(ddir.glob("*.sql"))
+    files = _sql_files(ddir) if ddir.is_dir() else []
     if not files:
         raise MigrationError(f"no demo SQL files in {ddir}")
     with psycopg.connect(dsn, autocommit=True) as conn, _migration_lock(conn):
