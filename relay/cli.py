@@ -62,12 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the relay against RELAY_DATABASE_URL",
         epilog=EPILOG,
         formatter_class=fmt,
-        description="Run the relay: migrate (unless --no-migrate), preflight, then stream and serve.",
+        description=(
+            "Run the relay: apply pending migrations (unless --no-migrate; nothing to apply needs no "
+            "CREATE privilege), preflight, then stream and serve."
+        ),
     )
     _db_args(p)
     _jwt_args(p)
     _server_args(p)
-    p.add_argument("--no-migrate", action="store_true", help="do not apply migrations at start-up")
+    p.add_argument(
+        "--no-migrate", action="store_true", help="do not even check for pending migrations at start-up"
+    )
 
     p = sub.add_parser(
         "migrate",
@@ -165,6 +170,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from relay.postgres.migrate import MigrationError
+
     args = build_parser().parse_args(argv)
     try:
         cfg = _config(args)
@@ -183,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
+    except MigrationError as exc:
+        # One line that says what to do (e.g. "role X may not migrate ...: run relay migrate as
+        # the owner role"), not a traceback.
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -29,7 +29,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg.rows import TupleRow
 
 __all__ = [
@@ -159,6 +159,23 @@ def _applied(conn: psycopg.Connection[TupleRow]) -> dict[int, tuple[str, str]]:
     return {int(str(v)): (str(n), str(c)) for v, n, c in rows}
 
 
+def _no_privilege(conn: psycopg.Connection[TupleRow], what: str, exc: psycopg.Error) -> MigrationError:
+    """One line naming the role, what it may not do, and the fix (docs/roles.md).
+
+    Why: the usual cause is running ``relay migrate`` / ``relay serve`` as the least-privilege
+    runtime role while a migration is pending; a traceback ending in ``permission denied for
+    database`` does not say that the owner role must migrate first.
+    """
+    reason = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+    if exc.diag.message_hint:
+        reason += f"; {exc.diag.message_hint}"
+    return MigrationError(
+        f"role {conn.info.user} may not {what} ({reason}): run `relay migrate` as the role that owns the "
+        "realtime schema (see docs/roles.md); afterwards `relay serve` works as the runtime role, which "
+        "needs no CREATE privilege once nothing is pending"
+    )
+
+
 def _prepare(conn: psycopg.Connection[TupleRow]) -> None:
     """Create the bookkeeping table, refusing a foreign ``realtime.schema_migrations``.
 
@@ -177,6 +194,8 @@ def _prepare(conn: psycopg.Connection[TupleRow]) -> None:
                     "realtime.schema_migrations exists but was not created by this relay (is this a "
                     "Supabase database with its own Realtime service?); the relay cannot share that schema"
                 )
+    except errors.InsufficientPrivilege as exc:
+        raise _no_privilege(conn, "create the realtime schema", exc) from exc
     except psycopg.Error as exc:
         raise MigrationError(f"cannot create the realtime schema: {exc}") from exc
 
@@ -226,40 +245,75 @@ def apply_migrations(dsn: str, *, publication: str = DEFAULT_PUBLICATION) -> lis
     _check_publication_name(publication)
     migrations = discover_migrations()
     done: list[str] = []
-    with psycopg.connect(dsn, autocommit=True) as conn, _migration_lock(conn):
-        _prepare(conn)
-        applied = _applied(conn)
-        _verify_checksums(migrations, applied)
-        for mig in migrations:
-            if mig.version in applied:
-                continue
-            log.info("applying migration %s", mig.name)
-            try:
-                with conn.transaction():
-                    conn.execute(mig.read())
-                    conn.execute(
-                        "insert into realtime.schema_migrations (version, name, checksum) "
-                        "values (%s, %s, %s)",
-                        (mig.version, mig.name, mig.checksum),
-                    )
-            except psycopg.Error as exc:
-                raise MigrationError(f"migration {mig.name} failed: {exc}") from exc
-            done.append(mig.name)
-        _ensure_publication(conn, publication)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if _up_to_date(conn, migrations):
+            # Nothing to apply: no lock, no DDL, so the runtime role (which may not CREATE) can
+            # run `relay serve` / `relay migrate` without failing on work that is already done.
+            _ensure_publication(conn, publication)
+            return done
+        with _migration_lock(conn):
+            _migrate(conn, migrations, done)
+            _ensure_publication(conn, publication)
     return done
 
 
+def _up_to_date(conn: psycopg.Connection[TupleRow], migrations: list[Migration]) -> bool:
+    """Every migration is recorded with its checksum (read-only; False when unsure)."""
+    try:
+        applied = _applied(conn)
+    except psycopg.Error:
+        return False  # e.g. a foreign schema_migrations: the full path reports it properly
+    if not all(m.version in applied for m in migrations):
+        return False
+    _verify_checksums(migrations, applied)
+    return True
+
+
+def _migrate(conn: psycopg.Connection[TupleRow], migrations: list[Migration], done: list[str]) -> None:
+    """Apply the pending migrations under the lock, appending their names to ``done``."""
+    _prepare(conn)
+    applied = _applied(conn)
+    _verify_checksums(migrations, applied)
+    for mig in migrations:
+        if mig.version in applied:
+            continue
+        log.info("applying migration %s", mig.name)
+        try:
+            with conn.transaction():
+                conn.execute(mig.read())
+                conn.execute(
+                    "insert into realtime.schema_migrations (version, name, checksum) values (%s, %s, %s)",
+                    (mig.version, mig.name, mig.checksum),
+                )
+        except errors.InsufficientPrivilege as exc:
+            raise _no_privilege(conn, f"apply migration {mig.name}", exc) from exc
+        except psycopg.Error as exc:
+            raise MigrationError(f"migration {mig.name} failed: {exc}") from exc
+        done.append(mig.name)
+
+
 def _ensure_publication(conn: psycopg.Connection[TupleRow], publication: str) -> None:
-    with conn.transaction():
-        conn.execute(
-            "insert into realtime.settings (key, value) values ('publication', %s) "
-            "on conflict (key) do update set value = excluded.value",
-            (publication,),
-        )
-        exists = conn.execute("select 1 from pg_publication where pubname = %s", (publication,)).fetchone()
-        if exists is None:
-            log.info("creating publication %s", publication)
-            conn.execute(sql.SQL("create publication {}").format(sql.Identifier(publication)))
+    """Record the publication name in realtime.settings and create it if missing.
+
+    Writes only what differs, so an up-to-date database needs no privilege beyond reading.
+    """
+    try:
+        with conn.transaction():
+            row = conn.execute("select value from realtime.settings where key = 'publication'").fetchone()
+            if row is None or row[0] != publication:
+                conn.execute(
+                    "insert into realtime.settings (key, value) values ('publication', %s) "
+                    "on conflict (key) do update set value = excluded.value",
+                    (publication,),
+                )
+            exists = conn.execute(
+                "select 1 from pg_publication where pubname = %s", (publication,)
+            ).fetchone()
+            if exists is None:
+                log.info("creating publication %s", publication)
+                conn.execute(sql.SQL("create publication {}").format(sql.Identifier(publication)))
+    except errors.InsufficientPrivilege as exc:
+        raise _no_privilege(conn, f"set up publication {publication}", exc) from exc
 
 
 def apply_demo_schema(dsn: str) -> None:

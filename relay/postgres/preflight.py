@@ -592,6 +592,43 @@ def _check_topic_policies(ctx: _Ctx) -> list[Check]:
     return [Check("topic policies", "ok", f"{total} ({reads} read, {total - reads} write)")]
 
 
+_SANDBOX = (
+    "realtime.eval_policy_sandboxed(text,regclass,jsonb,jsonb[])",
+    "realtime.eval_topic_policy_sandboxed(text,text,text,jsonb)",
+)
+
+
+def _check_policy_sandbox(ctx: _Ctx) -> list[Check]:
+    """The relay's role may call the functions that evaluate policies as realtime_policy_eval.
+
+    Why here: without EXECUTE every policy evaluated in Postgres fails for every subscriber
+    (migration 0007 revokes it from PUBLIC); better one line with the GRANT at start-up.
+    """
+    if _one(ctx.conn, "select to_regprocedure(%s) is null", (_SANDBOX[0],))[0]:
+        return []  # not migrated yet: the realtime schema check says so
+    missing = [
+        sig
+        for sig in _SANDBOX
+        if _one(
+            ctx.conn,
+            "select coalesce(has_function_privilege(to_regprocedure(%s), 'EXECUTE'), false)",
+            (sig,),
+        )[0]
+        is not True
+    ]
+    if missing:
+        return [
+            Check(
+                "policy evaluation",
+                "fail",
+                f"role {ctx.conn.info.user} may not evaluate policies: as the migrating role run "
+                f"GRANT EXECUTE ON FUNCTION {', '.join(missing)} TO {_ident(ctx.conn.info.user)} "
+                "(docs/roles.md)",
+            )
+        ]
+    return [Check("policy evaluation", "ok", "policies run as realtime_policy_eval")]
+
+
 CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("server version", _check_server),
     ("wal_level", _check_wal_level),
@@ -604,6 +641,7 @@ CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("replica identity", _check_replica_identity),
     ("row policies", _check_policies),
     ("topic policies", _check_topic_policies),
+    ("policy evaluation", _check_policy_sandbox),
     ("slot", _check_slot),
     ("resume window", _check_resume_window),
     ("wal retention", _check_wal_retention),
