@@ -36,7 +36,7 @@ begin
         begin
             create role realtime_policy_eval nologin noinherit;
         exception
-            when duplicate_object then
+            when duplicate_object or unique_violation then
                 null;  -- another database's migration created it a moment ago
             when insufficient_privilege then
                 raise exception 'role realtime_policy_eval does not exist and role % may not create it', current_user
