@@ -167,8 +167,8 @@ def _no_privilege(conn: psycopg.Connection[TupleRow], what: str, exc: psycopg.Er
     database`` does not say that the owner role must migrate first.
     """
     reason = exc.diag.message_primary or str(exc).strip().splitlines()[0]
-    if exc.diag.message_hint:
-        reason += f"; {exc.diag.message_hint}"
+    if exc.diag.message_hint:  # the migration itself named the fix (e.g. 0007: create a role)
+        return MigrationError(f"role {conn.info.user} may not {what} ({reason}): {exc.diag.message_hint}")
     return MigrationError(
         f"role {conn.info.user} may not {what} ({reason}): run `relay migrate` as the role that owns the "
         "realtime schema (see docs/roles.md); afterwards `relay serve` works as the runtime role, which "

@@ -12,6 +12,7 @@ import asyncio
 import re
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -142,3 +143,32 @@ async def test_documented_roles_migrate_and_serve(
     assert [(r["record"], r.get("errors")) for r in records] == [({"id": 2, "note": "long"}, None)], log_tail(
         log_path
     )
+
+
+def test_owner_without_the_evaluation_role_is_told_the_grant(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Step 1 of the doc skipped: migration 0007 stops with the one GRANT that fixes it."""
+    role = "relay_owner_" + uuid.uuid4().hex[:6]
+    _exec(
+        pg_dsn,
+        "do $$ begin if not exists (select from pg_roles where rolname = 'realtime_policy_eval') then "
+        "create role realtime_policy_eval nologin noinherit; end if; end $$",
+    )
+    _exec(pg_dsn, f"create role {role} login password 'pw'")
+    try:
+        _exec(pg_dsn, f"grant create on database {urlsplit(pg_dsn).path.lstrip('/')} to {role}")
+        assert main(["migrate", "--database-url", _as(pg_dsn, role, "pw")]) == 1
+        err = capsys.readouterr().err
+        assert err == (
+            f"relay: role {role} may not apply migration 0007_policy_sandbox.sql (role {role} is not a "
+            f"member of realtime_policy_eval): as a superuser run: GRANT realtime_policy_eval TO {role} "
+            "(docs/roles.md)\n"
+        )
+        # Once granted, the same command completes the schema.
+        _exec(pg_dsn, f"grant realtime_policy_eval to {role}")
+        assert main(["migrate", "--database-url", _as(pg_dsn, role, "pw")]) == 0
+        assert "0007_policy_sandbox.sql" in capsys.readouterr().out
+    finally:
+        _exec(pg_dsn, f"drop owned by {role} cascade")
+        _exec(pg_dsn, f"drop role {role}")
