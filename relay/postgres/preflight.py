@@ -513,6 +513,7 @@ def _check_policies(ctx: _Ctx) -> list[Check]:
         by_table.setdefault((str(s), str(t)), []).append((str(n), tuple(roles), str(expr)))
     lines: list[str] = []
     slow: list[str] = []
+    slow_schemas: set[str] = set()
     invalid: list[str] = []
     no_policy: list[str] = []
     for s, t, _, _ in ctx.published:
@@ -537,6 +538,7 @@ def _check_policies(ctx: _Ctx) -> list[Check]:
                 continue
             if cp.fast is None:
                 slow.append(f"{_q(s, t)} {n!r}: {cp.slow_reason or 'outside the in-process shapes'}")
+                slow_schemas.add(s)
             else:
                 fast += 1
         lines.append(f"{_q(s, t)}: {len(pols)} ({fast} in-process)")
@@ -563,7 +565,32 @@ def _check_policies(ctx: _Ctx) -> list[Check]:
         out.append(
             Check("invalid policies", "fail", "the relay ignores (grants nothing):\n" + "\n".join(invalid))
         )
+    out.extend(_check_eval_schema_usage(ctx, slow_schemas))
     return out
+
+
+def _check_eval_schema_usage(ctx: _Ctx, schemas: set[str]) -> list[Check]:
+    """Policies evaluated in Postgres run as realtime_policy_eval (migration 0007), which needs
+    USAGE on their table's schema: without it every such change is a PolicyError for everyone."""
+    if not schemas or _one(ctx.conn, "select to_regrole('realtime_policy_eval') is null")[0]:
+        return []
+    missing = [
+        sc
+        for sc in sorted(schemas)
+        if _one(ctx.conn, "select has_schema_privilege('realtime_policy_eval', %s, 'USAGE')", (sc,))[0]
+        is not True
+    ]
+    if not missing:
+        return []
+    grants = "; ".join(f"GRANT USAGE ON SCHEMA {_ident(sc)} TO realtime_policy_eval" for sc in missing)
+    return [
+        Check(
+            "policy grants",
+            "warn",
+            f"policies evaluated in Postgres run as realtime_policy_eval, which may not use schema "
+            f"{', '.join(missing)} (subscribers get PolicyError 42501): {grants}",
+        )
+    ]
 
 
 def _check_topic_policies(ctx: _Ctx) -> list[Check]:

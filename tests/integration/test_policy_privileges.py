@@ -259,3 +259,15 @@ def test_topic_policies_run_sandboxed(pg_dsn: str, roles: list[str], attack: tup
         pg_dsn, """select * from realtime.eval_topic_policies('room', '{"role": "authenticated"}')"""
     )
     assert rows[2:] == [("write", "broadcast", True, None), ("write", "presence", True, None)]
+
+
+def test_preflight_names_the_missing_schema_grant(pg_dsn: str, attack: tuple[str, str]) -> None:
+    """Without USAGE on advs every change of advs.t is a PolicyError: `relay check` says which GRANT."""
+    from relay.postgres.preflight import run_preflight
+
+    _exec(pg_dsn, "revoke usage on schema advs from realtime_policy_eval")
+    check = run_preflight(pg_dsn, publication="supabase_realtime", slot="s").by_name("policy grants")
+    assert check is not None and check.status == "warn"
+    assert check.message.endswith("GRANT USAGE ON SCHEMA advs TO realtime_policy_eval")
+    _exec(pg_dsn, "grant usage on schema advs to realtime_policy_eval")
+    assert run_preflight(pg_dsn, publication="supabase_realtime", slot="s").by_name("policy grants") is None
