@@ -271,3 +271,26 @@ def test_preflight_names_the_missing_schema_grant(pg_dsn: str, attack: tuple[str
     assert check.message.endswith("GRANT USAGE ON SCHEMA advs TO realtime_policy_eval")
     _exec(pg_dsn, "grant usage on schema advs to realtime_policy_eval")
     assert run_preflight(pg_dsn, publication="supabase_realtime", slot="s").by_name("policy grants") is None
+
+
+def test_policies_compile_with_the_evaluation_search_path(pg_dsn: str, attack: tuple[str, str]) -> None:
+    """A name found only through the author's search_path would fail at every evaluation: refused now."""
+    owner, odsn = attack
+    _exec(pg_dsn, f"grant insert, delete on realtime.topic_policies to {owner}")
+    _exec(
+        odsn, "create function advs.is_member(c jsonb) returns boolean language sql as $$ select c ? 'm' $$"
+    )
+    with psycopg.connect(odsn, autocommit=True) as conn:
+        conn.execute("set search_path = advs, public")
+        with pytest.raises(errors.UndefinedFunction, match=r"function is_member\(jsonb\) does not exist"):
+            conn.execute("select realtime.create_policy('t', 'members', 'is_member(claims)')")
+        with pytest.raises(errors.UndefinedFunction, match=r"function is_member\(jsonb\) does not exist"):
+            conn.execute("select realtime.create_topic_policy('members', 'read', 'is_member(claims)')")
+        # The table is still found through the caller's search_path; qualified names compile.
+        conn.execute("select realtime.create_policy('t', 'members', 'advs.is_member(claims)')")
+    rows = _exec(
+        pg_dsn,
+        "select * from realtime.eval_policy('advs.is_member(claims)', 'advs.t', '{}', "
+        """array['{"m": 1}'::jsonb, '{}'::jsonb])""",
+    )
+    assert rows == [(1, True, None), (2, False, None)]

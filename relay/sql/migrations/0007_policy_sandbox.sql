@@ -173,6 +173,17 @@ comment on function realtime.policy_sandbox_check() is
     'Internal: refuse to evaluate policies if the sandbox functions were altered';
 
 
+-- New policies are compiled with the search_path they will be evaluated with, so a name that
+-- resolves only through the author's own search_path (`is_member(...)` meaning app.is_member) is
+-- refused at creation ("function is_member(jsonb) does not exist") instead of failing for every
+-- subscriber later.  The table argument is still resolved with the caller's search_path: the
+-- text -> regclass conversion happens in the calling statement.
+alter function realtime.create_policy(regclass, text, text, text[])
+    set search_path = pg_catalog, public, pg_temp;
+alter function realtime.create_topic_policy(text, text, text, text[])
+    set search_path = pg_catalog, public, pg_temp;
+
+
 -- ---------------------------------------------------------------------------------------------
 -- The relay-facing functions keep their signatures (an older relay keeps working, and is
 -- sandboxed too).  Their callers need EXECUTE on the sandbox functions: superusers have it;
