@@ -107,22 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the relay against RELAY_DATABASE_URL",
         epilog=EPILOG,
         formatter_class=fmt,
-        description="Run the relay: migrate (unless --no-migrate), preflight, then stream and serve.",
+        description=(
+            "Run the relay: apply pending migrations (unless --no-migrate; nothing to apply needs no "
+            "CREATE privilege), preflight, then stream and serve."
+        ),
     )
     _db_args(p)
     _jwt_args(p)
     _server_args(p)
-    p.add_argument("--no-migrate", action="store_true", help="do not apply migrations at start-up")
+    p.add_argument(
+        "--no-migrate", action="store_true", help="do not even check for pending migrations at start-up"
+    )
 
     p = sub.add_parser(
         "migrate",
         parents=[common],
         help="apply the realtime schema migrations",
         formatter_class=fmt,
-        description="Apply numbered, idempotent migrations from sql/migrations (and sql/demo with --demo).",
+        description=(
+            "Apply numbered, idempotent migrations from relay/sql/migrations "
+            "(and relay/sql/demo with --demo)."
+        ),
     )
     _db_args(p)
-    p.add_argument("--demo", action="store_true", help="also apply the demo schema (sql/demo)")
+    p.add_argument("--demo", action="store_true", help="also apply the demo schema (relay/sql/demo)")
 
     p = sub.add_parser(
         "demo",
@@ -255,6 +263,8 @@ def _setup_logging(level: str, redactor: Redactor) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure ends as one or two lines on stderr, secrets masked."""
+    from relay.postgres.migrate import MigrationError
+
     args = build_parser().parse_args(argv)
     try:
         cfg = _config(args)
@@ -269,6 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(redactor.scrub(f"relay: {exc}"), file=sys.stderr)
         return 2
+    except MigrationError as exc:
+        # One line that says what to do (e.g. "role X may not migrate ...: run relay migrate as
+        # the owner role"), not a traceback.
+        print(redactor.scrub(f"relay: {exc}"), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

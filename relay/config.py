@@ -200,7 +200,8 @@ def _coerce(name: str, var: str, raw: str, typ: Any) -> Any:
 ENV_VARS: dict[str, tuple[str, str]] = {
     "database_url": (
         "RELAY_DATABASE_URL",
-        "Postgres URL (needs REPLICATION). Unset for `relay demo`: a throwaway local cluster",
+        "Postgres URL (serve needs REPLICATION, migrate CREATE: docs/roles.md). "
+        "Unset for `relay demo`: a throwaway local cluster",
     ),
     "jwt_secret": ("RELAY_JWT_SECRET", "HS256 secret that signs client tokens"),
     "jwt_public_key": ("RELAY_JWT_PUBLIC_KEY", "PEM public key (RS256/ES256), inline or a file path"),

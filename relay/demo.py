@@ -51,7 +51,7 @@ def banner(url: str, service_token: str, user_token: str, dsn: str, embedded: bo
    (role service_role: receives every change; valid 24 h)
  user token    : {user_token}
    (role authenticated, branch_id 1: receives branch 1's rows under the demo policies,
-    see sql/demo/0002_demo_policies.sql and docs/authorization.md)
+    see relay/sql/demo/0002_demo_policies.sql and docs/authorization.md)
 
  realtime-js (node, npm i @supabase/realtime-js ws):
    const {{ RealtimeClient }} = require('@supabase/realtime-js')

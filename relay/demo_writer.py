@@ -1,4 +1,4 @@
-"""Generate realistic activity on the demo schema (``sql/demo``) so the dashboard has something to show.
+"""Generate realistic activity on the demo schema (``relay/sql/demo``) so the dashboard has something to show.
 
 Why it exists: a relay demo with an idle database shows nothing; this writer plays "the business"
 - bookings are made, confirmed, completed and paid, staff check in and out, alerts fire and get

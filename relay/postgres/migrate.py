@@ -1,4 +1,4 @@
-"""Apply the numbered SQL migrations in ``sql/migrations`` and the optional demo schema.
+"""Apply the numbered SQL migrations in ``relay/sql/migrations`` and the optional demo schema.
 
 Why a tiny home-grown migrator instead of a framework: the relay owns one small schema
 (``realtime``), must be able to migrate itself at start-up, and must be safe when several relay
@@ -10,23 +10,26 @@ processes start at once.  The rules are the classic ones:
 * an applied file is immutable: if its checksum changed we refuse, because silently skipping the
   edit and silently re-running it are both wrong.  Add a new numbered file instead.
 
-The SQL lives at the repository's top-level ``sql/`` directory; ``RELAY_SQL_DIR`` overrides the
-location (e.g. when the package is installed without the source tree next to it).
+The SQL ships inside the package (``relay/sql``, package data read through
+:mod:`importlib.resources`), so ``pip install`` gives a relay that can migrate; ``RELAY_SQL_DIR``
+overrides the location (a test, or a DBA trying a patched migration set).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import logging
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg.rows import TupleRow
 
 __all__ = [
@@ -69,25 +72,26 @@ class MigrationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Migration:
-    """One ``NNNN_name.sql`` file as found on disk."""
+    """One ``NNNN_name.sql`` file of the migration set (a file, or a resource of the package)."""
 
     version: int
     name: str
-    path: Path
+    path: Traversable
     checksum: str
 
     def read(self) -> str:
         return self.path.read_text(encoding="utf-8")
 
 
-def sql_dir() -> Path:
+def sql_dir() -> Traversable:
     """The directory holding ``migrations/`` and ``demo/``.
 
-    ``RELAY_SQL_DIR`` wins so an installed package (or a test) can point elsewhere; otherwise the
-    repository layout ``<repo>/relay/postgres/migrate.py`` -> ``<repo>/sql`` is assumed.
+    ``RELAY_SQL_DIR`` wins so a test or a DBA can point elsewhere; otherwise the package's own
+    ``relay/sql`` (package data), found through :mod:`importlib.resources` so it works the same
+    from a source checkout, an editable install and a wheel.
     """
     env = os.environ.get("RELAY_SQL_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "sql"
+    path: Traversable = Path(env) if env else importlib.resources.files("relay").joinpath("sql")
     if not path.is_dir():
         raise MigrationError(
             f"SQL directory not found at {path}; set RELAY_SQL_DIR to the directory containing "
@@ -96,7 +100,7 @@ def sql_dir() -> Path:
     return path
 
 
-def _checksum(path: Path) -> str:
+def _checksum(path: Traversable) -> str:
     """sha256 of the file with line endings normalized.
 
     Why normalize: a checkout with CRLF line endings (git autocrlf) is the same migration, and
@@ -105,13 +109,20 @@ def _checksum(path: Path) -> str:
     return hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
 
 
-def discover_migrations(directory: Path | None = None) -> list[Migration]:
+def _sql_files(directory: Traversable) -> list[Traversable]:
+    """The ``*.sql`` entries of ``directory`` in name order (Traversable has no glob)."""
+    return sorted(
+        (p for p in directory.iterdir() if p.name.endswith(".sql") and p.is_file()), key=lambda p: p.name
+    )
+
+
+def discover_migrations(directory: Traversable | None = None) -> list[Migration]:
     """The migration files in version order; rejects duplicate versions and stray ``.sql`` names."""
     mdir = (directory if directory is not None else sql_dir()) / "migrations"
     if not mdir.is_dir():
         raise MigrationError(f"migrations directory not found: {mdir}")
     found: dict[int, Migration] = {}
-    for path in sorted(mdir.glob("*.sql")):
+    for path in _sql_files(mdir):
         m = _FILE_RE.match(path.name)
         if m is None:
             raise MigrationError(
@@ -148,6 +159,23 @@ def _applied(conn: psycopg.Connection[TupleRow]) -> dict[int, tuple[str, str]]:
     return {int(str(v)): (str(n), str(c)) for v, n, c in rows}
 
 
+def _no_privilege(conn: psycopg.Connection[TupleRow], what: str, exc: psycopg.Error) -> MigrationError:
+    """One line naming the role, what it may not do, and the fix (docs/roles.md).
+
+    Why: the usual cause is running ``relay migrate`` / ``relay serve`` as the least-privilege
+    runtime role while a migration is pending; a traceback ending in ``permission denied for
+    database`` does not say that the owner role must migrate first.
+    """
+    reason = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+    if exc.diag.message_hint:  # the migration itself named the fix (e.g. 0007: create a role)
+        return MigrationError(f"role {conn.info.user} may not {what} ({reason}): {exc.diag.message_hint}")
+    return MigrationError(
+        f"role {conn.info.user} may not {what} ({reason}): run `relay migrate` as the role that owns the "
+        "realtime schema (see docs/roles.md); afterwards `relay serve` works as the runtime role, which "
+        "needs no CREATE privilege once nothing is pending"
+    )
+
+
 def _prepare(conn: psycopg.Connection[TupleRow]) -> None:
     """Create the bookkeeping table, refusing a foreign ``realtime.schema_migrations``.
 
@@ -166,6 +194,8 @@ def _prepare(conn: psycopg.Connection[TupleRow]) -> None:
                     "realtime.schema_migrations exists but was not created by this relay (is this a "
                     "Supabase database with its own Realtime service?); the relay cannot share that schema"
                 )
+    except errors.InsufficientPrivilege as exc:
+        raise _no_privilege(conn, "create the realtime schema", exc) from exc
     except psycopg.Error as exc:
         raise MigrationError(f"cannot create the realtime schema: {exc}") from exc
 
@@ -189,7 +219,7 @@ def _verify_checksums(migrations: list[Migration], applied: dict[int, tuple[str,
 
 
 def migration_status(
-    conn: psycopg.Connection[TupleRow], directory: Path | None = None
+    conn: psycopg.Connection[TupleRow], directory: Traversable | None = None
 ) -> tuple[list[str], list[str]]:
     """(applied, pending) migration file names, for ``relay check``; raises on a changed checksum."""
     migrations = discover_migrations(directory)
@@ -215,50 +245,85 @@ def apply_migrations(dsn: str, *, publication: str = DEFAULT_PUBLICATION) -> lis
     _check_publication_name(publication)
     migrations = discover_migrations()
     done: list[str] = []
-    with psycopg.connect(dsn, autocommit=True) as conn, _migration_lock(conn):
-        _prepare(conn)
-        applied = _applied(conn)
-        _verify_checksums(migrations, applied)
-        for mig in migrations:
-            if mig.version in applied:
-                continue
-            log.info("applying migration %s", mig.name)
-            try:
-                with conn.transaction():
-                    conn.execute(mig.read())
-                    conn.execute(
-                        "insert into realtime.schema_migrations (version, name, checksum) "
-                        "values (%s, %s, %s)",
-                        (mig.version, mig.name, mig.checksum),
-                    )
-            except psycopg.Error as exc:
-                raise MigrationError(f"migration {mig.name} failed: {exc}") from exc
-            done.append(mig.name)
-        _ensure_publication(conn, publication)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if _up_to_date(conn, migrations):
+            # Nothing to apply: no lock, no DDL, so the runtime role (which may not CREATE) can
+            # run `relay serve` / `relay migrate` without failing on work that is already done.
+            _ensure_publication(conn, publication)
+            return done
+        with _migration_lock(conn):
+            _migrate(conn, migrations, done)
+            _ensure_publication(conn, publication)
     return done
 
 
+def _up_to_date(conn: psycopg.Connection[TupleRow], migrations: list[Migration]) -> bool:
+    """Every migration is recorded with its checksum (read-only; False when unsure)."""
+    try:
+        applied = _applied(conn)
+    except psycopg.Error:
+        return False  # e.g. a foreign schema_migrations: the full path reports it properly
+    if not all(m.version in applied for m in migrations):
+        return False
+    _verify_checksums(migrations, applied)
+    return True
+
+
+def _migrate(conn: psycopg.Connection[TupleRow], migrations: list[Migration], done: list[str]) -> None:
+    """Apply the pending migrations under the lock, appending their names to ``done``."""
+    _prepare(conn)
+    applied = _applied(conn)
+    _verify_checksums(migrations, applied)
+    for mig in migrations:
+        if mig.version in applied:
+            continue
+        log.info("applying migration %s", mig.name)
+        try:
+            with conn.transaction():
+                conn.execute(mig.read())
+                conn.execute(
+                    "insert into realtime.schema_migrations (version, name, checksum) values (%s, %s, %s)",
+                    (mig.version, mig.name, mig.checksum),
+                )
+        except errors.InsufficientPrivilege as exc:
+            raise _no_privilege(conn, f"apply migration {mig.name}", exc) from exc
+        except psycopg.Error as exc:
+            raise MigrationError(f"migration {mig.name} failed: {exc}") from exc
+        done.append(mig.name)
+
+
 def _ensure_publication(conn: psycopg.Connection[TupleRow], publication: str) -> None:
-    with conn.transaction():
-        conn.execute(
-            "insert into realtime.settings (key, value) values ('publication', %s) "
-            "on conflict (key) do update set value = excluded.value",
-            (publication,),
-        )
-        exists = conn.execute("select 1 from pg_publication where pubname = %s", (publication,)).fetchone()
-        if exists is None:
-            log.info("creating publication %s", publication)
-            conn.execute(sql.SQL("create publication {}").format(sql.Identifier(publication)))
+    """Record the publication name in realtime.settings and create it if missing.
+
+    Writes only what differs, so an up-to-date database needs no privilege beyond reading.
+    """
+    try:
+        with conn.transaction():
+            row = conn.execute("select value from realtime.settings where key = 'publication'").fetchone()
+            if row is None or row[0] != publication:
+                conn.execute(
+                    "insert into realtime.settings (key, value) values ('publication', %s) "
+                    "on conflict (key) do update set value = excluded.value",
+                    (publication,),
+                )
+            exists = conn.execute(
+                "select 1 from pg_publication where pubname = %s", (publication,)
+            ).fetchone()
+            if exists is None:
+                log.info("creating publication %s", publication)
+                conn.execute(sql.SQL("create publication {}").format(sql.Identifier(publication)))
+    except errors.InsufficientPrivilege as exc:
+        raise _no_privilege(conn, f"set up publication {publication}", exc) from exc
 
 
 def apply_demo_schema(dsn: str) -> None:
-    """Apply ``sql/demo/*.sql`` (idempotent files) in name order; migrations must be applied first.
+    """Apply ``relay/sql/demo/*.sql`` (idempotent files) in name order; migrations must be applied first.
 
     Why not migrate implicitly: the publication name is a deployment choice, and guessing the
     default here could overwrite the configured one.
     """
     ddir = sql_dir() / "demo"
-    files = sorted(ddir.glob("*.sql"))
+    files = _sql_files(ddir) if ddir.is_dir() else []
     if not files:
         raise MigrationError(f"no demo SQL files in {ddir}")
     with psycopg.connect(dsn, autocommit=True) as conn, _migration_lock(conn):

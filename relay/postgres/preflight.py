@@ -515,6 +515,7 @@ def _check_policies(ctx: _Ctx) -> list[Check]:
         by_table.setdefault((str(s), str(t)), []).append((str(n), tuple(roles), str(expr)))
     lines: list[str] = []
     slow: list[str] = []
+    slow_schemas: set[str] = set()
     invalid: list[str] = []
     no_policy: list[str] = []
     for s, t, _, _ in ctx.published:
@@ -539,6 +540,7 @@ def _check_policies(ctx: _Ctx) -> list[Check]:
                 continue
             if cp.fast is None:
                 slow.append(f"{_q(s, t)} {n!r}: {cp.slow_reason or 'outside the in-process shapes'}")
+                slow_schemas.add(s)
             else:
                 fast += 1
         lines.append(f"{_q(s, t)}: {len(pols)} ({fast} in-process)")
@@ -565,7 +567,32 @@ def _check_policies(ctx: _Ctx) -> list[Check]:
         out.append(
             Check("invalid policies", "fail", "the relay ignores (grants nothing):\n" + "\n".join(invalid))
         )
+    out.extend(_check_eval_schema_usage(ctx, slow_schemas))
     return out
+
+
+def _check_eval_schema_usage(ctx: _Ctx, schemas: set[str]) -> list[Check]:
+    """Policies evaluated in Postgres run as realtime_policy_eval (migration 0007), which needs
+    USAGE on their table's schema: without it every such change is a PolicyError for everyone."""
+    if not schemas or _one(ctx.conn, "select to_regrole('realtime_policy_eval') is null")[0]:
+        return []
+    missing = [
+        sc
+        for sc in sorted(schemas)
+        if _one(ctx.conn, "select has_schema_privilege('realtime_policy_eval', %s, 'USAGE')", (sc,))[0]
+        is not True
+    ]
+    if not missing:
+        return []
+    grants = "; ".join(f"GRANT USAGE ON SCHEMA {_ident(sc)} TO realtime_policy_eval" for sc in missing)
+    return [
+        Check(
+            "policy grants",
+            "warn",
+            f"policies evaluated in Postgres run as realtime_policy_eval, which may not use schema "
+            f"{', '.join(missing)} (subscribers get PolicyError 42501): {grants}",
+        )
+    ]
 
 
 def _check_topic_policies(ctx: _Ctx) -> list[Check]:
@@ -594,6 +621,43 @@ def _check_topic_policies(ctx: _Ctx) -> list[Check]:
     return [Check("topic policies", "ok", f"{total} ({reads} read, {total - reads} write)")]
 
 
+_SANDBOX = (
+    "realtime.eval_policy_sandboxed(text,regclass,jsonb,jsonb[])",
+    "realtime.eval_topic_policy_sandboxed(text,text,text,jsonb)",
+)
+
+
+def _check_policy_sandbox(ctx: _Ctx) -> list[Check]:
+    """The relay's role may call the functions that evaluate policies as realtime_policy_eval.
+
+    Why here: without EXECUTE every policy evaluated in Postgres fails for every subscriber
+    (migration 0007 revokes it from PUBLIC); better one line with the GRANT at start-up.
+    """
+    if _one(ctx.conn, "select to_regprocedure(%s) is null", (_SANDBOX[0],))[0]:
+        return []  # not migrated yet: the realtime schema check says so
+    missing = [
+        sig
+        for sig in _SANDBOX
+        if _one(
+            ctx.conn,
+            "select coalesce(has_function_privilege(to_regprocedure(%s), 'EXECUTE'), false)",
+            (sig,),
+        )[0]
+        is not True
+    ]
+    if missing:
+        return [
+            Check(
+                "policy evaluation",
+                "fail",
+                f"role {ctx.conn.info.user} may not evaluate policies: as the migrating role run "
+                f"GRANT EXECUTE ON FUNCTION {', '.join(missing)} TO {_ident(ctx.conn.info.user)} "
+                "(docs/roles.md)",
+            )
+        ]
+    return [Check("policy evaluation", "ok", "policies run as realtime_policy_eval")]
+
+
 CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("server version", _check_server),
     ("wal_level", _check_wal_level),
@@ -606,6 +670,7 @@ CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("replica identity", _check_replica_identity),
     ("row policies", _check_policies),
     ("topic policies", _check_topic_policies),
+    ("policy evaluation", _check_policy_sandbox),
     ("slot", _check_slot),
     ("resume window", _check_resume_window),
     ("wal retention", _check_wal_retention),
