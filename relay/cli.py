@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from relay.config import ENV_VARS, Config, ConfigError
+from relay.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -168,12 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    configure_logging(cfg.log_level, cfg.log_format)  # text or JSON lines, secrets redacted
     try:
         handler = _COMMANDS[args.command]
         return handler(args, cfg)

@@ -26,6 +26,7 @@ from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binar
 from relay.core.rooms import Room
 from relay.core.subscriptions import BindingError, BindingSpec, FrameCache, parse_bindings
 from relay.core.tokens import Claims, TokenError
+from relay.logs import audit_event
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
 from relay.server.topics import JoinRefused, presence_key
 
@@ -132,6 +133,7 @@ class Connection:
         self.closing = False
         self.close_reason = ""
         self.sent = 0
+        self.bytes_sent = 0  # encoded frame bytes written (relay_sent_bytes_total)
         self.connected_at = time.time()
 
     # -- sending --------------------------------------------------------------------------
@@ -207,6 +209,8 @@ class Connection:
         ``code``, when given, is a short stable name beside the human ``reason``.
         """
         response = {"reason": reason} if code is None else {"reason": reason, "code": code}
+        if f.event == "phx_join":  # counted and audited by code (docs/operations.md)
+            self.server.join_refused(f, reason, code)
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", response))
 
     def send_frame_error(self, reason: str) -> None:
@@ -245,6 +249,7 @@ class Connection:
                         else:  # without prebuilt frames, bytes are a binary message (kind 4)
                             await self.ws.send_bytes(item)
                         self.sent += 1
+                        self.bytes_sent += len(item)
         except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send
             log.debug("send to %s failed: %s", self.peer, exc)
 
@@ -266,6 +271,7 @@ class Connection:
         if chunk:
             transport.write(b"".join(chunk) if len(chunk) > 1 else chunk[0])
             self.sent += len(chunk)
+            self.bytes_sent += size
         return True
 
     async def _send_raw(self) -> None:
@@ -488,6 +494,7 @@ class Connection:
 
     def _expired(self, chan: Channel) -> None:
         exp = chan.claims.get("exp", time.time())
+        audit_event("token_expired", topic=chan.topic, remote=self.peer, role=chan.claims.get("role"))
         self.revoke(chan, f"Token has expired {int(time.time() - float(exp))} seconds ago")
 
     def revoke(self, chan: Channel, message: str) -> None:
