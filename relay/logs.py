@@ -25,6 +25,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -105,8 +106,13 @@ def json_formatter() -> logging.Formatter:
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp=True,
         json_ensure_ascii=False,
-        json_default=str,
+        json_default=_json_default,
     )
+
+
+def _json_default(value: object) -> str:
+    """Datetimes (the timestamp) as ISO 8601 with a ``T``; anything else as its ``str``."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def plain_formatter() -> logging.Formatter:

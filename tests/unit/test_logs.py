@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from datetime import datetime
 
 import orjson
 import pytest
@@ -61,7 +62,7 @@ def test_json_lines_parse_with_context_and_tracebacks(restore_root: None) -> Non
         and first["message"] == "joined realtime:room"
     )
     assert first["remote"] == "10.0.0.1" and first["socket"] == "abc" and first["topic"] == "realtime:room"
-    assert "timestamp" in first
+    assert datetime.fromisoformat(first["timestamp"]).tzinfo is not None and "T" in first["timestamp"]
     assert "Traceback" in recs[1]["exc_info"] and "pw-in-exc" not in lines[1] and TOKEN not in lines[1]
     audit = recs[2]
     assert audit["logger"] == "relay.audit" and audit["event"] == "token_refused"
