@@ -7,6 +7,7 @@ scraped and parsed with prometheus_client's own parser, as Prometheus would read
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import time
@@ -182,6 +183,19 @@ async def test_no_cors_by_default(pg_dsn: str) -> None:
             assert "Access-Control-Allow-Origin" not in resp.headers
 
 
+async def test_token_expiry_is_audited(pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
+        short = mint(SECRET, role="authenticated", ttl=1)
+        with caplog.at_level(logging.INFO, logger="relay.audit"):
+            reply = await c.join("exp", [], access_token=short)
+            assert reply["payload"]["status"] == "ok"
+            await c.recv_until(lambda m: m["event"] == "system" and "expired" in m["payload"]["message"])
+        events = [r for r in caplog.records if r.name == "relay.audit"]
+        expired = [r for r in events if getattr(r, "event", None) == "token_expired"]
+        assert expired and expired[0].topic == "realtime:exp"
+        assert short not in caplog.text
+
+
 # -- a cluster of the tests' own: stopped, restarted, reconfigured ------------------------
 @pytest.fixture()
 def own_cluster() -> Iterator[LocalCluster]:
@@ -234,7 +248,9 @@ async def test_ready_flips_when_postgres_stops_and_returns(own_cluster: LocalClu
         assert body == {"status": "ready"}
 
 
-async def test_slot_watchdog_releases_the_replay_hold(own_cluster: LocalCluster) -> None:
+async def test_slot_watchdog_releases_the_replay_hold(
+    own_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
     """Retained WAL over the threshold: 503, metrics, an error log, and the slot is confirmed."""
     cluster = own_cluster
     dsn = cluster.dsn()
@@ -273,6 +289,8 @@ async def test_slot_watchdog_releases_the_replay_hold(own_cluster: LocalCluster)
                 conn.execute("select pg_switch_wal()")
         body = await _wait_ready(relay, 503)
         assert [r["code"] for r in body["reasons"]] == ["slot_wal_retained"]
+        loud = [r for r in caplog.records if r.name == "relay.watchdog" and r.levelno == logging.ERROR]
+        assert loud and "slot_wal_retained" in loud[0].getMessage()
         samples = await scrape(relay)
         assert val(samples, "relay_slot_wal_over_threshold") == 1
         assert val(samples, "relay_slot_retained_wal_share") >= 0.02

@@ -92,3 +92,17 @@ def test_metric_labels_are_bounded() -> None:
     )
     assert token_refusal_reason("JwtSignatureError", "No JWKS key matches kid 'x'") == "signature"
     assert token_refusal_reason("InvalidJWTToken", "Token is not yet valid (nbf)") == "not_yet_valid"
+
+
+def test_a_quota_hit_is_counted_and_audited(caplog: pytest.LogCaptureFixture) -> None:
+    """The hook later quotas use: one call counts ``relay_rate_limit_hits_total{kind}`` and audits."""
+    from relay.server.metrics import RelayMetrics
+
+    m = RelayMetrics()
+    with caplog.at_level(logging.WARNING, logger="relay.audit"), bind(remote="10.1.1.1"):
+        m.rate_limited("broadcasts_per_second", topic="realtime:r")
+        m.rate_limited("broadcasts_per_second", topic="realtime:r")
+    assert m.rate_limit_hits["broadcasts_per_second"] == 2
+    rec = caplog.records[-1]
+    assert rec.name == "relay.audit" and rec.getMessage().startswith("quota_hit ")
+    assert rec.kind == "broadcasts_per_second" and rec.remote == "10.1.1.1"
