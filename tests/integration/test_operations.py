@@ -196,6 +196,25 @@ async def test_token_expiry_is_audited(pg_dsn: str, caplog: pytest.LogCaptureFix
         assert short not in caplog.text
 
 
+async def test_private_channel_refusal_is_counted_and_audited(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = token("authenticated", sub="u-1")
+    async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay, user) as c:
+        before = await scrape(relay)
+        with caplog.at_level(logging.INFO, logger="relay.audit"):
+            reply = await c.join("vault", [], private=True)
+        assert reply["payload"]["status"] == "error"
+        after = await scrape(relay)
+    code = {"code": "Unauthorized"}
+    assert (
+        val(after, "relay_join_refusals_total", **code) - val(before, "relay_join_refusals_total", **code)
+        == 1
+    )
+    refused = [r for r in caplog.records if getattr(r, "event", None) == "private_channel_refused"]
+    assert len(refused) == 1 and refused[0].topic == "realtime:vault" and refused[0].remote == "127.0.0.1"
+
+
 # -- a cluster of the tests' own: stopped, restarted, reconfigured ------------------------
 @pytest.fixture()
 def own_cluster() -> Iterator[LocalCluster]:
@@ -281,6 +300,7 @@ async def test_slot_watchdog_releases_the_replay_hold(
         samples = await scrape(relay)
         assert val(samples, "relay_slot_wal_over_threshold") == 0
         assert 0 < val(samples, "relay_slot_retained_wal_share") < 0.02
+        assert 0 <= val(samples, "relay_replication_lag_bytes") < 1024 * 1024  # idle: all streamed
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             for _ in range(3):
