@@ -151,4 +151,9 @@ def audit_event(event: str, **fields: Any) -> None:
     data = {**context(), **{k: v for k, v in fields.items() if v is not None}}
     text = " ".join([event, *(f"{k}={v}" for k, v in data.items())])
     level = logging.INFO if event in _INFO_EVENTS else logging.WARNING
-    audit_log.log(level, "%s", text, extra={"event": event, **data})
+    # a field named like a LogRecord attribute ("name", "args", ...) would make logging raise
+    extra = {(f"{k}_" if k in _RECORD_ATTRS else k): v for k, v in data.items()}
+    audit_log.log(level, "%s", text, extra={"event": event, **extra})
+
+
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "event"}
