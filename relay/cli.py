@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from relay.config import ENV_VARS, LOG_LEVELS, MIN_SECRET_BYTES, Config, ConfigError
+from relay.logs import configure_logging
 from relay.redact import Redactor, dsn_password
 
 __all__ = ["main"]
@@ -224,17 +225,6 @@ def _config(args: argparse.Namespace) -> Config:
     return Config.from_env(**{k: getattr(args, k, None) for k in keys})
 
 
-class _RedactingFormatter(logging.Formatter):
-    """Formats as usual (traceback included), then masks secrets in the finished text."""
-
-    def __init__(self, redactor: Redactor, fmt: str) -> None:
-        super().__init__(fmt)
-        self.redactor = redactor
-
-    def format(self, record: logging.LogRecord) -> str:
-        return self.redactor.scrub(super().format(record))
-
-
 def _redactor(args: argparse.Namespace, cfg: Config | None) -> Redactor:
     """Everything secret this run could know: DSN passwords, the JWT secret, PGPASSWORD."""
     urls = [getattr(args, "database_url", None), os.environ.get("RELAY_DATABASE_URL")]
@@ -245,15 +235,9 @@ def _redactor(args: argparse.Namespace, cfg: Config | None) -> Redactor:
     return Redactor([*(dsn_password(u) for u in urls), *keys, os.environ.get("PGPASSWORD")])
 
 
-def _setup_logging(level: str, redactor: Redactor) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RedactingFormatter(redactor, "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+def _setup_logging(level: str, fmt: str, redactor: Redactor) -> None:
+    """Text or JSON lines (relay.logs), with this run's own secrets masked on top of the patterns."""
+    configure_logging(level, fmt, scrub=redactor.scrub)
     # PyJWT warns about short HMAC keys with a multi-line warning on every use; the relay says
     # it once, on one line (warn_weak_secret)
     from jwt.warnings import InsecureKeyLengthWarning
@@ -272,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_redactor(args, None).scrub(f"relay: configuration error: {exc}"), file=sys.stderr)
         return 2
     redactor = _redactor(args, cfg)
-    _setup_logging(cfg.log_level, redactor)
+    _setup_logging(cfg.log_level, cfg.log_format, redactor)
     try:
         handler = _COMMANDS[args.command]
         return handler(args, cfg)

@@ -54,6 +54,12 @@ class Config:
     resume_window: float = 300.0
     resume_max_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
+    # operations (docs/operations.md)
+    log_format: str = "text"
+    metrics_token: str | None = None
+    cors_origins: str = ""
+    slot_wal_threshold: float = 0.5
+    slot_check_interval: float = 10.0
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -109,6 +115,12 @@ class Config:
                 raise ConfigError(f"{ENV_VARS[name][0]} must be at least 1, got {getattr(out, name)}")
         if not out.handshake_timeout > 0:
             raise ConfigError(f"RELAY_HANDSHAKE_TIMEOUT must be positive, got {out.handshake_timeout}")
+        if out.log_format not in ("text", "json"):
+            raise ConfigError(f"RELAY_LOG_FORMAT must be text or json, got {out.log_format!r}")
+        if not (0 < out.slot_wal_threshold <= 1):
+            raise ConfigError(f"RELAY_SLOT_WAL_THRESHOLD must be in (0, 1], got {out.slot_wal_threshold}")
+        if out.slot_check_interval <= 0:
+            raise ConfigError(f"RELAY_SLOT_CHECK_INTERVAL must be positive, got {out.slot_check_interval}")
         if not (1 <= out.port <= 65535):
             raise ConfigError(f"RELAY_PORT must be 1..65535, got {out.port}")
         if out.log_level.upper() not in LOG_LEVELS:
@@ -117,6 +129,11 @@ class Config:
                 f"use one of {', '.join(LOG_LEVELS)}"
             )
         return out
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """``RELAY_CORS_ORIGINS`` as a list: comma-separated origins, or ``*``."""
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def payload_limits(self) -> PayloadLimits:
@@ -252,4 +269,18 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Memory for the resume window; the oldest changes are dropped beyond it",
     ),
     "log_level": ("RELAY_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    "log_format": ("RELAY_LOG_FORMAT", "text (for people) or json (one JSON object per line)"),
+    "metrics_token": (
+        "RELAY_METRICS_TOKEN",
+        "If set, GET /metrics needs Authorization: Bearer <this token>",
+    ),
+    "cors_origins": (
+        "RELAY_CORS_ORIGINS",
+        "Browser origins allowed to call the HTTP API (comma-separated, or *); empty: none",
+    ),
+    "slot_wal_threshold": (
+        "RELAY_SLOT_WAL_THRESHOLD",
+        "Share of max_slot_wal_keep_size the slot may retain before the watchdog acts (0..1)",
+    ),
+    "slot_check_interval": ("RELAY_SLOT_CHECK_INTERVAL", "Seconds between slot watchdog checks"),
 }

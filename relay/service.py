@@ -15,12 +15,13 @@ from contextlib import suppress
 from aiohttp import web
 
 from relay.config import Config
-from relay.core.changes import Lsn
+from relay.core.changes import Commit, Lsn
 from relay.core.tokens import Verifier
 from relay.pipeline import Pipeline, PipelineStats
 from relay.postgres.catalog import Catalog
 from relay.postgres.policy_store import PolicyStore
 from relay.server.app import RelayServer
+from relay.server.probes import SlotWatchdog
 
 __all__ = ["RunningRelay", "run_until_stopped", "start_relay"]
 
@@ -49,6 +50,7 @@ class RunningRelay:
         self.catalog = catalog
         self.policy_task: asyncio.Task[None] | None = None
         self.policies: PolicyStore | None = None
+        self.watchdog_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -72,10 +74,11 @@ class RunningRelay:
                 self.task.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await self.task
-        if self.policy_task is not None:
-            self.policy_task.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await self.policy_task
+        for extra in (self.policy_task, self.watchdog_task):
+            if extra is not None:
+                extra.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await extra
         await self.runner.cleanup()
         await self.catalog.close()
 
@@ -106,6 +109,19 @@ async def start_relay(
             xid = msg.get("xid")
             server.topics.policies_changed(xid if isinstance(xid, str) else None)
 
+    watchdog = SlotWatchdog(server, config.slot, config.slot_wal_threshold, config.slot_check_interval)
+    server.watchdog = watchdog
+    metrics = server.metrics
+
+    def on_commit(commit: Commit) -> None:
+        metrics.observe_commit(commit)
+        server.on_commit(commit)
+
+    def hold() -> Lsn | None:
+        """The replay window's hold on the slot, unless the slot watchdog says WAL piles up."""
+        held = server.hold()
+        return None if watchdog.release_hold else held
+
     pipeline = Pipeline(
         dsn,
         catalog,
@@ -116,9 +132,9 @@ async def start_relay(
         on_status=on_status,
         on_message=on_message,
         on_batch_end=server.flush,
-        on_commit=server.on_commit,
+        on_commit=on_commit,
         on_slot=server.on_slot,
-        hold=server.hold,
+        hold=hold,
     )
     server.types = pipeline.types
     stop = asyncio.Event()
@@ -144,6 +160,7 @@ async def start_relay(
     task = asyncio.create_task(pipeline.run(stop), name="relay-pipeline")
     relay = RunningRelay(server, pipeline, runner, port, task, stop, catalog)
     relay.policy_task = policy_task
+    relay.watchdog_task = asyncio.create_task(watchdog.run(stop), name="relay-slot-watchdog")
     relay.policies = store
     if wait_ready:
         ready = asyncio.create_task(pipeline.ready.wait())

@@ -79,6 +79,7 @@ class Authorizer:
     def __init__(self, policies: Iterable[CompiledPolicy] = ()) -> None:
         self._by_table: dict[tuple[str, str], tuple[CompiledPolicy, ...]] = {}
         self.version = 0
+        self.evaluations = 0  # verdicts computed in the relay (metrics: relay_policy_evaluations_total)
         self.listeners: list[Callable[[], None]] = []
         self.replace(policies)
 
@@ -121,6 +122,7 @@ class Authorizer:
         role = claims.get("role")
         if role == SERVICE_ROLE:
             return True
+        self.evaluations += 1
         denied: Denied | None = None
         ask = False
         for cp in self._by_table.get((schema, table), ()):

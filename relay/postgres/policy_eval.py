@@ -32,6 +32,7 @@ class PolicyEvaluator:
         self.catalog = catalog
         self.authorizer = authorizer
         self.queries = 0
+        self.failures = 0  # queries that failed outright (database down, function missing)
 
     async def resolve(
         self,
@@ -85,6 +86,7 @@ class PolicyEvaluator:
                         claims_json,
                     )
                 except Exception as exc:  # the database is down or the function is missing
+                    self.failures += 1
                     log.error(
                         "policy_eval_failed: %s on %s.%s: %s",
                         cp.policy.name,

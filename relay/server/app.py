@@ -12,27 +12,38 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
+import aiohttp_cors
 import orjson
 from aiohttp import WSMsgType, web
+from aiohttp.typedefs import Handler
 
 from relay.config import Config
 from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
-from relay.core.changes import Commit, Lsn, RowChange, format_position, seq_before
+from relay.core.changes import Action, Commit, Lsn, RowChange, format_position, seq_before
 from relay.core.pgtypes import TypeRegistry
 from relay.core.protocol import SUPPORTED_VSN, Frame
 from relay.core.replay_log import ReplayLog
 from relay.core.stream import StreamIdentity
-from relay.core.subscriptions import ERROR, Decide, Delivery, FrameCache, SubscriptionIndex
-from relay.core.tokens import TokenError, Verifier
+from relay.core.subscriptions import CHANGE, ERROR, Decide, Delivery, FrameCache, SubscriptionIndex
+from relay.core.tokens import Claims, TokenError, Verifier
 from relay.core.wal2json import Decoder
+from relay.logs import audit_event, bind, bind_context
 from relay.postgres.catalog import Catalog
 from relay.postgres.policy_eval import PolicyEvaluator
 from relay.postgres.replication import SlotInfo
 from relay.postgres.topic_policies import TopicAuthorizer
 from relay.server.connection import Channel, Connection
 from relay.server.http_api import HttpApi
+from relay.server.metrics import (
+    RelayCollector,
+    RelayMetrics,
+    join_refusal_code,
+    metrics_handler,
+    token_refusal_reason,
+)
+from relay.server.probes import SlotWatchdog, ready_handler
 from relay.server.topics import TopicHub
 
 __all__ = ["RelayServer"]
@@ -40,6 +51,7 @@ __all__ = ["RelayServer"]
 log = logging.getLogger("relay.server")
 
 WS_PATHS = ("/realtime/v1/websocket", "/socket/websocket")
+_ACTION_KIND = {Action.INSERT: "insert", Action.UPDATE: "update", Action.DELETE: "delete"}
 
 
 class RelayServer:
@@ -54,7 +66,12 @@ class RelayServer:
         evaluator: PolicyEvaluator | None = None,
     ) -> None:
         self.config = config
-        self.verifier = verifier
+        self.metrics = RelayMetrics()
+        self.metrics.registry.register(RelayCollector(self))
+        self.slot_health: dict[str, Any] = {}  # the slot watchdog's last reading (metrics)
+        self.watchdog: SlotWatchdog | None = None  # set by the service
+        # every refused token is counted and audited, wherever it was presented
+        self.verifier = cast(Verifier, _AuditedVerifier(verifier, self.metrics))
         self.catalog = catalog
         self.authorizer = authorizer or Authorizer()
         self.evaluator = evaluator or PolicyEvaluator(catalog, self.authorizer)
@@ -203,6 +220,7 @@ class RelayServer:
         seq = change.seq
         cache: FrameCache | None = None
         sent = 0
+        variants = 0  # moved_in / moved_out / error deliveries, counted by kind below
         for d in deliveries:
             chan = d.sub
             if seq <= chan.cursor or (chan.replaying and chan is not replay_for) or chan.closed:
@@ -215,6 +233,9 @@ class RelayServer:
                 if cache.repaired:
                     self._value_errors(change, cache.repaired)
             sent += 1
+            if d.kind != CHANGE:
+                variants += 1
+                self.metrics.deliveries[d.kind] += 1
             if d.kind == ERROR and d.error is not None:
                 self.policy_errors += 1
                 log.warning(
@@ -228,6 +249,8 @@ class RelayServer:
                 )
             chan.conn.deliver(cache.variant(d.kind, d.error, d.select), chan.topic, d.ids)
         self.frames_queued += sent
+        if sent > variants:
+            self.metrics.deliveries[_ACTION_KIND[change.action]] += sent - variants
 
     def _value_errors(self, change: RowChange, markers: list[str]) -> None:
         """Count and log values sent as null: table and marker (column, exception type), no value."""
@@ -480,13 +503,47 @@ class RelayServer:
 
     # -- HTTP -----------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_frame_bytes)
+        app = web.Application(client_max_size=self.config.max_frame_bytes, middlewares=[_bind_remote])
         for path in WS_PATHS:
             app.router.add_get(path, self.websocket)
         app.router.add_get("/health", self.health)
         app.router.add_get("/", self.health)
+        app.router.add_get("/ready", ready_handler(self, lambda: self.watchdog))
+        app.router.add_get("/metrics", metrics_handler(self, self.config.metrics_token))
+        before = set(app.router.routes())
         HttpApi(self).add_routes(app)
+        self._cors(app, [r for r in app.router.routes() if r not in before])
         return app
+
+    def _cors(self, app: web.Application, routes: list[web.AbstractRoute]) -> None:
+        """CORS for the HTTP API, so a browser dashboard can call it (``RELAY_CORS_ORIGINS``).
+
+        Credentials (cookies) are never allowed: the API authenticates with a bearer token or
+        an ``apikey`` header, which the preflight lets through.
+        """
+        origins = self.config.cors_origin_list
+        if not origins:
+            return
+        options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+            allow_credentials=False,
+            allow_headers=("authorization", "apikey", "content-type", "x-client-info", "prefer"),
+            allow_methods=["GET", "POST"],
+            max_age=3600,
+        )
+        cors = aiohttp_cors.setup(app, defaults={o: options for o in origins})
+        for route in routes:
+            cors.add(route)
+
+    def join_refused(self, f: Frame, reason: str, code: str | None) -> None:
+        """A join was answered with an error: count it by code and write an audit line."""
+        label = join_refusal_code(reason, code)
+        self.metrics.join_refusals[label] += 1
+        payload = f.payload if isinstance(f.payload, dict) else {}
+        config = payload.get("config")
+        private = isinstance(config, dict) and str(config.get("private", False)).lower() == "true"
+        denied = private and label in ("Unauthorized", "TopicPolicyError")
+        event = "private_channel_refused" if denied else "join_refused"
+        audit_event(event, code=label, topic=f.topic[:200], reason=reason[:300])
 
     async def health(self, request: web.Request) -> web.Response:
         body = {
@@ -519,6 +576,8 @@ class RelayServer:
             return _http_error(400, f"unsupported protocol vsn {vsn!r}; use 1.0.0 or 2.0.0")
         token = request.query.get("apikey") or request.headers.get("x-api-key")
         if not token:
+            self.metrics.token_refusals["missing"] += 1
+            audit_event("token_refused", reason="missing", code="MissingJWT")
             return _http_error(403, "MissingJWT: connect with ?apikey=<jwt> or an x-api-key header")
         try:
             claims = self.verifier.verify(token)
@@ -536,8 +595,11 @@ class RelayServer:
         peer = str(request.remote)
         conn = Connection(self, ws, vsn, claims, peer, request)
         self.connections.add(conn)
+        self.metrics.connections_opened += 1
         sender = asyncio.create_task(conn.sender())
         close_message = b""
+        reason = "error"  # why it ended, for relay_connections_closed_total (CLOSE_REASONS)
+        bind_context(socket=f"{id(conn):x}")
         try:
             while True:
                 try:
@@ -546,6 +608,7 @@ class RelayServer:
                     # its channels (and presence) go first; the close handshake may wait on a dead peer
                     log.info("closing silent socket %s after %.0fs", peer, self.config.heartbeat_timeout)
                     close_message = b"heartbeat timeout"
+                    reason = "heartbeat_timeout"
                     break
                 if msg.type == WSMsgType.TEXT:
                     await conn.handle_text(msg.data)
@@ -556,8 +619,10 @@ class RelayServer:
                         log.exception("error handling a binary frame from %s", peer)
                         conn.send_frame_error("internal error handling the binary frame")
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    reason = "client"
                     break
         finally:
+            self._closed(conn, reason)
             conn.teardown()
             self.connections.discard(conn)
             sender.cancel()
@@ -566,9 +631,55 @@ class RelayServer:
                 await ws.close(code=1000, message=close_message)
         return ws
 
+    def _closed(self, conn: Connection, reason: str) -> None:
+        """Count a socket that ended, and keep its frame/byte totals for the metrics."""
+        if conn.closing and conn.close_reason:
+            if conn.close_reason.startswith("slow consumer"):
+                reason = "slow_consumer"
+            elif conn.close_reason == SHUTDOWN_REASON:
+                reason = "shutdown"
+        self.metrics.connections_closed[reason] += 1
+        self.metrics.closed_frames += conn.sent
+        self.metrics.closed_bytes += conn.bytes_sent
+
     async def close_all(self) -> None:
         for conn in list(self.connections):
-            conn.abort(1001, "server shutting down")
+            conn.abort(1001, SHUTDOWN_REASON)
+
+
+SHUTDOWN_REASON = "server shutting down"
+
+
+@web.middleware
+async def _bind_remote(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every line logged while serving a request (or a socket) names the remote address."""
+    with bind(remote=str(request.remote)):
+        return await handler(request)
+
+
+class _AuditedVerifier:
+    """The server's :class:`Verifier`, counting and auditing every refused token.
+
+    Wrapping the verifier catches refusals at connect, join, ``access_token`` and on the HTTP
+    API alike.  The audit line has the reason and the remote address (bound by the
+    middleware), never the token.
+    """
+
+    def __init__(self, inner: Verifier, metrics: RelayMetrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def verify(self, token: object, now: float | None = None) -> Claims:
+        try:
+            return self._inner.verify(token, now)
+        except TokenError as exc:
+            label = token_refusal_reason(exc.code, exc.message)
+            self._metrics.token_refusals[label] += 1
+            audit_event("token_refused", reason=label, code=exc.code, detail=exc.message[:200])
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def _http_error(status: int, text: str) -> web.Response:

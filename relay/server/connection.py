@@ -34,6 +34,7 @@ from relay.core.subscriptions import (
     parse_bindings,
 )
 from relay.core.tokens import Claims, TokenError
+from relay.logs import audit_event
 from relay.postgres.availability import UNREACHABLE_CODE, UNREACHABLE_REASON, database_unreachable
 from relay.postgres.catalog import OperandCastError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
@@ -142,6 +143,7 @@ class Connection:
         self.closing = False
         self.close_reason = ""
         self.sent = 0
+        self.bytes_sent = 0  # encoded frame bytes written (relay_sent_bytes_total)
         self.connected_at = time.time()
 
     # -- sending --------------------------------------------------------------------------
@@ -217,6 +219,8 @@ class Connection:
         ``code``, when given, is a short stable name beside the human ``reason``.
         """
         response = {"reason": reason} if code is None else {"reason": reason, "code": code}
+        if f.event == "phx_join":  # counted and audited by code (docs/operations.md)
+            self.server.join_refused(f, reason, code)
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", response))
 
     def send_frame_error(self, reason: str) -> None:
@@ -255,6 +259,7 @@ class Connection:
                         else:  # without prebuilt frames, bytes are a binary message (kind 4)
                             await self.ws.send_bytes(item)
                         self.sent += 1
+                        self.bytes_sent += len(item)
         except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send
             log.debug("send to %s failed: %s", self.peer, exc)
 
@@ -276,6 +281,7 @@ class Connection:
         if chunk:
             transport.write(b"".join(chunk) if len(chunk) > 1 else chunk[0])
             self.sent += len(chunk)
+            self.bytes_sent += size
         return True
 
     async def _send_raw(self) -> None:
@@ -557,6 +563,7 @@ class Connection:
 
     def _expired(self, chan: Channel) -> None:
         exp = chan.claims.get("exp", time.time())
+        audit_event("token_expired", topic=chan.topic, remote=self.peer, role=chan.claims.get("role"))
         self.revoke(chan, f"Token has expired {int(time.time() - float(exp))} seconds ago")
 
     def revoke(self, chan: Channel, message: str) -> None:

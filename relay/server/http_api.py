@@ -20,6 +20,7 @@ from relay.core.broadcast import Broadcast, BroadcastError, checked, event_name,
 from relay.core.payload_limits import PayloadLimits, PayloadRejected
 from relay.core.protocol import BINARY_ENCODING
 from relay.core.tokens import Claims, TokenError
+from relay.logs import audit_event
 from relay.server.topics import JoinRefused, write_denied
 
 if TYPE_CHECKING:
@@ -63,9 +64,12 @@ class HttpApi:
         if not token:
             raise HttpError(401, "MissingJWT: send an apikey header or Authorization: Bearer <jwt>")
         try:
-            return self.server.verifier.verify(token)
+            claims = self.server.verifier.verify(token)
         except TokenError as exc:
             raise HttpError(401, exc.reason) from None
+        if claims.get("role") == "service_role":
+            audit_event("service_role_http", method=request.method, path=request.path)
+        return claims
 
     def _service(self, request: web.Request) -> Claims:
         claims = self._claims(request)

@@ -97,6 +97,7 @@ class TopicHub:
     def enter(self, chan: Channel) -> None:
         """Join the channel's room (after its join reply) and send it the presence state."""
         chan.room = self.rooms.join(chan.name, chan.private, chan)
+        self.server.metrics.joined(chan.private, bool(chan.specs), chan.presence_enabled)
         if chan.presence_enabled and chan.grants.presence_read:
             self._send_state(chan)
 
@@ -212,6 +213,7 @@ class TopicHub:
         if event not in ("track", "untrack"):
             conn.reply_error(f, 'a presence push has "event": "track" or "untrack"')
             return
+        self.server.metrics.presence_events[event] += 1
         if event == "track" and not chan.grants.presence_write:  # leaving is always allowed
             self.denied += 1
             conn.reply_error(f, write_denied(chan.name))

@@ -152,6 +152,11 @@ async def test_slow_consumer_is_dropped_and_others_keep_receiving(pg_dsn: str) -
             assert closed is not None
             assert slow.close_code == 1013
             assert "slow consumer" in str(closed.extra or "")
+        # and counted as such (relay_connections_closed_total{reason="slow_consumer"})
+        deadline = time.monotonic() + 10
+        while relay.server.metrics.connections_closed["slow_consumer"] < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert relay.server.metrics.connections_closed["slow_consumer"] == 1
         # it reconnects and resumes from where it was: everything, once, in order
         async with PhoenixClient.connect(relay) as c:
             reply = await c.join(
