@@ -21,6 +21,7 @@ from relay.core.authorize import ASK_POSTGRES, Denied, Verdict
 from relay.core.changes import Action, Column, RowChange
 from relay.core.filters import BoundFilter, Filter, FilterError, parse_filter
 from relay.core.protocol import dumps, encode_push_prefix, ws_text_frame
+from relay.core.quotas import trim_change_data
 
 __all__ = [
     "TABLE_UNAVAILABLE_CODE",
@@ -378,11 +379,23 @@ def change_payload(change: RowChange) -> dict[str, Any]:
 class FrameCache:
     """Encode-once cache for one change: ``data`` once, each (topic, ids, vsn) wrapper once."""
 
-    __slots__ = ("_data", "_frames", "_variants", "_wire", "change")
+    __slots__ = ("_data", "_frames", "_max", "_variants", "_wire", "change", "trimmed")
 
-    def __init__(self, change: RowChange, data_encoder: Callable[[RowChange], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        change: RowChange,
+        data_encoder: Callable[[RowChange], bytes] | None = None,
+        max_data_bytes: int = 0,
+    ) -> None:
         self.change = change
-        self._data = (data_encoder or _encode_data)(change).decode()
+        data = (data_encoder or _encode_data)(change)
+        # Over the postgres change payload quota (0: none) large values are left out and
+        # ``errors`` says so (relay/core/quotas.py): one huge row never chokes every subscriber.
+        self.trimmed = bool(max_data_bytes) and len(data) > max_data_bytes
+        if self.trimmed:
+            data = dumps(trim_change_data(orjson.loads(data)))
+        self._max = max_data_bytes
+        self._data = data.decode()
         self._frames: dict[tuple[str, tuple[int, ...], str], str] = {}
         self._wire: dict[tuple[str, tuple[int, ...], str], bytes] = {}
         self._variants: dict[str, FrameCache] = {}
@@ -403,7 +416,7 @@ class FrameCache:
         key = kind if error is None else f"{kind}:{error.code}:{error.policy}"
         v = self._variants.get(key)
         if v is None:
-            v = FrameCache(self.change, lambda ch: dumps(_variant_payload(ch, kind, error)))
+            v = FrameCache(self.change, lambda ch: dumps(_variant_payload(ch, kind, error)), self._max)
             self._variants[key] = v
         return v
 

@@ -11,17 +11,19 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import Counter
 from collections.abc import Awaitable
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from relay.config import Config
 from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
 from relay.core.changes import Commit, Lsn, RowChange, format_position, seq_before
 from relay.core.pgtypes import TypeRegistry
 from relay.core.protocol import SUPPORTED_VSN, Frame
+from relay.core.quotas import CHANGE_TOO_LARGE, ConnectionCounts, Quota
 from relay.core.replay_log import ReplayLog
 from relay.core.subscriptions import ERROR, Decide, Delivery, FrameCache, SubscriptionIndex
 from relay.core.tokens import TokenError, Verifier
@@ -37,6 +39,8 @@ from relay.server.topics import TopicHub
 __all__ = ["RelayServer"]
 
 log = logging.getLogger("relay.server")
+# Security events (quota hits here); the ops branch gives this logger its own handler.
+audit = logging.getLogger("relay.audit")
 
 WS_PATHS = ("/realtime/v1/websocket", "/socket/websocket")
 
@@ -80,6 +84,11 @@ class RelayServer:
         self.resyncs = 0
         # Broadcast and presence rooms (private ones admitted by the topic policies).
         self.topics = TopicHub(self, TopicAuthorizer(catalog))
+        # Quotas (relay/core/quotas.py): hits by kind, for /health and the metrics.
+        self.quota_hits: Counter[str] = Counter()
+        self.conn_counts = ConnectionCounts(
+            config.max_connections, config.max_connections_per_sub, config.max_connections_per_address
+        )
 
     # -- fan-out --------------------------------------------------------------------------
     def dispatch(self, change: RowChange) -> Awaitable[None] | None:
@@ -198,7 +207,9 @@ class RelayServer:
             if chan.tx_end:
                 self._track_tx(chan, change, seq)
             if cache is None:
-                cache = FrameCache(change)
+                cache = FrameCache(change, max_data_bytes=self.config.max_change_bytes)
+                if cache.trimmed:
+                    self.quota_hit(CHANGE_TOO_LARGE, "-", topic=f"{change.schema}.{change.table}")
             sent += 1
             if d.kind == ERROR and d.error is not None:
                 self.policy_errors += 1
@@ -213,6 +224,24 @@ class RelayServer:
                 )
             chan.conn.deliver(cache.variant(d.kind, d.error), chan.topic, d.ids)
         self.frames_queued += sent
+
+    # -- quotas ---------------------------------------------------------------------------
+    def quota_hit(self, quota: Quota, peer: str, topic: str | None = None, audited: bool = True) -> None:
+        """Count a quota hit and write it to the audit log (never a token: kind, code, peer, topic).
+
+        ``audited=False`` counts without a log line: a client hammering a rate limit is logged
+        once a second, not once per refused message (see Connection.refuse).
+        """
+        self.quota_hits[quota.kind] += 1
+        if audited:
+            audit.warning(
+                "quota hit: kind=%s code=%s peer=%s topic=%s",
+                quota.kind,
+                quota.code,
+                peer,
+                topic,
+                extra={"audit": "quota_hit", "kind": quota.kind, "code": quota.code, "peer": peer},
+            )
 
     # -- transactions -----------------------------------------------------------------------
     def on_commit(self, commit: Commit) -> None:
@@ -413,6 +442,7 @@ class RelayServer:
             "frames_queued": self.frames_queued,
             "policies": len(self.authorizer),
             "policy_errors": self.policy_errors,
+            "quota_hits": dict(self.quota_hits),
             "rooms": len(self.topics.rooms),
             "broadcasts": self.topics.broadcasts,
             "resume": {
@@ -447,6 +477,17 @@ class RelayServer:
         )
         await ws.prepare(request)
         peer = str(request.remote)
+        sub = claims.get("sub")
+        sub_key = sub if isinstance(sub, str) and sub else None
+        refused = self.conn_counts.admit(sub_key, peer)
+        if refused is not None:
+            # Accepted then closed, not an HTTP 429: a browser's WebSocket sees the close code
+            # and reason, never a handshake status.  1013: try again later.
+            self.quota_hit(refused, peer)
+            why = f"{refused.code}: {refused.reason}".encode()
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why)
+            return ws
+        self.conn_counts.add(sub_key, peer)
         conn = Connection(self, ws, vsn, claims, peer, request)
         self.connections.add(conn)
         sender = asyncio.create_task(conn.sender())
@@ -473,6 +514,7 @@ class RelayServer:
         finally:
             conn.teardown()
             self.connections.discard(conn)
+            self.conn_counts.remove(sub_key, peer)
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
             if not ws.closed:
