@@ -86,6 +86,7 @@ class RelayServer:
         self.topics = TopicHub(self, TopicAuthorizer(catalog))
         # Quotas (relay/core/quotas.py): hits by kind, for /health and the metrics.
         self.quota_hits: Counter[str] = Counter()
+        self.expiry_warnings = 0  # token_expiring system messages sent
         self.conn_counts = ConnectionCounts(
             config.max_connections, config.max_connections_per_sub, config.max_connections_per_address
         )
@@ -443,6 +444,7 @@ class RelayServer:
             "policies": len(self.authorizer),
             "policy_errors": self.policy_errors,
             "quota_hits": dict(self.quota_hits),
+            "token_expiry_warnings": self.expiry_warnings,
             "rooms": len(self.topics.rooms),
             "broadcasts": self.topics.broadcasts,
             "resume": {

@@ -574,6 +574,7 @@ class Connection:
         if chan.closed or not isinstance(exp, int | float):
             return
         left = max(0, round(float(exp) - time.time()))
+        self.server.expiry_warnings += 1
         self.send_frame(
             chan.system(
                 "ok",
