@@ -34,6 +34,7 @@ from relay.postgres.replication import SlotInfo
 from relay.postgres.topic_policies import TopicAuthorizer
 from relay.server.connection import Channel, Connection
 from relay.server.http_api import HttpApi
+from relay.server.inspector import Inspector
 from relay.server.topics import TopicHub
 
 __all__ = ["RelayServer"]
@@ -431,6 +432,7 @@ class RelayServer:
         app.router.add_get("/health", self.health)
         app.router.add_get("/", self.health)
         HttpApi(self).add_routes(app)
+        Inspector(self).add_routes(app)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
