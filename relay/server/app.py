@@ -88,6 +88,7 @@ class RelayServer:
         # Quotas (relay/core/quotas.py): hits by kind, for /health and the metrics.
         self.quota_hits: Counter[str] = Counter()
         self.expiry_warnings = 0  # token_expiring system messages sent
+        self._change_audited = -1e9  # when a trimmed postgres change was last audited
         self.conn_counts = ConnectionCounts(
             config.max_connections, config.max_connections_per_sub, config.max_connections_per_address
         )
@@ -210,8 +211,12 @@ class RelayServer:
                 self._track_tx(chan, change, seq)
             if cache is None:
                 cache = FrameCache(change, max_data_bytes=self.config.max_change_bytes)
-                if cache.trimmed:
-                    self.quota_hit(CHANGE_TOO_LARGE, "-", topic=f"{change.schema}.{change.table}")
+                if cache.trimmed:  # counted per change; audited at most once a second
+                    now = time.monotonic()
+                    audited = now - self._change_audited >= 1.0
+                    if audited:
+                        self._change_audited = now
+                    self.quota_hit(CHANGE_TOO_LARGE, "-", f"{change.schema}.{change.table}", audited)
             sent += 1
             if d.kind == ERROR and d.error is not None:
                 self.policy_errors += 1
