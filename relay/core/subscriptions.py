@@ -10,9 +10,11 @@ each ``(topic, ids, vsn)`` combination is wrapped once, however many sockets sha
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import orjson
@@ -393,7 +395,7 @@ class FrameCache:
         # ``errors`` says so (relay/core/quotas.py): one huge row never chokes every subscriber.
         self.trimmed = bool(max_data_bytes) and len(data) > max_data_bytes
         if self.trimmed:
-            data = dumps(trim_change_data(orjson.loads(data)))
+            data = dumps(trim_change_data(_exact_loads(data)))
         self._max = max_data_bytes
         self._data = data.decode()
         self._frames: dict[tuple[str, tuple[int, ...], str], str] = {}
@@ -429,6 +431,15 @@ class FrameCache:
             f = f'{prefix}{{"ids":[{ids_json}],"data":{self._data}}}{suffix}'
             self._frames[key] = f
         return f
+
+
+def _exact_loads(data: bytes) -> Any:
+    """Parse encoded ``data`` back keeping numbers exact (numerics as Decimal, big integers too).
+
+    orjson would read numerics as floats and refuses integers beyond 64 bits; this path only
+    runs for a change over the payload quota, so the standard library's slower parser is fine.
+    """
+    return json.loads(data, parse_float=Decimal, parse_int=lambda s: int(s) if len(s) < 19 else Decimal(s))
 
 
 def _encode_data(change: RowChange) -> bytes:

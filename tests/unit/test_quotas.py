@@ -114,3 +114,25 @@ def test_quota_settings_are_validated() -> None:
     assert Config().max_channels_per_connection == 100 and Config().max_change_bytes == 1024 * 1024
     with pytest.raises(ConfigError, match="RELAY_MAX_EVENTS_PER_SECOND"):
         Config.from_env({"RELAY_MAX_EVENTS_PER_SECOND": "-1"})
+
+
+def test_trimmed_change_keeps_exact_numbers() -> None:
+    """Re-encoding a trimmed change must not turn numerics into floats or lose big integers."""
+    from decimal import Decimal
+
+    from relay.core.changes import Action, Column, Lsn, RowChange
+    from relay.core.subscriptions import FrameCache
+
+    change = RowChange(
+        schema="public",
+        table="t",
+        action=Action.INSERT,
+        columns=(Column("id", "numeric"), Column("n", "numeric"), Column("body", "text")),
+        record={"id": Decimal(2**70), "n": Decimal("12345678901234567890.123456789"), "body": "z" * 5000},
+        old_record=None,
+        commit_timestamp="2026-01-01T00:00:00Z",
+        commit_lsn=Lsn(1000),
+        index=0,
+    )
+    frame = FrameCache(change, max_data_bytes=2000).frame("realtime:x", [1], "1.0.0")
+    assert f'"record":{{"id":{2**70},"n":12345678901234567890.123456789}}' in frame
