@@ -46,6 +46,18 @@ class Config:
     max_socket_presences: int = 100
     max_socket_presence_bytes: int = 256 * 1024
     max_room_presences: int = 10_000
+    # quotas (docs/operations.md#quotas; 0 = no limit): Supabase's defaults where it has one,
+    # rates per socket so that one client cannot use up everybody's share
+    max_connections: int = 10_000
+    max_connections_per_sub: int = 100
+    max_connections_per_address: int = 0
+    max_channels_per_connection: int = 100
+    max_joins_per_second: float = 100.0
+    max_events_per_second: float = 100.0
+    max_presence_events_per_second: float = 50.0
+    max_presence_keys: int = 10
+    max_change_bytes: int = 1024 * 1024
+    token_expiry_warning: float = 30.0
     heartbeat_timeout: float = 60.0
     handshake_timeout: float = 10.0
     publication_poll_interval: float = 1.0
@@ -113,6 +125,21 @@ class Config:
         ):
             if getattr(out, name) < 1:
                 raise ConfigError(f"{ENV_VARS[name][0]} must be at least 1, got {getattr(out, name)}")
+        for name in (
+            "max_connections",
+            "max_connections_per_sub",
+            "max_connections_per_address",
+            "max_channels_per_connection",
+            "max_joins_per_second",
+            "max_events_per_second",
+            "max_presence_events_per_second",
+            "max_presence_keys",
+            "max_change_bytes",
+            "token_expiry_warning",
+        ):
+            if getattr(out, name) < 0:
+                got = getattr(out, name)
+                raise ConfigError(f"{ENV_VARS[name][0]} must not be negative (0: no limit), got {got}")
         if not out.handshake_timeout > 0:
             raise ConfigError(f"RELAY_HANDSHAKE_TIMEOUT must be positive, got {out.handshake_timeout}")
         if out.log_format not in ("text", "json"):
@@ -249,6 +276,40 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Encoded bytes of the presence metas one socket may track (over all channels)",
     ),
     "max_room_presences": ("RELAY_MAX_ROOM_PRESENCES", "Presences one room (topic) may hold"),
+    "max_connections": ("RELAY_MAX_CONNECTIONS", "Concurrent WebSocket connections (0: no limit)"),
+    "max_connections_per_sub": (
+        "RELAY_MAX_CONNECTIONS_PER_SUB",
+        "Concurrent connections whose connect token has the same `sub` (0: no limit)",
+    ),
+    "max_connections_per_address": (
+        "RELAY_MAX_CONNECTIONS_PER_ADDRESS",
+        "Concurrent connections from one remote address (0: no limit; behind a proxy all share one)",
+    ),
+    "max_channels_per_connection": (
+        "RELAY_MAX_CHANNELS_PER_CONNECTION",
+        "Channels one connection may have joined at once (0: no limit)",
+    ),
+    "max_joins_per_second": ("RELAY_MAX_JOINS_PER_SECOND", "Channel joins per second per connection"),
+    "max_events_per_second": (
+        "RELAY_MAX_EVENTS_PER_SECOND",
+        "Broadcast messages per second per connection (0: no limit)",
+    ),
+    "max_presence_events_per_second": (
+        "RELAY_MAX_PRESENCE_EVENTS_PER_SECOND",
+        "Presence track/untrack messages per second per connection (0: no limit)",
+    ),
+    "max_presence_keys": (
+        "RELAY_MAX_PRESENCE_KEYS",
+        "Keys in one tracked presence payload (0: no limit)",
+    ),
+    "max_change_bytes": (
+        "RELAY_MAX_CHANGE_BYTES",
+        "Postgres change payload size; above it values over 64 bytes are left out (0: no limit)",
+    ),
+    "token_expiry_warning": (
+        "RELAY_TOKEN_EXPIRY_WARNING",
+        "Seconds before a channel's token expires that it is sent a token_expiring system message (0: off)",
+    ),
     "heartbeat_timeout": ("RELAY_HEARTBEAT_TIMEOUT", "Seconds of client silence before a socket is closed"),
     "handshake_timeout": (
         "RELAY_HANDSHAKE_TIMEOUT",

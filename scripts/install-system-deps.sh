@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the relay's demo and tests need, only when missing:
 #   postgresql-15 + postgresql-15-wal2json (the embedded throwaway cluster and wal2json),
-#   nodejs + npm (the @supabase/realtime-js interop tests).
+#   nodejs + npm (the @supabase/realtime-js interop tests),
+#   chromium (the /inspector page is tested in a real headless browser; RELAY_SKIP_BROWSER=1 skips it).
 # Idempotent and quiet when everything is present.  Needs root (or sudo) to install.
 set -euo pipefail
 
@@ -13,6 +14,9 @@ have_wal2json || need+=(postgresql-15-wal2json)
 if [ "${RELAY_SKIP_NODE:-0}" != "1" ]; then
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
+fi
+if [ "${RELAY_SKIP_BROWSER:-0}" != "1" ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

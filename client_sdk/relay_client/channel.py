@@ -39,6 +39,7 @@ from relay_client.protocol import (
     ChannelClosedByServer,
     Frame,
     ProtocolError,
+    TokenExpiring,
     access_token_frame,
     broadcast_frame,
     parse_broadcast,
@@ -691,6 +692,8 @@ class RealtimeChannel:
         elif isinstance(event, ChannelClosedByServer):
             log.warning("relay is closing %s: %s", self.topic, event.message)
             self._close_reason = event.message
+        elif isinstance(event, TokenExpiring):
+            self._client._token_expiring(self.topic, event.expires_at)
 
     async def _on_close(self, ref: str | None) -> None:
         if not self._state.on_close(ref):

@@ -31,7 +31,7 @@ from relay_client.link import GOING_AWAY, AuthRejected, Link, LinkClosed, descri
 from relay_client.options import ChannelOptions, ClientOptions
 from relay_client.protocol import socket_url, topic_of
 from relay_client.status import ClientState, Status, StatusBoard, StatusCallback
-from relay_client.tokens import refresh_at
+from relay_client.tokens import refresh_at, token_expiry
 
 __all__ = ["RelayClient", "TokenProvider"]
 
@@ -299,6 +299,22 @@ class RelayClient:
                 await link.send(frame)
             except LinkClosed:
                 return  # the rejoin after the reconnect carries the new token
+
+    def _token_expiring(self, topic: str, expires_at: float | None) -> None:
+        """The relay warned that a channel's token expires soon: refresh now (``token_expiring``).
+
+        The SDK already refreshes before ``exp`` by its own clock; the warning covers a clock
+        that differs from the relay's, and a margin too small for a slow provider.  A warning
+        about a token already replaced (every channel is warned about the same one) is ignored.
+        """
+        current = token_expiry(self._token)
+        if expires_at is not None and current is not None and current > expires_at:
+            return
+        if self._token_provider is None:
+            log.warning("the token of %s expires soon; without a token_provider call set_auth()", topic)
+            return
+        self._force_refresh = True
+        self._token_changed.set()  # the token loop asks the provider now
 
     def _token_stale(self) -> bool:
         if self._token is None or self._force_refresh:

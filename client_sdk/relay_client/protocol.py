@@ -226,13 +226,25 @@ class ChannelClosedByServer:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenExpiring:
+    """The relay warns that the channel's token expires soon (``code: token_expiring``).
+
+    ``expires_at``: the token's ``exp`` as the relay saw it, so a warning about a token that
+    was already replaced is recognised and ignored.
+    """
+
+    message: str
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class OtherSystem:
     """A system event the SDK has no use for (kept for logging)."""
 
     payload: Mapping[str, Any]
 
 
-SystemEvent = Subscribed | Resumed | ResyncNeeded | ChannelClosedByServer | OtherSystem
+SystemEvent = Subscribed | Resumed | ResyncNeeded | ChannelClosedByServer | TokenExpiring | OtherSystem
 
 
 def _opt_str(v: Any) -> str | None:
@@ -252,6 +264,11 @@ def parse_system(channel: str, payload: Any) -> SystemEvent:
             resume_from=_opt_str(payload.get("resume_from")),
             retained_from=_opt_str(payload.get("retained_from")),
         )
+    if payload.get("code") == "token_expiring" and status == "ok":
+        exp = payload.get("expires_at")
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            return TokenExpiring(message, None)
+        return TokenExpiring(message, float(exp))
     if payload.get("extension") == "postgres_changes" and status == "ok":
         if "resumed_from" in payload:
             replayed = payload.get("replayed")

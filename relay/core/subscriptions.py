@@ -21,6 +21,7 @@ from relay.core.authorize import ASK_POSTGRES, Denied, Verdict
 from relay.core.changes import ENCODE_FAILED, Action, Column, RowChange, column_error
 from relay.core.filters import BoundFilter, Filter, FilterError, parse_filter
 from relay.core.protocol import dumps, encode_push_prefix, ws_text_frame
+from relay.core.quotas import trim_change_data
 
 __all__ = [
     "TABLE_UNAVAILABLE_CODE",
@@ -457,17 +458,32 @@ class FrameCache:
     :func:`repair_unencodable`); the server counts and logs them.
     """
 
-    __slots__ = ("_data", "_frames", "_variants", "_wire", "change", "repaired")
+    __slots__ = ("_data", "_frames", "_max", "_variants", "_wire", "change", "repaired", "trimmed")
 
-    def __init__(self, change: RowChange, data_encoder: Callable[[RowChange], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        change: RowChange,
+        payload: Callable[[RowChange], dict[str, Any]] | None = None,
+        max_data_bytes: int = 0,
+    ) -> None:
         self.change = change
-        encode = data_encoder or _encode_data
+        build = payload or change_payload
         self.repaired: list[str] = []
         try:
-            data = encode(change)
+            body = build(change)
+            data = dumps(body)
         except (TypeError, ValueError, RecursionError):
             self.repaired = repair_unencodable(change)
-            data = encode(change)
+            body = build(change)
+            data = dumps(body)
+        # Over the postgres change payload quota (0: none) large values are left out and
+        # ``errors`` says so (relay/core/quotas.py): one huge row never chokes every subscriber.
+        # Trimmed from the payload itself (json verbatim, numbers exact): nothing is parsed
+        # back, so no depth or number can make this step fail.
+        self.trimmed = bool(max_data_bytes) and len(data) > max_data_bytes
+        if self.trimmed:
+            data = dumps(trim_change_data(body))
+        self._max = max_data_bytes
         self._data = data.decode()
         self._frames: dict[tuple[str, tuple[int, ...], str], str] = {}
         self._wire: dict[tuple[str, tuple[int, ...], str], bytes] = {}
@@ -496,7 +512,7 @@ class FrameCache:
             key = f"{key}:select:" + "\x00".join(select)
         v = self._variants.get(key)
         if v is None:
-            v = FrameCache(self.change, lambda ch: dumps(_variant_payload(ch, kind, error, select)))
+            v = FrameCache(self.change, lambda ch: _variant_payload(ch, kind, error, select), self._max)
             self._variants[key] = v
         return v
 
@@ -509,10 +525,6 @@ class FrameCache:
             f = f'{prefix}{{"ids":[{ids_json}],"data":{self._data}}}{suffix}'
             self._frames[key] = f
         return f
-
-
-def _encode_data(change: RowChange) -> bytes:
-    return dumps(change_payload(change))
 
 
 def _variant_payload(

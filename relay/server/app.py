@@ -11,12 +11,13 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import Counter
 from collections.abc import Awaitable
 from typing import Any, cast
 
 import aiohttp_cors
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
 
 from relay.config import Config
@@ -24,6 +25,7 @@ from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
 from relay.core.changes import Action, Commit, Lsn, RowChange, format_position, seq_before
 from relay.core.pgtypes import TypeRegistry
 from relay.core.protocol import SUPPORTED_VSN, Frame
+from relay.core.quotas import CHANGE_TOO_LARGE, ConnectionCounts, Quota
 from relay.core.replay_log import ReplayLog
 from relay.core.stream import StreamIdentity
 from relay.core.subscriptions import CHANGE, ERROR, Decide, Delivery, FrameCache, SubscriptionIndex
@@ -36,6 +38,7 @@ from relay.postgres.replication import SlotInfo
 from relay.postgres.topic_policies import TopicAuthorizer
 from relay.server.connection import Channel, Connection
 from relay.server.http_api import HttpApi
+from relay.server.inspector import Inspector
 from relay.server.metrics import (
     RelayCollector,
     RelayMetrics,
@@ -49,6 +52,7 @@ from relay.server.topics import TopicHub
 __all__ = ["RelayServer"]
 
 log = logging.getLogger("relay.server")
+# Security events (quota hits here); the ops branch gives this logger its own handler.
 
 WS_PATHS = ("/realtime/v1/websocket", "/socket/websocket")
 _ACTION_KIND = {Action.INSERT: "insert", Action.UPDATE: "update", Action.DELETE: "delete"}
@@ -104,6 +108,13 @@ class RelayServer:
         self.resyncs = 0
         # Broadcast and presence rooms (private ones admitted by the topic policies).
         self.topics = TopicHub(self, TopicAuthorizer(catalog))
+        # Quotas (relay/core/quotas.py): hits by kind, for /health and the metrics.
+        self.quota_hits: Counter[str] = Counter()
+        self.expiry_warnings = 0  # token_expiring system messages sent
+        self._change_audited = -1e9  # when a trimmed postgres change was last audited
+        self.conn_counts = ConnectionCounts(
+            config.max_connections, config.max_connections_per_sub, config.max_connections_per_address
+        )
 
     # -- fan-out --------------------------------------------------------------------------
     def dispatch(self, change: RowChange) -> Awaitable[None] | None:
@@ -229,9 +240,15 @@ class RelayServer:
             if chan.tx_end:
                 self._track_tx(chan, change, seq)
             if cache is None:
-                cache = FrameCache(change)
+                cache = FrameCache(change, max_data_bytes=self.config.max_change_bytes)
                 if cache.repaired:
                     self._value_errors(change, cache.repaired)
+                if cache.trimmed:  # counted per change; audited at most once a second
+                    now = time.monotonic()
+                    audited = now - self._change_audited >= 1.0
+                    if audited:
+                        self._change_audited = now
+                    self.quota_hit(CHANGE_TOO_LARGE, "-", f"{change.schema}.{change.table}", audited)
             sent += 1
             if d.kind != CHANGE:
                 variants += 1
@@ -257,6 +274,18 @@ class RelayServer:
         self.value_errors += len(markers)
         for marker in markers:
             log.warning("%s.%s at %s: %s", change.schema, change.table, change.position, marker)
+
+    # -- quotas ---------------------------------------------------------------------------
+    def quota_hit(self, quota: Quota, peer: str, topic: str | None = None, audited: bool = True) -> None:
+        """Count a quota hit and write it to the audit log (never a token: kind, code, peer, topic).
+
+        ``audited=False`` counts without a log line: a client hammering a rate limit is logged
+        once a second, not once per refused message (see Connection.refuse).
+        """
+        self.quota_hits[quota.kind] += 1
+        self.metrics.rate_limit_hits[quota.kind] += 1  # relay_rate_limit_hits_total{kind}
+        if audited:
+            audit_event("quota_hit", kind=quota.kind, code=quota.code, remote=peer, topic=topic)
 
     # -- transactions -----------------------------------------------------------------------
     def on_commit(self, commit: Commit) -> None:
@@ -512,6 +541,7 @@ class RelayServer:
         app.router.add_get("/metrics", metrics_handler(self, self.config.metrics_token))
         before = set(app.router.routes())
         HttpApi(self).add_routes(app)
+        Inspector(self).add_routes(app)
         self._cors(app, [r for r in app.router.routes() if r not in before])
         return app
 
@@ -556,6 +586,8 @@ class RelayServer:
             "policies": len(self.authorizer),
             "policy_errors": self.policy_errors,
             "value_errors": self.value_errors,
+            "quota_hits": dict(self.quota_hits),
+            "token_expiry_warnings": self.expiry_warnings,
             "rooms": len(self.topics.rooms),
             "broadcasts": self.topics.broadcasts,
             "resume": {
@@ -593,6 +625,17 @@ class RelayServer:
         )
         await ws.prepare(request)
         peer = str(request.remote)
+        sub = claims.get("sub")
+        sub_key = sub if isinstance(sub, str) and sub else None
+        refused = self.conn_counts.admit(sub_key, peer)
+        if refused is not None:
+            # Accepted then closed, not an HTTP 429: a browser's WebSocket sees the close code
+            # and reason, never a handshake status.  1013: try again later.
+            self.quota_hit(refused, peer)
+            why = f"{refused.code}: {refused.reason}".encode()
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why)
+            return ws
+        self.conn_counts.add(sub_key, peer)
         conn = Connection(self, ws, vsn, claims, peer, request)
         self.connections.add(conn)
         self.metrics.connections_opened += 1
@@ -625,6 +668,7 @@ class RelayServer:
             self._closed(conn, reason)
             conn.teardown()
             self.connections.discard(conn)
+            self.conn_counts.remove(sub_key, peer)
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
             if not ws.closed:

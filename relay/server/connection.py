@@ -23,6 +23,7 @@ from relay.core.broadcast_history import REPLAY_LIMIT
 from relay.core.changes import parse_stream_position
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
+from relay.core.quotas import CHANNELS, JOINS, Quota, TokenBucket
 from relay.core.rooms import Room
 from relay.core.subscriptions import (
     TABLE_UNAVAILABLE_CODE,
@@ -63,6 +64,7 @@ class Channel:
     _claims: Claims
     specs: list[BindingSpec] = field(default_factory=list)
     expiry: asyncio.TimerHandle | None = None
+    expiry_warning: asyncio.TimerHandle | None = None
     claims_key: bytes = b""
     # Position of the last change this channel was given (or passed over while replaying): the
     # fan-out never delivers a change at or before it, which is what makes the switch from
@@ -145,6 +147,12 @@ class Connection:
         self.sent = 0
         self.bytes_sent = 0  # encoded frame bytes written (relay_sent_bytes_total)
         self.connected_at = time.time()
+        # Rate quotas of this socket (relay/core/quotas.py), on the monotonic clock.
+        cfg, now = server.config, time.monotonic()
+        self.join_rate = TokenBucket(cfg.max_joins_per_second, now=now)
+        self.message_rate = TokenBucket(cfg.max_events_per_second, now=now)
+        self.presence_rate = TokenBucket(cfg.max_presence_events_per_second, now=now)
+        self._audited: dict[str, float] = {}  # quota kind -> when its last hit was audited
 
     # -- sending --------------------------------------------------------------------------
     def deliver(self, cache: FrameCache, topic: str, ids: list[int]) -> None:
@@ -222,6 +230,26 @@ class Connection:
         if f.event == "phx_join":  # counted and audited by code (docs/operations.md)
             self.server.join_refused(f, reason, code)
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", response))
+
+    def refuse(self, f: Frame, quota: Quota) -> None:
+        """Answer ``f`` with the quota's error reply (reason and code); count and audit the hit.
+
+        Every hit is counted; the audit log gets one line per kind per second per socket, so a
+        client hammering a limit cannot flood the log (the count says how many there were).
+        """
+        now = time.monotonic()
+        audited = now - self._audited.get(quota.kind, -1e9) >= 1.0
+        if audited:
+            self._audited[quota.kind] = now
+        self.server.quota_hit(quota, self.peer, f.topic, audited=audited)
+        self.reply_error(f, quota.reason, code=quota.code)
+
+    def within(self, bucket: TokenBucket, f: Frame, quota: Quota) -> bool:
+        """Take one event from a rate quota's bucket; refuse ``f`` (and say False) when it is empty."""
+        if bucket.take(time.monotonic()):
+            return True
+        self.refuse(f, quota)
+        return False
 
     def send_frame_error(self, reason: str) -> None:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
@@ -375,6 +403,12 @@ class Connection:
     async def join(self, f: Frame) -> None:
         if not f.topic.startswith("realtime:"):
             self.reply_error(f, "UnknownTopic: topics are realtime:<channel name>")
+            return
+        if not self.within(self.join_rate, f, JOINS):
+            return
+        limit = self.server.config.max_channels_per_connection
+        if limit and f.topic not in self.channels and len(self.channels) >= limit:
+            self.refuse(f, CHANNELS)  # a rejoin replaces its channel: it never counts twice
             return
         old = self.channels.get(f.topic)
         if old is not None:  # a second join replaces the first (Phoenix semantics)
@@ -536,6 +570,8 @@ class Connection:
         self.server.unindex_channel(chan)
         if chan.expiry is not None:
             chan.expiry.cancel()
+        if chan.expiry_warning is not None:
+            chan.expiry_warning.cancel()
         if self.channels.get(chan.topic) is chan:
             del self.channels[chan.topic]
         if send_close:
@@ -554,12 +590,43 @@ class Connection:
             await self.server.topics.recheck([chan])
 
     def _arm_expiry(self, chan: Channel) -> None:
+        """Schedule the channel's end at its token's ``exp``, and the ``token_expiring`` warning.
+
+        The warning comes ``token_expiry_warning`` seconds before ``exp``, or at half the
+        token's remaining life when that is shorter: a client whose provider hands out short
+        tokens then refreshes every half-life, never in a loop of immediate warnings.
+        """
         if chan.expiry is not None:
             chan.expiry.cancel()
+        if chan.expiry_warning is not None:
+            chan.expiry_warning.cancel()
+            chan.expiry_warning = None
         exp = chan.claims.get("exp")
-        if isinstance(exp, int | float):
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            loop = asyncio.get_running_loop()
             delay = max(0.0, float(exp) - time.time())
-            chan.expiry = asyncio.get_running_loop().call_later(delay, self._expired, chan)
+            chan.expiry = loop.call_later(delay, self._expired, chan)
+            ahead = self.server.config.token_expiry_warning
+            if ahead > 0 and delay > 0:
+                chan.expiry_warning = loop.call_later(delay - min(ahead, delay / 2), self._expiring, chan)
+
+    def _expiring(self, chan: Channel) -> None:
+        """Tell the channel its token is about to expire, so it sends ``access_token`` in time."""
+        chan.expiry_warning = None
+        exp = chan.claims.get("exp")
+        if chan.closed or not isinstance(exp, int | float):
+            return
+        left = max(0, round(float(exp) - time.time()))
+        self.server.expiry_warnings += 1
+        self.send_frame(
+            chan.system(
+                "ok",
+                f"Token expires in {left} seconds: send a new access_token to keep this channel",
+                extension="system",
+                code="token_expiring",
+                expires_at=int(exp),
+            )
+        )
 
     def _expired(self, chan: Channel) -> None:
         exp = chan.claims.get("exp", time.time())

@@ -28,6 +28,7 @@ from relay.core.broadcast_history import BroadcastHistory
 from relay.core.payload_limits import PayloadRejected, check_json
 from relay.core.presence import Diff, PresenceError, repair_metas
 from relay.core.protocol import Frame, dumps, encode, ws_text_frame
+from relay.core.quotas import MESSAGES, PRESENCE_EVENTS, PRESENCE_KEYS
 from relay.core.rooms import Room, Rooms
 from relay.postgres.availability import database_unreachable
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicAuthorizer, TopicGrants, TopicPolicyError
@@ -116,6 +117,8 @@ class TopicHub:
     def client_broadcast(self, chan: Channel, f: Frame, msg: Broadcast) -> None:
         """A member's (parsed) broadcast push, text or binary: check, fan out, and ack if asked."""
         conn = chan.conn
+        if not conn.within(conn.message_rate, f, MESSAGES):
+            return
         if not chan.grants.broadcast_write:
             self.denied += 1
             conn.reply_error(f, write_denied(chan.name))
@@ -213,6 +216,13 @@ class TopicHub:
         if event not in ("track", "untrack"):
             conn.reply_error(f, 'a presence push has "event": "track" or "untrack"')
             return
+        if not conn.within(conn.presence_rate, f, PRESENCE_EVENTS):
+            return
+        meta = payload.get("payload", {})
+        max_keys = self.server.config.max_presence_keys
+        if event == "track" and max_keys and isinstance(meta, dict) and len(meta) > max_keys:
+            conn.refuse(f, PRESENCE_KEYS)
+            return
         self.server.metrics.presence_events[event] += 1
         if event == "track" and not chan.grants.presence_write:  # leaving is always allowed
             self.denied += 1
@@ -224,7 +234,7 @@ class TopicHub:
             return
         if event == "track":
             try:
-                diff: Diff | None = self._track(chan, room, payload.get("payload", {}))
+                diff: Diff | None = self._track(chan, room, meta)
             except PayloadRejected as exc:
                 self.refused += 1
                 conn.reply_error(f, str(exc), exc.code)

@@ -148,11 +148,12 @@ async def subscriber(
     vsn: str = "",
     heartbeat_ms: int = 0,
     timeout_ms: int = 15000,
+    tok: str | None = None,
 ) -> AsyncIterator[NodeSubscriber]:
     env = {
         **os.environ,
         "RT_URL": url,
-        "RT_TOKEN": token(),
+        "RT_TOKEN": tok or token(),
         "RT_TABLE": table,
         "RT_EVENT": event,
         "RT_FILTER": filter,
@@ -399,3 +400,21 @@ async def test_unchanged_realtime_js_resumes_from_the_position_on_its_binding(
                 proc.kill()
             with contextlib.suppress(ProcessLookupError, asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5)
+
+
+async def test_token_expiring_system_message_leaves_realtime_js_subscribed(
+    pg_dsn: str, node_env: str
+) -> None:
+    """realtime-js gets the relay's ``token_expiring`` warning (a system ok message) and carries on."""
+    async with (
+        running_relay(pg_dsn, token_expiry_warning=3.0) as relay,
+        subscriber(node_env, relay.url, count=1, tok=token(ttl=9), heartbeat_ms=500) as sub,
+    ):
+        await sub.wait_subscribed()
+        deadline = time.monotonic() + 9
+        while relay.server.expiry_warnings == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert relay.server.expiry_warnings == 1
+        bid = await insert_booking(pg_dsn, branch=1)
+        (ins,) = await sub.payloads()
+        assert ins["eventType"] == "INSERT" and ins["new"]["id"] == bid

@@ -264,3 +264,28 @@ async def test_bad_filter_reports_channel_error(pg_dsn: str) -> None:
         assert status == RealtimeSubscribeStates.CHANNEL_ERROR
         assert "unknown operator" in str(err)
         await asyncio.wait_for(channel.unsubscribe(), WAIT)  # stop the client's rejoin timer
+
+
+async def test_token_expiring_system_message_then_set_auth(pg_dsn: str, client_errors: ClientErrors) -> None:
+    """realtime-py parses the relay's ``token_expiring`` warning as a system message; after
+    ``set_auth`` with a new token the channel outlives the first token."""
+    async with (
+        running_relay(pg_dsn, token_expiry_warning=2.0) as relay,
+        connected(relay.url, token(ttl=5)) as client,
+    ):
+        changes: asyncio.Queue[Any] = asyncio.Queue()
+        systems: asyncio.Queue[Any] = asyncio.Queue()
+        channel = client.channel("exp")
+        channel.on_postgres_changes("INSERT", schema="public", table="bookings", callback=changes.put_nowait)
+        channel.on_system(systems.put_nowait)
+        await subscribe(channel)
+        assert (await next_item(systems)).extension == "postgres_changes"  # Subscribed to PostgreSQL
+        warning = await next_item(systems)
+        assert warning.extension == "system" and warning.status == "ok"
+        assert "expires in" in warning.message
+        await client.set_auth(token(ttl=3600))
+        await asyncio.sleep(3.0)  # past the first token's exp
+        bid = await insert_booking(pg_dsn)
+        assert (await next_item(changes))["data"]["record"]["id"] == bid
+        assert channel.is_joined and relay.server.expiry_warnings == 1
+        assert client_errors() == []

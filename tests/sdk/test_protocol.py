@@ -180,3 +180,24 @@ def test_system_events() -> None:
     assert isinstance(parse_system("d", {"status": "ok", "extension": "presence"}), OtherSystem)
     with pytest.raises(ProtocolError):
         parse_system("d", "x")
+
+
+def test_parse_system_token_expiring() -> None:
+    from relay_client.protocol import TokenExpiring
+
+    ev = parse_system(
+        "c",
+        {
+            "channel": "c",
+            "extension": "system",
+            "status": "ok",
+            "code": "token_expiring",
+            "message": "Token expires in 30 seconds",
+            "expires_at": 1_800_000_030,
+        },
+    )
+    assert ev == TokenExpiring("Token expires in 30 seconds", 1_800_000_030.0)
+    odd = parse_system(
+        "c", {"extension": "system", "status": "ok", "code": "token_expiring", "expires_at": True}
+    )
+    assert isinstance(odd, TokenExpiring) and odd.expires_at is None

@@ -84,3 +84,32 @@ async def test_expired_token_closes_the_channel_until_set_auth_then_it_resumes(p
         assert events[0] == RealtimeSubscribeStates.SUBSCRIBED
         assert RealtimeSubscribeStates.CHANNEL_ERROR in events
         assert events[-2:] == [RealtimeSubscribeStates.SUBSCRIBED, RealtimeSubscribeStates.CLOSED]
+
+
+@pytest.mark.parametrize("warning", [2.0, 0.0])
+async def test_relay_token_expiring_warning_triggers_a_refresh(pg_dsn: str, warning: float) -> None:
+    """With a refresh margin too small for a slow provider, only the relay's ``token_expiring``
+    warning gets a new token to the relay in time (``warning=0``: the relay sends none, and the
+    channel is closed by the relay: the control that shows the warning is what saves it)."""
+    issued: list[float] = []
+
+    async def provider() -> str:
+        await asyncio.sleep(0.6)  # slower than the 0.1 s margin the client keeps by itself
+        issued.append(time.time())
+        return token(ttl=4)
+
+    async with running_relay(pg_dsn, token_expiry_warning=warning) as relay:
+        client = RelayClient(
+            url(relay.port), token_provider=provider, token_refresh_margin=0.1, hb_interval=0.5
+        )
+        ch = client.channel("alerts").on_postgres_changes("INSERT", table="alerts", callback=lambda c: None)
+        try:
+            await ch.subscribe(timeout=10)
+            await asyncio.sleep(5.5)  # longer than the first token's life
+        finally:
+            await client.close()
+    if warning:
+        assert ch.stats.server_closes == 0, ch.stats
+        assert len(issued) >= 2, issued
+    else:
+        assert ch.stats.server_closes >= 1, ch.stats

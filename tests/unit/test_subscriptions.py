@@ -445,9 +445,9 @@ class TestFrameCache:
     def test_data_encoded_once(self) -> None:
         calls: list[RowChange] = []
 
-        def enc(c: RowChange) -> bytes:
+        def enc(c: RowChange) -> dict[str, Any]:  # the payload builder runs once per change
             calls.append(c)
-            return b'{"x":1}'
+            return {"x": 1}
 
         fc = FrameCache(change(), enc)
         assert json.loads(fc.frame("a", [1], V2))[4] == {"ids": [1], "data": {"x": 1}}
