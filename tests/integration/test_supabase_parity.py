@@ -176,3 +176,30 @@ async def test_send_binary_reaches_binary_and_text_clients(pg_dsn: str) -> None:
         got1 = await v1.recv_until(lambda m: m["event"] == "broadcast")
         assert base64.b64decode(got1["payload"]["payload"]["base64"]) == blob
         assert got1["payload"]["meta"] == {"id": got2["payload"]["meta"]["id"], "encoding": "base64"}
+
+
+async def test_a_column_hidden_by_select_still_drives_the_row_policy(pg_dsn: str) -> None:
+    """The demo policy ``branch_id = (claims->>'branch_id')::int`` decides on a column the
+    subscriber did not select: the payload is cut, the authorization is not."""
+    branch1 = token("authenticated", branch_id=1)
+    binding = {"event": "INSERT", "schema": "public", "table": "bookings", "select": ["status"]}
+    async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay, branch1) as c:
+        assert (await c.join("sel", [binding]))["payload"]["status"] == "ok"
+        ids = []
+        for branch in (2, 1, 3, 1):
+            rows = await asyncio.to_thread(
+                _rows,
+                pg_dsn,
+                "insert into bookings (branch_id, client_id, service, status, starts_at, ends_at, price) "
+                "select %s, (select id from clients order by id limit 1), 'cut', 'pending', now(), "
+                "now() + interval '1 hour', 10 returning id",
+                branch,
+            )
+            ids.append((branch, rows[0][0]))
+        got = [m["payload"]["data"] for m in await c.collect(2.0) if m["event"] == "postgres_changes"]
+        assert [d["record"] for d in got] == [{"id": i, "status": "pending"} for b, i in ids if b == 1]
+
+
+def _rows(dsn: str, text: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(text, params).fetchall()
