@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JSDIR  := tests/interop/js
 
-.PHONY: demo test system-deps venv js lint typecheck bench clean help
+.PHONY: demo test system-deps demo-deps venv js lint typecheck bench clean help
 
 help:
 	@echo "make demo   - run the relay on a throwaway local Postgres with demo tables and a writer"
@@ -17,6 +17,10 @@ help:
 
 system-deps:
 	@bash scripts/install-system-deps.sh
+
+# the demo needs Postgres and wal2json only (no node, no browser: those are for the tests)
+demo-deps:
+	@RELAY_SKIP_NODE=1 RELAY_SKIP_BROWSER=1 bash scripts/install-system-deps.sh
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +36,7 @@ $(JSDIR)/node_modules/.package-lock.json: $(JSDIR)/package-lock.json
 
 js: $(JSDIR)/node_modules/.package-lock.json
 
-demo: system-deps venv
+demo: demo-deps venv
 	$(VENV)/bin/relay demo
 
 test: system-deps venv js
