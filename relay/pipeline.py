@@ -180,7 +180,8 @@ class Pipeline:
                     )
                 self._publish()
                 try:
-                    await asyncio.wait_for(stop.wait(), delay)
+                    async with asyncio.timeout(delay):  # no helper task (unlike wait_for)
+                        await stop.wait()
                 except TimeoutError:
                     pass
         self.stats.streaming = False
