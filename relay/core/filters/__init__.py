@@ -19,8 +19,8 @@ The work is split in two so that the per-row cost stays tiny:
   ``matches`` is a closure specialised for the operator and the type: for ``int``/``text``
   columns it is a dict lookup, a type check and one comparison.  The server first has Postgres
   itself cast the operands (``canonical``, see :meth:`Filter.casts`), so what is accepted, and
-  what ``now`` or ``1e3`` mean, is exactly what Postgres decides; the Python converters below then
-  only read Postgres' canonical output.
+  what ``now`` or ``1e3`` mean, is exactly what Postgres decides; the key functions of
+  :mod:`relay.core.sqltypes.keys` then only read Postgres' canonical output.
 
 Values are compared as *keys*: each supported type has a converter from the operand text and one
 from the decoded row value (see :mod:`relay.core.changes`) to a Python value that orders and
@@ -33,7 +33,7 @@ deeply to parse never matches; scalar ``uuid`` row strings are trusted to be low
 prints them); date/time values Python cannot represent (BC, year > 9999) never match, and
 sub-microsecond digits are truncated where Postgres would round.  ``ilike`` lowercases with Python's
 ``str.lower`` (Postgres uses the collation's), and ``match``/``imatch`` accept the common subset of
-POSIX and Python regular expressions (see :func:`_compile_regex`).
+POSIX and Python regular expressions (see :mod:`relay.core.filters.patterns`).
 
 The package: :mod:`.grammar` parses, :mod:`.model` holds parsed filters and binds them to types,
 :mod:`.matching` compiles the row tests, :mod:`.patterns` the like/match operators; the type rules
