@@ -20,14 +20,14 @@ subexpression *at plan time* (``eval_const_expressions``), left to right, and on
 read the row at run time.  That decides when a bad claim raises: ``status = 'x' AND branch_id =
 (claims->>'b')::int`` raises for ``b = "abc"`` even for rows whose status is not ``'x'``, whereas
 ``auth.role() = 'admin' AND ...`` with a non-admin role is folded to FALSE before the cast is
-reached.  The fast path reproduces this in two phases: :meth:`_Bool.fold` is the planner's
+reached.  The fast path reproduces this in two phases: :meth:`.fold.Bool.fold` is the planner's
 constant folding (claims only, may raise, short-circuits AND/OR only on constant arms) and the
 residual it returns is the executor (reads the row; only ``= ANY (select
 jsonb_array_elements_text(...))`` can raise there, because the planner never folds a sub-select).
 Parse analysis comes before both and shapes what is folded: ``x IN (a, b, ...)`` becomes one
 ``x = ANY (ARRAY[...])`` of the literal items followed by a separate, OR-ed ``x = item`` for each
 item that reads ``claims`` (still a column of ``c`` at that stage), so folding stops casting the
-claims items once one of them settles the list (:class:`_InList`).
+claims items once one of them settles the list (:class:`.fold.InList`).
 
 One consequence is worth knowing: the *original* expression, where ``auth.uid()`` reads a setting
 at run time, may short-circuit differently from the rewritten one when a claim is malformed

@@ -38,7 +38,12 @@ _FORMAT_TYPE_NAMES = {
 
 
 def name_from_format_type(text: str) -> str:
-    """Best-effort ``typname`` from a ``format_type`` string such as ``numeric(10,2)[]``."""
+    """Best-effort ``typname`` from a ``format_type`` string such as ``numeric(10,2)[]``.
+
+    The decoder's fallback for an oid the registry does not know.  Unlike
+    :func:`normalize_type_name` it keeps the case of the name: a quoted user type (``"Mood"``)
+    is a different ``typname`` from ``mood``, and the decoder only needs exact names.
+    """
     is_array = text.endswith("[]")
     base = text[:-2] if is_array else text
     base = base.split("(", 1)[0].strip().strip('"')
