@@ -37,7 +37,7 @@ import psycopg
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from relay.core.changes import Begin, Commit, Lsn, Message, RowChange
-from relay.core.pgtypes import TypeRegistry
+from relay.core.sqltypes import TypeRegistry
 from relay.core.stream import StreamIdentity
 from relay.core.wal2json import NUMBERS_AS_TEXT, Decoder, wal2json_options
 from relay.postgres.catalog import Catalog

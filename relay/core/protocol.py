@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.pgtypes import RawJson
+from relay.core.sqltypes import RawJson
 
 __all__ = [
     "BINARY_ENCODING",
@@ -271,7 +271,7 @@ def _default(obj: Any) -> Any:
 def dumps(obj: Any) -> bytes:
     """orjson with exact numerics and verbatim json: the one JSON encoder of the relay.
 
-    ``Decimal`` (long numerics) and :class:`relay.core.pgtypes.RawJson` (json/jsonb columns) are
+    ``Decimal`` (long numerics) and :class:`relay.core.sqltypes.RawJson` (json/jsonb columns) are
     written as the text Postgres printed.
     """
     return orjson.dumps(obj, default=_default)

@@ -28,7 +28,8 @@ from relay.core.changes import (
     RowChange,
     column_error,
 )
-from relay.core.pgtypes import Converter, TypeRegistry, _identity, _num_text, commit_timestamp
+from relay.core.sqltypes.arrays import identity
+from relay.core.sqltypes.output import Converter, TypeRegistry, commit_timestamp, numeric_text
 
 __all__ = ["NUMBERS_AS_TEXT", "WAL2JSON_OPTIONS", "DecodeError", "Decoder", "wal2json_options"]
 
@@ -168,7 +169,7 @@ class Decoder:
             oids,
             tuple(Column(n, t) for n, (t, _) in zip(names, resolved, strict=True)),
             {n: t for n, (t, _) in zip(names, resolved, strict=True)},
-            [(n, conv) for n, (_, conv) in zip(names, resolved, strict=True) if conv is not _identity],
+            [(n, conv) for n, (_, conv) in zip(names, resolved, strict=True) if conv is not identity],
         )
         if len(self._layouts) > 4096:
             self._layouts.clear()
@@ -319,5 +320,5 @@ def _exact_numerics(msg: dict[str, Any], raw: bytes) -> None:
 
 
 def _exact_number(text: str) -> Any:
-    """int, float or Decimal, as :func:`relay.core.pgtypes._num_text` (ints past 64 bits: Decimal)."""
-    return _num_text(text)
+    """int, float or Decimal, as :func:`~relay.core.sqltypes.output.numeric_text` (past 64 bits: Decimal)."""
+    return numeric_text(text)

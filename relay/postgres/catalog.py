@@ -14,8 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.core.filters import PG_CAST_TYPES
-from relay.core.pgtypes import TypeInfo
+from relay.core.sqltypes import PG_CAST_TYPES, TypeInfo
 
 __all__ = ["Catalog", "OperandCastError", "TableShape"]
 

@@ -23,10 +23,10 @@ from aiohttp.typedefs import Handler
 from relay.config import Config
 from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
 from relay.core.changes import Action, Commit, Lsn, RowChange, format_position, seq_before
-from relay.core.pgtypes import TypeRegistry
 from relay.core.protocol import SUPPORTED_VSN, Frame
 from relay.core.quotas import CHANGE_TOO_LARGE, ConnectionCounts, Quota
 from relay.core.replay_log import ReplayLog
+from relay.core.sqltypes import TypeRegistry
 from relay.core.stream import StreamIdentity
 from relay.core.subscriptions import CHANGE, ERROR, Decide, Delivery, FrameCache, SubscriptionIndex
 from relay.core.tokens import Claims, TokenError, Verifier

@@ -1,4 +1,4 @@
-"""Unit tests for relay.core.pgtypes: array literals, timestamps, the type registry."""
+"""Unit tests for relay.core.sqltypes output conversion: array literals, timestamps, the type registry."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.core.pgtypes import (
+from relay.core.sqltypes import (
     BUILTIN_TYPES,
     TypeInfo,
     TypeRegistry,
-    _timestamptz,
     commit_timestamp,
     name_from_format_type,
     parse_array,
 )
+from relay.core.sqltypes.output import timestamptz_json as _timestamptz
 
 
 # -- parse_array ------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_trimming_a_deeply_nested_json_value_never_raises() -> None:
     whose recursion limit is about 1,000 levels: one such row would have failed every retry.)
     """
     from relay.core.changes import Action, Column, Lsn, RowChange
-    from relay.core.pgtypes import RawJson
+    from relay.core.sqltypes import RawJson
     from relay.core.subscriptions import FrameCache
 
     deep = RawJson("[" * 5000 + "]" * 5000)

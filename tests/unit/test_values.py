@@ -15,7 +15,7 @@ import pytest
 from relay.config import Config
 from relay.core.changes import Action, Begin, Column, Lsn, RowChange
 from relay.core.filters import parse_filter
-from relay.core.pgtypes import RawJson, TypeRegistry
+from relay.core.sqltypes import RawJson, TypeRegistry
 from relay.core.subscriptions import FrameCache
 from relay.core.tokens import Verifier
 from relay.core.wal2json import NUMBERS_AS_TEXT, Decoder, wal2json_options

@@ -12,8 +12,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from relay.core.changes import Action, Begin, Column, Commit, Lsn, Message, RowChange
-from relay.core.pgtypes import TypeInfo, TypeRegistry
 from relay.core.protocol import dumps
+from relay.core.sqltypes import TypeInfo, TypeRegistry
 from relay.core.wal2json import WAL2JSON_OPTIONS, DecodeError, Decoder, wal2json_options
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "wal2json_v2_sample.jsonl"

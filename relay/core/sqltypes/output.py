@@ -1,4 +1,4 @@
-"""Postgres type knowledge: oid -> ``typname`` and how to turn wal2json text into client JSON.
+"""Output conversion: oid -> ``typname``, and wal2json text -> the JSON values clients expect.
 
 Why: wal2json prints most values with the type's text output function, while Supabase clients
 expect the shapes Postgres's ``to_json`` produces (nested JSON for json/jsonb and arrays, ISO
@@ -9,7 +9,6 @@ chosen once per column type and cached, so the per-value cost is one function ca
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -17,13 +16,18 @@ from typing import Any
 
 import orjson
 
+from relay.core.sqltypes.arrays import identity, parse_array
+from relay.core.sqltypes.names import name_from_format_type
+
 __all__ = [
     "BUILTIN_TYPES",
+    "Converter",
     "RawJson",
     "TypeInfo",
     "TypeRegistry",
     "commit_timestamp",
-    "parse_array",
+    "numeric_text",
+    "timestamptz_json",
 ]
 
 Converter = Callable[[Any], Any]
@@ -96,7 +100,7 @@ _BUILTIN: list[tuple[int, str, str, int]] = [
     (199, "_json", "A", 114),
     (3807, "_jsonb", "A", 3802),
     (1115, "_timestamp", "A", 1114),
-    (1185, "_timestamptz", "A", 1184),
+    (1185, "timestamptz_json", "A", 1184),
     (1182, "_date", "A", 1082),
     (1183, "_time", "A", 1083),
     (1041, "_inet", "A", 869),
@@ -106,47 +110,10 @@ _BUILTIN: list[tuple[int, str, str, int]] = [
 BUILTIN_TYPES: dict[int, TypeInfo] = {oid: TypeInfo(oid, n, c, e) for oid, n, c, e in _BUILTIN}
 
 # wal2json's "type" is format_type() output; used only when an oid is unknown to the registry.
-_FORMAT_TYPE_NAMES = {
-    "integer": "int4",
-    "bigint": "int8",
-    "smallint": "int2",
-    "boolean": "bool",
-    "text": "text",
-    "character varying": "varchar",
-    "character": "bpchar",
-    "numeric": "numeric",
-    "double precision": "float8",
-    "real": "float4",
-    "jsonb": "jsonb",
-    "json": "json",
-    "uuid": "uuid",
-    "bytea": "bytea",
-    "date": "date",
-    "timestamp with time zone": "timestamptz",
-    "timestamp without time zone": "timestamp",
-    "time without time zone": "time",
-    "time with time zone": "timetz",
-    "interval": "interval",
-}
-
-
-def name_from_format_type(text: str) -> str:
-    """Best-effort ``typname`` from a ``format_type`` string such as ``numeric(10,2)[]``."""
-    is_array = text.endswith("[]")
-    base = text[:-2] if is_array else text
-    base = base.split("(", 1)[0].strip().strip('"')
-    if "." in base:
-        base = base.rsplit(".", 1)[1].strip('"')
-    name = _FORMAT_TYPE_NAMES.get(base, base)
-    return "_" + name if is_array else name
 
 
 # -- value converters -----------------------------------------------------------------------
-def _identity(v: Any) -> Any:
-    return v
-
-
-def _timestamptz(v: Any) -> Any:
+def timestamptz_json(v: Any) -> Any:
     """``2026-11-23 13:10:50.27+00`` -> ``2026-11-23T13:10:50.27+00:00`` (to_json's shape)."""
     if type(v) is not str or len(v) < 22 or v[10] != " ":
         return v  # infinity, -infinity, BC dates: passed through as Postgres printed them
@@ -242,7 +209,7 @@ def _float_text(v: Any) -> Any:
 # already prints integers, floats, numerics and booleans as JSON numbers and booleans (exact
 # numerics are restored by the decoder from the message text).
 _SCALAR: dict[str, Converter] = {
-    "timestamptz": _timestamptz,
+    "timestamptz": timestamptz_json,
     "timestamp": _timestamp,
     "json": _json,
     "jsonb": _json,
@@ -257,7 +224,7 @@ _NUMBER_TEXT: dict[str, Converter] = {
     "oid": _int_text,
     "float4": _float_text,
     "float8": _float_text,
-    "numeric": lambda v: _num_text(v) if type(v) is str else v,
+    "numeric": lambda v: numeric_text(v) if type(v) is str else v,
 }
 
 # Array elements come as text inside the array literal, so numbers need parsing there.
@@ -268,11 +235,11 @@ _ELEMENT: dict[str, Converter] = {
     "oid": int,
     "float4": _float_text,
     "float8": _float_text,
-    "numeric": lambda s: _num_text(s),
+    "numeric": lambda s: numeric_text(s),
     "bool": _bool_text,
     "json": _json,
     "jsonb": _json,
-    "timestamptz": _timestamptz,
+    "timestamptz": timestamptz_json,
     "timestamp": _timestamp,
 }
 
@@ -281,7 +248,7 @@ _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1  # orjson encodes ints in [-2**63, 2**64 - 1]; others raise
 
 
-def _num_text(s: str) -> Any:
+def numeric_text(s: str) -> Any:
     """numeric text -> int, float (when it prints back as the same value) or ``Decimal``.
 
     Integers outside what orjson encodes become ``Decimal`` (encoded verbatim, see
@@ -299,115 +266,6 @@ def _num_text(s: str) -> Any:
         return s
     f = float(d)
     return f if Decimal(repr(f)) == d else d
-
-
-def scan_quoted(s: str, i: int) -> tuple[str, int] | None:
-    """Read a double-quoted item whose opening quote is at ``s[i - 1]``; backslash escapes.
-
-    Returns the unescaped text and the index after the closing quote, or None when the quote
-    is never closed.  Shared by array literals and filter ``in`` lists, which quote alike.
-    """
-    n = len(s)
-    chars: list[str] = []
-    while i < n:
-        c = s[i]
-        if c == "\\" and i + 1 < n:
-            chars.append(s[i + 1])
-            i += 2
-        elif c == '"':
-            return "".join(chars), i + 1
-        else:
-            chars.append(c)
-            i += 1
-    return None
-
-
-def parse_array(text: str, element: Converter = _identity) -> Any:
-    """Parse a Postgres array literal (``{1,2,NULL}``, ``{"a b","c\\"d"}``, nested) to lists.
-
-    Elements are converted by ``element``; unquoted ``NULL`` is ``None``.  A leading dimension
-    decoration (``[0:2]={...}``) is skipped.  Returns the text unchanged if it is not an array.
-    """
-    if not text:
-        return text
-    pos = 0
-    if text[0] == "[":
-        eq = text.find("=")
-        if eq < 0:
-            return text
-        pos = eq + 1
-    if pos >= len(text) or text[pos] != "{":
-        return text
-    if pos == 0 and text[-1] == "}" and "{" not in text[1:]:
-        if '"' not in text and "\\" not in text:
-            # fast path: one dimension, no quoting (ints, plain words): a split does it
-            if len(text) == 2:
-                return []
-            return [None if item == "NULL" else element(item) for item in text[1:-1].split(",")]
-        try:
-            return _parse_flat(text[1:-1], element)
-        except ValueError:
-            return text
-    try:
-        result, end = _parse_array_at(text, pos, element)
-    except (ValueError, IndexError):
-        return text
-    return result if end == len(text) else text
-
-
-_ARRAY_TOKEN = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^,"{}\\]*?))\s*(,|$)')
-_UNESCAPE = re.compile(r"\\(.)")
-
-
-def _parse_flat(inner: str, element: Converter) -> list[Any]:
-    """One-dimensional array body with quoted items: a regex tokenizer (C speed, no per-char loop)."""
-    out: list[Any] = []
-    pos = 0
-    match = _ARRAY_TOKEN.match
-    while True:
-        m = match(inner, pos)
-        if m is None:
-            raise ValueError("malformed array literal")
-        quoted, plain, sep = m.groups()
-        if quoted is not None:
-            out.append(element(_UNESCAPE.sub(r"\1", quoted) if "\\" in quoted else quoted))
-        else:
-            out.append(None if plain == "NULL" else element(plain))
-        if not sep:
-            return out
-        pos = m.end()
-
-
-def _parse_array_at(text: str, pos: int, element: Converter) -> tuple[list[Any], int]:
-    assert text[pos] == "{"
-    pos += 1
-    out: list[Any] = []
-    n = len(text)
-    if pos < n and text[pos] == "}":
-        return out, pos + 1
-    while pos < n:
-        c = text[pos]
-        if c == "{":
-            sub, pos = _parse_array_at(text, pos, element)
-            out.append(sub)
-        elif c == '"':
-            scanned = scan_quoted(text, pos + 1)
-            if scanned is None:
-                raise ValueError("unterminated quoted element")
-            item, pos = scanned
-            out.append(element(item))
-        else:
-            start = pos
-            while pos < n and text[pos] not in ",}":
-                pos += 1
-            raw = text[start:pos].strip()
-            out.append(None if raw == "NULL" else element(raw))
-        if pos < n and text[pos] == ",":
-            pos += 1
-            continue
-        if pos < n and text[pos] == "}":
-            return out, pos + 1
-    raise ValueError("unterminated array literal")
 
 
 class TypeRegistry:
@@ -465,7 +323,7 @@ class TypeRegistry:
             category = "A" if is_array else "S"
         conv: Converter
         if is_array:
-            elem_conv = _ELEMENT.get(elem_name, _identity)
+            elem_conv = _ELEMENT.get(elem_name, identity)
             if elem_name not in _ELEMENT and elem_name in ("bytea",):
                 elem_conv = _bytea_elem
 
@@ -473,11 +331,11 @@ class TypeRegistry:
                 return parse_array(v, _e) if isinstance(v, str) else v
 
         elif name in ("json", "jsonb") and info is not None and info.oid not in (114, 3802):
-            conv = _identity  # a user type that is only named json: its text is not known to be JSON
+            conv = identity  # a user type that is only named json: its text is not known to be JSON
         elif self._numbers_as_text and name in _NUMBER_TEXT:
             conv = _NUMBER_TEXT[name]
         elif category == "E" or name not in _SCALAR:
-            conv = _identity
+            conv = identity
         else:
             conv = _SCALAR[name]
         result = (name, conv)
@@ -501,7 +359,7 @@ def commit_timestamp(text: str) -> str:
     if text.endswith("+00") and len(text) == 22 and text[10] == " ":
         return f"{text[:10]}T{text[11:19]}.000Z"
     try:
-        dt = datetime.fromisoformat(_timestamptz(text))
+        dt = datetime.fromisoformat(timestamptz_json(text))
     except ValueError:
         return text
     dt = dt.astimezone(UTC)
