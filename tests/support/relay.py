@@ -98,7 +98,7 @@ class PhoenixClient:
             return obj
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise AssertionError(f"expected a text frame, got {msg.type}: {msg.data!r}")
-        obj: dict[str, Any] = orjson.loads(msg.data)
+        obj = orjson.loads(msg.data)
         if self.vsn == "2.0.0":
             jr, r, topic, event, payload = obj
             obj = {"join_ref": jr, "ref": r, "topic": topic, "event": event, "payload": payload}
