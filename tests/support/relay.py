@@ -69,14 +69,7 @@ class PhoenixClient:
         self, topic: str, event: str, payload: Any, join_ref: str | None = None, ref: str | None = "auto"
     ) -> str | None:
         r = str(next(self._refs)) if ref == "auto" else ref
-        if self.vsn == "2.0.0":
-            await self.ws.send_str(orjson.dumps([join_ref, r, topic, event, payload]).decode())
-        else:
-            await self.ws.send_str(
-                orjson.dumps(
-                    {"topic": topic, "event": event, "payload": payload, "ref": r, "join_ref": join_ref}
-                ).decode()
-            )
+        await self.ws.send_str(encode_frame(self.vsn, topic, event, payload, r, join_ref))
         return r
 
     async def send_raw(self, text: str) -> None:
@@ -92,16 +85,10 @@ class PhoenixClient:
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
         msg = await self.ws.receive(timeout=timeout)
-        if msg.type == aiohttp.WSMsgType.BINARY and self.vsn == "2.0.0":
-            obj = decode_user_broadcast(msg.data)
-            self.inbox.append(obj)
-            return obj
-        if msg.type != aiohttp.WSMsgType.TEXT:
+        binary = msg.type == aiohttp.WSMsgType.BINARY and self.vsn == "2.0.0"
+        if msg.type != aiohttp.WSMsgType.TEXT and not binary:
             raise AssertionError(f"expected a text frame, got {msg.type}: {msg.data!r}")
-        obj = orjson.loads(msg.data)
-        if self.vsn == "2.0.0":
-            jr, r, topic, event, payload = obj
-            obj = {"join_ref": jr, "ref": r, "topic": topic, "event": event, "payload": payload}
+        obj = decode_frame(msg.data, self.vsn)
         self.inbox.append(obj)
         return obj
 
@@ -144,6 +131,33 @@ class PhoenixClient:
             payload["access_token"] = access_token
         ref = await self.send(topic, "phx_join", payload, join_ref="j" + str(next(self._refs)))
         return await self.recv_until(lambda m: m["event"] == "phx_reply" and m["ref"] == ref)
+
+
+def encode_frame(
+    vsn: str, topic: str, event: str, payload: Any, ref: str | None, join_ref: str | None = None
+) -> str:
+    """A client frame as the official clients write it: vsn 1.0.0 an object, 2.0.0 an array."""
+    if vsn == "2.0.0":
+        return orjson.dumps([join_ref, ref, topic, event, payload]).decode()
+    return orjson.dumps(
+        {"topic": topic, "event": event, "payload": payload, "ref": ref, "join_ref": join_ref}
+    ).decode()
+
+
+def decode_frame(data: str | bytes, vsn: str) -> dict[str, Any]:
+    """A server frame as a dict with ``topic``, ``event``, ``payload``, ``ref``, ``join_ref``.
+
+    vsn 1.0.0: a JSON object; 2.0.0: a JSON array, or bytes for a binary kind 4 broadcast
+    (decoded as realtime-js hands it on, with ``"binary": True``).
+    """
+    if isinstance(data, bytes) and vsn == "2.0.0" and data[:1] == b"\x04":
+        return decode_user_broadcast(data)
+    obj = orjson.loads(data)
+    if isinstance(obj, list):  # vsn 2.0.0: [join_ref, ref, topic, event, payload]
+        return dict(zip(("join_ref", "ref", "topic", "event", "payload"), obj, strict=True))
+    if not isinstance(obj, dict):
+        raise AssertionError(f"not a Phoenix frame: {data!r}")
+    return obj
 
 
 def decode_user_broadcast(data: bytes) -> dict[str, Any]:
