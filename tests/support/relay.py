@@ -49,6 +49,8 @@ class PhoenixClient:
         self.vsn = vsn
         self._refs = itertools.count(1)
         self.inbox: list[dict[str, Any]] = []
+        self.wire: list[str | bytes] = []  # each inbox frame exactly as received (same index)
+        self.join_refs: dict[str, str] = {}  # topic -> join_ref of its last join
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -90,6 +92,7 @@ class PhoenixClient:
             raise AssertionError(f"expected a text frame, got {msg.type}: {msg.data!r}")
         obj = decode_frame(msg.data, self.vsn)
         self.inbox.append(obj)
+        self.wire.append(msg.data)
         return obj
 
     async def recv_until(
@@ -129,7 +132,8 @@ class PhoenixClient:
         }
         if access_token:
             payload["access_token"] = access_token
-        ref = await self.send(topic, "phx_join", payload, join_ref="j" + str(next(self._refs)))
+        join_ref = self.join_refs[topic] = "j" + str(next(self._refs))
+        ref = await self.send(topic, "phx_join", payload, join_ref=join_ref)
         return await self.recv_until(lambda m: m["event"] == "phx_reply" and m["ref"] == ref)
 
 
