@@ -37,7 +37,7 @@ from relay_client.types import Change, PresenceJoin, PresenceLeave, PresenceSync
 from relay.core import protocol as relay_protocol
 from relay.core.authorize import Denied
 from relay.core.broadcast import Broadcast, BroadcastFrames, from_push
-from relay.core.changes import Action, Column, RowChange
+from relay.core.changes import Action, Column, Lsn, RowChange
 from relay.core.presence import Presence
 from relay.core.protocol import BINARY_ENCODING, JSON_ENCODING, Frame, encode, reply
 from relay.core.quotas import CHANGE_TOO_LARGE_ERROR
@@ -88,7 +88,7 @@ def _change(action: Action, record: dict[str, Any] | None, old: dict[str, Any] |
         record=record,
         old_record=old,
         commit_timestamp="2026-11-03T09:32:55Z",
-        commit_lsn=0x16B3748,
+        commit_lsn=Lsn(0x16B3748),
         index=2,
         pk=("id",),
         stream=STREAM,
