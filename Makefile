@@ -42,8 +42,12 @@ demo: demo-deps venv
 test: system-deps venv js
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# one list of what is checked: the relay, the SDK, the tests and the benchmarks
+CHECKED := relay client_sdk tests bench
+
 lint: venv
-	$(VENV)/bin/ruff check relay tests bench
+	$(VENV)/bin/ruff check $(CHECKED)
+	$(VENV)/bin/ruff format --check $(CHECKED)
 	$(VENV)/bin/mypy
 
 typecheck: venv

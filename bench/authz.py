@@ -79,7 +79,9 @@ def subscriber_tokens(
     n: int, branches: list[int], rng: random.Random
 ) -> tuple[list[str], list[str], list[tuple[str, int | None]]]:
     """Distinct claims: every subscriber has its own ``sub``; roles mixed as documented above."""
-    tokens, users, kinds = [], [], []
+    tokens: list[str] = []
+    users: list[str] = []
+    kinds: list[tuple[str, int | None]] = []
     for i in range(n):
         sub = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         users.append(sub)

@@ -20,7 +20,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar, overload
 
 from relay_client.backoff import Backoff
 from relay_client.errors import (
@@ -32,13 +32,14 @@ from relay_client.errors import (
     SendTimeoutError,
 )
 from relay_client.join_state import ChannelState, ChannelStats
-from relay_client.link import LinkClosed
-from relay_client.options import ChannelOptions
+from relay_client.link import Link, LinkClosed
+from relay_client.options import ChannelOptions, ClientOptions
 from relay_client.presence import Presences
 from relay_client.protocol import (
     ChannelClosedByServer,
     Frame,
     ProtocolError,
+    Refusal,
     TokenExpiring,
     access_token_frame,
     broadcast_frame,
@@ -48,6 +49,7 @@ from relay_client.protocol import (
     parse_system,
     presence_frame,
 )
+from relay_client.status import Status
 from relay_client.streams import Buffer, ChangeStream
 from relay_client.types import (
     Binding,
@@ -70,17 +72,72 @@ from relay_client.types import (
     SubscribeCallback,
 )
 
-if TYPE_CHECKING:
-    from relay_client.client import RelayClient
-    from relay_client.link import Link
-
-__all__ = ["RealtimeChannel"]
+__all__ = ["ChannelHost", "RealtimeChannel"]
 
 log = logging.getLogger("relay_client")
 
 ChannelEvent = Change | ResyncNeeded
 T = TypeVar("T")
 ReplyStatus = Literal["ok", "error", "lost"]
+PushResult = tuple[ReplyStatus, str, str | None]  # (status, reason, the relay's code if it refused)
+
+
+class ChannelHost(Protocol):
+    """What a channel needs from the client that owns it, and nothing more.
+
+    Why a protocol: the channel used to reach into six private members of ``RelayClient``, so
+    neither could change without the other.  The client hands each channel a small object
+    implementing this (``client._ChannelHost``); the channel never imports the client.
+    """
+
+    @property
+    def options(self) -> ClientOptions: ...
+
+    @property
+    def closing(self) -> bool:
+        """``close()`` was called (or the client gave up)."""
+        ...
+
+    @property
+    def status(self) -> Status: ...
+
+    @property
+    def link(self) -> Link | None:
+        """The current socket, if one is up."""
+        ...
+
+    @property
+    def token(self) -> str | None:
+        """The token the client uses now (a join sent with an older one gets it pushed)."""
+        ...
+
+    def next_ref(self) -> str:
+        """A fresh ``ref`` for a frame (unique on the socket)."""
+        ...
+
+    def in_callback(self) -> bool:
+        """Whether the caller runs in the reader or joiner task (it cannot await a reply)."""
+        ...
+
+    def wake_joiner(self) -> None:
+        """Look at the channels' join needs now."""
+        ...
+
+    def register(self, channel: RealtimeChannel) -> None:
+        """The channel wants to be joined (raises if another open channel has its name)."""
+        ...
+
+    def forget(self, channel: RealtimeChannel) -> None:
+        """The channel is over: stop routing frames to it."""
+        ...
+
+    async def connect(self) -> None:
+        """Start connecting if not yet (without waiting until online)."""
+        ...
+
+    def token_expiring(self, topic: str, expires_at: float | None) -> None:
+        """The relay warned that the token expires soon (``token_expiring``)."""
+        ...
 
 
 async def _call(cb: Any, *args: Any) -> None:
@@ -98,7 +155,7 @@ class _Push:
     """A push awaiting its ``phx_reply``: ``future`` is None when nobody waits (log errors only)."""
 
     what: str  # "broadcast 'e'", "track", "untrack", "re-track"
-    future: asyncio.Future[tuple[ReplyStatus, str]] | None
+    future: asyncio.Future[PushResult] | None
 
 
 @dataclass(slots=True)
@@ -120,12 +177,12 @@ class RealtimeChannel:
 
     def __init__(
         self,
-        client: RelayClient,
+        host: ChannelHost,
         name: str,
         resume_from: str | None,
         options: ChannelOptions | None = None,
     ) -> None:
-        self._client = client
+        self._host = host
         self.options = options or ChannelOptions()
         self._state = ChannelState(name, position=resume_from, options=self.options)
         self._callbacks: list[ChangeCallback | None] = []  # one per binding
@@ -138,13 +195,13 @@ class RealtimeChannel:
         self._join_callbacks: list[PresenceJoinCallback] = []
         self._leave_callbacks: list[PresenceLeaveCallback] = []
         self._presence_subs: list[_Sub[PresenceEvent]] = []
-        self._presence = Presences(self._state.name, client.options.queue_size)
+        self._presence = Presences(self._state.name, host.options.queue_size)
         self._presence_listen = False  # presence callbacks or streams registered
         self._presence_used = False  # track() was called: keep presence on in every join
         self._join_presence = False  # presence asked for in the current (or pending) join
         self._tracked: dict[str, Any] | None = None  # tracked again on every (re)join
         self._pending: dict[str, _Push] = {}  # pushes awaiting their reply, by ref
-        self._backoff = Backoff(client.options.backoff)
+        self._backoff = Backoff(host.options.backoff)
         self.retry_at = 0.0  # loop time before which the joiner does not (re)join us
         self.join_deadline: float | None = None
         self._joined_at = 0.0
@@ -154,6 +211,7 @@ class RealtimeChannel:
         self._finished = False  # unsubscribed, refused for good, or the client closed
         self._finish_error: Exception | None = None
         self._close_reason: str | None = None  # the relay's system error before its phx_close
+        self._close_code: str | None = None  # ... and its code
 
     # -- read-only view ---------------------------------------------------------------------
     @property
@@ -223,8 +281,8 @@ class RealtimeChannel:
         most ``queue_size`` items (then the socket reader waits: see the README's overflow
         policy).  It ends when the channel is unsubscribed or the client closed.
         """
-        buf: Buffer[Any] = Buffer(self._client.options.queue_size)
-        if self._finished or self._client.closing:
+        buf: Buffer[Any] = Buffer(self._host.options.queue_size)
+        if self._finished or self._host.closing:
             buf.close(self._finish_error)
         self._buffers.append((buf, resync))
         return ChangeStream(buf)
@@ -271,12 +329,12 @@ class RealtimeChannel:
             raise TypeError("binary broadcast payloads need protocol vsn 2.0.0; this SDK sends JSON")
         what = f"broadcast {event!r}"
         link = self._joined_link(what)
-        frame = broadcast_frame(self.topic, self._client._ref(), self._state.join_ref, event, payload)
-        status, reason = await self._push(link, frame, what, self.options.broadcast_ack, timeout)
+        frame = broadcast_frame(self.topic, self._host.next_ref(), self._state.join_ref, event, payload)
+        status, reason, code = await self._push(link, frame, what, self.options.broadcast_ack, timeout)
         if status == "lost":
             raise SendError(self.name, what, f"connection lost before the relay acknowledged it ({reason})")
         if status == "error":
-            raise SendError(self.name, what, reason)
+            raise SendError(self.name, what, reason, code=code)
         self._state.stats.broadcasts_sent += 1
 
     # -- presence ------------------------------------------------------------------------------
@@ -342,11 +400,11 @@ class RealtimeChannel:
         previous = self._tracked
         self._tracked = meta
         self._presence_used = True
-        status, reason = await self._presence_push("track", meta, timeout)
+        status, reason, code = await self._presence_push("track", meta, timeout)
         if status == "error":
             if self._tracked is meta:  # (unless tracked again meanwhile)
                 self._tracked = previous
-            raise SendError(self.name, "track", reason)
+            raise SendError(self.name, "track", reason, code=code)
 
     async def untrack(
         self,
@@ -356,63 +414,63 @@ class RealtimeChannel:
         """Stop being present; rejoins no longer track.  Waits for the relay's reply if joined."""
         self._check_open("untrack")
         self._tracked = None
-        status, reason = await self._presence_push("untrack", None, timeout)
+        status, reason, code = await self._presence_push("untrack", None, timeout)
         if status == "error":
-            raise SendError(self.name, "untrack", reason)
+            raise SendError(self.name, "untrack", reason, code=code)
 
     async def _presence_push(
         self, event: str, meta: dict[str, Any] | None, reply_timeout: float | None
-    ) -> tuple[ReplyStatus, str]:
-        link = self._client._link
+    ) -> PushResult:
+        link = self._host.link
         if link is None or link.stopping or not self.is_joined:
-            return "lost", "not joined"  # applied by the next join (or gone with the last one)
+            return "lost", "not joined", None  # applied by the next join (or gone with the last one)
         if event == "track":
             self._join_presence = True  # the relay turns presence on for this join with a track
-        frame = presence_frame(self.topic, self._client._ref(), self._state.join_ref, event, meta)
+        frame = presence_frame(self.topic, self._host.next_ref(), self._state.join_ref, event, meta)
         return await self._push(link, frame, event, True, reply_timeout)
 
     # -- pushes --------------------------------------------------------------------------------
     def _check_open(self, what: str) -> None:
-        if self._client.closing:
+        if self._host.closing:
             raise ClientClosedError("the client is closed")
         if self._finished:
             raise NotJoinedError(self.name, what, "the channel is closed (unsubscribed or refused)")
 
     def _joined_link(self, what: str) -> Link:
         self._check_open(what)
-        link = self._client._link
+        link = self._host.link
         if link is None or link.stopping or not self.is_joined:
             raise NotJoinedError(
                 self.name,
                 what,
-                f"the channel is not joined (channel {self.state.value}, client {self._client.status})",
+                f"the channel is not joined (channel {self.state.value}, client {self._host.status})",
             )
         return link
 
     async def _push(
         self, link: Link, frame: Frame, what: str, wait: bool, reply_timeout: float | None
-    ) -> tuple[ReplyStatus, str]:
-        """Send a push; with ``wait``, until its reply: ("ok"|"error"|"lost", reason).
+    ) -> PushResult:
+        """Send a push; with ``wait``, until its reply: ("ok"|"error"|"lost", reason, code).
 
         From inside a callback (the reader runs it, so it cannot also read the reply) the push
         is sent and not awaited: ("ok", "") is returned and a refusal is logged.
         """
         ref = frame.ref
         assert ref is not None
-        fut: asyncio.Future[tuple[ReplyStatus, str]] | None = None
+        fut: asyncio.Future[PushResult] | None = None
         if wait:
-            if not self._client.in_callback():
+            if not self._host.in_callback():
                 fut = asyncio.get_running_loop().create_future()
             self._pending[ref] = _Push(what, fut)
         try:
             await link.send(frame)
         except LinkClosed as exc:
             self._pending.pop(ref, None)
-            return "lost", str(exc)
+            return "lost", str(exc), None
         if fut is None:
-            return "ok", ""
+            return "ok", "", None
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), reply_timeout or self._client.options.timeout)
+            return await asyncio.wait_for(asyncio.shield(fut), reply_timeout or self._host.options.timeout)
         except TimeoutError:
             self._pending.pop(ref, None)
             raise SendTimeoutError(self.name, what, "no reply from the relay in time") from None
@@ -422,11 +480,11 @@ class RealtimeChannel:
         pending, self._pending = self._pending, {}
         for push in pending.values():
             if push.future is not None and not push.future.done():
-                push.future.set_result((status, reason))
+                push.future.set_result((status, reason, None))
 
     def _new_sub(self, subs: list[_Sub[T]], event: str) -> Buffer[T]:
-        buf: Buffer[T] = Buffer(self._client.options.queue_size)
-        if self._finished or self._client.closing:
+        buf: Buffer[T] = Buffer(self._host.options.queue_size)
+        if self._finished or self._host.closing:
             buf.close(self._finish_error)
         subs.append(_Sub(buf, event))
         return buf
@@ -447,7 +505,7 @@ class RealtimeChannel:
         if not self._join_presence and self._state.force_rejoin():
             log.info("rejoining %s to receive presence (listeners added after subscribe)", self.topic)
             self.retry_at = 0.0
-            self._client._wake_joiner()
+            self._host.wake_joiner()
 
     # -- subscribe / unsubscribe ------------------------------------------------------------
     async def subscribe(
@@ -464,7 +522,7 @@ class RealtimeChannel:
         Raises :class:`JoinError` if the relay refuses the first join (it is not retried), or
         TimeoutError after ``timeout`` seconds (None: no limit) while the channel keeps trying.
         """
-        if self._client.closing:
+        if self._host.closing:
             raise ClientClosedError("the client is closed")
         if self._finished:
             if isinstance(self._finish_error, JoinError):
@@ -475,11 +533,11 @@ class RealtimeChannel:
         if not self._state.wanted:
             if self._state.joined_once:
                 raise RuntimeError("a channel subscribes once; create a new one with client.channel()")
-            self._client._register(self)  # raises if another open channel has this name
+            self._host.register(self)  # raises if another open channel has this name
             self._state.wanted = True
             self._subscribed = asyncio.get_running_loop().create_future()
-            await self._client.connect(wait=False)
-            self._client._wake_joiner()
+            await self._host.connect()
+            self._host.wake_joiner()
         if self._subscribed is not None and not self._subscribed.done():
             await asyncio.wait_for(asyncio.shield(self._subscribed), timeout)
         elif self._subscribed is not None:
@@ -492,19 +550,19 @@ class RealtimeChannel:
         From inside a callback the leave is sent but its reply not awaited (the reply is read by
         the task running the callback).
         """
-        link = self._client._link
+        link = self._host.link
         self._tracked = None  # leaving removes our presence; nothing to track again
-        frame = self._state.begin_leave(self._client._ref())
+        frame = self._state.begin_leave(self._host.next_ref())
         if frame is not None and link is not None:
             self._left = asyncio.get_running_loop().create_future()
             try:
                 await link.send(frame)
-                if not self._client.in_callback():
-                    await asyncio.wait_for(asyncio.shield(self._left), self._client.options.timeout)
+                if not self._host.in_callback():
+                    await asyncio.wait_for(asyncio.shield(self._left), self._host.options.timeout)
             except Exception as exc:  # no reply: the relay forgets the channel with the socket
                 log.debug("leave of %s not confirmed: %s", self.topic, exc)
         self._state.on_disconnect()  # whatever happened, we are not joined any more
-        self._client._forget(self)
+        self._host.forget(self)
         await self._finish(None, RealtimeSubscribeStates.CLOSED)
 
     # -- called by the client ----------------------------------------------------------------
@@ -512,7 +570,7 @@ class RealtimeChannel:
         return self._state.needs_join()
 
     def join_frame(self, ref: str, join_ref: str, token: str | None) -> Frame:
-        self.join_deadline = asyncio.get_running_loop().time() + self._client.options.timeout
+        self.join_deadline = asyncio.get_running_loop().time() + self._host.options.timeout
         self._join_token = token
         self._join_presence = self._presence_listen or self._presence_used or self._tracked is not None
         self._presence.begin_join()
@@ -620,19 +678,19 @@ class RealtimeChannel:
             return
         out = self._state.on_reply(frame.ref, frame.payload)
         if out is None:
-            ok, reason = parse_reply(frame.payload)
+            ok, response = parse_reply(frame.payload)
             if not ok:  # e.g. a broadcast without ack that the relay refused
-                log.warning("the relay refused a push on %s: %s", self.topic, reason)
+                log.warning("the relay refused a push on %s: %s", self.topic, response.reason)
             return
         loop = asyncio.get_running_loop()
         if out.kind == "joined":
             self.join_deadline = None
             self._joined_at = loop.time()
-            self._close_reason = None
+            self._close_reason = self._close_code = None
             self._presence.joined()
             if self._tracked is not None:  # stay present across reconnects and rejoins
                 retrack = presence_frame(
-                    self.topic, self._client._ref(), self._state.join_ref, "track", self._tracked
+                    self.topic, self._host.next_ref(), self._state.join_ref, "track", self._tracked
                 )
                 assert retrack.ref is not None
                 self._pending[retrack.ref] = _Push("re-track", None)
@@ -641,9 +699,9 @@ class RealtimeChannel:
                     self._state.stats.retracks += 1
                 except LinkClosed:
                     self._pending.pop(retrack.ref, None)
-            token = self._client._token
+            token = self._host.token
             if token is not None and token != self._join_token:  # set_auth() while we were joining
-                push = self.access_token_frame(self._client._ref(), token)
+                push = self.access_token_frame(self._host.next_ref(), token)
                 if push is not None:
                     with contextlib.suppress(LinkClosed):
                         await link.send(push)
@@ -656,29 +714,32 @@ class RealtimeChannel:
             if self._left is not None and not self._left.done():
                 self._left.set_result(None)
         else:
-            err = JoinError(self.name, out.reason or "refused")
+            err = JoinError(self.name, out.reason or "refused", code=out.code)
             self.join_deadline = None
             if out.final:
                 log.error("%s", err)
                 if self._subscribed is not None and not self._subscribed.done():
                     self._subscribed.set_exception(err)
                     self._subscribed.exception()  # retrieved: subscribe() re-raises it
-                self._client._forget(self)
+                self._host.forget(self)
                 await self._finish(err, RealtimeSubscribeStates.CHANNEL_ERROR)
             else:
                 self.retry_at = loop.time() + self._backoff.next_delay()
                 log.warning("%s; retrying", err)
                 await self._notify(RealtimeSubscribeStates.CHANNEL_ERROR, err)
-                self._client._wake_joiner()
+                self._host.wake_joiner()
 
     def _on_push_reply(self, push: _Push, payload: Any) -> None:
-        ok, reason = parse_reply(payload)
+        ok, response = parse_reply(payload)
+        refusal = response if isinstance(response, Refusal) else Refusal("")
         if push.future is not None and not push.future.done():
-            push.future.set_result(("ok", "") if ok else ("error", str(reason)))
+            push.future.set_result(("ok", "", None) if ok else ("error", refusal.reason, refusal.code))
         elif not ok and push.what == "re-track":
-            log.error("presence on %s could not be tracked again after the rejoin: %s", self.topic, reason)
+            log.error(
+                "presence on %s could not be tracked again after the rejoin: %s", self.topic, refusal.reason
+            )
         elif not ok:
-            log.warning("%s on %s refused: %s", push.what, self.topic, reason)
+            log.warning("%s on %s refused: %s", push.what, self.topic, refusal.reason)
 
     async def _on_system(self, payload: Any) -> None:
         event = parse_system(self.name, payload)
@@ -692,13 +753,15 @@ class RealtimeChannel:
         elif isinstance(event, ChannelClosedByServer):
             log.warning("relay is closing %s: %s", self.topic, event.message)
             self._close_reason = event.message
+            self._close_code = event.code
         elif isinstance(event, TokenExpiring):
-            self._client._token_expiring(self.topic, event.expires_at)
+            self._host.token_expiring(self.topic, event.expires_at)
 
     async def _on_close(self, ref: str | None) -> None:
         if not self._state.on_close(ref):
             return
         reason, self._close_reason = self._close_reason, None
+        code, self._close_code = self._close_code, None
         self._settle_pending("lost", "channel closed by the relay")
         if self._left is not None and not self._left.done():
             self._left.set_result(None)
@@ -707,9 +770,9 @@ class RealtimeChannel:
             self._backoff.connection_ended(loop.time() - self._joined_at)
             delay = 0.0 if self._state.token_error else self._backoff.next_delay()
             self.retry_at = loop.time() + delay
-            error = None if reason is None else ChannelError(self.name, reason)
+            error = None if reason is None else ChannelError(self.name, reason, code=code)
             await self._notify(RealtimeSubscribeStates.CHANNEL_ERROR, error)
-            self._client._wake_joiner()
+            self._host.wake_joiner()
 
     async def _notify(self, state: RealtimeSubscribeStates, error: Exception | None) -> None:
         for cb in list(self._subscribe_callbacks):

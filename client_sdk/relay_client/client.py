@@ -105,6 +105,7 @@ class RelayClient:
         self.closing = False
         self._closed = asyncio.Event()
         self._give_up_error: GaveUpError | None = None
+        self._host = _ChannelHost(self)  # all a channel may use of this client
 
     # -- status ---------------------------------------------------------------------------------
     @property
@@ -249,7 +250,7 @@ class RelayClient:
             if options != ChannelOptions() and options != existing.options:
                 raise ValueError(f"channel {name!r} is open with other options ({existing.options})")
             return existing
-        return RealtimeChannel(self, name.removeprefix("realtime:"), resume_from, options)
+        return RealtimeChannel(self._host, name.removeprefix("realtime:"), resume_from, options)
 
     def get_channels(self) -> list[RealtimeChannel]:
         return list(self._channels.values())
@@ -538,3 +539,59 @@ class RelayClient:
         except LinkClosed as exc:
             return f"join not sent: {exc}"
         return ""
+
+
+class _ChannelHost:
+    """The client as its channels see it: :class:`~relay_client.channel.ChannelHost`.
+
+    Why an object of its own rather than the client itself: the members a channel needs
+    (``next_ref``, ``register``, ``wake_joiner``...) are not part of the client's public API, and
+    the channel must not reach into the client's private state either.  This is the one place
+    that maps the narrow interface onto the client.
+    """
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: RelayClient) -> None:
+        self._client = client
+
+    @property
+    def options(self) -> ClientOptions:
+        return self._client.options
+
+    @property
+    def closing(self) -> bool:
+        return self._client.closing
+
+    @property
+    def status(self) -> Status:
+        return self._client.status
+
+    @property
+    def link(self) -> Link | None:
+        return self._client._link
+
+    @property
+    def token(self) -> str | None:
+        return self._client._token
+
+    def next_ref(self) -> str:
+        return self._client._ref()
+
+    def in_callback(self) -> bool:
+        return self._client.in_callback()
+
+    def wake_joiner(self) -> None:
+        self._client._wake_joiner()
+
+    def register(self, channel: RealtimeChannel) -> None:
+        self._client._register(channel)
+
+    def forget(self, channel: RealtimeChannel) -> None:
+        self._client._forget(channel)
+
+    async def connect(self) -> None:
+        await self._client.connect(wait=False)
+
+    def token_expiring(self, topic: str, expires_at: float | None) -> None:
+        self._client._token_expiring(topic, expires_at)

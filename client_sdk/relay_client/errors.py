@@ -15,6 +15,8 @@ through ``client.status``); only what the application must act on is an exceptio
 
 from __future__ import annotations
 
+from relay_client.codes import RETRYABLE_JOIN_CODES, Code
+
 __all__ = [
     "ChannelError",
     "ClientClosedError",
@@ -32,17 +34,34 @@ class RelayClientError(Exception):
 
 
 class ChannelError(RelayClientError):
-    """The relay refused (or ended) something on ``channel``; ``reason`` is its text."""
+    """The relay refused (or ended) something on ``channel``.
 
-    def __init__(self, channel: str, reason: str, message: str | None = None) -> None:
+    ``reason`` is its text, for people; ``code`` (a :class:`~relay_client.codes.Code` value, or
+    None from a relay that sends none, or when the SDK itself gave up) is what programs decide on.
+    """
+
+    def __init__(
+        self, channel: str, reason: str, message: str | None = None, *, code: str | None = None
+    ) -> None:
         super().__init__(message or f"channel {channel!r}: {reason}")
         self.channel = channel
         self.reason = reason
+        self.code = code
 
     @property
     def unauthorized(self) -> bool:
-        """A topic policy said no (private channels): ``Unauthorized: You do not have permissions ...``."""
+        """A topic policy said no (private channels): code ``Unauthorized``.
+
+        Without a code (an older relay) the reason's ``Unauthorized:`` prefix decides.
+        """
+        if self.code is not None:
+            return self.code == Code.UNAUTHORIZED
         return self.reason.startswith("Unauthorized:")
+
+    @property
+    def retryable(self) -> bool:
+        """The same request can succeed later by itself (``UnableToConnectToProject``)."""
+        return self.code in RETRYABLE_JOIN_CODES
 
 
 class JoinError(ChannelError):
@@ -53,15 +72,15 @@ class JoinError(ChannelError):
     backoff.
     """
 
-    def __init__(self, channel: str, reason: str) -> None:
-        super().__init__(channel, reason, f"join of {channel!r} refused: {reason}")
+    def __init__(self, channel: str, reason: str, *, code: str | None = None) -> None:
+        super().__init__(channel, reason, f"join of {channel!r} refused: {reason}", code=code)
 
 
 class SendError(ChannelError):
     """A push on a channel (``what``: ``broadcast 'event'``, ``track``, ``untrack``) failed."""
 
-    def __init__(self, channel: str, what: str, reason: str) -> None:
-        super().__init__(channel, reason, f"{what} on {channel!r} failed: {reason}")
+    def __init__(self, channel: str, what: str, reason: str, *, code: str | None = None) -> None:
+        super().__init__(channel, reason, f"{what} on {channel!r} failed: {reason}", code=code)
         self.what = what
 
 

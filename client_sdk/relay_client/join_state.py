@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from relay_client.codes import RETRYABLE_JOIN_CODES
 from relay_client.options import ChannelOptions
 from relay_client.protocol import (
     ChannelClosedByServer,
     Frame,
+    Refusal,
     Resumed,
     Subscribed,
     SystemEvent,
@@ -66,6 +68,7 @@ class ReplyOutcome:
     kind: Literal["joined", "refused", "left"]
     reason: str | None = None
     final: bool = False  # refused and will not be retried (the very first join)
+    code: str | None = None  # the refusal's code (relay_client.codes.Code)
 
 
 @dataclass(slots=True)
@@ -158,11 +161,14 @@ class ChannelState:
                 self.stats.joins += 1
                 return ReplyOutcome("joined")
             self.stats.refusals += 1
-            final = not self.joined_once
+            refusal: Refusal = response
+            # A first join's refusal is final (a bad binding stays bad), unless its code says
+            # it passes by itself (Postgres unreachable): that one is retried with backoff.
+            final = not self.joined_once and refusal.code not in RETRYABLE_JOIN_CODES
             if final:
                 self.wanted = False
             self.state = ChannelStates.ERRORED if self.wanted else ChannelStates.CLOSED
-            return ReplyOutcome("refused", str(response), final)
+            return ReplyOutcome("refused", refusal.reason, final, refusal.code)
         if ref is not None and ref == self.leave_push:
             self.leave_push = None
             self.state = ChannelStates.CLOSED

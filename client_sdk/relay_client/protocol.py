@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from relay_client.codes import is_token_code
 from relay_client.types import Binding, Broadcast, Change, ResyncNeeded
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Frame",
     "OtherSystem",
     "ProtocolError",
+    "Refusal",
     "Resumed",
     "Subscribed",
     "SystemEvent",
@@ -178,15 +180,29 @@ def presence_frame(topic: str, ref: str, join_ref: str | None, event: str, meta:
 
 
 # -- server frames ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An error reply: ``reason`` for people, ``code`` (relay_client.codes.Code) for decisions.
+
+    ``code`` is None only from a relay that predates codes.
+    """
+
+    reason: str
+    code: str | None = None
+
+
 def parse_reply(payload: Any) -> tuple[bool, Any]:
-    """``phx_reply`` payload -> (ok, response); an error's response is its ``reason`` text."""
+    """``phx_reply`` payload -> (ok, response); an error's response is a :class:`Refusal`."""
     if not isinstance(payload, dict):
         raise ProtocolError("phx_reply payload is not an object")
     response = payload.get("response")
     if payload.get("status") == "ok":
         return True, response if response is not None else {}
     reason = response.get("reason") if isinstance(response, dict) else None
-    return False, str(reason if reason is not None else payload.get("status", "error"))
+    code = response.get("code") if isinstance(response, dict) else None
+    return False, Refusal(
+        str(reason if reason is not None else payload.get("status", "error")), _opt_str(code)
+    )
 
 
 def binding_ids(response: Any, count: int) -> list[int | None]:
@@ -219,10 +235,14 @@ class Resumed:
 
 @dataclass(frozen=True, slots=True)
 class ChannelClosedByServer:
-    """The relay is closing the channel (token expired or refused); ``phx_close`` follows."""
+    """The relay is closing the channel (token expired or refused); ``phx_close`` follows.
+
+    ``token``: closed over the token (refresh it before rejoining), decided by ``code``.
+    """
 
     message: str
     token: bool
+    code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +299,11 @@ def parse_system(channel: str, payload: Any) -> SystemEvent:
             )
         return Subscribed(_opt_str(payload.get("position")))
     if status == "error" and payload.get("extension") == "system":
-        # (a topic policy's refusal names the topic, which may contain "token": not a token error)
+        code = _opt_str(payload.get("code"))
+        if code is not None:
+            return ChannelClosedByServer(message, token=is_token_code(code), code=code)
+        # Text fallback, only for a relay that sends no code: a topic policy's refusal names the
+        # topic, which may contain "token": not a token error.
         token = "token" in message.lower() and not message.startswith("Unauthorized:")
         return ChannelClosedByServer(message, token=token)
     return OtherSystem(payload)

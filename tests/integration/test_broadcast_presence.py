@@ -80,7 +80,7 @@ async def test_binary_kind3_in_kind4_out_and_bad_frames(pg_dsn: str) -> None:
         for cl in (a, b, c):
             await ok_join(cl, "bin", broadcast={"ack": True})
         raw = b'{"b":2,  "a":1}'
-        ref = await a.send_binary_broadcast("realtime:bin", "j", raw, encoding=1, join_ref="1")
+        ref: str | None = await a.send_binary_broadcast("realtime:bin", "j", raw, encoding=1, join_ref="1")
         assert (await a.recv_until(lambda m: m.get("ref") == ref))["payload"]["status"] == "ok"
         got = await b.recv_until(is_bcast("j"))
         assert got["payload"]["payload"] == {"a": 1, "b": 2}

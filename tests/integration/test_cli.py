@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
-from tests.support.relay import SECRET
+from tests.support.relay import SECRET, PhoenixClient
 
 pytestmark = pytest.mark.pg
 
@@ -251,7 +251,6 @@ def _free_port() -> int:
 async def _subscribe_and_write(port: int, dsn: str) -> dict[str, Any]:
     from relay.core.tokens import mint
 
-    url = f"http://127.0.0.1:{port}/realtime/v1/websocket"
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as s:
         while True:
@@ -264,27 +263,13 @@ async def _subscribe_and_write(port: int, dsn: str) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise TimeoutError("relay serve did not become healthy")
             await asyncio.sleep(0.2)
-        async with s.ws_connect(url, params={"apikey": mint(SECRET, role="service_role")}) as ws:
-            await ws.send_json(
-                {
-                    "topic": "realtime:o",
-                    "event": "phx_join",
-                    "ref": "1",
-                    "payload": {
-                        "config": {
-                            "postgres_changes": [{"event": "*", "schema": "public", "table": "orders"}]
-                        }
-                    },
-                }
-            )
-            reply = await ws.receive_json(timeout=10)
-            assert reply["payload"]["status"] == "ok", reply
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("insert into public.orders values (1, 9.5)")
-            while True:
-                m = await ws.receive_json(timeout=10)
-                if m["event"] == "postgres_changes":
-                    return dict(m["payload"]["data"])
+    async with PhoenixClient.connect(port, mint(SECRET, role="service_role")) as c:
+        reply = await c.join("o", [{"event": "*", "schema": "public", "table": "orders"}])
+        assert reply["payload"]["status"] == "ok", reply
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("insert into public.orders values (1, 9.5)")
+        m = await c.recv_until(lambda m: m["event"] == "postgres_changes")
+        return dict(m["payload"]["data"])
 
 
 def test_demo_command_end_to_end() -> None:
@@ -327,27 +312,13 @@ def test_demo_command_end_to_end() -> None:
 
 
 async def _first_booking_change(url: str, tok: str) -> dict[str, Any]:
-    ws_url = url.replace("ws://", "http://") + "/websocket"
-    async with (
-        aiohttp.ClientSession() as s,
-        s.ws_connect(ws_url, params={"apikey": tok, "vsn": "1.0.0"}) as ws,
-    ):
-        await ws.send_json(
-            {
-                "topic": "realtime:d",
-                "event": "phx_join",
-                "ref": "1",
-                "payload": {
-                    "config": {"postgres_changes": [{"event": "*", "schema": "public", "table": "bookings"}]}
-                },
-            }
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            m = await ws.receive_json(timeout=30)
-            if m["event"] == "postgres_changes":
-                return dict(m["payload"]["data"])
-    raise TimeoutError("no change from the demo writer")
+    parts = urlsplit(url)  # the banner's ws://127.0.0.1:<port>/realtime/v1
+    assert parts.port is not None, url
+    async with PhoenixClient.connect(parts.port, tok, path=parts.path + "/websocket") as c:
+        reply = await c.join("d", [{"event": "*", "schema": "public", "table": "bookings"}])
+        assert reply["payload"]["status"] == "ok", reply
+        m = await c.recv_until(lambda m: m["event"] == "postgres_changes", timeout=30)
+        return dict(m["payload"]["data"])
 
 
 # -- failures a newcomer hits: one or two lines with the fix, and never a secret ---------------

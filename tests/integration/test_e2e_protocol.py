@@ -34,7 +34,7 @@ def _new_booking(dsn: str, branch: int = 1, status: str = "pending") -> int:
 
 
 def _is_change(m: dict[str, Any]) -> bool:
-    return m["event"] == "postgres_changes"
+    return bool(m["event"] == "postgres_changes")
 
 
 @pytest.mark.parametrize("vsn", ["1.0.0", "2.0.0"])

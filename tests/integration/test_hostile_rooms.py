@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 from relay.core.payload_limits import DEFAULT_MAX_DEPTH
-from tests.support.relay import PhoenixClient, RunningRelay, running_relay, token
+from relay.service import RunningRelay
+from tests.support.relay import PhoenixClient, running_relay, token
 
 pytestmark = pytest.mark.pg
 
@@ -53,7 +54,8 @@ async def track(c: PhoenixClient, channel: str, meta: Any) -> dict[str, Any]:
     ref = await c.send(
         f"realtime:{channel}", "presence", {"type": "presence", "event": "track", "payload": meta}
     )
-    return (await c.recv_until(is_reply(ref)))["payload"]
+    reply: dict[str, Any] = (await c.recv_until(is_reply(ref)))["payload"]
+    return reply
 
 
 async def wait_connections(relay: RunningRelay, n: int) -> None:

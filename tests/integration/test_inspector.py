@@ -107,8 +107,12 @@ async def test_inspector_shows_a_row_inserted_in_postgres(pg_dsn: str) -> None:
                 if msg.type == "error":
                     problems.append(f"console: {msg.text}")
 
+            def response(r: Any) -> None:
+                if r.status >= 400:
+                    problems.append(f"HTTP {r.status} {r.url}")
+
             page.on("console", console)
-            page.on("response", lambda r: r.status >= 400 and problems.append(f"HTTP {r.status} {r.url}"))
+            page.on("response", response)
             url = f"http://127.0.0.1:{relay.port}/inspector#token={token()}&table=public.bookings"
             await page.goto(url)
             await page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)

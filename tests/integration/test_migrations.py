@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import shutil
 import threading
 from pathlib import Path
@@ -254,7 +255,8 @@ def test_table_helpers_connection_error() -> None:
 
 def _copy_sql_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     target = tmp_path / "sql"
-    shutil.copytree(sql_dir(), target)
+    with importlib.resources.as_file(sql_dir()) as src:
+        shutil.copytree(src, target)
     monkeypatch.setenv("RELAY_SQL_DIR", str(target))
     return target
 

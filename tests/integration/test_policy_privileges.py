@@ -91,7 +91,7 @@ async def test_owner_cannot_escalate_through_a_policy(pg_dsn: str, attack: tuple
         assert cps[0].fast is None  # a function call: evaluated in Postgres
         await client.join("advs", binding)
         await asyncio.to_thread(_exec, odsn, "insert into advs.t values (1, 'x')")
-        changes = []
+        changes: list[dict[str, Any]] = []
         deadline = time.monotonic() + 10
         while not changes and time.monotonic() < deadline:
             changes = [m for m in await client.collect(0.5) if m["event"] == "postgres_changes"]

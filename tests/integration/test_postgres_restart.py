@@ -119,7 +119,7 @@ async def test_fast_shutdown_is_not_blocked_and_resume_loses_nothing(crashable: 
             )
         )[0][0]
         # the slot still keeps the rows a resuming client (or a restarted relay) needs
-        assert _lsn(confirmed) < _lsn(first_lsn), (confirmed, first_lsn)
+        assert _lsn(str(confirmed)) < _lsn(str(first_lsn)), (confirmed, first_lsn)
         after: list[int] = []
         await asyncio.to_thread(_insert, dsn, 3, after)
         async with PhoenixClient.connect(relay) as c:

@@ -128,7 +128,7 @@ async def test_broadcast_messages_per_second(pg_dsn: str) -> None:
         PhoenixClient.connect(relay) as reader,
     ):
         assert (await reader.join("room", []))["payload"]["status"] == "ok"
-        cfg = {"broadcast": {"ack": True, "self": False}}
+        cfg: dict[str, Any] = {"broadcast": {"ack": True, "self": False}}
         assert (await sender.join("room", [], **cfg))["payload"]["status"] == "ok"
         refs = [
             await sender.send(

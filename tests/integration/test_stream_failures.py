@@ -68,6 +68,7 @@ async def _running(
     def sink(change: RowChange) -> None:
         if sink_hook is not None:
             sink_hook(change)
+        assert change.record is not None  # the test writes inserts only
         got.append(int(change.record["id"]))
 
     pipeline = Pipeline(stream_dsn, catalog, sink, slot="failures", publication="supabase_realtime", **kw)

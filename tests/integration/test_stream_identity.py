@@ -49,7 +49,7 @@ async def _next_system(c: PhoenixClient) -> dict[str, Any]:
 
 
 async def _changes(c: PhoenixClient, n: int) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     while len(out) < n:
         m = await c.recv_until(lambda m: m["event"] == "postgres_changes")
         out.append(m["payload"]["data"])

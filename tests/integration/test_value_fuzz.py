@@ -84,7 +84,7 @@ def _float_text(f: float) -> str:
 floats8 = st.floats(allow_nan=True, allow_infinity=True).map(_float_text)
 floats4 = st.floats(width=32, allow_nan=True, allow_infinity=True).map(_float_text)
 int8s = st.integers(min_value=-(2**63), max_value=2**63 - 1).map(str)
-safe_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+safe_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=30)
 json_numbers = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**30).map(str),
     st.sampled_from(

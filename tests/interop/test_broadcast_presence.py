@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscribeStates
+from realtime.types import RealtimePostgresChangesListenEvent as ListenEvent
 
 from tests.interop import test_realtime_js
 from tests.interop.helpers import exec_sql, insert_booking, set_status
@@ -321,6 +323,16 @@ def py_errors(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
     return errors
 
 
+def _is_result(m: Line, cid: Any) -> bool:
+    return bool(m["ev"] == "result" and m["id"] == cid)
+
+
+def _metas(chan: AsyncRealtimeChannel, key: str) -> list[dict[str, Any]]:
+    """A key's presence metas as plain dicts: realtime's ``Presence`` type names only ``presence_ref``,
+    while the metas carry whatever the client tracked."""
+    return [dict(meta) for meta in chan.presence_state()[key]]
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -352,7 +364,7 @@ async def test_broadcast_js_and_py_order_self_ack(
         # All 50 are pushed back to back (room.mjs runs commands concurrently), then acked.
         ids = [await js.command("send", channel="room1", event="seq", payload=p) for p in payloads]
         for cid in ids:
-            res = await js.take(lambda m, cid=cid: m["ev"] == "result" and m["id"] == cid)
+            res = await js.take(functools.partial(_is_result, cid=cid))
             assert res.get("result") == "ok", res
         sent = await js.take_n(lambda m: m["ev"] == "sent" and m["event"] == "broadcast", n)
         assert {(m["wire"], m.get("kind")) for m in sent} == {("binary", 3)}, sent[:3]
@@ -481,7 +493,7 @@ async def test_presence_between_clients_and_abrupt_leave(
         await asyncio.wait_for(chan.track({"name": "py", "n": 1}), WAIT)
         # The relay sends the tracker its own join too.
         await until(lambda: "py-user" in chan.presence_state(), what="py sees its own track")
-        (own,) = chan.presence_state()["py-user"]
+        (own,) = _metas(chan, "py-user")
         assert own["name"] == "py" and own["n"] == 1 and own["presence_ref"]
 
         async with js_room(node_env, relay.url, token(role="authenticated", sub="js")) as js:
@@ -497,7 +509,7 @@ async def test_presence_between_clients_and_abrupt_leave(
             res = await js.call("track", channel="lobby", meta={"name": "js", "tags": ["a", "b"]})
             assert res.get("result") == "ok", res
             await until(lambda: "js-user" in chan.presence_state(), what="py sees js track")
-            (jmeta,) = chan.presence_state()["js-user"]
+            (jmeta,) = _metas(chan, "js-user")
             assert jmeta["name"] == "js" and jmeta["tags"] == ["a", "b"] and jmeta["presence_ref"]
             assert [k for k, _ in joins].count("js-user") == 1, joins
             js_join = await js.presence("lobby", "join", "js-user")  # its own track, too
@@ -686,7 +698,10 @@ async def test_realtime_send_in_commit_order_with_row_changes(pg_dsn: str) -> No
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         chan = py_channel(client, "orders")
         chan.on_postgres_changes(
-            "*", schema="public", table="bookings", callback=lambda p: events.put_nowait(("row", p))
+            ListenEvent.All,
+            schema="public",
+            table="bookings",
+            callback=lambda p: events.put_nowait(("row", p)),
         )
         chan.on_broadcast("*", lambda p: events.put_nowait(("broadcast", dict(p))))
         await py_join(chan)

@@ -88,7 +88,7 @@ class NodeSubscriber:
                 f"node exited early (rc={await self._rc()}); lines so far: {self.lines}; "
                 f"stderr: {await self._stderr()}"
             )
-        obj = json.loads(raw)
+        obj: dict[str, Any] = json.loads(raw)
         self.lines.append(obj)
         return obj
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscribeStates
+from realtime.types import RealtimePostgresChangesListenEvent as ListenEvent
 
 from tests.interop.helpers import BOOKING_COLUMNS, delete_booking, insert_booking, set_status
 from tests.support.relay import running_relay, token
@@ -103,7 +104,9 @@ async def test_all_events_insert_update_delete(pg_dsn: str, client_errors: Clien
         changes: asyncio.Queue[Any] = asyncio.Queue()
         systems: asyncio.Queue[Any] = asyncio.Queue()
         channel = client.channel("dash")
-        channel.on_postgres_changes("*", schema="public", table="bookings", callback=changes.put_nowait)
+        channel.on_postgres_changes(
+            ListenEvent.All, schema="public", table="bookings", callback=changes.put_nowait
+        )
         channel.on_system(systems.put_nowait)
         statuses = await subscribe(channel)
         (cb,) = channel.postgres_changes_callbacks
@@ -168,7 +171,11 @@ async def test_filter_receives_only_matching_rows(pg_dsn: str, client_errors: Cl
         changes: asyncio.Queue[Any] = asyncio.Queue()
         channel = client.channel("branch2")
         channel.on_postgres_changes(
-            "*", schema="public", table="bookings", filter="branch_id=eq.2", callback=changes.put_nowait
+            ListenEvent.All,
+            schema="public",
+            table="bookings",
+            filter="branch_id=eq.2",
+            callback=changes.put_nowait,
         )
         await subscribe(channel)
         (cb,) = channel.postgres_changes_callbacks
@@ -195,7 +202,7 @@ async def test_and_filter_receives_only_rows_in_range(pg_dsn: str, client_errors
         changes: asyncio.Queue[Any] = asyncio.Queue()
         channel = client.channel("range")
         channel.on_postgres_changes(
-            "INSERT",
+            ListenEvent.Insert,
             schema="public",
             table="bookings",
             filter='branch_id=gte.2,branch_id=lte.3,status=not.in.(cancelled,"no_show")',
@@ -224,8 +231,12 @@ async def test_event_specific_bindings(pg_dsn: str, client_errors: ClientErrors)
         inserts: asyncio.Queue[Any] = asyncio.Queue()
         deletes: asyncio.Queue[Any] = asyncio.Queue()
         channel = client.channel("events")
-        channel.on_postgres_changes("INSERT", schema="public", table="bookings", callback=inserts.put_nowait)
-        channel.on_postgres_changes("DELETE", schema="public", table="bookings", callback=deletes.put_nowait)
+        channel.on_postgres_changes(
+            ListenEvent.Insert, schema="public", table="bookings", callback=inserts.put_nowait
+        )
+        channel.on_postgres_changes(
+            ListenEvent.Delete, schema="public", table="bookings", callback=deletes.put_nowait
+        )
         frames = record_frames(channel)
         await subscribe(channel)
         ins_cb, del_cb = channel.postgres_changes_callbacks
@@ -256,7 +267,11 @@ async def test_bad_filter_reports_channel_error(pg_dsn: str) -> None:
     async with running_relay(pg_dsn) as relay, connected(relay.url, token()) as client:
         channel = client.channel("bad")
         channel.on_postgres_changes(
-            "*", schema="public", table="bookings", filter="branch_id=zz.1", callback=lambda p: None
+            ListenEvent.All,
+            schema="public",
+            table="bookings",
+            filter="branch_id=zz.1",
+            callback=lambda p: None,
         )
         statuses: list[tuple[RealtimeSubscribeStates, Exception | None]] = []
         await asyncio.wait_for(channel.subscribe(lambda s, e: statuses.append((s, e))), WAIT)
@@ -276,7 +291,9 @@ async def test_token_expiring_system_message_then_set_auth(pg_dsn: str, client_e
         changes: asyncio.Queue[Any] = asyncio.Queue()
         systems: asyncio.Queue[Any] = asyncio.Queue()
         channel = client.channel("exp")
-        channel.on_postgres_changes("INSERT", schema="public", table="bookings", callback=changes.put_nowait)
+        channel.on_postgres_changes(
+            ListenEvent.Insert, schema="public", table="bookings", callback=changes.put_nowait
+        )
         channel.on_system(systems.put_nowait)
         await subscribe(channel)
         assert (await next_item(systems)).extension == "postgres_changes"  # Subscribed to PostgreSQL

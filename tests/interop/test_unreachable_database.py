@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from realtime.types import RealtimePostgresChangesListenEvent as ListenEvent
 
 from relay.postgres.cluster import LocalCluster
 from tests.interop.helpers import insert_booking
@@ -60,7 +61,7 @@ async def test_realtime_py_rejoins_by_itself_once_postgres_is_back(
             changes: asyncio.Queue[Any] = asyncio.Queue()
             channel = client.channel("dash")
             channel.on_postgres_changes(
-                "INSERT", schema="public", table="bookings", callback=changes.put_nowait
+                ListenEvent.Insert, schema="public", table="bookings", callback=changes.put_nowait
             )
             await asyncio.wait_for(channel.subscribe(lambda s, e: statuses.append((s, e))), WAIT)
             state, err = statuses[0]

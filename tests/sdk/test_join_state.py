@@ -150,6 +150,30 @@ def test_a_refused_first_join_is_final_but_a_refused_rejoin_is_retried() -> None
     assert state(st) is ChannelStates.ERRORED and st.needs_join() and st.stats.refusals == 1
 
 
+def test_a_first_join_refused_as_retryable_by_code_is_retried() -> None:
+    """``UnableToConnectToProject`` (Postgres unreachable) passes by itself: even a first join is
+    retried, as the official clients do; the text is not read, only the code."""
+    unreachable = {
+        "status": "error",
+        "response": {"reason": "Realtime was unable to connect", "code": "UnableToConnectToProject"},
+    }
+    st = ChannelState("dash")
+    st.add_binding(Binding())
+    st.wanted = True
+    st.begin_join("1", "1", None)
+    out = st.on_reply("1", unreachable)
+    assert out == ReplyOutcome("refused", "Realtime was unable to connect", False, "UnableToConnectToProject")
+    assert state(st) is ChannelStates.ERRORED and st.needs_join()
+    # the same text with a final code stays final
+    st = ChannelState("dash")
+    st.wanted = True
+    st.begin_join("1", "1", None)
+    bad = {"status": "error", "response": {"reason": "UnableToConnectToProject: x", "code": "InvalidBinding"}}
+    out = st.on_reply("1", bad)
+    assert out is not None and out.final and out.code == "InvalidBinding"
+    assert state(st) is ChannelStates.CLOSED
+
+
 def test_server_close_makes_a_wanted_channel_rejoin() -> None:
     st = joined()
     assert st.on_close("1")

@@ -14,6 +14,7 @@ from relay_client.protocol import (
     Frame,
     OtherSystem,
     ProtocolError,
+    Refusal,
     Resumed,
     Subscribed,
     access_token_frame,
@@ -106,8 +107,13 @@ def test_replies_and_binding_ids() -> None:
     assert binding_ids({}, 1) == [None]
     assert parse_reply({"status": "error", "response": {"reason": "InvalidBinding: x"}}) == (
         False,
-        "InvalidBinding: x",
+        Refusal("InvalidBinding: x", None),
     )
+    refused = {
+        "status": "error",
+        "response": {"reason": "Unable to subscribe ...", "code": "table_not_enabled"},
+    }
+    assert parse_reply(refused) == (False, Refusal("Unable to subscribe ...", "table_not_enabled"))
     assert parse_reply({"status": "ok"}) == (True, {})
     with pytest.raises(ProtocolError):
         parse_reply([])
@@ -176,7 +182,26 @@ def test_system_events() -> None:
         "status": "error",
         "message": "Token has expired 3 seconds ago",
     }
+    # (no code: an older relay; the text decides)
     assert parse_system("d", expired) == ChannelClosedByServer("Token has expired 3 seconds ago", token=True)
+
+
+def test_channel_closed_by_server_is_judged_by_code_not_text() -> None:
+    """With a ``code`` the message text is never read: a token code is a token error whatever it
+    says, and a topic policy's refusal mentioning "token" is not one."""
+    base = {"channel": "d", "extension": "system", "status": "error"}
+    for code in ("InvalidJWTToken", "MalformedJWT", "JwtSignatureError", "MissingJWT"):
+        event = parse_system("d", {**base, "message": "Channel closed", "code": code})
+        assert event == ChannelClosedByServer("Channel closed", token=True, code=code)
+    policy = "Unauthorized: You do not have permissions to read from this Channel topic: token-room"
+    assert parse_system("d", {**base, "message": policy, "code": "Unauthorized"}) == ChannelClosedByServer(
+        policy, token=False, code="Unauthorized"
+    )
+    # a text that the old guess took for a token error, with a code that says otherwise
+    odd = "access token quota: too many channels"
+    assert parse_system("d", {**base, "message": odd, "code": "too_many_channels"}) == ChannelClosedByServer(
+        odd, token=False, code="too_many_channels"
+    )
     assert isinstance(parse_system("d", {"status": "ok", "extension": "presence"}), OtherSystem)
     with pytest.raises(ProtocolError):
         parse_system("d", "x")
@@ -201,3 +226,17 @@ def test_parse_system_token_expiring() -> None:
         "c", {"extension": "system", "status": "ok", "code": "token_expiring", "expires_at": True}
     )
     assert isinstance(odd, TokenExpiring) and odd.expires_at is None
+
+
+def test_channel_errors_decide_by_code() -> None:
+    from relay_client.errors import ChannelError, JoinError, SendError
+
+    policy = "Unauthorized: You do not have permissions to write to this Channel topic: r"
+    assert SendError("r", "track", policy, code="Unauthorized").unauthorized
+    # the code wins over a text that looks like a policy refusal
+    assert not JoinError("r", "Unauthorized: but really a quota", code="too_many_channels").unauthorized
+    assert not ChannelError("r", "x", code="InvalidJWTToken").unauthorized
+    # no code (an older relay): the text fallback
+    assert ChannelError("r", policy).unauthorized and not ChannelError("r", "nope").unauthorized
+    assert JoinError("r", "Realtime was unable to connect", code="UnableToConnectToProject").retryable
+    assert not JoinError("r", "UnableToConnectToProject: x").retryable  # text is never read

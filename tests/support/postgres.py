@@ -20,7 +20,7 @@ from relay.postgres.cluster import ClusterError, LocalCluster
 
 def _docker_answers() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         docker.from_env(timeout=2).ping()
         return True
@@ -36,7 +36,7 @@ def provide_postgres() -> Iterator[str]:
         yield dsn
         return
     if os.environ.get("RELAY_TEST_DOCKER", "1") == "1" and _docker_answers():
-        from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+        from testcontainers.postgres import PostgresContainer
 
         # The Postgres image of docker/ has wal2json; build it as relay-postgres:15 first.
         image = os.environ.get("RELAY_TEST_IMAGE", "relay-postgres:15")

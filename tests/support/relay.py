@@ -40,26 +40,50 @@ async def running_relay(dsn: str, *, demo: bool = True, **overrides: Any) -> Asy
         await relay.stop()
 
 
-class PhoenixClient:
-    """A minimal Phoenix client over aiohttp, for driving the protocol byte by byte."""
+_ENDED = (
+    aiohttp.WSMsgType.CLOSE,
+    aiohttp.WSMsgType.CLOSING,
+    aiohttp.WSMsgType.CLOSED,
+    aiohttp.WSMsgType.ERROR,
+)
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession, vsn: str) -> None:
+
+class PhoenixClient:
+    """The tests' one Phoenix client over aiohttp: drives the protocol frame by frame.
+
+    Protocol tests use it directly; the resuming chaos subscriber
+    (tests/support/resume_client.py) runs its sockets through it too, so frame encoding,
+    decoding (vsn 1.0.0 objects, 2.0.0 arrays and binary kind 4) and join payloads exist once.
+    The SDK is not built on it: the SDK is the product under test.
+
+    ``keep``: record every frame in ``inbox`` / ``wire`` (off for long runs).
+    """
+
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession, vsn: str, keep: bool = True
+    ) -> None:
         self.ws = ws
         self.session = session
         self.vsn = vsn
+        self.keep = keep
         self._refs = itertools.count(1)
         self.inbox: list[dict[str, Any]] = []
+        self.wire: list[str | bytes] = []  # each inbox frame exactly as received (same index)
+        self.join_refs: dict[str, str] = {}  # topic -> join_ref of its last join
 
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(
         cls,
-        relay: RunningRelay,
+        relay: RunningRelay | int,
         tok: str | None = None,
         vsn: str = "1.0.0",
         path: str = "/realtime/v1/websocket",
     ) -> AsyncIterator[PhoenixClient]:
-        url = f"http://127.0.0.1:{relay.port}{path}"
+        """A socket to an in-process relay, or to the relay listening on a loopback port
+        (one started as a process: ``relay serve``, ``relay demo``)."""
+        port = relay if isinstance(relay, int) else relay.port
+        url = f"http://127.0.0.1:{port}{path}"
         async with aiohttp.ClientSession() as session:
             params = {"apikey": tok or token(), "vsn": vsn}
             async with session.ws_connect(url, params=params) as ws:
@@ -69,14 +93,7 @@ class PhoenixClient:
         self, topic: str, event: str, payload: Any, join_ref: str | None = None, ref: str | None = "auto"
     ) -> str | None:
         r = str(next(self._refs)) if ref == "auto" else ref
-        if self.vsn == "2.0.0":
-            await self.ws.send_str(orjson.dumps([join_ref, r, topic, event, payload]).decode())
-        else:
-            await self.ws.send_str(
-                orjson.dumps(
-                    {"topic": topic, "event": event, "payload": payload, "ref": r, "join_ref": join_ref}
-                ).decode()
-            )
+        await self.ws.send_str(encode_frame(self.vsn, topic, event, payload, r, join_ref))
         return r
 
     async def send_raw(self, text: str) -> None:
@@ -90,19 +107,27 @@ class PhoenixClient:
         await self.ws.send_bytes(kind3(join_ref, ref, topic, event, payload, encoding, meta))
         return ref
 
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+    def next_ref(self) -> str:
+        return str(next(self._refs))
+
+    async def next_frame(self, timeout: float) -> dict[str, Any] | None:
+        """The next frame, or None once the socket ended (TimeoutError if nothing came in time)."""
         msg = await self.ws.receive(timeout=timeout)
-        if msg.type == aiohttp.WSMsgType.BINARY and self.vsn == "2.0.0":
-            obj = decode_user_broadcast(msg.data)
-            self.inbox.append(obj)
-            return obj
-        if msg.type != aiohttp.WSMsgType.TEXT:
+        if msg.type in _ENDED:
+            return None
+        binary = msg.type == aiohttp.WSMsgType.BINARY and self.vsn == "2.0.0"
+        if msg.type != aiohttp.WSMsgType.TEXT and not binary:
             raise AssertionError(f"expected a text frame, got {msg.type}: {msg.data!r}")
-        obj: dict[str, Any] = orjson.loads(msg.data)
-        if self.vsn == "2.0.0":
-            jr, r, topic, event, payload = obj
-            obj = {"join_ref": jr, "ref": r, "topic": topic, "event": event, "payload": payload}
-        self.inbox.append(obj)
+        obj = decode_frame(msg.data, self.vsn)
+        if self.keep:
+            self.inbox.append(obj)
+            self.wire.append(msg.data)
+        return obj
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        obj = await self.next_frame(timeout)
+        if obj is None:
+            raise AssertionError(f"expected a text frame, the socket ended (close code {self.ws.close_code})")
         return obj
 
     async def recv_until(
@@ -128,10 +153,11 @@ class PhoenixClient:
                 break
         return out
 
-    async def join(
-        self, channel: str, bindings: list[dict[str, Any]], access_token: str | None = None, **config: Any
+    @staticmethod
+    def join_payload(
+        bindings: list[dict[str, Any]], access_token: str | None = None, **config: Any
     ) -> dict[str, Any]:
-        topic = f"realtime:{channel}"
+        """A ``phx_join`` payload as realtime-js sends it, plus ``config`` keys (``resume_from``...)."""
         payload: dict[str, Any] = {
             "config": {
                 "broadcast": {"ack": False, "self": False},
@@ -142,8 +168,43 @@ class PhoenixClient:
         }
         if access_token:
             payload["access_token"] = access_token
-        ref = await self.send(topic, "phx_join", payload, join_ref="j" + str(next(self._refs)))
+        return payload
+
+    async def join(
+        self, channel: str, bindings: list[dict[str, Any]], access_token: str | None = None, **config: Any
+    ) -> dict[str, Any]:
+        topic = f"realtime:{channel}"
+        payload = self.join_payload(bindings, access_token, **config)
+        join_ref = self.join_refs[topic] = "j" + str(next(self._refs))
+        ref = await self.send(topic, "phx_join", payload, join_ref=join_ref)
         return await self.recv_until(lambda m: m["event"] == "phx_reply" and m["ref"] == ref)
+
+
+def encode_frame(
+    vsn: str, topic: str, event: str, payload: Any, ref: str | None, join_ref: str | None = None
+) -> str:
+    """A client frame as the official clients write it: vsn 1.0.0 an object, 2.0.0 an array."""
+    if vsn == "2.0.0":
+        return orjson.dumps([join_ref, ref, topic, event, payload]).decode()
+    return orjson.dumps(
+        {"topic": topic, "event": event, "payload": payload, "ref": ref, "join_ref": join_ref}
+    ).decode()
+
+
+def decode_frame(data: str | bytes, vsn: str) -> dict[str, Any]:
+    """A server frame as a dict with ``topic``, ``event``, ``payload``, ``ref``, ``join_ref``.
+
+    vsn 1.0.0: a JSON object; 2.0.0: a JSON array, or bytes for a binary kind 4 broadcast
+    (decoded as realtime-js hands it on, with ``"binary": True``).
+    """
+    if isinstance(data, bytes) and vsn == "2.0.0" and data[:1] == b"\x04":
+        return decode_user_broadcast(data)
+    obj = orjson.loads(data)
+    if isinstance(obj, list):  # vsn 2.0.0: [join_ref, ref, topic, event, payload]
+        return dict(zip(("join_ref", "ref", "topic", "event", "payload"), obj, strict=True))
+    if not isinstance(obj, dict):
+        raise AssertionError(f"not a Phoenix frame: {data!r}")
+    return obj
 
 
 def decode_user_broadcast(data: bytes) -> dict[str, Any]:

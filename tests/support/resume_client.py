@@ -1,10 +1,11 @@
 """A resuming subscriber, and the chaos scenario that crashes the relay under it.
 
-Why a client of its own: :class:`tests.support.relay.PhoenixClient` drives the protocol one frame
-at a time, which is what protocol tests need.  A crash test needs the opposite: a subscriber that
-behaves like a well-written dashboard on its own (remembers the last position it processed,
-reconnects when the socket dies, rejoins with ``resume_from``) while the test breaks things
-around it, and that keeps a record of everything it was sent so the test can judge the relay.
+Why a subscriber of its own: :class:`tests.support.relay.PhoenixClient` drives the protocol one
+frame at a time, which is what protocol tests need.  A crash test needs the opposite: a
+subscriber that behaves like a well-written dashboard on its own (remembers the last position it
+processed, reconnects when the socket dies, rejoins with ``resume_from``) while the test breaks
+things around it, and that keeps a record of everything it was sent so the test can judge the
+relay.  Each of its sockets is a PhoenixClient, so the wire format is written once.
 
 Why the scenario lives here too: the CI test (tests/integration/test_chaos.py) and the long run
 (bench/chaos.py) must exercise exactly the same thing, only for longer; one definition keeps a
@@ -34,12 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import psycopg
 
 from relay.postgres.cluster import free_port
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
-from tests.support.relay import SECRET, token
+from tests.support.relay import SECRET, PhoenixClient, token
 from tests.support.relay_process import health, log_tail, relay_env, spawn_relay, wait_streaming
 
 __all__ = [
@@ -126,7 +126,6 @@ class ResumeClient:
         self.replayed = 0
         self.drops = 0
         self.gave_up: str | None = None
-        self._refs = itertools.count(1)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._stop = asyncio.Event()
         self._positioned = asyncio.Event()
@@ -234,45 +233,25 @@ class ResumeClient:
             url, params=params, autoping=True, heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)
         ) as ws:
             self._ws = ws
+            client = PhoenixClient(ws, session, self.vsn, keep=False)
             try:
                 if self._stop.is_set():
                     return False
                 self.connects += 1
-                join_ref = await self._join(ws)
-                return await self._read(ws, join_ref)
+                join_ref = await self._join(client)
+                return await self._read(client, join_ref)
             finally:
                 self._ws = None
 
-    async def _join(self, ws: aiohttp.ClientWebSocketResponse) -> str:
-        config: dict[str, Any] = {
-            "broadcast": {"ack": False, "self": False},
-            "presence": {"key": ""},
-            "postgres_changes": self.bindings,
-        }
-        if self.position is not None:
-            config["resume_from"] = self.position
-        ref = str(next(self._refs))
-        await self._send(ws, self.topic, "phx_join", {"config": config, "access_token": self.token}, ref, ref)
+    async def _join(self, client: PhoenixClient) -> str:
+        extra = {} if self.position is None else {"resume_from": self.position}
+        payload = PhoenixClient.join_payload(self.bindings, self.token, **extra)
+        ref = client.next_ref()
+        await client.send(self.topic, "phx_join", payload, join_ref=ref, ref=ref)
         self._note(f"join (resume_from={self.position})")
         return ref
 
-    async def _send(
-        self,
-        ws: aiohttp.ClientWebSocketResponse,
-        topic: str,
-        event: str,
-        payload: dict[str, Any],
-        ref: str,
-        join_ref: str | None = None,
-    ) -> None:
-        """One frame in this client's protocol version (1.0.0 objects, 2.0.0 arrays)."""
-        if self.vsn == "2.0.0":
-            frame: Any = [join_ref, ref, topic, event, payload]
-        else:
-            frame = {"topic": topic, "event": event, "payload": payload, "ref": ref, "join_ref": join_ref}
-        await ws.send_str(orjson.dumps(frame).decode())
-
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse, join_ref: str) -> bool:
+    async def _read(self, client: PhoenixClient, join_ref: str) -> bool:
         """Handle frames until the socket ends; heartbeats keep the relay from closing us as silent.
 
         The relay answers every heartbeat, so three intervals without any frame means the peer is
@@ -287,26 +266,17 @@ class ResumeClient:
                 self._note("relay silent; dropping the socket")
                 return joined
             try:
-                msg = await ws.receive(timeout=max(0.01, next_beat - now))
+                m = await client.next_frame(max(0.01, next_beat - now))
             except TimeoutError:
                 with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
-                    await self._send(ws, "phoenix", "heartbeat", {}, str(next(self._refs)))
+                    await client.send("phoenix", "heartbeat", {})
                 next_beat = time.monotonic() + self.heartbeat_s
                 continue
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                last_frame = time.monotonic()
-                obj = orjson.loads(msg.data)
-                if isinstance(obj, list):  # vsn 2.0.0: [join_ref, ref, topic, event, payload]
-                    obj = dict(zip(("join_ref", "ref", "topic", "event", "payload"), obj, strict=True))
-                joined = self._handle(obj, join_ref) or joined
-            elif msg.type in (
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.ERROR,
-            ):
-                self._note(f"socket ended ({msg.type.name})")
+            if m is None:
+                self._note(f"socket ended (close code {client.ws.close_code})")
                 return joined
+            last_frame = time.monotonic()
+            joined = self._handle(m, join_ref) or joined
         return joined
 
     def _handle(self, m: dict[str, Any], join_ref: str) -> bool:

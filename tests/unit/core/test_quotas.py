@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -65,7 +67,7 @@ def test_connection_counts_per_address() -> None:
 
 
 def test_trim_keeps_small_values_and_says_why() -> None:
-    data = {
+    data: dict[str, Any] = {
         "type": "UPDATE",
         "record": {"id": 7, "body": "x" * 1000, "tag": "short", "doc": {"k": "v" * 100}},
         "old_record": {"id": 7, "body": "y" * 1000},

@@ -16,7 +16,7 @@ from relay.core.protocol import dumps
 from relay.core.sqltypes import TypeInfo, TypeRegistry
 from relay.core.wal2json import WAL2JSON_OPTIONS, DecodeError, Decoder, wal2json_options
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "wal2json_v2_sample.jsonl"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "wal2json_v2_sample.jsonl"
 
 
 def _lines() -> list[bytes]:
