@@ -28,6 +28,7 @@ class WsClient:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self._buf = bytearray()
 
     @classmethod
     async def connect(cls, host: str, port: int, path: str, params: dict[str, str]) -> WsClient:
@@ -81,6 +82,47 @@ class WsClient:
                 continue
             return payload
 
+    async def recv_batch(self) -> list[bytes]:
+        """Every complete data frame that has arrived (at least one): one read per batch.
+
+        The hot loop of a load generator: a chunked read parsed in place costs a few µs per frame,
+        where ``recv`` (two ``readexactly`` awaits per frame) costs tens.  Do not mix with ``recv``
+        after the first call (bytes already taken into the batch buffer would be skipped).
+        """
+        buf = self._buf
+        out: list[bytes] = []
+        while not out:
+            chunk = await self.reader.read(1 << 18)
+            if not chunk:
+                raise ClosedError("connection closed")
+            buf += chunk
+            pos, end = 0, len(buf)
+            while end - pos >= 2:
+                b0, b1 = buf[pos], buf[pos + 1] & 0x7F
+                head = 2
+                if b1 == 126:
+                    if end - pos < 4:
+                        break
+                    b1, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
+                elif b1 == 127:
+                    if end - pos < 10:
+                        break
+                    b1, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+                if end - pos < head + b1:
+                    break
+                payload = bytes(buf[pos + head : pos + head + b1])
+                pos += head + b1
+                op = b0 & 0x0F
+                if op == OP_PING:
+                    pong = struct.pack("!BB", 0x80 | OP_PONG, 0x80 | len(payload))
+                    self.writer.write(pong + b"\0\0\0\0" + payload)
+                elif op == OP_CLOSE:
+                    raise ClosedError(f"closed by the relay: {payload!r}")
+                elif op != OP_PONG:
+                    out.append(payload)
+            del buf[:pos]
+        return out
+
     def close(self) -> None:
         self.writer.close()
 
@@ -102,3 +144,16 @@ def rss_kib(pid: int | None = None) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def run_wait_seconds(pid: int | None = None) -> float | None:
+    """Seconds a process (its main thread) waited on a run queue for a CPU (``/proc/<pid>/schedstat``).
+
+    On a shared 2-core machine a process can be runnable and still not run: this, next to its CPU
+    seconds, says whether a figure measured the relay's code or the machine's contention.
+    """
+    try:
+        with open(f"/proc/{pid or 'self'}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
