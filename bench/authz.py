@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from idle_sockets import raise_nofile
 from tablerow import emit
-from wsload import WsClient
+from wsload import WsClient, run_wait_seconds
 
 from relay.config import Config
 from relay.core.tokens import mint
@@ -245,7 +245,7 @@ async def phase(
         blocker.close()
         while not relay.pipeline.stats.streaming:  # the relay's retry finds the slot free
             await asyncio.sleep(0.001)
-        t0, relay_cpu0 = time.perf_counter(), time.process_time()
+        t0, relay_cpu0, wait0 = time.perf_counter(), time.process_time(), run_wait_seconds() or 0.0
         deadline = time.monotonic() + 600
         while relay.pipeline.stats.changes - changes0 < len(rows):
             assert time.monotonic() < deadline, "the relay did not decode the backlog"
@@ -260,6 +260,7 @@ async def phase(
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - t0
         relay_cpu = time.process_time() - relay_cpu0
+        relay_wait = (run_wait_seconds() or 0.0) - wait0
         parent.send("stop")
         await loop.run_in_executor(None, parent.recv)
         proc.join(30)
@@ -270,7 +271,8 @@ async def phase(
             )
         print(
             f"      CPU over the drain: relay {relay_cpu / elapsed:.0%} of a core, "
-            f"client process {client_cpu / elapsed:.0%} of a core"
+            f"client process {client_cpu / elapsed:.0%} of a core; relay waited {relay_wait / elapsed:.0%} "
+            "of the time for a CPU (run queue)"
         )
         return elapsed, len(rows), got
     finally:

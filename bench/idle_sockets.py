@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tablerow import emit
-from wsload import ClosedError, WsClient, cpu_seconds, rss_kib
+from wsload import ClosedError, WsClient, cpu_seconds, rss_kib, run_wait_seconds
 
 from relay.config import Config
 from relay.core.tokens import mint
@@ -162,7 +162,7 @@ async def main_async(args: argparse.Namespace) -> int:
             await asyncio.sleep(1.0)
             gc.collect()
             rss0 = rss_kib()
-            cpu0 = cpu_seconds() or 0.0
+            cpu0, wait0 = cpu_seconds() or 0.0, run_wait_seconds() or 0.0
             for k in range(procs):
                 parent, child = ctx.Pipe()
                 p = ctx.Process(
@@ -177,6 +177,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 for parent, _ in children
             ]
             relay_cpu = (cpu_seconds() or 0.0) - cpu0
+            relay_wait = (run_wait_seconds() or 0.0) - wait0
             joined = sum(r[1] for r in results)
             failed = sum(r[2] for r in results)
             t_first, t_last = min(r[4] for r in results), max(r[5] for r in results)
@@ -218,7 +219,8 @@ async def main_async(args: argparse.Namespace) -> int:
     print(
         f"    CPU while joining: relay {relay_cpu:.2f}s ({relay_cpu / span:.0%} of a core); clients "
         f"{sum(client_cpu):.2f}s in {procs} processes (busiest {max(client_cpu) / span:.0%} of a core); "
-        f"client RSS {', '.join(f'{x:.0f}' for x in client_rss)} MiB"
+        f"client RSS {', '.join(f'{x:.0f}' for x in client_rss)} MiB; relay waited "
+        f"{relay_wait / span:.0%} of the time for a CPU (run queue)"
     )
     if joined != n or alive != n or on_relay != n or channels != n:
         print(

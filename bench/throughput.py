@@ -57,6 +57,7 @@ import orjson
 import psycopg
 from psycopg import sql
 from tablerow import emit
+from wsload import run_wait_seconds
 
 from relay.config import Config
 from relay.core.changes import Lsn, format_position, seq_before
@@ -515,11 +516,12 @@ async def run_relay_phases(dsn: str, options: dict[str, str], args: argparse.Nam
         while not relay.pipeline.stats.streaming:
             assert time.monotonic() < deadline, "the relay did not take its slot back"
             await asyncio.sleep(0.001)
-        t0, cpu0 = time.time(), time.process_time()
+        t0, cpu0, wait0 = time.time(), time.process_time(), run_wait_seconds() or 0.0
         walsender = await asyncio.to_thread(_slot_pid, dsn, SLOT_RELAY)
         ws_cpu0 = _proc_cpu(walsender)
         _, t_first, t_last, count, sub_cpu, ids = await _recv(live_pipe, live, 600, f"{n} changes, live")
         relay_cpu = time.process_time() - cpu0
+        relay_wait = (run_wait_seconds() or 0.0) - wait0
         ws_cpu1 = _proc_cpu(walsender)
         _check_ids("the live subscriber", count, ids, expected)
         out.update(
@@ -527,6 +529,7 @@ async def run_relay_phases(dsn: str, options: dict[str, str], args: argparse.Nam
             relay_rate=count / (t_last - t0),
             first_change_after_s=t_first - t0,
             relay_cpu=relay_cpu,
+            relay_wait=relay_wait,
             subscriber_cpu=sub_cpu,
             walsender_cpu=ws_cpu1 - ws_cpu0 if ws_cpu0 is not None and ws_cpu1 is not None else None,
         )
@@ -644,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"    CPU: relay process {r['relay_cpu']:.2f}s ({r['relay_cpu'] / n * 1e6:.0f} us/change), "
-            f"subscriber {r['subscriber_cpu']:.2f}s, walsender {_fmt_cpu(r['walsender_cpu'])}"
+            f"subscriber {r['subscriber_cpu']:.2f}s, walsender {_fmt_cpu(r['walsender_cpu'])}; relay waited "
+            f"{r['relay_wait']:.2f}s for a CPU (run queue)"
         )
         drain = r["relay_rate"] / recv_rate
         print(f"    ratio relay / pg_recvlogical = {drain:.2f}x (aim >= 0.9x)")

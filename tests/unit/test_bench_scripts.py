@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-SCRIPTS = ["throughput.py", "large_tx.py", "authz.py", "idle_sockets.py", "latency.py", "run_all.py"]
+SCRIPTS = [
+    "throughput.py",
+    "large_tx.py",
+    "authz.py",
+    "idle_sockets.py",
+    "latency.py",
+    "run_all.py",
+    "pyspy_top.py",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
