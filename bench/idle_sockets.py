@@ -120,6 +120,7 @@ async def _clients(port: int, tokens: list[str], concurrency: int, pipe: Connect
 
     await asyncio.gather(*(beat(c) for c in socks))
     pipe.send(("alive", alive, rss_kib()))
+    cmd = await loop.run_in_executor(None, pipe.recv)  # close when told: the relay's teardown is timed
     for c in socks:
         c.close()
 
@@ -194,6 +195,16 @@ async def main_async(args: argparse.Namespace) -> int:
             ]
             alive = sum(c[1] for c in checks)
             client_rss = [c[2] / 1024 for c in checks]
+            # the clients close every socket after the check: how long the relay takes to let go
+            t_close = time.monotonic()
+            for parent, _ in children:
+                parent.send("close")
+            for _ in range(60_000):  # bounded: at most 600 s
+                if not relay.server.connections:
+                    break
+                await asyncio.sleep(0.01)
+            close_s = time.monotonic() - t_close
+            left = len(relay.server.connections)
         finally:
             for _, p in children:
                 p.join(30)
@@ -221,6 +232,10 @@ async def main_async(args: argparse.Namespace) -> int:
         f"{sum(client_cpu):.2f}s in {procs} processes (busiest {max(client_cpu) / span:.0%} of a core); "
         f"client RSS {', '.join(f'{x:.0f}' for x in client_rss)} MiB; relay waited "
         f"{relay_wait / span:.0%} of the time for a CPU (run queue)"
+    )
+    print(
+        f"teardown: {n - left} of {n} sockets released by the relay {close_s:.2f}s after the clients "
+        f"closed them ({(n - left) / close_s:,.0f}/s)"
     )
     if joined != n or alive != n or on_relay != n or channels != n:
         print(

@@ -6,8 +6,9 @@ Not part of CI.  Record the relay (in-process benches: the bench's own pid) with
     python bench/pyspy_top.py prof.txt --within Pipeline._consume
 
 ``--within`` keeps only the samples whose stack contains that frame (e.g. the replication loop,
-``RelayServer.dispatch``) and gives percentages of those; line numbers are dropped so a
-function's samples add up.  Prints self time (the frame on top) and inclusive time per function.
+``RelayServer.dispatch``) and gives percentages of those; ``--without`` drops stacks (e.g.
+``Connection.teardown``); line numbers are dropped so a function's samples add up.  Prints self
+time (the frame on top) and inclusive time per function.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profile", type=Path, help="py-spy --format raw output")
     ap.add_argument("--within", action="append", default=[], help="keep stacks containing this text")
+    ap.add_argument("--without", action="append", default=[], help="drop stacks containing this text")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args(argv)
     selfs: Counter[str] = Counter()
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         if not stack or not n.isdigit():
             continue
         if args.within and not any(w in stack for w in args.within):
+            continue
+        if any(w in stack for w in args.without):
             continue
         fs = frames(stack)
         if not fs:
