@@ -6,7 +6,8 @@ One run on a throwaway cluster (migrations + demo schema) with three policies on
 ``public.bookings`` — branch membership (``branch_id = (claims->>'branch_id')::int``), ownership
 (``assignee_id = auth.uid()``) and a role grant (``claims->>'user_role' = 'admin'``).  Per phase:
 
-1. a fresh slot and a relay streaming it; N WebSocket subscribers in a separate process, each with
+1. a fresh slot and a relay streaming it; N WebSocket subscribers spread over ``--processes``
+   client processes (the cheap client of bench/wsload.py; each reports its CPU), each with
    its own token (distinct ``sub``; 5 % admins, 15 % branch managers, 80 % plain users who see
    only the rows assigned to them), all joined to ``realtime:dash`` with a ``*`` binding on
    bookings — **live** subscribers, joined before the changes exist;
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from idle_sockets import raise_nofile
 from tablerow import emit
-from wsload import WsClient, run_wait_seconds
+from wsload import ClosedError, WsClient, run_wait_seconds
 
 from relay.config import Config
 from relay.core.tokens import mint
@@ -167,9 +168,17 @@ def clients_main(port: int, tokens: list[str], pipe: Connection) -> None:
 async def _clients(port: int, tokens: list[str], pipe: Connection) -> None:
     """The cheap client of bench/wsload.py: counts change events without parsing them."""
     received = 0
+    closed: list[str] = []  # sockets the relay closed: deliveries lost, the bench must fail now
     done = asyncio.Event()
 
     async def one(tok: str, ready: asyncio.Event) -> None:
+        try:
+            await _one(tok, ready)
+        except (OSError, ClosedError, asyncio.IncompleteReadError) as exc:
+            closed.append(repr(exc))
+            ready.set()
+
+    async def _one(tok: str, ready: asyncio.Event) -> None:
         nonlocal received
         c = await WsClient.connect(
             "127.0.0.1", port, "/realtime/v1/websocket", {"apikey": tok, "vsn": "2.0.0"}
@@ -194,18 +203,18 @@ async def _clients(port: int, tokens: list[str], pipe: Connection) -> None:
     tasks = [asyncio.create_task(one(t, r)) for t, r in zip(tokens, readies, strict=True)]
     for r in readies:
         await asyncio.wait_for(r.wait(), 120)
-    pipe.send(("joined", len(tokens)))
+    pipe.send(("joined", len(tokens) - len(closed)))
     loop = asyncio.get_running_loop()
     cpu0 = time.process_time()
     while True:  # report counts on request, until told to stop
         cmd = await loop.run_in_executor(None, pipe.recv)
         if cmd == "count":
-            pipe.send(("count", received, time.process_time() - cpu0))
+            pipe.send(("count", received, time.process_time() - cpu0, closed[:3], len(closed)))
         else:
             break
     done.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    pipe.send(("count", received, time.process_time() - cpu0))
+    pipe.send(("count", received, time.process_time() - cpu0, closed[:3], len(closed)))
 
 
 async def phase(
@@ -214,6 +223,7 @@ async def phase(
     tokens: list[str],
     backlog: Callable[[], list[tuple[int, str | None]]],
     who: Audience | None,
+    processes: int,
 ) -> tuple[float, int, int]:
     """Drain a backlog written while the relay was cut off to live subscribers.
 
@@ -230,14 +240,30 @@ async def phase(
         slot=slot,
         socket_queue_frames=1_000_000,
         max_connections=len(tokens) + 100,
+        heartbeat_timeout=3600.0,  # the clients send no heartbeats; a 5,000-subscriber phase outlasts 60 s
     )
     relay = await start_relay(cfg)
     loop = asyncio.get_running_loop()
+    ctx = mp.get_context("spawn")
+    procs = min(len(tokens), processes)
+    pipes: list[Connection] = []
+    children = []
     try:
-        parent, child = mp.Pipe()
-        proc = mp.get_context("spawn").Process(target=clients_main, args=(relay.port, tokens, child))
-        proc.start()
-        assert (await loop.run_in_executor(None, parent.recv))[0] == "joined"
+        for k in range(procs):  # several client processes: the load generator must not be the limit
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=clients_main, args=(relay.port, tokens[k::procs], child), daemon=True)
+            p.start()
+            pipes.append(parent)
+            children.append(p)
+
+        async def ask(cmd: str) -> list[tuple[Any, ...]]:
+            for pipe in pipes:
+                pipe.send(cmd)
+            return [await loop.run_in_executor(None, pipe.recv) for pipe in pipes]
+
+        joined = sum([(await loop.run_in_executor(None, pipe.recv))[1] for pipe in pipes])
+        if joined != len(tokens):
+            raise SystemExit(f"bench invalid: {joined} of {len(tokens)} subscribers joined")
         blocker = await loop.run_in_executor(None, take_slot, dsn, slot)
         rows = await loop.run_in_executor(None, backlog)
         expected = sum(who.sees(b, a) for b, a in rows) if who is not None else len(rows) * len(tokens)
@@ -252,8 +278,12 @@ async def phase(
             await asyncio.sleep(0.01)
         while True:  # every queued frame read by the clients
             queued = relay.server.frames_queued - frames0
-            parent.send("count")
-            _, got, client_cpu = await loop.run_in_executor(None, parent.recv)
+            counts = await ask("count")
+            got = sum(c[1] for c in counts)
+            n_closed = sum(c[4] for c in counts)
+            if n_closed:
+                why = [w for c in counts for w in c[3]][:3]
+                raise SystemExit(f"bench invalid: the relay closed {n_closed} subscriber sockets, e.g. {why}")
             if got >= expected or (queued >= expected and got >= queued):
                 break
             assert time.monotonic() < deadline, f"clients read {got} of {expected} deliveries"
@@ -261,21 +291,25 @@ async def phase(
         elapsed = time.perf_counter() - t0
         relay_cpu = time.process_time() - relay_cpu0
         relay_wait = (run_wait_seconds() or 0.0) - wait0
-        parent.send("stop")
-        await loop.run_in_executor(None, parent.recv)
-        proc.join(30)
+        client_cpu = [c[2] for c in counts]
+        await ask("stop")
         if got == 0 or got != expected:
             raise SystemExit(
                 f"bench invalid: {got} deliveries read for {len(rows)} changes, the policies imply "
                 f"{expected} (queued {queued}): not printing a rate for it"
             )
         print(
-            f"      CPU over the drain: relay {relay_cpu / elapsed:.0%} of a core, "
-            f"client process {client_cpu / elapsed:.0%} of a core; relay waited {relay_wait / elapsed:.0%} "
-            "of the time for a CPU (run queue)"
+            f"      CPU over the drain: relay {relay_cpu / elapsed:.0%} of a core; {procs} client "
+            f"process(es) {sum(client_cpu) / elapsed:.0%} in total, busiest {max(client_cpu) / elapsed:.0%} "
+            f"of a core; relay waited {relay_wait / elapsed:.0%} of the time for a CPU (run queue)"
         )
         return elapsed, len(rows), got
     finally:
+        for p in children:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
         await relay.stop()
 
 
@@ -301,13 +335,13 @@ async def main_async(args: argparse.Namespace) -> None:
             return lambda: make_backlog(dsn, args.changes, users[:n], rng)
 
         base_s, n_base, _ = await phase(
-            dsn, "authz_base", [mint(SECRET, role="service_role")], backlog_for(max_n), None
+            dsn, "authz_base", [mint(SECRET, role="service_role")], backlog_for(max_n), None, args.processes
         )
         base_rate = n_base / base_s
         print(f"baseline (1 service_role subscriber, no policies): {base_rate:,.0f} changes/s")
         for n in args.subscribers:
             secs, n_changes, deliveries = await phase(
-                dsn, f"authz_{n}", tokens[:n], backlog_for(n), audience(users[:n], kinds[:n])
+                dsn, f"authz_{n}", tokens[:n], backlog_for(n), audience(users[:n], kinds[:n]), args.processes
             )
             rate = n_changes / secs
             print(
@@ -330,6 +364,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--changes", type=int, default=5000)
     ap.add_argument("--subscribers", type=int, nargs="+", default=[500, 5000])
+    ap.add_argument("--processes", type=int, default=4, help="client processes holding the subscribers")
     logging.basicConfig(level=logging.ERROR)  # the relay's expected "slot busy" retries are noise here
     asyncio.run(main_async(ap.parse_args()))
 

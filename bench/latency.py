@@ -18,7 +18,8 @@ One run on a throwaway cluster (migrations + demo schema), the relay in this pro
    as a share of one core: a client process near 100 % means the numbers are the client's.
 
 Baseline, same run and same relay: the same rate to ONE subscriber (phase 1), then the fan-out
-(phase 2).  Relay quotas raised for the bench (printed): ``RELAY_MAX_CONNECTIONS``.
+(phase 2).  Relay settings raised for the bench (printed): ``RELAY_MAX_CONNECTIONS`` and
+``RELAY_HEARTBEAT_TIMEOUT`` (the clients send no heartbeats).
 """
 
 from __future__ import annotations
@@ -230,8 +231,12 @@ async def main_async(args: argparse.Namespace) -> int:
             port=0,
             log_level="WARNING",
             max_connections=args.subscribers + 100,
+            heartbeat_timeout=3600.0,  # the clients send no heartbeats
         )
-        print(f"relay config raised for the bench: RELAY_MAX_CONNECTIONS={cfg.max_connections}")
+        print(
+            f"relay config raised for the bench: RELAY_MAX_CONNECTIONS={cfg.max_connections}, "
+            f"RELAY_HEARTBEAT_TIMEOUT={cfg.heartbeat_timeout:.0f}"
+        )
         relay = await start_relay(cfg)
         try:
             base = await phase(relay.port, dsn, 1, args)
