@@ -32,6 +32,7 @@ import os
 import resource
 import sys
 import time
+import tracemalloc
 import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -162,6 +163,9 @@ async def main_async(args: argparse.Namespace) -> int:
         try:
             await asyncio.sleep(1.0)
             gc.collect()
+            if args.tracemalloc:
+                tracemalloc.start(args.tracemalloc_depth)
+                snap0 = tracemalloc.take_snapshot()
             rss0 = rss_kib()
             cpu0, wait0 = cpu_seconds() or 0.0, run_wait_seconds() or 0.0
             for k in range(procs):
@@ -185,6 +189,16 @@ async def main_async(args: argparse.Namespace) -> int:
             client_cpu = [r[6] for r in results]
             await asyncio.sleep(2.0)  # settle: anything the joins left for later
             rss1 = rss_kib()
+            if args.tracemalloc:
+                gc.collect()
+                growth = tracemalloc.take_snapshot().compare_to(snap0, "traceback")
+                tracemalloc.stop()
+                traced = sum(d.size_diff for d in growth)
+                print(f"tracemalloc: Python heap grew {traced / 1024 / n:.1f} KiB per socket; top sites:")
+                for d in growth[: args.tracemalloc]:
+                    print(f"  {d.size_diff / n:8.0f} B/socket  {d.count_diff / n:5.1f} blocks/socket")
+                    for line in d.traceback.format()[-2 * args.tracemalloc_depth :]:
+                        print(f"      {line}")
             on_relay = len(relay.server.connections)
             channels = sum(len(c.channels) for c in relay.server.connections)
             for parent, _ in children:
@@ -237,6 +251,9 @@ async def main_async(args: argparse.Namespace) -> int:
         f"teardown: {n - left} of {n} sockets released by the relay {close_s:.2f}s after the clients "
         f"closed them ({(n - left) / close_s:,.0f}/s)"
     )
+    if args.tracemalloc:
+        print("(--tracemalloc slows the relay and adds its own memory: no table rows from this run)")
+        return 0 if joined == n == alive else 1
     if joined != n or alive != n or on_relay != n or channels != n:
         print(
             f"bench invalid: {joined} joined, {alive} alive, {on_relay} connections and {channels} channels "
@@ -267,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sockets", type=int, default=10_000)
     ap.add_argument("--processes", type=int, default=max(2, (os.cpu_count() or 2) * 2))
     ap.add_argument("--concurrency", type=int, default=100, help="connects in flight per client process")
+    ap.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N biggest allocation sites of the growth",
+    )
+    ap.add_argument("--tracemalloc-depth", type=int, default=4, help="frames per allocation site")
     args = ap.parse_args(argv)
     if args.sockets < 1 or args.processes < 1 or args.concurrency < 1:
         ap.error("need positive --sockets, --processes and --concurrency")
