@@ -55,3 +55,16 @@ def test_table_rows_round_trip(capsys: pytest.CaptureFixture[str]) -> None:
             "changes": 100,
         }
     ]
+
+
+def test_throughput_refuses_a_delivery_that_is_not_the_backlog() -> None:
+    """The drain/catch-up rows are printed only when exactly the backlog's ids arrived."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from throughput import _check_ids
+    finally:
+        sys.path.remove(str(BENCH))
+    _check_ids("ok", 3, [1, 2, 3], [1, 2, 3])
+    for count, got in [(0, []), (3, [1, 2]), (4, [1, 2, 3]), (3, [1, 2, 4])]:
+        with pytest.raises(SystemExit, match="bench invalid"):
+            _check_ids("subscriber", count, got, [1, 2, 3])
