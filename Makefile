@@ -13,7 +13,8 @@ JSDIR  := tests/interop/js
 help:
 	@echo "make demo   - run the relay on a throwaway local Postgres with demo tables and a writer"
 	@echo "make test   - install everything needed and run the whole test suite"
-	@echo "make lint typecheck bench clean"
+	@echo "make bench  - every row of the performance table (docs/performance.md); BENCH_ARGS=--full for full sizes"
+	@echo "make lint typecheck clean"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -54,7 +55,7 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 bench: system-deps venv
-	$(PY) bench/throughput.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JSDIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

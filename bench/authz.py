@@ -6,7 +6,8 @@ One run on a throwaway cluster (migrations + demo schema) with three policies on
 ``public.bookings`` — branch membership (``branch_id = (claims->>'branch_id')::int``), ownership
 (``assignee_id = auth.uid()``) and a role grant (``claims->>'user_role' = 'admin'``).  Per phase:
 
-1. a fresh slot and a relay streaming it; N WebSocket subscribers in a separate process, each with
+1. a fresh slot and a relay streaming it; N WebSocket subscribers spread over ``--processes``
+   client processes (the cheap client of bench/wsload.py; each reports its CPU), each with
    its own token (distinct ``sub``; 5 % admins, 15 % branch managers, 80 % plain users who see
    only the rows assigned to them), all joined to ``realtime:dash`` with a ``*`` binding on
    bookings — **live** subscribers, joined before the changes exist;
@@ -38,10 +39,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from idle_sockets import raise_nofile
+from tablerow import emit
+from wsload import ClosedError, WsClient, run_wait_seconds
 
 from relay.config import Config
 from relay.core.tokens import mint
@@ -158,50 +162,61 @@ def take_slot(dsn: str, slot: str) -> psycopg.Connection[Any]:
             time.sleep(0.01)
 
 
-def clients_main(url: str, tokens: list[str], pipe: Connection) -> None:
-    asyncio.run(_clients(url, tokens, pipe))
+def clients_main(port: int, tokens: list[str], pipe: Connection) -> None:
+    raise_nofile()
+    asyncio.run(_clients(port, tokens, pipe))
 
 
-async def _clients(url: str, tokens: list[str], pipe: Connection) -> None:
+async def _clients(port: int, tokens: list[str], pipe: Connection) -> None:
+    """The cheap client of bench/wsload.py: counts change events without parsing them."""
     received = 0
+    closed: list[str] = []  # sockets the relay closed: deliveries lost, the bench must fail now
     done = asyncio.Event()
 
-    async def one(session: aiohttp.ClientSession, tok: str, ready: asyncio.Event) -> None:
-        nonlocal received
-        async with session.ws_connect(url, params={"apikey": tok, "vsn": "2.0.0"}, max_msg_size=0) as ws:
-            await ws.send_str(
-                '["1","1","realtime:dash","phx_join",{"config":{"postgres_changes":'
-                '[{"event":"*","schema":"public","table":"bookings"}]}}]'
-            )
-            await ws.receive(timeout=30)
+    async def one(tok: str, ready: asyncio.Event) -> None:
+        try:
+            await _one(tok, ready)
+        except (OSError, ClosedError, asyncio.IncompleteReadError) as exc:
+            closed.append(repr(exc))
             ready.set()
-            while not done.is_set():
-                try:
-                    msg = await ws.receive(timeout=1)
-                except TimeoutError:
-                    continue
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    return
-                if '"postgres_changes",{' in msg.data[:200]:  # the event, not a system message's extension
-                    received += 1
 
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as session:
-        readies = [asyncio.Event() for _ in tokens]
-        tasks = [asyncio.create_task(one(session, t, r)) for t, r in zip(tokens, readies, strict=True)]
-        for r in readies:
-            await asyncio.wait_for(r.wait(), 60)
-        pipe.send(("joined", len(tokens)))
-        loop = asyncio.get_running_loop()
-        while True:  # report counts on request, until told to stop
-            cmd = await loop.run_in_executor(None, pipe.recv)
-            if cmd == "count":
-                pipe.send(("count", received))
-            else:
-                break
-        done.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        pipe.send(("count", received))
+    async def _one(tok: str, ready: asyncio.Event) -> None:
+        nonlocal received
+        c = await WsClient.connect(
+            "127.0.0.1", port, "/realtime/v1/websocket", {"apikey": tok, "vsn": "2.0.0"}
+        )
+        c.send_text(
+            '["1","1","realtime:dash","phx_join",{"config":{"postgres_changes":'
+            '[{"event":"*","schema":"public","table":"bookings"}]}}]'
+        )
+        await asyncio.wait_for(c.recv(), 30)
+        ready.set()
+        while not done.is_set():
+            try:
+                batch = await asyncio.wait_for(c.recv_batch(), 1)
+            except TimeoutError:
+                continue
+            for data in batch:
+                if b'"postgres_changes",{' in data[:200]:  # the event, not a system message's extension
+                    received += 1
+        c.close()
+
+    readies = [asyncio.Event() for _ in tokens]
+    tasks = [asyncio.create_task(one(t, r)) for t, r in zip(tokens, readies, strict=True)]
+    for r in readies:
+        await asyncio.wait_for(r.wait(), 120)
+    pipe.send(("joined", len(tokens) - len(closed)))
+    loop = asyncio.get_running_loop()
+    cpu0 = time.process_time()
+    while True:  # report counts on request, until told to stop
+        cmd = await loop.run_in_executor(None, pipe.recv)
+        if cmd == "count":
+            pipe.send(("count", received, time.process_time() - cpu0, closed[:3], len(closed)))
+        else:
+            break
+    done.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    pipe.send(("count", received, time.process_time() - cpu0, closed[:3], len(closed)))
 
 
 async def phase(
@@ -210,6 +225,7 @@ async def phase(
     tokens: list[str],
     backlog: Callable[[], list[tuple[int, str | None]]],
     who: Audience | None,
+    processes: int,
 ) -> tuple[float, int, int]:
     """Drain a backlog written while the relay was cut off to live subscribers.
 
@@ -218,16 +234,38 @@ async def phase(
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("select pg_create_logical_replication_slot(%s, 'wal2json')", (slot,))
-    cfg = Config(database_url=dsn, jwt_secret=SECRET, port=0, slot=slot, socket_queue_frames=1_000_000)
+    # raised for the bench: a backlog is not a slow client; every subscriber is a connection
+    cfg = Config(
+        database_url=dsn,
+        jwt_secret=SECRET,
+        port=0,
+        slot=slot,
+        socket_queue_frames=1_000_000,
+        max_connections=len(tokens) + 100,
+        heartbeat_timeout=3600.0,  # the clients send no heartbeats; a 5,000-subscriber phase outlasts 60 s
+    )
     relay = await start_relay(cfg)
     loop = asyncio.get_running_loop()
+    ctx = mp.get_context("spawn")
+    procs = min(len(tokens), processes)
+    pipes: list[Connection] = []
+    children = []
     try:
-        parent, child = mp.Pipe()
-        proc = mp.get_context("spawn").Process(
-            target=clients_main, args=(relay.url + "/websocket", tokens, child)
-        )
-        proc.start()
-        assert (await loop.run_in_executor(None, parent.recv))[0] == "joined"
+        for k in range(procs):  # several client processes: the load generator must not be the limit
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=clients_main, args=(relay.port, tokens[k::procs], child), daemon=True)
+            p.start()
+            pipes.append(parent)
+            children.append(p)
+
+        async def ask(cmd: str) -> list[tuple[Any, ...]]:
+            for pipe in pipes:
+                pipe.send(cmd)
+            return [await loop.run_in_executor(None, pipe.recv) for pipe in pipes]
+
+        joined = sum([(await loop.run_in_executor(None, pipe.recv))[1] for pipe in pipes])
+        if joined != len(tokens):
+            raise SystemExit(f"bench invalid: {joined} of {len(tokens)} subscribers joined")
         blocker = await loop.run_in_executor(None, take_slot, dsn, slot)
         rows = await loop.run_in_executor(None, backlog)
         expected = sum(who.sees(b, a) for b, a in rows) if who is not None else len(rows) * len(tokens)
@@ -235,30 +273,45 @@ async def phase(
         blocker.close()
         while not relay.pipeline.stats.streaming:  # the relay's retry finds the slot free
             await asyncio.sleep(0.001)
-        t0 = time.perf_counter()
+        t0, relay_cpu0, wait0 = time.perf_counter(), time.process_time(), run_wait_seconds() or 0.0
         deadline = time.monotonic() + 600
         while relay.pipeline.stats.changes - changes0 < len(rows):
             assert time.monotonic() < deadline, "the relay did not decode the backlog"
             await asyncio.sleep(0.01)
         while True:  # every queued frame read by the clients
             queued = relay.server.frames_queued - frames0
-            parent.send("count")
-            got = (await loop.run_in_executor(None, parent.recv))[1]
+            counts = await ask("count")
+            got = sum(c[1] for c in counts)
+            n_closed = sum(c[4] for c in counts)
+            if n_closed:
+                why = [w for c in counts for w in c[3]][:3]
+                raise SystemExit(f"bench invalid: the relay closed {n_closed} subscriber sockets, e.g. {why}")
             if got >= expected or (queued >= expected and got >= queued):
                 break
             assert time.monotonic() < deadline, f"clients read {got} of {expected} deliveries"
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - t0
-        parent.send("stop")
-        await loop.run_in_executor(None, parent.recv)
-        proc.join(30)
+        relay_cpu = time.process_time() - relay_cpu0
+        relay_wait = (run_wait_seconds() or 0.0) - wait0
+        client_cpu = [c[2] for c in counts]
+        await ask("stop")
         if got == 0 or got != expected:
             raise SystemExit(
                 f"bench invalid: {got} deliveries read for {len(rows)} changes, the policies imply "
                 f"{expected} (queued {queued}): not printing a rate for it"
             )
+        print(
+            f"      CPU over the drain: relay {relay_cpu / elapsed:.0%} of a core; {procs} client "
+            f"process(es) {sum(client_cpu) / elapsed:.0%} in total, busiest {max(client_cpu) / elapsed:.0%} "
+            f"of a core; relay waited {relay_wait / elapsed:.0%} of the time for a CPU (run queue)"
+        )
         return elapsed, len(rows), got
     finally:
+        for p in children:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
         await relay.stop()
 
 
@@ -284,13 +337,13 @@ async def main_async(args: argparse.Namespace) -> None:
             return lambda: make_backlog(dsn, args.changes, users[:n], rng)
 
         base_s, n_base, _ = await phase(
-            dsn, "authz_base", [mint(SECRET, role="service_role")], backlog_for(max_n), None
+            dsn, "authz_base", [mint(SECRET, role="service_role")], backlog_for(max_n), None, args.processes
         )
         base_rate = n_base / base_s
         print(f"baseline (1 service_role subscriber, no policies): {base_rate:,.0f} changes/s")
         for n in args.subscribers:
             secs, n_changes, deliveries = await phase(
-                dsn, f"authz_{n}", tokens[:n], backlog_for(n), audience(users[:n], kinds[:n])
+                dsn, f"authz_{n}", tokens[:n], backlog_for(n), audience(users[:n], kinds[:n]), args.processes
             )
             rate = n_changes / secs
             print(
@@ -298,12 +351,22 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"deliveries/s ({deliveries / n_changes:.1f} per change); "
                 f"ratio to baseline {rate / base_rate:.2f}x"
             )
+            emit(
+                f"authz_{n}",
+                f"{rate:,.0f} changes/s ({deliveries / secs:,.0f} deliveries/s)",
+                f"1 service_role subscriber {base_rate:,.0f} changes/s",
+                round(rate / base_rate, 3),
+                ">= 5,000 changes/s" if n <= 500 else ">= 500 changes/s",
+                subscribers=n,
+                changes=n_changes,
+            )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--changes", type=int, default=5000)
     ap.add_argument("--subscribers", type=int, nargs="+", default=[500, 5000])
+    ap.add_argument("--processes", type=int, default=4, help="client processes holding the subscribers")
     logging.basicConfig(level=logging.ERROR)  # the relay's expected "slot busy" retries are noise here
     asyncio.run(main_async(ap.parse_args()))
 

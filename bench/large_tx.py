@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:  # the scenario lives in the test support package
     sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+from tablerow import emit  # noqa: E402
 
 from relay.core.wal2json import wal2json_options  # noqa: E402
 from relay.postgres.cluster import LocalCluster  # noqa: E402
@@ -150,7 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"ratio relay / decode    : {decode_s / relay_s:.2f}  (1.0 = as fast as Postgres decodes)")
     print(f"ratio relay / insert    : {insert_s / relay_s:.2f}  (1.0 = delivers as fast as Postgres writes)")
-    return 0 if t.complete and alive else 1
+    if not (t.complete and alive):
+        print("bench invalid: the transaction was not delivered completely: not printing a rate")
+        return 1
+    emit(
+        "large_tx",
+        f"{t.rows / relay_s:,.0f} rows/s, peak RSS {peak:.0f} MiB",
+        f"pg_logical_slot_get_changes {n / decode_s:,.0f} rows/s",
+        round(decode_s / relay_s, 3),
+        ">= 0.5x, <= 300 MiB",
+        rows=n,
+        peak_mib=round(peak, 1),
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,278 @@
+"""Commit -> client latency under fan-out, with a load generator that is not the bottleneck.
+
+Not part of CI.  ``python bench/latency.py [--rate 100] [--subscribers 500] [--seconds 10]``
+
+One run on a throwaway cluster (migrations + demo schema), the relay in this process:
+
+1. ``--processes`` client processes (the cheap client of ``bench/wsload.py``) hold
+   ``--subscribers`` sockets in total, each with its own ``service_role`` token (distinct
+   ``sub``) and one channel with an ``INSERT`` binding on ``public.bookings``;
+2. a writer process commits ``--rate`` single-row transactions/s for ``--seconds`` (autocommit,
+   prepared INSERT); each row's ``notes`` carries ``time.time()`` taken just before its
+   INSERT+COMMIT round trip (the writer of ``bench/throughput.py``);
+3. each client reads only what it checks: the ``notes`` stamp of each change frame (a byte
+   search, no JSON parse); latency = receive time - stamp (an upper bound of commit -> client),
+   over every delivery.  Each socket must receive exactly the written changes (counted, and
+   the distinct stamps per process must equal the writer's count) or the bench fails;
+4. CPU over the measured window is printed for the relay, every client process and the writer,
+   as a share of one core: a client process near 100 % means the numbers are the client's.
+
+Baseline, same run and same relay: the same rate to ONE subscriber (phase 1), then the fan-out
+(phase 2).  Relay settings raised for the bench (printed): ``RELAY_MAX_CONNECTIONS`` and
+``RELAY_HEARTBEAT_TIMEOUT`` (the clients send no heartbeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing as mp
+import sys
+import time
+import uuid
+from array import array
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from idle_sockets import raise_nofile
+from tablerow import emit
+from throughput import END_MARKER, writer_main
+from wsload import WsClient, cpu_seconds, run_wait_seconds
+
+from relay.config import Config
+from relay.core.tokens import mint
+from relay.postgres.cluster import LocalCluster
+from relay.postgres.migrate import apply_demo_schema, apply_migrations
+from relay.service import start_relay
+
+SECRET = "bench-latency-secret-0123456789-0123456789"
+PATH = "/realtime/v1/websocket"
+JOIN = (
+    '{"topic":"realtime:lat","event":"phx_join","ref":"1","join_ref":"1","payload":{"config":'
+    '{"postgres_changes":[{"event":"INSERT","schema":"public","table":"bookings"}]}}}'
+)
+NOTES = b'"notes":"'
+
+
+def clients_main(port: int, tokens: list[str], pipe: Connection) -> None:
+    try:
+        raise_nofile()
+        asyncio.run(_clients(port, tokens, pipe))
+    except BaseException as exc:
+        pipe.send(("error", repr(exc)))
+
+
+async def _clients(port: int, tokens: list[str], pipe: Connection) -> None:
+    lat = array("d")  # ms, every delivery of this process
+    counts: list[int] = []
+    stamps: set[bytes] = set()
+    end = END_MARKER.encode()
+
+    async def one(tok: str, k: int, joined: asyncio.Event) -> None:
+        c = await WsClient.connect("127.0.0.1", port, PATH, {"apikey": tok, "vsn": "1.0.0"})
+        c.send_text(JOIN)
+        for _ in range(20):
+            data = await asyncio.wait_for(c.recv(), 60)
+            if b'"phx_reply"' in data:
+                if b'"status":"ok"' not in data:
+                    raise RuntimeError(f"join refused: {data[:300]!r}")
+                break
+        joined.set()
+        for _ in range(10_000_000):  # bounded: ends at the writer's end marker
+            batch = await asyncio.wait_for(c.recv_batch(), 120)
+            t = time.time()
+            for data in batch:
+                if b'"postgres_changes"' not in data:
+                    continue
+                i = data.find(NOTES) + len(NOTES)
+                stamp = data[i : data.index(b'"', i)]
+                if stamp == end:
+                    c.close()
+                    return
+                if stamp[:1].isdigit():  # the writer's warm-up row is not a sample
+                    lat.append((t - float(stamp)) * 1000)
+                    counts[k] += 1
+                    stamps.add(stamp)
+        c.close()
+
+    events = [asyncio.Event() for _ in tokens]
+    counts.extend(0 for _ in tokens)
+    tasks = [asyncio.create_task(one(t, k, e)) for k, (t, e) in enumerate(zip(tokens, events, strict=True))]
+    waiter = asyncio.gather(*(e.wait() for e in events))
+    done, _ = await asyncio.wait([waiter, *tasks], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        for t in tasks:
+            if t.done() and t.exception():
+                raise t.exception()  # type: ignore[misc]
+        raise RuntimeError("not every socket joined within 120 s")
+    pipe.send(("joined", len(tokens)))
+    cpu0 = time.process_time()
+    await asyncio.gather(*tasks)
+    pipe.send(("done", time.process_time() - cpu0, lat.tobytes(), counts, len(stamps)))
+
+
+def _recv(pipe: Connection, what: str, limit: float) -> tuple[Any, ...]:
+    if not pipe.poll(limit):
+        raise SystemExit(f"bench invalid: timed out waiting for {what}")
+    msg = pipe.recv()
+    if msg[0] == "error":
+        raise SystemExit(f"bench invalid: {what}: {msg[1]}")
+    return tuple(msg)
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+async def phase(port: int, dsn: str, subs: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One measured run: ``subs`` sockets over at most ``--processes`` client processes."""
+    loop = asyncio.get_running_loop()
+    ctx = mp.get_context("spawn")
+    tokens = [
+        mint(SECRET, role="service_role", sub=str(uuid.uuid4()), ttl=7200, claims={}) for _ in range(subs)
+    ]
+    procs = min(subs, args.processes)
+    children = []
+    writer = None
+    try:
+        for k in range(procs):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=clients_main, args=(port, tokens[k::procs], child), daemon=True)
+            p.start()
+            children.append((parent, p))
+        for parent, _ in children:
+            await loop.run_in_executor(None, _recv, parent, "the subscribers to join", 180)
+        w_parent, w_child = ctx.Pipe()
+        writer = ctx.Process(target=writer_main, args=(dsn, args.rate, args.seconds, w_child), daemon=True)
+        relay_cpu0, t0 = cpu_seconds() or 0.0, time.monotonic()
+        wait0 = run_wait_seconds() or 0.0
+        writer.start()
+        _, acks, achieved = await loop.run_in_executor(
+            None, _recv, w_parent, "the writer", 4 * args.seconds + 60
+        )
+        writer_cpu = cpu_seconds(writer.pid)
+        results = [
+            await loop.run_in_executor(None, _recv, parent, "the deliveries", 120) for parent, _ in children
+        ]
+        wall = time.monotonic() - t0
+        relay_cpu = (cpu_seconds() or 0.0) - relay_cpu0
+        relay_wait = (run_wait_seconds() or 0.0) - wait0
+    finally:
+        for _, p in children:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+        if writer is not None:
+            writer.join(10)
+    written = len(acks)
+    lat: list[float] = []
+    for r in results:
+        lat.extend(array("d", r[2]))
+    lat.sort()
+    counts = [c for r in results for c in r[3]]
+    distinct = [r[4] for r in results]
+    if not lat or min(counts) != written or max(counts) != written or min(distinct) != written:
+        raise SystemExit(
+            f"bench invalid: {written} changes written; per socket received {min(counts, default=0)}.."
+            f"{max(counts, default=0)}, distinct per process {distinct}: not printing a latency"
+        )
+    return {
+        "subs": subs,
+        "procs": procs,
+        "written": written,
+        "achieved": achieved,
+        "deliveries": len(lat),
+        "p50": _pct(lat, 0.5),
+        "p99": _pct(lat, 0.99),
+        "max": lat[-1],
+        "wall": wall,
+        "relay_cpu": relay_cpu,
+        "relay_wait": relay_wait,
+        "client_cpu": [r[1] for r in results],
+        "writer_cpu": writer_cpu,
+    }
+
+
+def report(r: dict[str, Any]) -> None:
+    w = r["wall"]
+    print(
+        f"{r['subs']:>5} subscriber(s) in {r['procs']} process(es): {r['written']} changes at "
+        f"{r['achieved']:,.0f}/s, {r['deliveries']:,} deliveries "
+        f"({r['deliveries'] / w:,.0f}/s over {w:.1f}s); "
+        f"commit->client p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.1f} ms"
+    )
+    cc = r["client_cpu"]
+    wc = r["writer_cpu"]
+    print(
+        f"      CPU share of a core: relay {r['relay_cpu'] / w:.0%}; clients {sum(cc) / w:.0%} in total, "
+        f"busiest process {max(cc) / w:.0%}; writer {'n/a' if wc is None else f'{wc / w:.0%}'}"
+    )
+    print(
+        f"      relay main thread waited {r['relay_wait'] / w:.0%} of the time for a CPU (run queue): "
+        "a high share means the figure is the machine's contention, not the relay's code"
+    )
+    if max(cc) / w > 0.8:
+        print("      WARNING: a client process was near a full core: this latency is partly the client's")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    with LocalCluster() as pg:
+        dsn = pg.dsn()
+        apply_migrations(dsn)
+        apply_demo_schema(dsn)
+        cfg = Config(
+            database_url=dsn,
+            jwt_secret=SECRET,
+            port=0,
+            log_level="WARNING",
+            max_connections=args.subscribers + 100,
+            heartbeat_timeout=3600.0,  # the clients send no heartbeats
+        )
+        print(
+            f"relay config raised for the bench: RELAY_MAX_CONNECTIONS={cfg.max_connections}, "
+            f"RELAY_HEARTBEAT_TIMEOUT={cfg.heartbeat_timeout:.0f}"
+        )
+        relay = await start_relay(cfg)
+        try:
+            base = await phase(relay.port, dsn, 1, args)
+            report(base)
+            fan = await phase(relay.port, dsn, args.subscribers, args)
+            report(fan)
+        finally:
+            await relay.stop()
+    emit(
+        "latency",
+        f"p50 {fan['p50']:.1f} ms, p99 {fan['p99']:.1f} ms",
+        f"1 subscriber: p50 {base['p50']:.1f} ms, p99 {base['p99']:.1f} ms",
+        round(fan["p99"] / base["p99"], 2),
+        "p99 <= 20 ms",
+        rate=args.rate,
+        subscribers=args.subscribers,
+        relay_core=round(fan["relay_cpu"] / fan["wall"], 2),
+        busiest_client_core=round(max(fan["client_cpu"]) / fan["wall"], 2),
+        relay_run_queue_wait=round(fan["relay_wait"] / fan["wall"], 2),
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=100.0, help="changes per second written")
+    ap.add_argument("--subscribers", type=int, default=500)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--processes", type=int, default=4, help="client processes")
+    args = ap.parse_args(argv)
+    if args.rate <= 0 or args.subscribers < 1 or not 0 < args.seconds <= 120 or args.processes < 1:
+        ap.error("need --rate > 0, --subscribers >= 1, 0 < --seconds <= 120, --processes >= 1")
+    logging.basicConfig(level=logging.ERROR)
+    raise_nofile()
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
