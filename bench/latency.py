@@ -102,8 +102,9 @@ async def _clients(port: int, tokens: list[str], pipe: Connection) -> None:
     events = [asyncio.Event() for _ in tokens]
     counts.extend(0 for _ in tokens)
     tasks = [asyncio.create_task(one(t, k, e)) for k, (t, e) in enumerate(zip(tokens, events, strict=True))]
-    waiter = asyncio.gather(*(e.wait() for e in events))
-    done, _ = await asyncio.wait([waiter, *tasks], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    waiter: asyncio.Future[list[bool]] = asyncio.gather(*(e.wait() for e in events))
+    pending: list[asyncio.Future[Any]] = [waiter, *tasks]
+    done, _ = await asyncio.wait(pending, timeout=120, return_when=asyncio.FIRST_COMPLETED)
     if waiter not in done:
         for t in tasks:
             if t.done() and t.exception():

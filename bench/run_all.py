@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             out, rc = res.stdout + res.stderr, res.returncode
         except subprocess.TimeoutExpired as exc:
-            out, rc = f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {args.timeout:.0f}s", -1
+
+            def text(b: str | bytes | None) -> str:
+                return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+            out, rc = f"{text(exc.stdout)}{text(exc.stderr)}\ntimed out after {args.timeout:.0f}s", -1
         log.write_text(out if isinstance(out, str) else out.decode(errors="replace"))
         got = {r["row"]: r for r in parse(out if isinstance(out, str) else "")}
         print(f"   {time.monotonic() - t0:.0f}s, exit {rc}", flush=True)

@@ -577,7 +577,7 @@ async def run_relay_phases(dsn: str, options: dict[str, str], args: argparse.Nam
 
 def _query_one(dsn: str, query: str, slot: str = SLOT_RELAY) -> Any:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query, (slot,)).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query.encode(), (slot,)).fetchone()
     assert row is not None
     return row[0]
 
