@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,9 +21,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.core.tokens import mint
-from relay.postgres.cluster import ClusterError, LocalCluster, free_port
+from relay.postgres.cluster import LocalCluster, free_port
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from relay.service import RunningRelay
+from tests.support.clusters import own_cluster as own_cluster_of_the_test
 from tests.support.relay import SECRET, PhoenixClient, running_relay, token
 from tests.support.relay_process import log_tail, relay_env, spawn_relay, wait_streaming
 
@@ -219,20 +219,9 @@ async def test_private_channel_refusal_is_counted_and_audited(
 # -- a cluster of the tests' own: stopped, restarted, reconfigured ------------------------
 @pytest.fixture()
 def own_cluster() -> Iterator[LocalCluster]:
-    if os.environ.get("RELAY_TEST_DSN"):
-        pytest.skip("needs a cluster the test can stop and reconfigure (RELAY_TEST_DSN is shared)")
-    cluster = LocalCluster(keep=True)  # stop() must keep the data to start again
-    try:
-        cluster.start()
-    except ClusterError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    try:
+    with own_cluster_of_the_test() as cluster:
+        cluster.keep = True  # stop() must keep the data to start again
         yield cluster
-    finally:
-        cluster.keep = False
-        cluster.stop()
 
 
 async def _wait_ready(relay: RunningRelay, want: int, timeout: float = 30.0) -> dict[str, Any]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from relay.postgres.cluster import ClusterError, LocalCluster
+from relay.postgres.cluster import LocalCluster
+from tests.support.clusters import own_cluster
 from tests.support.relay import PhoenixClient, running_relay
 
 pytestmark = pytest.mark.pg
@@ -30,19 +30,8 @@ def _insert(dsn: str, n: int, ids: list[int]) -> None:
 @pytest.fixture()
 def crashable() -> Iterator[LocalCluster]:
     """A cluster of the test's own, which it may SIGKILL and restart."""
-    if os.environ.get("RELAY_TEST_DSN"):
-        pytest.skip("needs a cluster the test can crash (RELAY_TEST_DSN is shared)")
-    cluster = LocalCluster()
-    try:
-        cluster.start()
-    except ClusterError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    try:
+    with own_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 async def test_postgres_crash_and_restart(crashable: LocalCluster) -> None:
