@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from relay.config import Config
 from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
 from relay.core.changes import Action, Commit, Lsn, RowChange, format_position, seq_before
+from relay.core.errors import Code
 from relay.core.pgtypes import TypeRegistry
 from relay.core.protocol import SUPPORTED_VSN, Frame
 from relay.core.quotas import CHANGE_TOO_LARGE, ConnectionCounts, Quota
@@ -111,6 +112,9 @@ class RelayServer:
         # Quotas (relay/core/quotas.py): hits by kind, for /health and the metrics.
         self.quota_hits: Counter[str] = Counter()
         self.expiry_warnings = 0  # token_expiring system messages sent
+        # Client messages whose handler raised: the relay's own bugs (logged with a traceback and
+        # answered UnknownErrorOnChannel), never a client's mistake.
+        self.handler_errors = 0
         self._change_audited = -1e9  # when a trimmed postgres change was last audited
         self.conn_counts = ConnectionCounts(
             config.max_connections, config.max_connections_per_sub, config.max_connections_per_address
@@ -522,7 +526,7 @@ class RelayServer:
                 "error",
                 f"resync needed: {why}; changes after {resume_from} may be missing. "
                 f"Refetch, then continue from position {self.position(chan.cursor)}",
-                code="resync_needed",
+                code=Code.RESYNC_NEEDED,
                 resume_from=resume_from,
                 retained_from=self.position(self.log.retained_from),
                 position=self.position(chan.cursor),
@@ -564,7 +568,7 @@ class RelayServer:
         for route in routes:
             cors.add(route)
 
-    def join_refused(self, f: Frame, reason: str, code: str | None) -> None:
+    def join_refused(self, f: Frame, reason: str, code: str) -> None:
         """A join was answered with an error: count it by code and write an audit line."""
         label = join_refusal_code(reason, code)
         self.metrics.join_refusals[label] += 1
@@ -588,6 +592,7 @@ class RelayServer:
             "value_errors": self.value_errors,
             "quota_hits": dict(self.quota_hits),
             "token_expiry_warnings": self.expiry_warnings,
+            "handler_errors": self.handler_errors,
             "rooms": len(self.topics.rooms),
             "broadcasts": self.topics.broadcasts,
             "resume": {
@@ -605,16 +610,20 @@ class RelayServer:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         vsn = request.query.get("vsn", "1.0.0")
         if vsn not in SUPPORTED_VSN:
-            return _http_error(400, f"unsupported protocol vsn {vsn!r}; use 1.0.0 or 2.0.0")
+            return _http_error(
+                400, f"unsupported protocol vsn {vsn!r}; use 1.0.0 or 2.0.0", Code.UNSUPPORTED_VSN
+            )
         token = request.query.get("apikey") or request.headers.get("x-api-key")
         if not token:
             self.metrics.token_refusals["missing"] += 1
             audit_event("token_refused", reason="missing", code="MissingJWT")
-            return _http_error(403, "MissingJWT: connect with ?apikey=<jwt> or an x-api-key header")
+            return _http_error(
+                403, "MissingJWT: connect with ?apikey=<jwt> or an x-api-key header", Code.MISSING_JWT
+            )
         try:
             claims = self.verifier.verify(token)
         except TokenError as exc:
-            return _http_error(403, exc.reason)
+            return _http_error(403, exc.reason, exc.code)
         ws = web.WebSocketResponse(
             # aiohttp's own limit closes the socket; ours (checked per frame) answers with an
             # error frame, so it is the smaller one.
@@ -660,7 +669,10 @@ class RelayServer:
                         await conn.handle_binary(msg.data)
                     except Exception:  # a handler bug must not take the socket or the server down
                         log.exception("error handling a binary frame from %s", peer)
-                        conn.send_frame_error("internal error handling the binary frame")
+                        self.handler_errors += 1
+                        conn.send_frame_error(
+                            "internal error handling the binary frame", Code.UNKNOWN_ERROR_ON_CHANNEL
+                        )
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     reason = "client"
                     break
@@ -726,5 +738,6 @@ class _AuditedVerifier:
         return getattr(self._inner, name)
 
 
-def _http_error(status: int, text: str) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps({"error": text}), content_type="application/json")
+def _http_error(status: int, text: str, code: Code) -> web.Response:
+    body = {"error": text, "code": str(code)}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

@@ -21,13 +21,12 @@ from relay.core.authorize import claims_key
 from relay.core.broadcast import BroadcastError, from_binary, from_push
 from relay.core.broadcast_history import REPLAY_LIMIT
 from relay.core.changes import parse_stream_position
+from relay.core.errors import Code
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
 from relay.core.quotas import CHANNELS, JOINS, Quota, TokenBucket
 from relay.core.rooms import Room
 from relay.core.subscriptions import (
-    TABLE_UNAVAILABLE_CODE,
-    TABLE_UNAVAILABLE_REASON,
     BindingError,
     BindingSpec,
     FrameCache,
@@ -36,7 +35,7 @@ from relay.core.subscriptions import (
 )
 from relay.core.tokens import Claims, TokenError
 from relay.logs import audit_event
-from relay.postgres.availability import UNREACHABLE_CODE, UNREACHABLE_REASON, database_unreachable
+from relay.postgres.availability import UNREACHABLE_REASON, database_unreachable
 from relay.postgres.catalog import OperandCastError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
 from relay.server.topics import JoinRefused, presence_key
@@ -221,12 +220,13 @@ class Connection:
             self._draining = True
             self._wake.set()
 
-    def reply_error(self, f: Frame, reason: str, code: str | None = None) -> None:
+    def reply_error(self, f: Frame, reason: str, code: Code) -> None:
         """``phx_reply`` error answering the frame ``f`` (same topic, ref and join_ref).
 
-        ``code``, when given, is a short stable name beside the human ``reason``.
+        ``code`` is the stable name (docs/protocol.md, "Error codes") beside the human
+        ``reason``: every error the relay sends has one, so clients never parse the text.
         """
-        response = {"reason": reason} if code is None else {"reason": reason, "code": code}
+        response = {"reason": reason, "code": str(code)}
         if f.event == "phx_join":  # counted and audited by code (docs/operations.md)
             self.server.join_refused(f, reason, code)
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", response))
@@ -242,7 +242,7 @@ class Connection:
         if audited:
             self._audited[quota.kind] = now
         self.server.quota_hit(quota, self.peer, f.topic, audited=audited)
-        self.reply_error(f, quota.reason, code=quota.code)
+        self.reply_error(f, quota.reason, quota.code)
 
     def within(self, bucket: TokenBucket, f: Frame, quota: Quota) -> bool:
         """Take one event from a rate quota's bucket; refuse ``f`` (and say False) when it is empty."""
@@ -251,9 +251,14 @@ class Connection:
         self.refuse(f, quota)
         return False
 
-    def send_frame_error(self, reason: str) -> None:
+    def send_frame_error(self, reason: str, code: Code) -> None:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
-        self.send_frame(reply("phoenix", None, None, "error", {"reason": reason}))
+        self.send_frame(reply("phoenix", None, None, "error", {"reason": reason, "code": str(code)}))
+
+    def reply_protocol_error(self, exc: ProtocolError, reason: str, code: Code) -> None:
+        """Answer a frame that could not be parsed, on its topic and ref when they were read."""
+        response = {"reason": reason, "code": str(code)}
+        self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", response))
 
     def abort(self, code: int, reason: str) -> None:
         """Close from the relay's side (slow consumer, shutdown) without waiting."""
@@ -330,17 +335,22 @@ class Connection:
         try:
             frame = parse(data, self.vsn)
         except ProtocolError as exc:
-            reason = f"frame too large: limit is {limit} bytes" if too_large else f"invalid message: {exc}"
-            self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", {"reason": reason}))
+            if too_large:
+                self.reply_protocol_error(
+                    exc, f"frame too large: limit is {limit} bytes", Code.FRAME_TOO_LARGE
+                )
+            else:
+                self.reply_protocol_error(exc, f"invalid message: {exc}", Code.INVALID_MESSAGE)
             return
         if too_large:
-            self.reply_error(frame, f"frame too large: limit is {limit} bytes")
+            self.reply_error(frame, f"frame too large: limit is {limit} bytes", Code.FRAME_TOO_LARGE)
             return
         try:
             await self.dispatch(frame)
         except Exception:  # a handler bug must not take the socket or the server down
             log.exception("error handling %s on %s", frame.event, frame.topic)
-            self.reply_error(frame, "internal error handling the message")
+            self.server.handler_errors += 1
+            self.reply_error(frame, "internal error handling the message", Code.UNKNOWN_ERROR_ON_CHANNEL)
 
     async def dispatch(self, f: Frame) -> None:
         if f.event == "heartbeat" and f.topic == "phoenix":
@@ -351,7 +361,7 @@ class Connection:
             return
         chan = self.channels.get(f.topic)
         if chan is None:
-            self.reply_error(f, "unmatched topic")
+            self.reply_error(f, "unmatched topic", Code.UNMATCHED_TOPIC)
             return
         if f.event == "phx_leave":
             self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", {}))
@@ -364,19 +374,22 @@ class Connection:
             try:
                 msg = from_push(f.payload)
             except BroadcastError as exc:
-                self.reply_error(f, f"invalid broadcast: {exc}")
+                self.reply_error(f, exc.reason, exc.code)
                 return
             self.server.topics.client_broadcast(chan, f, msg)
             return
         if f.event == "presence":
             self.server.topics.presence_push(chan, f)
             return
-        self.reply_error(f, f"unknown event {f.event!r}")
+        self.reply_error(f, f"unknown event {f.event!r}", Code.UNKNOWN_EVENT)
 
     async def handle_binary(self, data: bytes) -> None:
         """A binary frame: only vsn 2.0.0 user broadcasts (kind 3) exist; anything else is refused."""
         if self.vsn != "2.0.0":
-            self.send_frame_error("binary frames are only part of protocol vsn 2.0.0 (user broadcasts)")
+            self.send_frame_error(
+                "binary frames are only part of protocol vsn 2.0.0 (user broadcasts)",
+                Code.BINARY_NOT_SUPPORTED,
+            )
             return
         limit = self.server.config.max_frame_bytes
         try:
@@ -384,25 +397,27 @@ class Connection:
                 raise ProtocolError(f"frame too large: limit is {limit} bytes")
             push = parse_binary(data)
         except ProtocolError as exc:
-            reason = str(exc) if str(exc).startswith("frame too large") else f"invalid binary frame: {exc}"
-            self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", {"reason": reason}))
+            if str(exc).startswith("frame too large"):
+                self.reply_protocol_error(exc, str(exc), Code.FRAME_TOO_LARGE)
+            else:
+                self.reply_protocol_error(exc, f"invalid binary frame: {exc}", Code.INVALID_BINARY_FRAME)
             return
         f = Frame(push.topic, "broadcast", {}, push.ref, push.join_ref)
         chan = self.channels.get(push.topic)
         if chan is None:
-            self.reply_error(f, "unmatched topic")
+            self.reply_error(f, "unmatched topic", Code.UNMATCHED_TOPIC)
             return
         try:
             msg = from_binary(push)
         except BroadcastError as exc:
-            self.reply_error(f, f"invalid broadcast: {exc}")
+            self.reply_error(f, exc.reason, exc.code)
             return
         self.server.topics.client_broadcast(chan, f, msg)
 
     # -- channels -------------------------------------------------------------------------
     async def join(self, f: Frame) -> None:
         if not f.topic.startswith("realtime:"):
-            self.reply_error(f, "UnknownTopic: topics are realtime:<channel name>")
+            self.reply_error(f, "UnknownTopic: topics are realtime:<channel name>", Code.UNKNOWN_TOPIC)
             return
         if not self.within(self.join_rate, f, JOINS):
             return
@@ -424,19 +439,19 @@ class Connection:
             # the connect token may have expired since the socket opened.
             claims = verifier.verify(token) if token else verifier.check_claims(self.claims)
         except TokenError as exc:
-            self.reply_error(f, exc.reason)
+            self.reply_error(f, exc.reason, exc.code)
             return
         try:
             resume = _resume_point(config)
         except ValueError as exc:
-            self.reply_error(f, f"InvalidResume: {exc}")
+            self.reply_error(f, f"InvalidResume: {exc}", Code.INVALID_RESUME)
             return
         stream, after, resume_from = resume if resume is not None else ("", None, None)
         private = str(config.get("private", False)).lower() == "true"
         try:
             grants = await self.server.topics.admit(f.topic.removeprefix("realtime:"), private, claims)
         except JoinRefused as exc:
-            self.reply_error(f, str(exc))
+            self.reply_error(f, exc.reason, exc.code)
             return
         except Exception as exc:
             if not database_unreachable(exc):
@@ -448,16 +463,16 @@ class Connection:
         try:
             replay = _replay_request(bcast.get("replay"), private)
         except ValueError as exc:
-            self.reply_error(f, f"InvalidReplay: {exc}")
+            self.reply_error(f, f"InvalidReplay: {exc}", Code.INVALID_REPLAY)
             return
         try:
             specs = parse_bindings(config.get("postgres_changes"))
             bound = [await self._bind(s) for s in specs]
-        except TableUnavailable:
-            self.reply_error(f, TABLE_UNAVAILABLE_REASON, code=TABLE_UNAVAILABLE_CODE)
+        except BindingError as exc:  # TableUnavailable too: its one reason and table_not_enabled
+            self.reply_error(f, exc.reason, exc.code)
             return
-        except (BindingError, FilterError) as exc:
-            self.reply_error(f, f"InvalidBinding: {exc}")
+        except FilterError as exc:
+            self.reply_error(f, f"InvalidBinding: {exc}", Code.INVALID_BINDING)
             return
         except Exception as exc:
             if not database_unreachable(exc):
@@ -467,7 +482,7 @@ class Connection:
         try:  # the token may have expired while the topic policies and the catalog answered
             verifier.check_claims(claims)
         except TokenError as exc:
-            self.reply_error(f, exc.reason)
+            self.reply_error(f, exc.reason, exc.code)
             return
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
@@ -517,7 +532,7 @@ class Connection:
         log.warning(
             "join of %s from %s: Postgres unreachable (%s: %s)", f.topic, self.peer, type(exc).__name__, exc
         )
-        self.reply_error(f, UNREACHABLE_REASON, code=UNREACHABLE_CODE)
+        self.reply_error(f, UNREACHABLE_REASON, Code.UNABLE_TO_CONNECT_TO_PROJECT)
 
     async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
         """Check a binding against the relay's publication and cast its filter.
@@ -582,7 +597,7 @@ class Connection:
         try:
             chan.claims = self.server.verifier.verify(token)
         except TokenError as exc:
-            self.revoke(chan, exc.message)
+            self.revoke(chan, exc.message, exc.code)
             return
         self.server.index_channel(chan)
         self._arm_expiry(chan)
@@ -623,7 +638,7 @@ class Connection:
                 "ok",
                 f"Token expires in {left} seconds: send a new access_token to keep this channel",
                 extension="system",
-                code="token_expiring",
+                code=Code.TOKEN_EXPIRING,
                 expires_at=int(exp),
             )
         )
@@ -631,13 +646,15 @@ class Connection:
     def _expired(self, chan: Channel) -> None:
         exp = chan.claims.get("exp", time.time())
         audit_event("token_expired", topic=chan.topic, remote=self.peer, role=chan.claims.get("role"))
-        self.revoke(chan, f"Token has expired {int(time.time() - float(exp))} seconds ago")
+        self.revoke(
+            chan, f"Token has expired {int(time.time() - float(exp))} seconds ago", Code.INVALID_JWT_TOKEN
+        )
 
-    def revoke(self, chan: Channel, message: str) -> None:
+    def revoke(self, chan: Channel, message: str, code: Code) -> None:
         """End a channel the relay may no longer serve (token expired or invalid, access lost)."""
         if chan.closed:
             return
-        self.send_frame(chan.system("error", message, extension="system"))
+        self.send_frame(chan.system("error", message, extension="system", code=code))
         self.close_channel(chan)
 
     def teardown(self) -> None:

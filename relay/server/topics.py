@@ -25,6 +25,7 @@ from relay.core.broadcast import (
     from_db_message,
 )
 from relay.core.broadcast_history import BroadcastHistory
+from relay.core.errors import Code, RelayError
 from relay.core.payload_limits import PayloadRejected, check_json
 from relay.core.presence import Diff, PresenceError, repair_metas
 from relay.core.protocol import Frame, dumps, encode, ws_text_frame
@@ -42,8 +43,11 @@ __all__ = ["JoinRefused", "TopicHub"]
 log = logging.getLogger("relay.topics")
 
 
-class JoinRefused(Exception):
+class JoinRefused(RelayError):
     """A private channel the token may not read; ``str()`` is the reply reason."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.UNAUTHORIZED, message)
 
 
 def read_denied(name: str) -> str:
@@ -121,13 +125,13 @@ class TopicHub:
             return
         if not chan.grants.broadcast_write:
             self.denied += 1
-            conn.reply_error(f, write_denied(chan.name))
+            conn.reply_error(f, write_denied(chan.name), Code.UNAUTHORIZED)
             return
         try:
             msg = checked(msg, self.server.config.payload_limits)
         except PayloadRejected as exc:
             self.refused += 1
-            conn.reply_error(f, str(exc), exc.code)
+            conn.reply_error(f, exc.reason, exc.code)
             return
         room = chan.room
         if room is not None:
@@ -201,7 +205,7 @@ class TopicHub:
                     "broadcast replay incomplete: the relay holds this topic's messages only since "
                     f"{found.complete_from} (ms since the epoch)",
                     extension="broadcast",
-                    code="broadcast_replay_incomplete",
+                    code=Code.BROADCAST_REPLAY_INCOMPLETE,
                     complete_from=found.complete_from,
                 )
             )
@@ -214,7 +218,7 @@ class TopicHub:
         payload = f.payload if isinstance(f.payload, dict) else {}
         event = payload.get("event")
         if event not in ("track", "untrack"):
-            conn.reply_error(f, 'a presence push has "event": "track" or "untrack"')
+            conn.reply_error(f, 'a presence push has "event": "track" or "untrack"', Code.PRESENCE_INVALID)
             return
         if not conn.within(conn.presence_rate, f, PRESENCE_EVENTS):
             return
@@ -226,23 +230,23 @@ class TopicHub:
         self.server.metrics.presence_events[event] += 1
         if event == "track" and not chan.grants.presence_write:  # leaving is always allowed
             self.denied += 1
-            conn.reply_error(f, write_denied(chan.name))
+            conn.reply_error(f, write_denied(chan.name), Code.UNAUTHORIZED)
             return
         room = chan.room
         if room is None:
-            conn.reply_error(f, "unmatched topic")
+            conn.reply_error(f, "unmatched topic", Code.UNMATCHED_TOPIC)
             return
         if event == "track":
             try:
                 diff: Diff | None = self._track(chan, room, meta)
             except PayloadRejected as exc:
                 self.refused += 1
-                conn.reply_error(f, str(exc), exc.code)
+                conn.reply_error(f, exc.reason, exc.code)
                 return
             except PresenceError as exc:
-                if exc.code != "presence_invalid":
+                if exc.code != Code.PRESENCE_INVALID:
                     self.refused += 1
-                conn.reply_error(f, str(exc), exc.code)
+                conn.reply_error(f, exc.reason, exc.code)
                 return
         else:
             diff = room.presence.untrack(chan)
@@ -272,13 +276,13 @@ class TopicHub:
             raise PresenceError(
                 f"this socket already tracks its limit of {cfg.max_socket_presences} presences "
                 "(untrack one first)",
-                "too_many_presences",
+                Code.TOO_MANY_PRESENCES,
             )
         if total > cfg.max_socket_presence_bytes:
             raise PresenceError(
                 f"presence payloads of this socket would total {total} bytes, over the limit of "
                 f"{cfg.max_socket_presence_bytes}",
-                "presence_too_large",
+                Code.PRESENCE_TOO_LARGE,
             )
         if not chan.presence_enabled:
             # tracking turns presence on for this channel (its listeners were added after the
@@ -372,7 +376,7 @@ class TopicHub:
             if chan.closed:
                 continue
             if not grants.can_join:
-                chan.conn.revoke(chan, read_denied(chan.name))
+                chan.conn.revoke(chan, read_denied(chan.name), Code.UNAUTHORIZED)
                 continue
             self._regrant(chan, grants)
 

@@ -728,7 +728,8 @@ async def test_private_channel_needs_a_topic_policy(
         refused = py_channel(client, "room-u1", private=True)
         statuses = await py_subscribe(refused)
         assert statuses and statuses[0][0] == RealtimeSubscribeStates.CHANNEL_ERROR, statuses
-        assert json.loads(str(statuses[0][1])) == {"reason": unauthorized("room-u1")}, statuses
+        refusal = {"reason": unauthorized("room-u1"), "code": "Unauthorized"}
+        assert json.loads(str(statuses[0][1])) == refusal, statuses
         await asyncio.wait_for(refused.unsubscribe(), WAIT)  # stops realtime-py's rejoin timer
         await until(lambda: refused.is_closed, what="refused py channel closed")
         # A public channel of the same name is not affected.
