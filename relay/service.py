@@ -16,6 +16,7 @@ from aiohttp import web
 
 from relay.config import Config
 from relay.core.changes import Commit, Lsn
+from relay.core.position import pack
 from relay.core.tokens import Verifier
 from relay.pipeline import Pipeline, PipelineStats
 from relay.postgres.catalog import Catalog
@@ -104,7 +105,7 @@ async def start_relay(
         if op == "policy_changed":
             store.poke()
         elif op == "broadcast":  # realtime.send: in commit order with the row changes
-            server.topics.db_message(msg, int(commit_lsn) << 32)
+            server.topics.db_message(msg, pack(int(commit_lsn), 0))
         elif op == "topic_policy_changed":
             xid = msg.get("xid")
             server.topics.policies_changed(xid if isinstance(xid, str) else None)

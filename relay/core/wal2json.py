@@ -29,6 +29,7 @@ from relay.core.changes import (
     column_error,
 )
 from relay.core.pgtypes import Converter, TypeRegistry, _identity, _num_text, commit_timestamp
+from relay.core.position import commit_of, index_of
 
 __all__ = ["NUMBERS_AS_TEXT", "WAL2JSON_OPTIONS", "DecodeError", "Decoder", "wal2json_options"]
 
@@ -177,8 +178,8 @@ class Decoder:
 
     def replay(self, raw: bytes, seq: int, timestamp: str) -> RowChange:
         """Decode a row message again from the replay log, at its original position."""
-        self._commit_lsn = Lsn(seq >> 32)
-        self._index = seq & 0xFFFFFFFF
+        self._commit_lsn = Lsn(commit_of(seq))
+        self._index = index_of(seq)
         self._timestamp = timestamp
         change = self.decode(raw)
         if type(change) is not RowChange:

@@ -25,6 +25,7 @@ from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
 from relay.core.changes import Action, Commit, Lsn, RowChange, format_position, seq_before
 from relay.core.errors import Code
 from relay.core.pgtypes import TypeRegistry
+from relay.core.position import commit_of
 from relay.core.protocol import SUPPORTED_VSN, Frame
 from relay.core.quotas import CHANGE_TOO_LARGE, ConnectionCounts, Quota
 from relay.core.replay_log import ReplayLog
@@ -429,7 +430,7 @@ class RelayServer:
                 )
                 self._resync(chan, after, why, resume_from=text, restart=True)
                 return
-            if after >> 32 > max(self.wal_end, self.log.head >> 32, self.live_floor >> 32):
+            if commit_of(after) > max(self.wal_end, commit_of(self.log.head), commit_of(self.live_floor)):
                 self._resync(
                     chan,
                     after,
@@ -455,7 +456,7 @@ class RelayServer:
                 for seq, _, timestamp, raw in entries:
                     if chan.closed or self.stream_id != current:
                         return  # (a stream change while awaiting below: on_slot resynced it)
-                    if chan.tx_end and chan.open_tx and (seq >> 32) != chan.open_tx:
+                    if chan.tx_end and chan.open_tx and commit_of(seq) != chan.open_tx:
                         self._send_tx_end(chan)
                     change = decoder.replay(raw, seq, timestamp)
                     change.stream = current
