@@ -97,13 +97,13 @@ class ServerSink:
         self.server = server
         self.store = store
         self.watchdog = watchdog
-        self.change = server.dispatch  # the hot path: no wrapper call per change
-        self.batch_end = server.flush
-        self.slot = server.on_slot
+        self.change = server.feed.dispatch  # the hot path: no wrapper call per change
+        self.batch_end = server.outbox.flush
+        self.slot = server.feed.on_slot
 
     def commit(self, commit: Commit) -> None:
         self.server.metrics.observe_commit(commit)
-        self.server.on_commit(commit)
+        self.server.feed.on_commit(commit)
 
     def message(self, message: RelayMessage) -> None:
         if type(message) is DatabaseBroadcast:  # realtime.send: in commit order with the changes
@@ -118,7 +118,7 @@ class ServerSink:
 
     def hold(self) -> Lsn | None:
         """The replay window's hold on the slot, unless the slot watchdog says WAL piles up."""
-        held = self.server.hold()
+        held = self.server.feed.hold()
         return None if self.watchdog.release_hold else held
 
 

@@ -1,5 +1,9 @@
 """One client WebSocket: its channels, its outgoing queue and the Phoenix event handlers.
 
+A socket is given :class:`SocketServices` (the feed, the topic hub, the outbox, the catalog,
+the verifier, the metrics), never the server: it attaches its channels to the feed and detaches
+them when they close, and marks itself in the outbox when a batch queued frames on it.
+
 Why a class per socket: a socket owns state that must die with it (bindings in the index,
 token-expiry timers) and an ordered outgoing queue.  Sends never block the fan-out: frames are
 appended to a bounded deque drained by one sender task; a socket that falls too far behind is
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
 
+from relay.config import Config
 from relay.core.authorize import claims_key
 from relay.core.broadcast import BroadcastError, from_binary, from_push
 from relay.core.broadcast_history import REPLAY_LIMIT
@@ -33,15 +38,17 @@ from relay.core.subscriptions import (
     TableUnavailable,
     parse_bindings,
 )
-from relay.core.tokens import Claims, TokenError
+from relay.core.tokens import Claims, TokenError, Verifier
 from relay.logs import audit_event
 from relay.postgres.availability import UNREACHABLE_REASON, database_unreachable
-from relay.postgres.catalog import OperandCastError
+from relay.postgres.catalog import Catalog, OperandCastError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
-from relay.server.topics import JoinRefused, presence_key
+from relay.server.metrics import RelayMetrics
+from relay.server.outbox import Outbox
+from relay.server.topics import JoinRefused, TopicHub, presence_key
 
 if TYPE_CHECKING:
-    from relay.server.app import RelayServer
+    from relay.server.feed import ChangeFeed
 
 __all__ = ["Channel", "Connection"]
 
@@ -114,19 +121,42 @@ class Channel:
         return Frame(self.topic, "system", {**payload, **extra})
 
 
+@dataclass(frozen=True, slots=True)
+class SocketServices:
+    """What a socket may use of the relay, handed in by the server (never the server itself).
+
+    Why: a socket used to reach into a dozen members of the server; these are the parts it
+    actually needs, each owning its own state.
+    """
+
+    config: Config
+    verifier: Verifier
+    catalog: Catalog
+    feed: ChangeFeed
+    topics: TopicHub
+    outbox: Outbox
+    metrics: RelayMetrics
+
+
 class Connection:
     """Protocol handler and send queue of one WebSocket."""
 
     def __init__(
         self,
-        server: RelayServer,
+        services: SocketServices,
         ws: web.WebSocketResponse,
         vsn: str,
         claims: Claims,
         peer: str,
         request: web.Request | None = None,
     ) -> None:
-        self.server = server
+        self.config = services.config
+        self.verifier = services.verifier
+        self.catalog = services.catalog
+        self.feed = services.feed
+        self.topics = services.topics
+        self.outbox = services.outbox
+        self.metrics = services.metrics
         self.ws = ws
         self.vsn = vsn
         self.claims = claims
@@ -135,7 +165,7 @@ class Connection:
         # Without a compression extension frames are written as prebuilt bytes straight to the
         # transport (shared by every socket that receives them, many per write); with
         # compression each is sent through aiohttp, which compresses per socket.
-        self.raw = request is not None and not server.config.compression and request.transport is not None
+        self.raw = request is not None and not self.config.compression and request.transport is not None
         self._protocol = request.protocol if request is not None else None
         # Prebuilt WebSocket frames when ``raw``; otherwise text (str) and binary (bytes) messages.
         self.queue: deque[bytes | str] = deque()
@@ -147,7 +177,7 @@ class Connection:
         self.bytes_sent = 0  # encoded frame bytes written (relay_sent_bytes_total)
         self.connected_at = time.time()
         # Rate quotas of this socket (relay/core/quotas.py), on the monotonic clock.
-        cfg, now = server.config, time.monotonic()
+        cfg, now = self.config, time.monotonic()
         self.join_rate = TokenBucket(cfg.max_joins_per_second, now=now)
         self.message_rate = TokenBucket(cfg.max_events_per_second, now=now)
         self.presence_rate = TokenBucket(cfg.max_presence_events_per_second, now=now)
@@ -162,18 +192,18 @@ class Connection:
         """Queue one encoded frame; drop the socket if its queue is over the bound."""
         if self.closing:
             return
-        if len(self.queue) >= self.server.config.socket_queue_frames and self.raw and not self._draining:
+        if len(self.queue) >= self.config.socket_queue_frames and self.raw and not self._draining:
             self.flush()  # a big batch, not a slow reader: write what is queued now
-        if len(self.queue) >= self.server.config.socket_queue_frames:
+        if len(self.queue) >= self.config.socket_queue_frames:
             self.abort(
                 WSCloseCode.TRY_AGAIN_LATER,
-                f"slow consumer: more than {self.server.config.socket_queue_frames} frames queued; reconnect",
+                f"slow consumer: more than {self.config.socket_queue_frames} frames queued; reconnect",
             )
             return
         self.queue.append(text)
         if self.raw and not self._draining:
             # written by flush() at the end of the fan-out batch: one write per socket per batch
-            self.server.dirty.add(self)
+            self.outbox.mark(self)
         else:
             self._wake.set()
 
@@ -228,7 +258,7 @@ class Connection:
         """
         response = {"reason": reason, "code": str(code)}
         if f.event == "phx_join":  # counted and audited by code (docs/operations.md)
-            self.server.join_refused(f, reason, code)
+            self.metrics.join_refused(f, reason, code)
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", response))
 
     def refuse(self, f: Frame, quota: Quota) -> None:
@@ -241,7 +271,7 @@ class Connection:
         audited = now - self._audited.get(quota.kind, -1e9) >= 1.0
         if audited:
             self._audited[quota.kind] = now
-        self.server.quota_hit(quota, self.peer, f.topic, audited=audited)
+        self.metrics.quota_hit(quota, self.peer, f.topic, audited=audited)
         self.reply_error(f, quota.reason, quota.code)
 
     def within(self, bucket: TokenBucket, f: Frame, quota: Quota) -> bool:
@@ -328,7 +358,7 @@ class Connection:
     # -- receiving ------------------------------------------------------------------------
     async def handle_text(self, data: str) -> None:
         """Handle one client text frame; every failure becomes an error frame, never a crash."""
-        limit = self.server.config.max_frame_bytes
+        limit = self.config.max_frame_bytes
         # The limit is in bytes, as on the wire: a character is 1 to 4 UTF-8 bytes, so only a
         # frame of more than limit/4 characters needs encoding to know.
         too_large = len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
@@ -349,7 +379,7 @@ class Connection:
             await self.dispatch(frame)
         except Exception:  # a handler bug must not take the socket or the server down
             log.exception("error handling %s on %s", frame.event, frame.topic)
-            self.server.handler_errors += 1
+            self.metrics.handler_errors += 1
             self.reply_error(frame, "internal error handling the message", Code.UNKNOWN_ERROR_ON_CHANNEL)
 
     async def dispatch(self, f: Frame) -> None:
@@ -376,10 +406,10 @@ class Connection:
             except BroadcastError as exc:
                 self.reply_error(f, exc.reason, exc.code)
                 return
-            self.server.topics.client_broadcast(chan, f, msg)
+            self.topics.client_broadcast(chan, f, msg)
             return
         if f.event == "presence":
-            self.server.topics.presence_push(chan, f)
+            self.topics.presence_push(chan, f)
             return
         self.reply_error(f, f"unknown event {f.event!r}", Code.UNKNOWN_EVENT)
 
@@ -391,7 +421,7 @@ class Connection:
                 Code.BINARY_NOT_SUPPORTED,
             )
             return
-        limit = self.server.config.max_frame_bytes
+        limit = self.config.max_frame_bytes
         try:
             if len(data) > limit:
                 raise ProtocolError(f"frame too large: limit is {limit} bytes")
@@ -412,7 +442,7 @@ class Connection:
         except BroadcastError as exc:
             self.reply_error(f, exc.reason, exc.code)
             return
-        self.server.topics.client_broadcast(chan, f, msg)
+        self.topics.client_broadcast(chan, f, msg)
 
     # -- channels -------------------------------------------------------------------------
     async def join(self, f: Frame) -> None:
@@ -421,7 +451,7 @@ class Connection:
             return
         if not self.within(self.join_rate, f, JOINS):
             return
-        limit = self.server.config.max_channels_per_connection
+        limit = self.config.max_channels_per_connection
         if limit and f.topic not in self.channels and len(self.channels) >= limit:
             self.refuse(f, CHANNELS)  # a rejoin replaces its channel: it never counts twice
             return
@@ -433,7 +463,7 @@ class Connection:
         if not isinstance(config, dict):
             config = {}
         token = payload.get("access_token")
-        verifier = self.server.verifier
+        verifier = self.verifier
         try:
             # The channel's effective token is checked before anything is sent or accepted:
             # the connect token may have expired since the socket opened.
@@ -449,7 +479,7 @@ class Connection:
         stream, after, resume_from = resume if resume is not None else ("", None, None)
         private = str(config.get("private", False)).lower() == "true"
         try:
-            grants = await self.server.topics.admit(f.topic.removeprefix("realtime:"), private, claims)
+            grants = await self.topics.admit(f.topic.removeprefix("realtime:"), private, claims)
         except JoinRefused as exc:
             self.reply_error(f, exc.reason, exc.code)
             return
@@ -497,31 +527,29 @@ class Connection:
         if after is not None:
             chan.cursor, chan.replaying = after, True  # live skips it until the replay catches up
         else:
-            chan.cursor = self.server.fresh_cursor()
+            chan.cursor = self.feed.fresh_cursor()
         # Register before replying: anything the fan-out sees from now on reaches this
         # channel (or its replay), and the reply is queued before any such frame.
-        for spec, flt in zip(specs, bound, strict=True):
-            self.server.index.add(spec, chan, flt)
         self.channels[f.topic] = chan
-        self.server.index_channel(chan)
+        self.feed.attach(chan, list(zip(specs, bound, strict=True)))
         self._arm_expiry(chan)
         response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
-        self.server.topics.enter(chan)
+        self.topics.enter(chan)
         if replay is not None:
-            self.server.topics.replay(chan, *replay)
+            self.topics.replay(chan, *replay)
         if specs:
             if after is not None:  # echoed as sent: it may not be of this stream (see replay)
                 start = {"position": str(resume_from)}
             else:
-                known = self.server.floors_ready.is_set()
-                start = {"position": self.server.position(chan.cursor)} if known else {}
+                known = self.feed.floors_ready.is_set()
+                start = {"position": self.feed.position(chan.cursor)} if known else {}
             self.send_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
         if _truthy(bcast.get("replication_ready")):
-            self.server.replication_ready(chan)
+            self.feed.replication_ready(chan)
         if after is not None:
             chan.task = asyncio.get_running_loop().create_task(
-                self.server.replay(chan, after, stream, str(resume_from)), name=f"replay {f.topic}"
+                self.feed.replay(chan, after, stream, str(resume_from)), name=f"replay {f.topic}"
             )
 
     def _reply_unreachable(self, f: Frame, exc: BaseException) -> None:
@@ -542,8 +570,8 @@ class Connection:
         the same :class:`TableUnavailable`: what exists outside the publication is nobody's
         business.  Column names and types are only revealed for published tables.
         """
-        publication = self.server.config.publication
-        catalog = self.server.catalog
+        publication = self.config.publication
+        catalog = self.catalog
         if spec.table is None:
             if not await catalog.schema_published(publication, spec.schema):
                 raise TableUnavailable()
@@ -567,7 +595,7 @@ class Connection:
             types[column] = ctype
         casts = spec.filter.casts(types)
         try:  # Postgres itself casts the operands: it decides what they mean, or refuses them
-            canonical = await self.server.catalog.cast_operands(casts) if casts else None
+            canonical = await self.catalog.cast_operands(casts) if casts else None
         except OperandCastError as exc:
             raise BindingError(f'invalid filter "{spec.filter.text}": {exc}') from None
         return spec.filter.bind(types, canonical)
@@ -575,14 +603,12 @@ class Connection:
     def close_channel(self, chan: Channel, send_close: bool = True) -> None:
         chan.closed = True
         try:
-            self.server.topics.leave(chan)
+            self.topics.leave(chan)
         except Exception:  # telling the room failed: the channel must still be forgotten everywhere
             log.exception("error leaving the room of %s", chan.topic)
         if chan.task is not None and not chan.task.done():
             chan.task.cancel()
-        self.server.open_tx.discard(chan)
-        self.server.index.remove_owner(chan)
-        self.server.unindex_channel(chan)
+        self.feed.detach(chan)
         if chan.expiry is not None:
             chan.expiry.cancel()
         if chan.expiry_warning is not None:
@@ -595,14 +621,14 @@ class Connection:
     async def refresh_token(self, chan: Channel, payload: Any) -> None:
         token = payload.get("access_token") if isinstance(payload, dict) else None
         try:
-            chan.claims = self.server.verifier.verify(token)
+            chan.claims = self.verifier.verify(token)
         except TokenError as exc:
             self.revoke(chan, exc.message, exc.code)
             return
-        self.server.index_channel(chan)
+        self.feed.index_channel(chan)
         self._arm_expiry(chan)
         if chan.private:  # the new claims may read (or write) less: ask the topic policies again
-            await self.server.topics.recheck([chan])
+            await self.topics.recheck([chan])
 
     def _arm_expiry(self, chan: Channel) -> None:
         """Schedule the channel's end at its token's ``exp``, and the ``token_expiring`` warning.
@@ -621,7 +647,7 @@ class Connection:
             loop = asyncio.get_running_loop()
             delay = max(0.0, float(exp) - time.time())
             chan.expiry = loop.call_later(delay, self._expired, chan)
-            ahead = self.server.config.token_expiry_warning
+            ahead = self.config.token_expiry_warning
             if ahead > 0 and delay > 0:
                 chan.expiry_warning = loop.call_later(delay - min(ahead, delay / 2), self._expiring, chan)
 
@@ -632,7 +658,7 @@ class Connection:
         if chan.closed or not isinstance(exp, int | float):
             return
         left = max(0, round(float(exp) - time.time()))
-        self.server.expiry_warnings += 1
+        self.metrics.expiry_warnings += 1
         self.send_frame(
             chan.system(
                 "ok",
@@ -670,6 +696,7 @@ class Connection:
                 except Exception:
                     log.exception("error closing %s of %s", chan.topic, self.peer)
                     self.channels.pop(chan.topic, None)
+                    self.feed.detach(chan)
         finally:
             self.closing = True
             self._wake.set()

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from relay.config import Config
 from relay.core.broadcast import (
     Broadcast,
     BroadcastError,
@@ -33,10 +34,12 @@ from relay.core.quotas import MESSAGES, PRESENCE_EVENTS, PRESENCE_KEYS
 from relay.core.rooms import Room, Rooms
 from relay.postgres.availability import database_unreachable
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicAuthorizer, TopicGrants, TopicPolicyError
+from relay.server.metrics import RelayMetrics
+from relay.server.outbox import Outbox
 
 if TYPE_CHECKING:
-    from relay.server.app import RelayServer
     from relay.server.connection import Channel
+    from relay.server.feed import ChangeFeed
 
 __all__ = ["JoinRefused", "TopicHub"]
 
@@ -61,8 +64,18 @@ def write_denied(name: str) -> str:
 class TopicHub:
     """Rooms of the relay's joined channels, with their presence."""
 
-    def __init__(self, server: RelayServer, authorizer: TopicAuthorizer) -> None:
-        self.server = server
+    def __init__(
+        self,
+        config: Config,
+        metrics: RelayMetrics,
+        outbox: Outbox,
+        feed: ChangeFeed,
+        authorizer: TopicAuthorizer,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.outbox = outbox
+        self.feed = feed  # for the live floor and the joined channels, never written to
         self.authorizer = authorizer
         self.rooms: Rooms[Channel] = Rooms()
         self.broadcasts = 0  # messages accepted (client, REST and database)
@@ -102,7 +115,7 @@ class TopicHub:
     def enter(self, chan: Channel) -> None:
         """Join the channel's room (after its join reply) and send it the presence state."""
         chan.room = self.rooms.join(chan.name, chan.private, chan)
-        self.server.metrics.joined(chan.private, bool(chan.specs), chan.presence_enabled)
+        self.metrics.joined(chan.private, bool(chan.specs), chan.presence_enabled)
         if chan.presence_enabled and chan.grants.presence_read:
             self._send_state(chan)
 
@@ -128,7 +141,7 @@ class TopicHub:
             conn.reply_error(f, write_denied(chan.name), Code.UNAUTHORIZED)
             return
         try:
-            msg = checked(msg, self.server.config.payload_limits)
+            msg = checked(msg, self.config.payload_limits)
         except PayloadRejected as exc:
             self.refused += 1
             conn.reply_error(f, exc.reason, exc.code)
@@ -150,7 +163,7 @@ class TopicHub:
             conn = member.conn
             conn.push(frames.get(conn.vsn, conn.raw))
             sent += 1
-        self.server.flush()
+        self.outbox.flush()
         return sent
 
     def publish(self, name: str, private: bool, msg: Broadcast) -> int:
@@ -169,7 +182,7 @@ class TopicHub:
         """
         try:
             name, private, bmsg = from_db_message(msg)
-            bmsg = checked(bmsg, self.server.config.payload_limits)
+            bmsg = checked(bmsg, self.config.payload_limits)
         except BroadcastError as exc:
             log.warning("ignoring malformed realtime.send message: %s", exc)
             return
@@ -180,7 +193,7 @@ class TopicHub:
         if private:  # replayable (broadcast.replay is for private channels only, as upstream)
             ts = db_message_time(msg)
             self.history.record(name, ts if ts is not None else _now_ms(), bmsg)
-        if commit_seq <= self.server.live_floor:
+        if commit_seq <= self.feed.live_floor:
             return
         self.db_broadcasts += 1
         self.publish(name, private, bmsg)
@@ -209,7 +222,7 @@ class TopicHub:
                     complete_from=found.complete_from,
                 )
             )
-        self.server.flush()
+        self.outbox.flush()
 
     # -- presence -----------------------------------------------------------------------------
     def presence_push(self, chan: Channel, f: Frame) -> None:
@@ -223,11 +236,11 @@ class TopicHub:
         if not conn.within(conn.presence_rate, f, PRESENCE_EVENTS):
             return
         meta = payload.get("payload", {})
-        max_keys = self.server.config.max_presence_keys
+        max_keys = self.config.max_presence_keys
         if event == "track" and max_keys and isinstance(meta, dict) and len(meta) > max_keys:
             conn.refuse(f, PRESENCE_KEYS)
             return
-        self.server.metrics.presence_events[event] += 1
+        self.metrics.presence_events[event] += 1
         if event == "track" and not chan.grants.presence_write:  # leaving is always allowed
             self.denied += 1
             conn.reply_error(f, write_denied(chan.name), Code.UNAUTHORIZED)
@@ -264,7 +277,7 @@ class TopicHub:
         """
         if not isinstance(meta, dict):
             raise PresenceError("a presence payload (the tracked state) must be a JSON object")
-        cfg = self.server.config
+        cfg = self.config
         size = len(check_json(meta, cfg.payload_limits, "presence payload"))
         count, total = 1, size
         for other in chan.conn.channels.values():
@@ -340,7 +353,7 @@ class TopicHub:
                     text = encode(frame, conn.vsn)
                 out = cache[key] = ws_text_frame(text.encode()) if conn.raw else text
             conn.push(out)
-        self.server.flush()
+        self.outbox.flush()
 
     # -- policy changes -------------------------------------------------------------------------
     def policies_changed(self, xid: str | None = None) -> None:
@@ -360,11 +373,7 @@ class TopicHub:
 
     async def recheck(self, chans: Iterable[Channel] | None = None) -> None:
         """Re-evaluate private channels' grants; a channel that may no longer read is closed."""
-        todo = (
-            list(chans)
-            if chans is not None
-            else [ch for c in list(self.server.connections) for ch in c.channels.values() if ch.private]
-        )
+        todo = list(chans) if chans is not None else [ch for ch in list(self.feed.channels) if ch.private]
         for chan in todo:
             if chan.closed:
                 continue
