@@ -74,6 +74,7 @@ SERVER_ORDER: dict[str, int] = {
     "relay.server.topics": 1,  # broadcast and presence
     "relay.server.metrics": 0,
     "relay.server.outbox": 0,
+    "relay.server.session": 0,  # sans-I/O: frames in, typed requests out
 }
 
 # The SDK's channel <-> client circle is being removed on h/arch-checks (issue 13, item 3);

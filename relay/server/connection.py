@@ -24,8 +24,6 @@ from aiohttp import WSCloseCode, web
 from relay.config import Config
 from relay.core.authorize import claims_key
 from relay.core.broadcast import BroadcastError, from_binary, from_push
-from relay.core.broadcast_history import REPLAY_LIMIT
-from relay.core.changes import parse_stream_position
 from relay.core.errors import Code
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
@@ -36,7 +34,6 @@ from relay.core.subscriptions import (
     BindingSpec,
     FrameCache,
     TableUnavailable,
-    parse_bindings,
 )
 from relay.core.tokens import Claims, TokenError, Verifier
 from relay.logs import audit_event
@@ -45,7 +42,8 @@ from relay.postgres.catalog import Catalog, OperandCastError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
 from relay.server.metrics import RelayMetrics
 from relay.server.outbox import Outbox
-from relay.server.topics import JoinRefused, TopicHub, presence_key
+from relay.server.session import read_join
+from relay.server.topics import JoinRefused, TopicHub
 
 if TYPE_CHECKING:
     from relay.server.feed import ChangeFeed
@@ -458,26 +456,20 @@ class Connection:
         old = self.channels.get(f.topic)
         if old is not None:  # a second join replaces the first (Phoenix semantics)
             self.close_channel(old)
-        payload = f.payload if isinstance(f.payload, dict) else {}
-        config = payload.get("config") or {}
-        if not isinstance(config, dict):
-            config = {}
-        token = payload.get("access_token")
+        req = read_join(f)
         verifier = self.verifier
         try:
             # The channel's effective token is checked before anything is sent or accepted:
             # the connect token may have expired since the socket opened.
-            claims = verifier.verify(token) if token else verifier.check_claims(self.claims)
+            claims = verifier.verify(req.token) if req.token else verifier.check_claims(self.claims)
         except TokenError as exc:
             self.reply_error(f, exc.reason, exc.code)
             return
-        try:
-            resume = _resume_point(config)
-        except ValueError as exc:
-            self.reply_error(f, f"InvalidResume: {exc}", Code.INVALID_RESUME)
+        if req.resume_error is not None:
+            self.reply_error(f, req.resume_error.reason, req.resume_error.code)
             return
-        stream, after, resume_from = resume if resume is not None else ("", None, None)
-        private = str(config.get("private", False)).lower() == "true"
+        stream, after, resume_from = req.resume if req.resume is not None else ("", None, None)
+        private = req.private
         try:
             grants = await self.topics.admit(f.topic.removeprefix("realtime:"), private, claims)
         except JoinRefused as exc:
@@ -488,15 +480,15 @@ class Connection:
                 raise
             self._reply_unreachable(f, exc)
             return
-        bcast_cfg = config.get("broadcast")
-        bcast: dict[str, Any] = bcast_cfg if isinstance(bcast_cfg, dict) else {}
-        try:
-            replay = _replay_request(bcast.get("replay"), private)
-        except ValueError as exc:
-            self.reply_error(f, f"InvalidReplay: {exc}", Code.INVALID_REPLAY)
+        if req.replay_error is not None:
+            self.reply_error(f, req.replay_error.reason, req.replay_error.code)
             return
+        replay = req.replay
+        if req.bindings_error is not None:
+            self.reply_error(f, req.bindings_error.reason, req.bindings_error.code)
+            return
+        specs = req.specs
         try:
-            specs = parse_bindings(config.get("postgres_changes"))
             bound = [await self._bind(s) for s in specs]
         except BindingError as exc:  # TableUnavailable too: its one reason and table_not_enabled
             self.reply_error(f, exc.reason, exc.code)
@@ -517,13 +509,10 @@ class Connection:
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
         chan = Channel(self, f.topic, f.join_ref, claims, specs)
-        # realtime-js sends only broadcast/presence/postgres_changes/private in ``config``, but
-        # it keeps the application's binding objects by reference: extensions may sit there.
-        chan.tx_end = config.get("tx_end") is True or any(s.raw.get("tx_end") is True for s in specs)
+        chan.tx_end = req.tx_end
         chan.private, chan.grants = private, grants
-        chan.bcast_self = str(bcast.get("self", False)).lower() == "true"
-        chan.bcast_ack = str(bcast.get("ack", False)).lower() == "true"
-        chan.presence_key, chan.presence_enabled = presence_key(config.get("presence"))
+        chan.bcast_self, chan.bcast_ack = req.bcast_self, req.bcast_ack
+        chan.presence_key, chan.presence_enabled = req.presence_key, req.presence_enabled
         if after is not None:
             chan.cursor, chan.replaying = after, True  # live skips it until the replay catches up
         else:
@@ -545,7 +534,7 @@ class Connection:
                 known = self.feed.floors_ready.is_set()
                 start = {"position": self.feed.position(chan.cursor)} if known else {}
             self.send_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
-        if _truthy(bcast.get("replication_ready")):
+        if req.replication_ready:
             self.feed.replication_ready(chan)
         if after is not None:
             chan.task = asyncio.get_running_loop().create_task(
@@ -700,54 +689,3 @@ class Connection:
         finally:
             self.closing = True
             self._wake.set()
-
-
-def _truthy(value: Any) -> bool:
-    """Join config booleans: JSON ``true`` or the string ``"true"`` (both clients send either)."""
-    return value is True or (isinstance(value, str) and value.lower() == "true")
-
-
-def _resume_point(config: dict[str, Any]) -> tuple[str, int, str] | None:
-    """Where a resuming join continues: ``(stream id, position, as sent)``, or None for a fresh join.
-
-    ``config.resume_from`` first, else the bindings' own.  An unchanged realtime-js rebuilds
-    ``config`` at ``subscribe()`` and keeps only its four known keys, but the binding objects
-    are the application's own, serialized again on every automatic rejoin; so a dashboard keeps
-    ``resume_from`` up to date on its binding objects.  All bindings of a channel share one
-    cursor: the earliest position given wins, so nothing any binding still needs is skipped
-    (the client drops what it already has by position).
-    """
-    top = config.get("resume_from")
-    if top is not None:
-        stream, after = parse_stream_position(top)
-        return stream, after, str(top)
-    bindings = config.get("postgres_changes")
-    found: list[tuple[int, str, str]] = []
-    if isinstance(bindings, list):
-        for b in bindings:
-            if isinstance(b, dict) and b.get("resume_from") not in (None, ""):
-                stream, after = parse_stream_position(b["resume_from"])
-                found.append((after, stream, str(b["resume_from"])))
-    if not found:
-        return None
-    after, stream, text = min(found)
-    return stream, after, text
-
-
-def _replay_request(value: Any, private: bool) -> tuple[int, int] | None:
-    """``config.broadcast.replay = {since: <ms epoch>, limit: <1..25>}`` as ``(since, limit)``.
-
-    As upstream: private channels only, ``limit`` is at most 25 (the default here).
-    """
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError("broadcast.replay must be an object {since, limit}")
-    if not private:
-        raise ValueError("broadcast replay is only available on private channels")
-    since, limit = value.get("since"), value.get("limit", REPLAY_LIMIT)
-    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-        raise ValueError("broadcast.replay.since must be a time in milliseconds since the epoch")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= REPLAY_LIMIT:
-        raise ValueError(f"broadcast.replay.limit must be an integer from 1 to {REPLAY_LIMIT}")
-    return since, limit

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -441,19 +440,6 @@ class TopicHub:
             ],
             "presence": self.presence_state(room),
         }
-
-
-def presence_key(config: Any) -> tuple[str, bool]:
-    """``(key, enabled)`` from a join's ``presence`` config; an empty key gets a fresh UUID.
-
-    A per-join UUID is what the reference server uses, so two anonymous tabs never merge.
-    """
-    cfg = config if isinstance(config, dict) else {}
-    key = cfg.get("key")
-    enabled = str(cfg.get("enabled", False)).lower() == "true"
-    if not isinstance(key, str | int) or isinstance(key, bool) or key == "":
-        return str(uuid.uuid4()), enabled
-    return str(key), enabled
 
 
 def _now_ms() -> int:
