@@ -41,7 +41,7 @@ from relay.postgres.availability import UNREACHABLE_REASON, database_unreachable
 from relay.postgres.catalog import Catalog, OperandCastError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
 from relay.server.metrics import RelayMetrics
-from relay.server.outbox import Outbox
+from relay.server.outbox import Outbox, socket_transport, wait_writable, writing_paused
 from relay.server.session import read_join
 from relay.server.topics import JoinRefused, TopicHub
 
@@ -238,13 +238,13 @@ class Connection:
         if self.closing or not self.queue or self._draining:
             return
         proto = self._protocol
-        if proto is not None and proto.writing_paused:
+        if writing_paused(proto):
             self._draining = True
             self._wake.set()
             return
         if not self._write_chunk(unbounded=True):
             return
-        if proto is not None and proto.writing_paused:
+        if writing_paused(proto):
             self._draining = True
             self._wake.set()
 
@@ -327,7 +327,7 @@ class Connection:
     def _write_chunk(self, unbounded: bool = False) -> bool:
         """Pop queued frames (up to 256 KiB unless ``unbounded``) into one transport write."""
         q = self.queue
-        transport = self.ws._writer.transport if self.ws._writer is not None else None
+        transport = socket_transport(self.ws)
         if transport is None or transport.is_closing():
             q.clear()
             self.closing = True
@@ -350,8 +350,8 @@ class Connection:
         if not self._write_chunk():
             return
         proto = self._protocol
-        if proto is not None and proto.writing_paused:
-            await proto._drain_helper()
+        if proto is not None and writing_paused(proto):
+            await wait_writable(proto)
 
     # -- receiving ------------------------------------------------------------------------
     async def handle_text(self, data: str) -> None:
