@@ -500,7 +500,7 @@ async def _tail(cfg: Config, count: int) -> int:
     from relay.core.changes import RowChange
     from relay.core.protocol import dumps
     from relay.core.subscriptions import change_payload, repair_unencodable
-    from relay.pipeline import Pipeline
+    from relay.pipeline import ChangesOnly, Pipeline
     from relay.postgres.catalog import Catalog
 
     dsn = cfg.require_database()
@@ -530,7 +530,7 @@ async def _tail(cfg: Config, count: int) -> int:
     pipeline = Pipeline(
         dsn,
         catalog,
-        sink,
+        ChangesOnly(sink),
         slot=slot,
         publication=cfg.publication,
         temporary_slot=True,

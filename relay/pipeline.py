@@ -29,14 +29,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
-import orjson
 import psycopg
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from relay.core.changes import Begin, Commit, Lsn, Message, RowChange
+from relay.core.relay_messages import MESSAGE_PREFIX, RelayMessage, TableSetChanged, decode_message
 from relay.core.sqltypes import TypeRegistry
 from relay.core.stream import StreamIdentity
 from relay.core.wal2json import NUMBERS_AS_TEXT, Decoder, wal2json_options
@@ -44,12 +44,10 @@ from relay.postgres.catalog import Catalog
 from relay.postgres.identity import read_identity
 from relay.postgres.replication import ReplicationError, ReplicationStream, SlotInfo, ensure_slot
 
-__all__ = ["Pipeline", "PipelineStats"]
+__all__ = ["ChangeSink", "ChangesOnly", "Pipeline", "PipelineStats"]
 
 log = logging.getLogger("relay.pipeline")
 
-MESSAGE_PREFIX = "realtime"
-_TABLE_OPS = {"enable_table", "disable_table", "publication_changed"}
 LAG_LOG_INTERVAL = 60.0  # seconds between "slot lag" log lines
 HEALTHY_STREAM = 30.0  # a stream that ran this long resets the backoff
 
@@ -98,6 +96,61 @@ class PipelineStats:
         return dict(self.__dict__)
 
 
+class ChangeSink(Protocol):
+    """Where the pipeline hands everything it reads: the one interface between capture and serving.
+
+    Why one protocol instead of a sink and six callbacks: the pipeline's whole contract with the
+    rest of the relay is visible in one place, and a sink is one object (the server's adapter in
+    relay/service.py, or :class:`ChangesOnly`) rather than a web of closures.
+    """
+
+    def change(self, change: RowChange) -> Awaitable[None] | None:
+        """A row change, in stream order; an awaitable means "wait before the next one"."""
+
+    def commit(self, commit: Commit) -> None:
+        """A transaction whose changes were all handed over."""
+
+    def message(self, message: RelayMessage) -> None:
+        """A relay message other than a table-set change (the pipeline handles those)."""
+
+    def batch_end(self) -> None:
+        """The end of one batch read from the stream: one write per touched socket."""
+
+    def slot(self, info: SlotInfo, first: bool) -> None:
+        """The slot the stream (re)starts from, with its stream identity."""
+
+    def status(self, stats: PipelineStats) -> None:
+        """The pipeline's counters changed (for /health)."""
+
+    def hold(self) -> Lsn | None:
+        """The oldest LSN the slot must keep (the replay window), or None."""
+
+
+class ChangesOnly:
+    """A :class:`ChangeSink` for callers that want only the row changes (``relay tail``, tests)."""
+
+    def __init__(self, on_change: Callable[[RowChange], Awaitable[None] | None]) -> None:
+        self.change = on_change
+
+    def commit(self, commit: Commit) -> None:
+        pass
+
+    def message(self, message: RelayMessage) -> None:
+        pass
+
+    def batch_end(self) -> None:
+        pass
+
+    def slot(self, info: SlotInfo, first: bool) -> None:
+        pass
+
+    def status(self, stats: PipelineStats) -> None:
+        pass
+
+    def hold(self) -> Lsn | None:
+        return None
+
+
 class _Restart(Exception):
     """Internal: stop the current stream and start a new one (table set changed)."""
 
@@ -109,18 +162,12 @@ class Pipeline:
         self,
         dsn: str,
         catalog: Catalog,
-        sink: Callable[[RowChange], Awaitable[None] | None],
+        sink: ChangeSink,
         *,
         slot: str,
         publication: str,
         poll_interval: float = 1.0,
         temporary_slot: bool = False,
-        on_status: Callable[[PipelineStats], None] | None = None,
-        on_message: Callable[[dict[str, Any], Lsn], None] | None = None,
-        on_batch_end: Callable[[], None] | None = None,
-        on_commit: Callable[[Commit], None] | None = None,
-        on_slot: Callable[[SlotInfo, bool], None] | None = None,
-        hold: Callable[[], Lsn | None] | None = None,
         max_backoff: float = 10.0,
         receive_timeout: float | None = None,
     ) -> None:
@@ -131,12 +178,6 @@ class Pipeline:
         self.publication = publication
         self.poll_interval = poll_interval
         self.temporary_slot = temporary_slot
-        self.on_status = on_status
-        self.on_message = on_message
-        self.on_batch_end = on_batch_end
-        self.on_commit = on_commit
-        self.on_slot = on_slot
-        self.hold = hold
         self.max_backoff = max_backoff
         self.receive_timeout = receive_timeout  # None: derived from wal_sender_timeout
         self.types = TypeRegistry(numbers_as_text=True)  # until wal2json says it does not know it
@@ -201,8 +242,7 @@ class Pipeline:
             self.stream = info.stream
             if info.reason == "lost":
                 self.stats.last_error = f"slot {self.slot} was lost and recreated at {info.confirmed_flush}"
-            if self.on_slot is not None:
-                self.on_slot(info, self._first_stream)
+            self.sink.slot(info, self._first_stream)
             self._first_stream = False
         self.types.update(await self.catalog.types())
         tables = await self.catalog.published_tables(self.publication)
@@ -274,6 +314,7 @@ class Pipeline:
         next_poll = time.monotonic() + self.poll_interval
         unconfirmed = False
         sink = self.sink
+        hand_over = sink.change
         decode = decoder.decode
         stats = self.stats
         next_lag_log = time.monotonic() + LAG_LOG_INTERVAL
@@ -321,7 +362,7 @@ class Pipeline:
                     if type(event) is RowChange:
                         if not skipping:
                             stats.changes += 1
-                            pending = sink(event)
+                            pending = hand_over(event)
                             if pending is not None:  # a policy needs Postgres: keep commit order
                                 await pending
                     elif type(event) is Begin:
@@ -331,8 +372,7 @@ class Pipeline:
                         if not skipping:
                             self.last_commit = event.commit_lsn
                             stats.transactions += 1
-                            if self.on_commit is not None:
-                                self.on_commit(event)
+                            sink.commit(event)
                         if event.end_lsn > self.handed_off:
                             self.handed_off = event.end_lsn
                         self._confirm(stream)
@@ -343,36 +383,27 @@ class Pipeline:
                             raise _Restart()
                     elif type(event) is Message:
                         if event.prefix == MESSAGE_PREFIX and not skipping:
-                            msg = _parse_message(event.content)
-                            if msg.get("op") in _TABLE_OPS:
+                            # with its transaction's commit LSN: where it sits in commit order
+                            msg = decode_message(
+                                event.content, tx_commit if event.transactional else event.lsn
+                            )
+                            if type(msg) is TableSetChanged:
                                 restart_after_commit = True
-                            elif self.on_message is not None:
-                                # with its transaction's commit LSN: where it sits in commit order
-                                self.on_message(msg, tx_commit if event.transactional else event.lsn)
+                            elif msg is not None:
+                                sink.message(msg)
             finally:
-                if self.on_batch_end is not None:
-                    self.on_batch_end()  # one write per touched socket per batch
+                sink.batch_end()  # one write per touched socket per batch
 
     def _confirm(self, stream: ReplicationStream) -> bool:
         """Confirm what was handed off, but not past the replay window; True if it advanced."""
         lsn = self.handed_off
-        if self.hold is not None:
-            held = self.hold()
-            if held is not None and held < lsn:
-                lsn = held
+        held = self.sink.hold()
+        if held is not None and held < lsn:
+            lsn = held
         if lsn > stream.flushed_lsn:
             stream.confirm(lsn)
             return True
         return False
 
     def _publish(self) -> None:
-        if self.on_status is not None:
-            self.on_status(self.stats)
-
-
-def _parse_message(content: str) -> dict[str, Any]:
-    try:
-        msg = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return {}
-    return msg if isinstance(msg, dict) else {}
+        self.sink.status(self.stats)

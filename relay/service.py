@@ -16,6 +16,8 @@ from aiohttp import web
 
 from relay.config import Config
 from relay.core.changes import Commit, Lsn
+from relay.core.position import pack
+from relay.core.relay_messages import DatabaseBroadcast, PolicyChanged, RelayMessage, TopicPolicyChanged
 from relay.core.tokens import Verifier
 from relay.pipeline import Pipeline, PipelineStats
 from relay.postgres.catalog import Catalog
@@ -83,6 +85,43 @@ class RunningRelay:
         await self.catalog.close()
 
 
+class ServerSink:
+    """The pipeline's :class:`~relay.pipeline.ChangeSink` for a serving relay.
+
+    Why here: this is where the parts are put together, so it is the one place that knows which
+    part wants which of the pipeline's outputs (the server, the policy store, the metrics, the
+    slot watchdog); none of them knows the pipeline.
+    """
+
+    def __init__(self, server: RelayServer, store: PolicyStore, watchdog: SlotWatchdog) -> None:
+        self.server = server
+        self.store = store
+        self.watchdog = watchdog
+        self.change = server.feed.dispatch  # the hot path: no wrapper call per change
+        self.batch_end = server.outbox.flush
+        self.slot = server.feed.on_slot
+
+    def commit(self, commit: Commit) -> None:
+        self.server.metrics.observe_commit(commit)
+        self.server.feed.on_commit(commit)
+
+    def message(self, message: RelayMessage) -> None:
+        if type(message) is DatabaseBroadcast:  # realtime.send: in commit order with the changes
+            self.server.topics.db_message(message.body, pack(message.commit_lsn, 0))
+        elif type(message) is PolicyChanged:
+            self.store.poke()
+        elif type(message) is TopicPolicyChanged:
+            self.server.topics.policies_changed(message.xid)
+
+    def status(self, stats: PipelineStats) -> None:
+        self.server.status = stats.as_dict()
+
+    def hold(self) -> Lsn | None:
+        """The replay window's hold on the slot, unless the slot watchdog says WAL piles up."""
+        held = self.server.feed.hold()
+        return None if self.watchdog.release_hold else held
+
+
 async def start_relay(
     config: Config, *, wait_ready: bool = True, ready_timeout: float = 30.0
 ) -> RunningRelay:
@@ -94,47 +133,16 @@ async def start_relay(
     await catalog.open()
     server = RelayServer(config, verifier, catalog)
 
-    def on_status(stats: PipelineStats) -> None:
-        server.status = stats.as_dict()
-
     store = PolicyStore(catalog, server.authorizer, interval=config.policy_poll_interval)
-
-    def on_message(msg: dict[str, object], commit_lsn: Lsn) -> None:
-        op = msg.get("op")
-        if op == "policy_changed":
-            store.poke()
-        elif op == "broadcast":  # realtime.send: in commit order with the row changes
-            server.topics.db_message(msg, int(commit_lsn) << 32)
-        elif op == "topic_policy_changed":
-            xid = msg.get("xid")
-            server.topics.policies_changed(xid if isinstance(xid, str) else None)
-
     watchdog = SlotWatchdog(server, config.slot, config.slot_wal_threshold, config.slot_check_interval)
     server.watchdog = watchdog
-    metrics = server.metrics
-
-    def on_commit(commit: Commit) -> None:
-        metrics.observe_commit(commit)
-        server.on_commit(commit)
-
-    def hold() -> Lsn | None:
-        """The replay window's hold on the slot, unless the slot watchdog says WAL piles up."""
-        held = server.hold()
-        return None if watchdog.release_hold else held
-
     pipeline = Pipeline(
         dsn,
         catalog,
-        server.dispatch,
+        ServerSink(server, store, watchdog),
         slot=config.slot,
         publication=config.publication,
         poll_interval=config.publication_poll_interval,
-        on_status=on_status,
-        on_message=on_message,
-        on_batch_end=server.flush,
-        on_commit=on_commit,
-        on_slot=server.on_slot,
-        hold=hold,
     )
     server.types = pipeline.types
     stop = asyncio.Event()

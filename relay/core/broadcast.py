@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from relay.core.errors import Code, RelayError
 from relay.core.payload_limits import PayloadLimits, check_depth, check_json, check_size
 from relay.core.protocol import (
     BINARY_ENCODING,
@@ -40,8 +41,15 @@ __all__ = [
 ]
 
 
-class BroadcastError(ValueError):
+class BroadcastError(RelayError, ValueError):
     """A broadcast that cannot be sent; ``str()`` is safe to show the sender."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.INVALID_BROADCAST, message)
+
+    @property
+    def reason(self) -> str:
+        return f"invalid broadcast: {self}"
 
 
 @dataclass(frozen=True, slots=True)

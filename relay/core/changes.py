@@ -7,10 +7,11 @@ no I/O, so the pure logic can be tested from fixtures.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from relay.core.position import INDEX_BITS, Position, seq_before
 
 __all__ = [
     "Action",
@@ -41,7 +42,7 @@ class Lsn(int):
         return cls((int(hi, 16) << 32) | int(lo, 16))
 
     def __str__(self) -> str:
-        return f"{int(self) >> 32:X}/{int(self) & 0xFFFFFFFF:X}"
+        return f"{int(self) >> 32:X}/{int(self) & 0xFFFFFFFF:X}"  # Postgres' two 32-bit halves
 
     def __repr__(self) -> str:
         return f"Lsn('{self}')"
@@ -140,7 +141,7 @@ class RowChange:
     @property
     def seq(self) -> int:
         """The position as one integer (commit LSN in the high bits): cheap to compare."""
-        return (int(self.commit_lsn) << 32) | self.index
+        return (int(self.commit_lsn) << INDEX_BITS) | self.index  # position.pack, inlined (hot)
 
     @property
     def filter_row(self) -> dict[str, Any]:
@@ -166,44 +167,17 @@ def column_error(code: str, column: str, exc: BaseException) -> str:
     return f'ColumnError {code}: column "{column}" sent as null ({type(exc).__name__})'
 
 
-_POSITION = re.compile(r"(?:([0-9A-Fa-f]{16})/)?([0-9A-Fa-f]{16}):([0-9A-Fa-f]{8})")
-
-
 def format_position(seq: int, stream: str = "") -> str:
-    """The wire form of a position integer (see :attr:`RowChange.position`).
-
-    Without ``stream`` it is the bare ``<lsn>:<index>`` form (no stream known yet, or a
-    position a client sent in the legacy form, echoed back).
-    """
-    if seq < 0:
-        seq = 0
-    bare = f"{seq >> 32:016X}:{seq & 0xFFFFFFFF:08X}"
-    return f"{stream}/{bare}" if stream else bare
+    """The wire form of a position integer: :meth:`relay.core.position.Position.format`."""
+    return Position.format(seq, stream)
 
 
 def parse_stream_position(text: object) -> tuple[str, int]:
-    """Parse a client-supplied position into (stream id, position integer).
-
-    The stream id is ``""`` for the legacy form without one (positions issued before streams
-    had identities): the relay cannot tell which database history such a position belongs to.
-    ``ValueError`` with a message a client can act on.
-    """
-    m = _POSITION.fullmatch(text) if isinstance(text, str) else None
-    if m is None:
-        raise ValueError(
-            f"invalid position {text!r}: expected a stream id (16 hex digits) and a slash, then 16 hex "
-            'digits, a colon and 8 hex digits, as in the "position" field of a change '
-            '(e.g. "9F0C2A1B3D4E5F60/00000000016B3748:00000000")'
-        )
-    stream, lsn, index = m.groups()
-    return (stream or "").upper(), (int(lsn, 16) << 32) | int(index, 16)
+    """A client-supplied position as (stream id, position integer): :meth:`Position.parse`."""
+    pos = Position.parse(text)
+    return pos.stream, pos.seq
 
 
 def parse_position(text: object) -> int:
     """The position integer of a client-supplied position (its stream id is not checked)."""
-    return parse_stream_position(text)[1]
-
-
-def seq_before(lsn: int) -> int:
-    """The largest position before every change of a transaction committing at ``lsn``."""
-    return ((lsn - 1) << 32) | 0xFFFFFFFF if lsn > 0 else -1
+    return Position.parse(text).seq

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from relay.core.errors import Code, RelayError
 from relay.core.protocol import dumps
 
 __all__ = [
@@ -35,17 +36,13 @@ DEFAULT_MAX_BYTES = 3 * 1024 * 1024  # Supabase's default broadcast payload limi
 # {key: {"metas": [meta]}}, the channels API's body): the limit must stay well under orjson's 254.
 MAX_DEPTH_CEILING = 200
 
-TOO_DEEP = "payload_too_deep"
-TOO_LARGE = "payload_too_large"
-INVALID = "payload_invalid"
+TOO_DEEP = Code.PAYLOAD_TOO_DEEP
+TOO_LARGE = Code.PAYLOAD_TOO_LARGE
+INVALID = Code.PAYLOAD_INVALID
 
 
-class PayloadRejected(ValueError):
+class PayloadRejected(RelayError, ValueError):
     """A payload over a limit; ``str()`` is safe to show the sender, ``code`` is stable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from relay.core.errors import Code, RelayError
 from relay.core.protocol import dumps
 
 __all__ = ["UNENCODABLE", "Diff", "Presence", "PresenceError", "repair_metas"]
@@ -33,16 +34,15 @@ _counter = itertools.count(1)
 UNENCODABLE = "presence_unencodable"
 
 
-class PresenceError(ValueError):
+class PresenceError(RelayError, ValueError):
     """A presence push that cannot be applied; ``str()`` is safe to show the client.
 
     ``code`` is stable for clients to act on: ``presence_invalid`` (not an object) or
     ``room_presence_full`` (the room holds its limit of presences).
     """
 
-    def __init__(self, message: str, code: str = "presence_invalid") -> None:
-        super().__init__(message)
-        self.code = code
+    def __init__(self, message: str, code: Code | str = Code.PRESENCE_INVALID) -> None:
+        super().__init__(code, message)
 
 
 def _new_ref() -> str:
@@ -78,7 +78,7 @@ class Presence(Generic[M]):
             raise PresenceError("a presence payload (the tracked state) must be a JSON object")
         if max_entries is not None and member not in self._entries and len(self._entries) >= max_entries:
             raise PresenceError(
-                f"this room already holds its limit of {max_entries} presences", "room_presence_full"
+                f"this room already holds its limit of {max_entries} presences", Code.ROOM_PRESENCE_FULL
             )
         if "phx_ref" in meta or "phx_ref_prev" in meta:
             meta = {k: v for k, v in meta.items() if k not in ("phx_ref", "phx_ref_prev")}

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from relay.core.errors import Code, RelayError
 from relay.core.sqltypes import RawJson
 
 __all__ = [
@@ -40,13 +41,13 @@ __all__ = [
 SUPPORTED_VSN = ("1.0.0", "2.0.0")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(RelayError, ValueError):
     """A client frame that cannot be understood; ``str()`` is safe to send back."""
 
     def __init__(
         self, message: str, topic: str | None = None, ref: str | None = None, join_ref: str | None = None
     ) -> None:
-        super().__init__(message)
+        super().__init__(Code.INVALID_MESSAGE, message)
         self.topic = topic
         self.ref = ref
         self.join_ref = join_ref

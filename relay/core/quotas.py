@@ -18,6 +18,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from relay.core.errors import Code
 from relay.core.protocol import dumps
 
 __all__ = [
@@ -43,40 +44,40 @@ class Quota:
     """One quota's refusal: ``kind`` counts and audits it, ``code`` and ``reason`` go to the client."""
 
     kind: str
-    code: str
+    code: Code
     reason: str
 
 
 CONNECTIONS: Final = Quota(
-    "connections", "too_many_connections", "ConnectionRateLimitReached: Too many connected users"
+    "connections", Code.TOO_MANY_CONNECTIONS, "ConnectionRateLimitReached: Too many connected users"
 )
 CONNECTIONS_PER_SUB: Final = Quota(
     "connections_per_sub",
-    "too_many_connections",
+    Code.TOO_MANY_CONNECTIONS,
     "ConnectionRateLimitReached: Too many connections for this user (sub)",
 )
 CONNECTIONS_PER_ADDRESS: Final = Quota(
     "connections_per_address",
-    "too_many_connections",
+    Code.TOO_MANY_CONNECTIONS,
     "ConnectionRateLimitReached: Too many connections from this address",
 )
-CHANNELS: Final = Quota("channels", "too_many_channels", "ChannelRateLimitReached: Too many channels")
-JOINS: Final = Quota("joins", "too_many_joins", "ClientJoinRateLimitReached: Too many joins per second")
+CHANNELS: Final = Quota("channels", Code.TOO_MANY_CHANNELS, "ChannelRateLimitReached: Too many channels")
+JOINS: Final = Quota("joins", Code.TOO_MANY_JOINS, "ClientJoinRateLimitReached: Too many joins per second")
 MESSAGES: Final = Quota(
-    "messages", "too_many_messages", "ClientMessageRateLimitReached: Too many messages per second"
+    "messages", Code.TOO_MANY_MESSAGES, "ClientMessageRateLimitReached: Too many messages per second"
 )
 PRESENCE_EVENTS: Final = Quota(
     "presence_events",
-    "too_many_presence_messages",
+    Code.TOO_MANY_PRESENCE_MESSAGES,
     "PresenceRateLimitReached: Too many presence messages per second",
 )
 PRESENCE_KEYS: Final = Quota(
     "presence_keys",
-    "too_many_presence_keys",
+    Code.TOO_MANY_PRESENCE_KEYS,
     "PresenceKeysLimitReached: Too many keys in the presence payload",
 )
 CHANGE_TOO_LARGE: Final = Quota(
-    "postgres_change_too_large", "payload_too_large", "Postgres change payload over the size limit"
+    "postgres_change_too_large", Code.PAYLOAD_TOO_LARGE, "Postgres change payload over the size limit"
 )
 # The ``errors`` entry of a trimmed postgres_changes payload: the reference server's text.
 CHANGE_TOO_LARGE_ERROR: Final = "Error 413: Payload Too Large"

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Final
 
 from relay.core.changes import Lsn, format_position
+from relay.core.position import commit_of
 
 __all__ = ["ARRIVED", "ENTRY_OVERHEAD", "RAW", "SEQ", "TIMESTAMP", "Entry", "ReplayLog"]
 
@@ -190,8 +191,8 @@ class ReplayLog:
         if not len(self) and self.clock() - self._floor_at >= self.window_s:
             return None
         if self.retained_from < 0:
-            return Lsn(self._entries[self._start][SEQ] >> 32) if len(self) else None
-        return Lsn(self.retained_from >> 32)
+            return Lsn(commit_of(self._entries[self._start][SEQ])) if len(self) else None
+        return Lsn(commit_of(self.retained_from))
 
     def stats(self) -> dict[str, object]:
         """For /health: what a resume can reach right now."""

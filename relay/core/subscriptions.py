@@ -19,6 +19,7 @@ import orjson
 
 from relay.core.authorize import ASK_POSTGRES, Denied, Verdict
 from relay.core.changes import ENCODE_FAILED, Action, Column, RowChange, column_error
+from relay.core.errors import Code, RelayError
 from relay.core.filters import BoundFilter, Filter, FilterError, parse_filter
 from relay.core.protocol import dumps, encode_push_prefix, ws_text_frame
 from relay.core.quotas import trim_change_data
@@ -39,8 +40,15 @@ __all__ = [
 ]
 
 
-class BindingError(ValueError):
+class BindingError(RelayError, ValueError):
     """A ``postgres_changes`` entry that cannot be subscribed; the message goes to the client."""
+
+    def __init__(self, message: str, code: Code = Code.INVALID_BINDING) -> None:
+        super().__init__(code, message)
+
+    @property
+    def reason(self) -> str:
+        return f"InvalidBinding: {self}"
 
 
 # One refusal for every binding outside the publication, worded like the reference server's
@@ -50,7 +58,7 @@ TABLE_UNAVAILABLE_REASON: Final = (
     "Unable to subscribe to changes with given parameters. "
     "Please check Realtime is enabled for the given connect parameters"
 )
-TABLE_UNAVAILABLE_CODE: Final = "table_not_enabled"
+TABLE_UNAVAILABLE_CODE: Final = Code.TABLE_NOT_ENABLED
 
 
 class TableUnavailable(BindingError):
@@ -62,7 +70,11 @@ class TableUnavailable(BindingError):
     """
 
     def __init__(self) -> None:
-        super().__init__(TABLE_UNAVAILABLE_REASON)
+        super().__init__(TABLE_UNAVAILABLE_REASON, TABLE_UNAVAILABLE_CODE)
+
+    @property
+    def reason(self) -> str:
+        return TABLE_UNAVAILABLE_REASON
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ import jwt
 import orjson
 from jwt import PyJWK
 
+from relay.core.errors import Code, RelayError
+
 __all__ = ["Claims", "TokenError", "Verifier", "mint"]
 
 Claims = dict[str, Any]
@@ -27,17 +29,12 @@ _HS = ["HS256", "HS384", "HS512"]
 _ASYM = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"]
 
 
-class TokenError(Exception):
+class TokenError(RelayError):
     """A refused token.  ``reason`` is the ``<Code>: <message>`` string sent to clients."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    @property
-    def reason(self) -> str:
-        return f"{self.code}: {self.message}"
+    def __init__(self, code: Code | str, message: str) -> None:
+        super().__init__(code, message)
+        self.args = (f"{self.code}: {message}",)  # str(exc) is the reason, as Supabase words it
 
 
 @dataclass

@@ -28,6 +28,7 @@ from relay.core.changes import (
     RowChange,
     column_error,
 )
+from relay.core.position import commit_of, index_of
 from relay.core.sqltypes.arrays import identity
 from relay.core.sqltypes.output import Converter, TypeRegistry, commit_timestamp, numeric_text
 
@@ -178,8 +179,8 @@ class Decoder:
 
     def replay(self, raw: bytes, seq: int, timestamp: str) -> RowChange:
         """Decode a row message again from the replay log, at its original position."""
-        self._commit_lsn = Lsn(seq >> 32)
-        self._index = seq & 0xFFFFFFFF
+        self._commit_lsn = Lsn(commit_of(seq))
+        self._index = index_of(seq)
         self._timestamp = timestamp
         change = self.decode(raw)
         if type(change) is not RowChange:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncpg
 import psycopg
 
+from relay.core.errors import Code
+
 __all__ = ["UNREACHABLE_CODE", "UNREACHABLE_REASON", "database_unreachable"]
 
-UNREACHABLE_CODE = "UnableToConnectToProject"
+UNREACHABLE_CODE = Code.UNABLE_TO_CONNECT_TO_PROJECT
 UNREACHABLE_REASON = (
     "UnableToConnectToProject: Realtime was unable to connect to the project database; "
     "retry the join (the official clients rejoin by themselves): it succeeds once the database is back"

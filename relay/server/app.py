@@ -1,8 +1,10 @@
-"""The aiohttp application: WebSocket endpoints, health, and the fan-out entry point.
+"""The aiohttp application: WebSocket endpoints, health, and the parts of the serving side.
 
-Why the fan-out lives here: :meth:`RelayServer.dispatch` is called by the pipeline for every
-change, synchronously, so by the time it returns every frame is queued on its socket.  That is
-what "handed to the fan-out" means when the pipeline confirms an LSN.
+Why this module is thin: the fan-out, the authorization index, transactions and resume live in
+the change feed (relay/server/feed.py), broadcast and presence in the topic hub (topics.py),
+batched writes in the outbox (outbox.py) and each socket in connection.py.  The server builds
+them, accepts sockets and answers HTTP; nothing it owns holds a reference back to it except the
+read-only HTTP handlers (health, metrics, readiness, REST, inspector).
 """
 
 from __future__ import annotations
@@ -10,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import Counter
-from collections.abc import Awaitable
 from typing import Any, cast
 
 import aiohttp_cors
@@ -21,31 +21,30 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
 
 from relay.config import Config
-from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
-from relay.core.changes import Action, Commit, Lsn, RowChange, format_position, seq_before
-from relay.core.protocol import SUPPORTED_VSN, Frame
-from relay.core.quotas import CHANGE_TOO_LARGE, ConnectionCounts, Quota
+from relay.core.authorize import Authorizer
+from relay.core.errors import Code
+from relay.core.protocol import SUPPORTED_VSN
+from relay.core.quotas import ConnectionCounts
 from relay.core.replay_log import ReplayLog
 from relay.core.sqltypes import TypeRegistry
 from relay.core.stream import StreamIdentity
-from relay.core.subscriptions import CHANGE, ERROR, Decide, Delivery, FrameCache, SubscriptionIndex
+from relay.core.subscriptions import SubscriptionIndex
 from relay.core.tokens import Claims, TokenError, Verifier
-from relay.core.wal2json import Decoder
 from relay.logs import audit_event, bind, bind_context
 from relay.postgres.catalog import Catalog
 from relay.postgres.policy_eval import PolicyEvaluator
-from relay.postgres.replication import SlotInfo
 from relay.postgres.topic_policies import TopicAuthorizer
-from relay.server.connection import Channel, Connection
+from relay.server.connection import Channel, Connection, SocketServices
+from relay.server.feed import ChangeFeed
 from relay.server.http_api import HttpApi
 from relay.server.inspector import Inspector
 from relay.server.metrics import (
     RelayCollector,
     RelayMetrics,
-    join_refusal_code,
     metrics_handler,
     token_refusal_reason,
 )
+from relay.server.outbox import Outbox
 from relay.server.probes import SlotWatchdog, ready_handler
 from relay.server.topics import TopicHub
 
@@ -55,11 +54,18 @@ log = logging.getLogger("relay.server")
 # Security events (quota hits here); the ops branch gives this logger its own handler.
 
 WS_PATHS = ("/realtime/v1/websocket", "/socket/websocket")
-_ACTION_KIND = {Action.INSERT: "insert", Action.UPDATE: "update", Action.DELETE: "delete"}
 
 
 class RelayServer:
-    """Owns the sockets and the subscription index; knows nothing of replication."""
+    """Owns the parts of the serving side and the sockets; knows nothing of replication.
+
+    The parts (see docs/architecture.md): the :class:`ChangeFeed` (subscriptions, fan-out,
+    ``tx_end``, resume), the :class:`TopicHub` (broadcast, presence), the :class:`Outbox` they
+    both write through, and the metrics.  Each socket gets :class:`SocketServices` — the parts
+    it may use — never the server itself.  The attributes below the constructor keep the
+    server's long-standing read API (``/health``, the metrics collector, tests) pointing at the
+    part that now owns each value.
+    """
 
     def __init__(
         self,
@@ -79,456 +85,97 @@ class RelayServer:
         self.catalog = catalog
         self.authorizer = authorizer or Authorizer()
         self.evaluator = evaluator or PolicyEvaluator(catalog, self.authorizer)
-        self.policy_errors = 0
-        self.value_errors = 0  # column values sent as null with an errors marker (see column_error)
-        self.table_index: dict[tuple[str, str], TableIndex[Channel]] = {}
-        self.dirty: set[Connection] = set()
-        self.authorizer.listeners.append(self._reindex_all)
-        self.index: SubscriptionIndex[Channel] = SubscriptionIndex()
+        self.outbox = Outbox()
+        self.feed = ChangeFeed(config, self.authorizer, self.evaluator, self.metrics, self.outbox)
+        # Broadcast and presence rooms (private ones admitted by the topic policies).
+        self.topics = TopicHub(config, self.metrics, self.outbox, self.feed, TopicAuthorizer(catalog))
+        self.services = SocketServices(
+            config, self.verifier, catalog, self.feed, self.topics, self.outbox, self.metrics
+        )
         self.connections: set[Connection] = set()
         self.started_at = time.time()
-        self.changes_seen = 0
-        self.frames_queued = 0
         self.status: dict[str, Any] = {}  # filled by the pipeline (slot, lsn, lag)
-        # Resume: the replay log, the first position that is "live" for a fresh join, and the
-        # channels with a transaction open for tx_end.
-        self.log = ReplayLog(config.resume_window, config.resume_max_bytes)
-        self.types = TypeRegistry()  # the pipeline's registry (set by the service) for re-decoding
-        self.live_floor = -1
-        self.floors_ready = asyncio.Event()
-        # replication_ready asked before the first stream (weak: closed channels just vanish)
-        self._awaiting_ready: weakref.WeakSet[Channel] = weakref.WeakSet()
-        # Which database history positions belong to (set by on_slot; "" until then, or when
-        # the pipeline cannot tell), and the highest WAL position known to exist in it.
-        self.stream: StreamIdentity | None = None
-        self.stream_id = ""
-        self.wal_end = 0
-        self.open_tx: set[Channel] = set()
-        self.resumes = 0
-        self.resyncs = 0
-        # Broadcast and presence rooms (private ones admitted by the topic policies).
-        self.topics = TopicHub(self, TopicAuthorizer(catalog))
-        # Quotas (relay/core/quotas.py): hits by kind, for /health and the metrics.
-        self.quota_hits: Counter[str] = Counter()
-        self.expiry_warnings = 0  # token_expiring system messages sent
-        self._change_audited = -1e9  # when a trimmed postgres change was last audited
         self.conn_counts = ConnectionCounts(
             config.max_connections, config.max_connections_per_sub, config.max_connections_per_address
         )
+        # the feed's entry points, for the pipeline's sink and the tests
+        self.dispatch = self.feed.dispatch
+        self.on_commit = self.feed.on_commit
+        self.on_slot = self.feed.on_slot
+        self.hold = self.feed.hold
+        self.position = self.feed.position
+        self.flush = self.outbox.flush
+        self.quota_hit = self.metrics.quota_hit
 
-    # -- fan-out --------------------------------------------------------------------------
-    def dispatch(self, change: RowChange) -> Awaitable[None] | None:
-        """Queue ``change`` for every channel that matches and may see it.
+    # -- read API over the parts (health, metrics, tests) --------------------------------------
+    @property
+    def log(self) -> ReplayLog:
+        return self.feed.log
 
-        Returns None when everything was decided in-process (the common case: frames are
-        queued when this returns).  When a policy must be evaluated in Postgres it returns an
-        awaitable that the pipeline awaits before the next change, so commit order holds and
-        the LSN is confirmed only after delivery.
-        """
-        self.changes_seen += 1
-        if change.errors:
-            self._value_errors(change, change.errors)
-        change.stream = self.stream_id
-        seq = change.seq
-        self.log.append(seq, change.commit_timestamp, change.raw)
-        memo, decide = self._decider(change)
-        owners = self._owners(change)
-        deliveries, pending = self.index.route(change, decide, owners)
-        if pending:
-            # only channels that will take this change are worth a trip to Postgres (not those
-            # replaying, nor those that start after it: e.g. the window decoded after a restart)
-            pending = [(c, w) for c, w in pending if not c.replaying and c.cursor < seq]
-        if pending:
-            return self._dispatch_slow(change, memo, decide, pending)
-        self._deliver(change, deliveries)
-        return None
+    @property
+    def index(self) -> SubscriptionIndex[Channel]:
+        return self.feed.index
 
-    def _decider(self, change: RowChange) -> tuple[VerdictMemo, Decide[Channel]]:
-        """The verdict function route() asks, memoized per distinct claims for this change."""
-        memo = VerdictMemo(self.authorizer, change.schema, change.table)
+    @property
+    def floors_ready(self) -> asyncio.Event:
+        return self.feed.floors_ready
 
-        def decide(chan: Channel, which: int) -> Verdict:
-            row = change.record if which == 0 else change.old_record
-            if row is None:
-                return False
-            return memo.get(which, row, chan.claims, chan.claims_key)
+    @property
+    def stream(self) -> StreamIdentity | None:
+        return self.feed.stream
 
-        return memo, decide
+    @property
+    def stream_id(self) -> str:
+        return self.feed.stream_id
 
-    async def _dispatch_slow(
-        self,
-        change: RowChange,
-        memo: VerdictMemo,
-        decide: Decide[Channel],
-        pending: list[tuple[Channel, int]],
-    ) -> None:
-        self.flush()  # what earlier changes queued goes out while Postgres evaluates
-        known = len(change.errors or ())
-        await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in pending])
-        if change.errors and len(change.errors) > known:  # a value the evaluator could not encode
-            self._value_errors(change, change.errors[known:])
-        deliveries, still = self.index.route(change, decide, self._owners(change))
-        for chan, _ in still:  # e.g. a new token while we awaited: never guess
-            if chan.replaying or chan.cursor >= change.seq or chan.closed:
-                continue  # joined after this change, or its replay will decide it
-            log.warning(
-                "policy verdict for %s unresolved; change %s not delivered to it",
-                chan.topic,
-                change.commit_lsn,
-            )
-        self._deliver(change, deliveries)
+    @property
+    def live_floor(self) -> int:
+        return self.feed.live_floor
 
-    def flush(self) -> None:
-        """Write the frames queued by a fan-out batch: one write per touched socket."""
-        dirty, self.dirty = self.dirty, set()
-        for conn in dirty:
-            conn.flush()
+    @property
+    def types(self) -> TypeRegistry:
+        return self.feed.types
 
-    # -- authorization index ----------------------------------------------------------------
-    def _owners(self, change: RowChange) -> set[Channel]:
-        """Channels of the change's table that may see its row(s), from the index."""
-        out: set[Channel] = set()
-        ti = self.table_index.get((change.schema, change.table))
-        if ti is not None:
-            if change.record is not None:
-                ti.candidates(change.record, out)
-            if change.old_record is not None:
-                ti.candidates(change.old_record, out)
-        return out
+    @types.setter
+    def types(self, value: TypeRegistry) -> None:
+        self.feed.types = value
 
-    def index_channel(self, chan: Channel) -> None:
-        """(Re)register a channel's claims in the index of each table it binds (join, new token)."""
-        self.unindex_channel(chan)
-        for spec in chan.specs:
-            if spec.table is None:
-                continue
-            key = (spec.schema, spec.table)
-            ti = self.table_index.get(key)
-            if ti is None:
-                ti = self.table_index[key] = TableIndex()
-            ti.add(chan, chan.claims, self.authorizer.policies(*key))
+    @property
+    def changes_seen(self) -> int:
+        return self.feed.changes_seen
 
-    def unindex_channel(self, chan: Channel) -> None:
-        for spec in chan.specs:
-            if spec.table is not None:
-                ti = self.table_index.get((spec.schema, spec.table))
-                if ti is not None:
-                    ti.remove(chan)
+    @property
+    def frames_queued(self) -> int:
+        return self.feed.frames_queued
 
-    def _reindex_all(self) -> None:
-        """Policies changed: every channel's candidacy may have changed."""
-        self.table_index.clear()
-        for conn in self.connections:
-            for chan in conn.channels.values():
-                self.index_channel(chan)
+    @property
+    def policy_errors(self) -> int:
+        return self.feed.policy_errors
 
-    def _deliver(
-        self, change: RowChange, deliveries: list[Delivery[Channel]], replay_for: Channel | None = None
-    ) -> None:
-        """Queue the frames; a channel gets a change only once, and only after its cursor."""
-        if not deliveries:
-            return
-        seq = change.seq
-        cache: FrameCache | None = None
-        sent = 0
-        variants = 0  # moved_in / moved_out / error deliveries, counted by kind below
-        for d in deliveries:
-            chan = d.sub
-            if seq <= chan.cursor or (chan.replaying and chan is not replay_for) or chan.closed:
-                continue
-            chan.cursor = seq
-            if chan.tx_end:
-                self._track_tx(chan, change, seq)
-            if cache is None:
-                cache = FrameCache(change, max_data_bytes=self.config.max_change_bytes)
-                if cache.repaired:
-                    self._value_errors(change, cache.repaired)
-                if cache.trimmed:  # counted per change; audited at most once a second
-                    now = time.monotonic()
-                    audited = now - self._change_audited >= 1.0
-                    if audited:
-                        self._change_audited = now
-                    self.quota_hit(CHANGE_TOO_LARGE, "-", f"{change.schema}.{change.table}", audited)
-            sent += 1
-            if d.kind != CHANGE:
-                variants += 1
-                self.metrics.deliveries[d.kind] += 1
-            if d.kind == ERROR and d.error is not None:
-                self.policy_errors += 1
-                log.warning(
-                    "%s: policy %s failed for a subscriber of %s on %s.%s: %s",
-                    d.error.code,
-                    d.error.policy,
-                    chan.topic,
-                    change.schema,
-                    change.table,
-                    d.error.message,
-                )
-            chan.conn.deliver(cache.variant(d.kind, d.error, d.select), chan.topic, d.ids)
-        self.frames_queued += sent
-        if sent > variants:
-            self.metrics.deliveries[_ACTION_KIND[change.action]] += sent - variants
+    @property
+    def value_errors(self) -> int:
+        return self.feed.value_errors
 
-    def _value_errors(self, change: RowChange, markers: list[str]) -> None:
-        """Count and log values sent as null: table and marker (column, exception type), no value."""
-        self.value_errors += len(markers)
-        for marker in markers:
-            log.warning("%s.%s at %s: %s", change.schema, change.table, change.position, marker)
+    @property
+    def resumes(self) -> int:
+        return self.feed.resumes
 
-    # -- quotas ---------------------------------------------------------------------------
-    def quota_hit(self, quota: Quota, peer: str, topic: str | None = None, audited: bool = True) -> None:
-        """Count a quota hit and write it to the audit log (never a token: kind, code, peer, topic).
+    @property
+    def resyncs(self) -> int:
+        return self.feed.resyncs
 
-        ``audited=False`` counts without a log line: a client hammering a rate limit is logged
-        once a second, not once per refused message (see Connection.refuse).
-        """
-        self.quota_hits[quota.kind] += 1
-        self.metrics.rate_limit_hits[quota.kind] += 1  # relay_rate_limit_hits_total{kind}
-        if audited:
-            audit_event("quota_hit", kind=quota.kind, code=quota.code, remote=peer, topic=topic)
+    @property
+    def quota_hits(self) -> Counter[str]:
+        """Quota hits by kind (relay/core/quotas.py), for /health and the metrics."""
+        return self.metrics.rate_limit_hits
 
-    # -- transactions -----------------------------------------------------------------------
-    def on_commit(self, commit: Commit) -> None:
-        """The pipeline saw a transaction end: tell channels that asked (``tx_end``)."""
-        self.log.commit(commit.commit_lsn)
-        if not self.open_tx:
-            return
-        chans, self.open_tx = self.open_tx, set()
-        for chan in chans:
-            if chan.open_tx == commit.commit_lsn and not chan.replaying and not chan.closed:
-                self._send_tx_end(chan)
-            elif chan.open_tx > commit.commit_lsn:
-                self.open_tx.add(chan)
+    @property
+    def expiry_warnings(self) -> int:
+        return self.metrics.expiry_warnings
 
-    def _track_tx(self, chan: Channel, change: RowChange, seq: int) -> None:
-        lsn = int(change.commit_lsn)
-        if chan.open_tx != lsn:
-            if chan.open_tx:
-                self._send_tx_end(chan)  # its end was not signalled yet (replay)
-            chan.open_tx, chan.open_count, chan.open_ts = lsn, 0, change.commit_timestamp
-        chan.open_count += 1
-        chan.open_pos = seq
-        if not chan.replaying:
-            self.open_tx.add(chan)
-
-    def _send_tx_end(self, chan: Channel) -> None:
-        payload = {
-            "commit_lsn": str(Lsn(chan.open_tx)),
-            "commit_timestamp": chan.open_ts,
-            "position": self.position(chan.open_pos),
-            "changes": chan.open_count,
-        }
-        chan.open_tx, chan.open_count = 0, 0
-        chan.conn.queue_frame(Frame(chan.topic, "tx_end", payload))
-        self.dirty.add(chan.conn)
-
-    # -- resume ---------------------------------------------------------------------------
-    def position(self, seq: int) -> str:
-        """The wire form of ``seq`` in the current stream (carrying its identity)."""
-        return format_position(seq, self.stream_id)
-
-    def fresh_cursor(self) -> int:
-        """Where a join without ``resume_from`` starts: after everything already fanned out.
-
-        After a restart the slot first replays the window (changes committed before this relay
-        started); those are history for a fresh join, which starts at ``live_floor``.
-        """
-        return max(self.log.head, self.live_floor)
-
-    def hold(self) -> Lsn | None:
-        """For the pipeline: drop what left the window, then the LSN the slot must keep."""
-        self.log.evict()
-        return self.log.hold_lsn()
-
-    def on_slot(self, info: SlotInfo, first: bool) -> None:
-        """A stream is starting: set the floors (first start) or recover from a lost slot or a
-        changed stream identity (failover, restore, another cluster behind the same address)."""
-        floor = seq_before(info.confirmed_flush)
-        old_id = self.stream_id
-        self.stream = info.stream
-        self.stream_id = info.stream.id if info.stream is not None else ""
-        changed = not first and self.stream_id != old_id
-        self.wal_end = int(info.current) if changed else max(self.wal_end, int(info.current))
-        if changed:
-            # Positions of the old stream mean nothing here, even (especially) higher ones.
-            log.warning(
-                "stream identity changed from %s to %s: every subscriber resyncs", old_id, self.stream_id
-            )
-            self.log.restart(floor)
-            self.live_floor = seq_before(info.current)
-            for conn in self.connections:
-                for chan in list(conn.channels.values()):
-                    if chan.specs:
-                        self._resync(
-                            chan,
-                            chan.cursor,
-                            "the database's stream changed (failover, restore or another cluster)",
-                            resume_from=format_position(chan.cursor, old_id),
-                            restart=True,
-                        )
-        elif first:
-            self.log.reset(floor)
-            self.live_floor = seq_before(info.current)
-            for conn in self.connections:  # joined before the database was reachable
-                for chan in conn.channels.values():
-                    if not chan.replaying and chan.cursor < self.live_floor:
-                        chan.cursor = self.live_floor
-            self.floors_ready.set()
-            for chan in list(self._awaiting_ready):
-                if not chan.closed:
-                    self._send_replication_ready(chan)
-            self._awaiting_ready.clear()
-        elif info.created:
-            # The slot was lost: changes between what we had and the new slot are gone.
-            self.log.reset(floor)
-            for conn in self.connections:
-                for chan in list(conn.channels.values()):
-                    if chan.specs and not chan.replaying:
-                        self._resync(chan, chan.cursor, "the replication slot was lost and recreated")
-
-    def replication_ready(self, chan: Channel) -> None:
-        """``config.broadcast.replication_ready``: tell the channel once the stream is up.
-
-        Supabase's end-to-end tests wait for this before writing, so a write is never made
-        before the relay can see it.  Sent at once when the first stream already started.
-        """
-        if self.floors_ready.is_set():
-            self._send_replication_ready(chan)
-        else:
-            self._awaiting_ready.add(chan)
-
-    def _send_replication_ready(self, chan: Channel) -> None:
-        chan.conn.queue_frame(chan.system("ok", "Replication connection established", extension="system"))
-        chan.conn.flush()
-
-    async def replay(self, chan: Channel, after: int, stream: str = "", text: str | None = None) -> None:
-        """Serve a resume: the log after ``after``, paced by the socket, then hand over to live.
-
-        Live fan-out skips the channel while ``replaying``; the hand-over happens in the same
-        step that finds the log exhausted, and every delivery checks the channel's cursor, so
-        nothing is missed or repeated at the switch.
-
-        ``stream`` is the stream id the position carried (``""``: legacy form), ``text`` the
-        position as the client sent it.  A position of another stream, or one beyond the WAL
-        this stream has written, was not issued here: comparing it with this stream's positions
-        would skip changes, so the answer is ``resync_needed`` (checked once the stream is known).
-        """
-        try:
-            await self.floors_ready.wait()
-            current = self.stream_id
-            if stream != current:
-                why = (
-                    f"the position belongs to another stream ({stream}, this relay streams {current}): "
-                    "the database was restored, failed over or replaced, or the slot changed"
-                    if stream
-                    else "the position carries no stream id (the legacy form), so it cannot be trusted"
-                )
-                self._resync(chan, after, why, resume_from=text, restart=True)
-                return
-            if after >> 32 > max(self.wal_end, self.log.head >> 32, self.live_floor >> 32):
-                self._resync(
-                    chan,
-                    after,
-                    "the position is ahead of the database's WAL, so it was not issued by this stream",
-                    resume_from=text,
-                    restart=True,
-                )
-                return
-            log = self.log
-            decoder = Decoder(self.types)
-            limit = max(1, min(256, self.config.socket_queue_frames // 4))
-            replayed = 0
-            while not chan.closed:
-                if self.stream_id != current:
-                    return  # on_slot told the channel to resync
-                if not log.covers(chan.cursor):
-                    self._resync(chan, after, "the position is older than the relay's replay window")
-                    return
-                entries = log.after(chan.cursor, limit)
-                if not entries:
-                    self._go_live(chan, after, replayed)
-                    return
-                for seq, _, timestamp, raw in entries:
-                    if chan.closed or self.stream_id != current:
-                        return  # (a stream change while awaiting below: on_slot resynced it)
-                    if chan.tx_end and chan.open_tx and (seq >> 32) != chan.open_tx:
-                        self._send_tx_end(chan)
-                    change = decoder.replay(raw, seq, timestamp)
-                    change.stream = current
-                    before = chan.cursor
-                    await self._route_one(change, chan)
-                    if chan.cursor > before:
-                        replayed += 1
-                    elif chan.cursor < seq:
-                        chan.cursor = seq
-                await chan.conn.drain(limit)
-        except Exception:
-            log_exc = logging.getLogger("relay.resume")
-            log_exc.exception("resume of %s failed", chan.topic)
-            if not chan.closed:
-                self._resync(chan, after, "internal error while replaying")
-        finally:
-            chan.replaying = False
-
-    async def _route_one(self, change: RowChange, chan: Channel) -> None:
-        """Route ``change`` for one channel only (replay), evaluating in Postgres if needed."""
-        memo, decide = self._decider(change)
-        only = {chan}
-        deliveries, pending = self.index.route(change, decide, only)
-        mine = [(c, w) for c, w in pending if c is chan]
-        if mine:
-            await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in mine])
-            deliveries, _ = self.index.route(change, decide, only)
-        self._deliver(change, [d for d in deliveries if d.sub is chan], replay_for=chan)
-
-    def _go_live(self, chan: Channel, after: int, replayed: int) -> None:
-        chan.replaying = False
-        if chan.tx_end and chan.open_tx:
-            if self.log.committed >= chan.open_tx:
-                self._send_tx_end(chan)
-            else:
-                self.open_tx.add(chan)  # the rest of its transaction comes live
-        self.resumes += 1
-        chan.conn.queue_frame(
-            chan.system(
-                "ok",
-                f"Resumed: {replayed} changes replayed after {self.position(after)}",
-                resumed_from=self.position(after),
-                replayed=replayed,
-                position=self.position(chan.cursor),
-            )
-        )
-        chan.conn.flush()
-
-    def _resync(
-        self, chan: Channel, after: int, why: str, *, resume_from: str | None = None, restart: bool = False
-    ) -> None:
-        """Tell a channel it missed changes it cannot be given: refetch, then continue live.
-
-        ``restart``: the channel's cursor is not a position of this stream (foreign, future or
-        legacy): it continues from the fresh-join position, never from its own cursor (which
-        may compare higher than every change to come).  ``resume_from``: the position to echo
-        (the client's own text when it is not of this stream).
-        """
-        chan.replaying = False
-        chan.cursor = self.fresh_cursor() if restart else max(chan.cursor, self.fresh_cursor())
-        if resume_from is None:
-            resume_from = self.position(after)
-        chan.open_tx = 0
-        self.resyncs += 1
-        log.info("resync needed for %s on %s: %s", chan.topic, chan.conn.peer, why)
-        chan.conn.queue_frame(
-            chan.system(
-                "error",
-                f"resync needed: {why}; changes after {resume_from} may be missing. "
-                f"Refetch, then continue from position {self.position(chan.cursor)}",
-                code="resync_needed",
-                resume_from=resume_from,
-                retained_from=self.position(self.log.retained_from),
-                position=self.position(chan.cursor),
-            )
-        )
-        chan.conn.flush()
+    @property
+    def handler_errors(self) -> int:
+        return self.metrics.handler_errors
 
     # -- HTTP -----------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -564,17 +211,6 @@ class RelayServer:
         for route in routes:
             cors.add(route)
 
-    def join_refused(self, f: Frame, reason: str, code: str | None) -> None:
-        """A join was answered with an error: count it by code and write an audit line."""
-        label = join_refusal_code(reason, code)
-        self.metrics.join_refusals[label] += 1
-        payload = f.payload if isinstance(f.payload, dict) else {}
-        config = payload.get("config")
-        private = isinstance(config, dict) and str(config.get("private", False)).lower() == "true"
-        denied = private and label in ("Unauthorized", "TopicPolicyError")
-        event = "private_channel_refused" if denied else "join_refused"
-        audit_event(event, code=label, topic=f.topic[:200], reason=reason[:300])
-
     async def health(self, request: web.Request) -> web.Response:
         body = {
             "status": "ok" if self.status.get("streaming") else "starting",
@@ -588,6 +224,7 @@ class RelayServer:
             "value_errors": self.value_errors,
             "quota_hits": dict(self.quota_hits),
             "token_expiry_warnings": self.expiry_warnings,
+            "handler_errors": self.handler_errors,
             "rooms": len(self.topics.rooms),
             "broadcasts": self.topics.broadcasts,
             "resume": {
@@ -605,16 +242,20 @@ class RelayServer:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         vsn = request.query.get("vsn", "1.0.0")
         if vsn not in SUPPORTED_VSN:
-            return _http_error(400, f"unsupported protocol vsn {vsn!r}; use 1.0.0 or 2.0.0")
+            return _http_error(
+                400, f"unsupported protocol vsn {vsn!r}; use 1.0.0 or 2.0.0", Code.UNSUPPORTED_VSN
+            )
         token = request.query.get("apikey") or request.headers.get("x-api-key")
         if not token:
             self.metrics.token_refusals["missing"] += 1
             audit_event("token_refused", reason="missing", code="MissingJWT")
-            return _http_error(403, "MissingJWT: connect with ?apikey=<jwt> or an x-api-key header")
+            return _http_error(
+                403, "MissingJWT: connect with ?apikey=<jwt> or an x-api-key header", Code.MISSING_JWT
+            )
         try:
             claims = self.verifier.verify(token)
         except TokenError as exc:
-            return _http_error(403, exc.reason)
+            return _http_error(403, exc.reason, exc.code)
         ws = web.WebSocketResponse(
             # aiohttp's own limit closes the socket; ours (checked per frame) answers with an
             # error frame, so it is the smaller one.
@@ -636,7 +277,7 @@ class RelayServer:
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why)
             return ws
         self.conn_counts.add(sub_key, peer)
-        conn = Connection(self, ws, vsn, claims, peer, request)
+        conn = Connection(self.services, ws, vsn, claims, peer, request)
         self.connections.add(conn)
         self.metrics.connections_opened += 1
         sender = asyncio.create_task(conn.sender())
@@ -660,7 +301,10 @@ class RelayServer:
                         await conn.handle_binary(msg.data)
                     except Exception:  # a handler bug must not take the socket or the server down
                         log.exception("error handling a binary frame from %s", peer)
-                        conn.send_frame_error("internal error handling the binary frame")
+                        self.metrics.handler_errors += 1
+                        conn.send_frame_error(
+                            "internal error handling the binary frame", Code.UNKNOWN_ERROR_ON_CHANNEL
+                        )
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     reason = "client"
                     break
@@ -726,5 +370,6 @@ class _AuditedVerifier:
         return getattr(self._inner, name)
 
 
-def _http_error(status: int, text: str) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps({"error": text}), content_type="application/json")
+def _http_error(status: int, text: str, code: Code) -> web.Response:
+    body = {"error": text, "code": str(code)}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

@@ -1,5 +1,9 @@
 """One client WebSocket: its channels, its outgoing queue and the Phoenix event handlers.
 
+A socket is given :class:`SocketServices` (the feed, the topic hub, the outbox, the catalog,
+the verifier, the metrics), never the server: it attaches its channels to the feed and detaches
+them when they close, and marks itself in the outbox when a batch queued frames on it.
+
 Why a class per socket: a socket owns state that must die with it (bindings in the index,
 token-expiry timers) and an ordered outgoing queue.  Sends never block the fan-out: frames are
 appended to a bounded deque drained by one sender task; a socket that falls too far behind is
@@ -17,32 +21,32 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
 
+from relay.config import Config
 from relay.core.authorize import claims_key
 from relay.core.broadcast import BroadcastError, from_binary, from_push
-from relay.core.broadcast_history import REPLAY_LIMIT
-from relay.core.changes import parse_stream_position
+from relay.core.errors import Code
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
 from relay.core.quotas import CHANNELS, JOINS, Quota, TokenBucket
 from relay.core.rooms import Room
 from relay.core.subscriptions import (
-    TABLE_UNAVAILABLE_CODE,
-    TABLE_UNAVAILABLE_REASON,
     BindingError,
     BindingSpec,
     FrameCache,
     TableUnavailable,
-    parse_bindings,
 )
-from relay.core.tokens import Claims, TokenError
+from relay.core.tokens import Claims, TokenError, Verifier
 from relay.logs import audit_event
-from relay.postgres.availability import UNREACHABLE_CODE, UNREACHABLE_REASON, database_unreachable
-from relay.postgres.catalog import OperandCastError
+from relay.postgres.availability import UNREACHABLE_REASON, database_unreachable
+from relay.postgres.catalog import Catalog, OperandCastError
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
-from relay.server.topics import JoinRefused, presence_key
+from relay.server.metrics import RelayMetrics
+from relay.server.outbox import Outbox, socket_transport, wait_writable, writing_paused
+from relay.server.session import read_join
+from relay.server.topics import JoinRefused, TopicHub
 
 if TYPE_CHECKING:
-    from relay.server.app import RelayServer
+    from relay.server.feed import ChangeFeed
 
 __all__ = ["Channel", "Connection"]
 
@@ -115,19 +119,42 @@ class Channel:
         return Frame(self.topic, "system", {**payload, **extra})
 
 
+@dataclass(frozen=True, slots=True)
+class SocketServices:
+    """What a socket may use of the relay, handed in by the server (never the server itself).
+
+    Why: a socket used to reach into a dozen members of the server; these are the parts it
+    actually needs, each owning its own state.
+    """
+
+    config: Config
+    verifier: Verifier
+    catalog: Catalog
+    feed: ChangeFeed
+    topics: TopicHub
+    outbox: Outbox
+    metrics: RelayMetrics
+
+
 class Connection:
     """Protocol handler and send queue of one WebSocket."""
 
     def __init__(
         self,
-        server: RelayServer,
+        services: SocketServices,
         ws: web.WebSocketResponse,
         vsn: str,
         claims: Claims,
         peer: str,
         request: web.Request | None = None,
     ) -> None:
-        self.server = server
+        self.config = services.config
+        self.verifier = services.verifier
+        self.catalog = services.catalog
+        self.feed = services.feed
+        self.topics = services.topics
+        self.outbox = services.outbox
+        self.metrics = services.metrics
         self.ws = ws
         self.vsn = vsn
         self.claims = claims
@@ -136,7 +163,7 @@ class Connection:
         # Without a compression extension frames are written as prebuilt bytes straight to the
         # transport (shared by every socket that receives them, many per write); with
         # compression each is sent through aiohttp, which compresses per socket.
-        self.raw = request is not None and not server.config.compression and request.transport is not None
+        self.raw = request is not None and not self.config.compression and request.transport is not None
         self._protocol = request.protocol if request is not None else None
         # Prebuilt WebSocket frames when ``raw``; otherwise text (str) and binary (bytes) messages.
         self.queue: deque[bytes | str] = deque()
@@ -148,7 +175,7 @@ class Connection:
         self.bytes_sent = 0  # encoded frame bytes written (relay_sent_bytes_total)
         self.connected_at = time.time()
         # Rate quotas of this socket (relay/core/quotas.py), on the monotonic clock.
-        cfg, now = server.config, time.monotonic()
+        cfg, now = self.config, time.monotonic()
         self.join_rate = TokenBucket(cfg.max_joins_per_second, now=now)
         self.message_rate = TokenBucket(cfg.max_events_per_second, now=now)
         self.presence_rate = TokenBucket(cfg.max_presence_events_per_second, now=now)
@@ -163,18 +190,18 @@ class Connection:
         """Queue one encoded frame; drop the socket if its queue is over the bound."""
         if self.closing:
             return
-        if len(self.queue) >= self.server.config.socket_queue_frames and self.raw and not self._draining:
+        if len(self.queue) >= self.config.socket_queue_frames and self.raw and not self._draining:
             self.flush()  # a big batch, not a slow reader: write what is queued now
-        if len(self.queue) >= self.server.config.socket_queue_frames:
+        if len(self.queue) >= self.config.socket_queue_frames:
             self.abort(
                 WSCloseCode.TRY_AGAIN_LATER,
-                f"slow consumer: more than {self.server.config.socket_queue_frames} frames queued; reconnect",
+                f"slow consumer: more than {self.config.socket_queue_frames} frames queued; reconnect",
             )
             return
         self.queue.append(text)
         if self.raw and not self._draining:
             # written by flush() at the end of the fan-out batch: one write per socket per batch
-            self.server.dirty.add(self)
+            self.outbox.mark(self)
         else:
             self._wake.set()
 
@@ -211,24 +238,25 @@ class Connection:
         if self.closing or not self.queue or self._draining:
             return
         proto = self._protocol
-        if proto is not None and proto.writing_paused:
+        if writing_paused(proto):
             self._draining = True
             self._wake.set()
             return
         if not self._write_chunk(unbounded=True):
             return
-        if proto is not None and proto.writing_paused:
+        if writing_paused(proto):
             self._draining = True
             self._wake.set()
 
-    def reply_error(self, f: Frame, reason: str, code: str | None = None) -> None:
+    def reply_error(self, f: Frame, reason: str, code: Code) -> None:
         """``phx_reply`` error answering the frame ``f`` (same topic, ref and join_ref).
 
-        ``code``, when given, is a short stable name beside the human ``reason``.
+        ``code`` is the stable name (docs/protocol.md, "Error codes") beside the human
+        ``reason``: every error the relay sends has one, so clients never parse the text.
         """
-        response = {"reason": reason} if code is None else {"reason": reason, "code": code}
+        response = {"reason": reason, "code": str(code)}
         if f.event == "phx_join":  # counted and audited by code (docs/operations.md)
-            self.server.join_refused(f, reason, code)
+            self.metrics.join_refused(f, reason, code)
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "error", response))
 
     def refuse(self, f: Frame, quota: Quota) -> None:
@@ -241,8 +269,8 @@ class Connection:
         audited = now - self._audited.get(quota.kind, -1e9) >= 1.0
         if audited:
             self._audited[quota.kind] = now
-        self.server.quota_hit(quota, self.peer, f.topic, audited=audited)
-        self.reply_error(f, quota.reason, code=quota.code)
+        self.metrics.quota_hit(quota, self.peer, f.topic, audited=audited)
+        self.reply_error(f, quota.reason, quota.code)
 
     def within(self, bucket: TokenBucket, f: Frame, quota: Quota) -> bool:
         """Take one event from a rate quota's bucket; refuse ``f`` (and say False) when it is empty."""
@@ -251,9 +279,14 @@ class Connection:
         self.refuse(f, quota)
         return False
 
-    def send_frame_error(self, reason: str) -> None:
+    def send_frame_error(self, reason: str, code: Code) -> None:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
-        self.send_frame(reply("phoenix", None, None, "error", {"reason": reason}))
+        self.send_frame(reply("phoenix", None, None, "error", {"reason": reason, "code": str(code)}))
+
+    def reply_protocol_error(self, exc: ProtocolError, reason: str, code: Code) -> None:
+        """Answer a frame that could not be parsed, on its topic and ref when they were read."""
+        response = {"reason": reason, "code": str(code)}
+        self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", response))
 
     def abort(self, code: int, reason: str) -> None:
         """Close from the relay's side (slow consumer, shutdown) without waiting."""
@@ -294,7 +327,7 @@ class Connection:
     def _write_chunk(self, unbounded: bool = False) -> bool:
         """Pop queued frames (up to 256 KiB unless ``unbounded``) into one transport write."""
         q = self.queue
-        transport = self.ws._writer.transport if self.ws._writer is not None else None
+        transport = socket_transport(self.ws)
         if transport is None or transport.is_closing():
             q.clear()
             self.closing = True
@@ -317,30 +350,35 @@ class Connection:
         if not self._write_chunk():
             return
         proto = self._protocol
-        if proto is not None and proto.writing_paused:
-            await proto._drain_helper()
+        if proto is not None and writing_paused(proto):
+            await wait_writable(proto)
 
     # -- receiving ------------------------------------------------------------------------
     async def handle_text(self, data: str) -> None:
         """Handle one client text frame; every failure becomes an error frame, never a crash."""
-        limit = self.server.config.max_frame_bytes
+        limit = self.config.max_frame_bytes
         # The limit is in bytes, as on the wire: a character is 1 to 4 UTF-8 bytes, so only a
         # frame of more than limit/4 characters needs encoding to know.
         too_large = len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
         try:
             frame = parse(data, self.vsn)
         except ProtocolError as exc:
-            reason = f"frame too large: limit is {limit} bytes" if too_large else f"invalid message: {exc}"
-            self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", {"reason": reason}))
+            if too_large:
+                self.reply_protocol_error(
+                    exc, f"frame too large: limit is {limit} bytes", Code.FRAME_TOO_LARGE
+                )
+            else:
+                self.reply_protocol_error(exc, f"invalid message: {exc}", Code.INVALID_MESSAGE)
             return
         if too_large:
-            self.reply_error(frame, f"frame too large: limit is {limit} bytes")
+            self.reply_error(frame, f"frame too large: limit is {limit} bytes", Code.FRAME_TOO_LARGE)
             return
         try:
             await self.dispatch(frame)
         except Exception:  # a handler bug must not take the socket or the server down
             log.exception("error handling %s on %s", frame.event, frame.topic)
-            self.reply_error(frame, "internal error handling the message")
+            self.metrics.handler_errors += 1
+            self.reply_error(frame, "internal error handling the message", Code.UNKNOWN_ERROR_ON_CHANNEL)
 
     async def dispatch(self, f: Frame) -> None:
         if f.event == "heartbeat" and f.topic == "phoenix":
@@ -351,7 +389,7 @@ class Connection:
             return
         chan = self.channels.get(f.topic)
         if chan is None:
-            self.reply_error(f, "unmatched topic")
+            self.reply_error(f, "unmatched topic", Code.UNMATCHED_TOPIC)
             return
         if f.event == "phx_leave":
             self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", {}))
@@ -364,100 +402,99 @@ class Connection:
             try:
                 msg = from_push(f.payload)
             except BroadcastError as exc:
-                self.reply_error(f, f"invalid broadcast: {exc}")
+                self.reply_error(f, exc.reason, exc.code)
                 return
-            self.server.topics.client_broadcast(chan, f, msg)
+            self.topics.client_broadcast(chan, f, msg)
             return
         if f.event == "presence":
-            self.server.topics.presence_push(chan, f)
+            self.topics.presence_push(chan, f)
             return
-        self.reply_error(f, f"unknown event {f.event!r}")
+        self.reply_error(f, f"unknown event {f.event!r}", Code.UNKNOWN_EVENT)
 
     async def handle_binary(self, data: bytes) -> None:
         """A binary frame: only vsn 2.0.0 user broadcasts (kind 3) exist; anything else is refused."""
         if self.vsn != "2.0.0":
-            self.send_frame_error("binary frames are only part of protocol vsn 2.0.0 (user broadcasts)")
+            self.send_frame_error(
+                "binary frames are only part of protocol vsn 2.0.0 (user broadcasts)",
+                Code.BINARY_NOT_SUPPORTED,
+            )
             return
-        limit = self.server.config.max_frame_bytes
+        limit = self.config.max_frame_bytes
         try:
             if len(data) > limit:
                 raise ProtocolError(f"frame too large: limit is {limit} bytes")
             push = parse_binary(data)
         except ProtocolError as exc:
-            reason = str(exc) if str(exc).startswith("frame too large") else f"invalid binary frame: {exc}"
-            self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", {"reason": reason}))
+            if str(exc).startswith("frame too large"):
+                self.reply_protocol_error(exc, str(exc), Code.FRAME_TOO_LARGE)
+            else:
+                self.reply_protocol_error(exc, f"invalid binary frame: {exc}", Code.INVALID_BINARY_FRAME)
             return
         f = Frame(push.topic, "broadcast", {}, push.ref, push.join_ref)
         chan = self.channels.get(push.topic)
         if chan is None:
-            self.reply_error(f, "unmatched topic")
+            self.reply_error(f, "unmatched topic", Code.UNMATCHED_TOPIC)
             return
         try:
             msg = from_binary(push)
         except BroadcastError as exc:
-            self.reply_error(f, f"invalid broadcast: {exc}")
+            self.reply_error(f, exc.reason, exc.code)
             return
-        self.server.topics.client_broadcast(chan, f, msg)
+        self.topics.client_broadcast(chan, f, msg)
 
     # -- channels -------------------------------------------------------------------------
     async def join(self, f: Frame) -> None:
         if not f.topic.startswith("realtime:"):
-            self.reply_error(f, "UnknownTopic: topics are realtime:<channel name>")
+            self.reply_error(f, "UnknownTopic: topics are realtime:<channel name>", Code.UNKNOWN_TOPIC)
             return
         if not self.within(self.join_rate, f, JOINS):
             return
-        limit = self.server.config.max_channels_per_connection
+        limit = self.config.max_channels_per_connection
         if limit and f.topic not in self.channels and len(self.channels) >= limit:
             self.refuse(f, CHANNELS)  # a rejoin replaces its channel: it never counts twice
             return
         old = self.channels.get(f.topic)
         if old is not None:  # a second join replaces the first (Phoenix semantics)
             self.close_channel(old)
-        payload = f.payload if isinstance(f.payload, dict) else {}
-        config = payload.get("config") or {}
-        if not isinstance(config, dict):
-            config = {}
-        token = payload.get("access_token")
-        verifier = self.server.verifier
+        req = read_join(f)
+        verifier = self.verifier
         try:
             # The channel's effective token is checked before anything is sent or accepted:
             # the connect token may have expired since the socket opened.
-            claims = verifier.verify(token) if token else verifier.check_claims(self.claims)
+            claims = verifier.verify(req.token) if req.token else verifier.check_claims(self.claims)
         except TokenError as exc:
-            self.reply_error(f, exc.reason)
+            self.reply_error(f, exc.reason, exc.code)
             return
-        try:
-            resume = _resume_point(config)
-        except ValueError as exc:
-            self.reply_error(f, f"InvalidResume: {exc}")
+        if req.resume_error is not None:
+            self.reply_error(f, req.resume_error.reason, req.resume_error.code)
             return
-        stream, after, resume_from = resume if resume is not None else ("", None, None)
-        private = str(config.get("private", False)).lower() == "true"
+        stream, after, resume_from = req.resume if req.resume is not None else ("", None, None)
+        private = req.private
         try:
-            grants = await self.server.topics.admit(f.topic.removeprefix("realtime:"), private, claims)
+            grants = await self.topics.admit(f.topic.removeprefix("realtime:"), private, claims)
         except JoinRefused as exc:
-            self.reply_error(f, str(exc))
+            self.reply_error(f, exc.reason, exc.code)
             return
         except Exception as exc:
             if not database_unreachable(exc):
                 raise
             self._reply_unreachable(f, exc)
             return
-        bcast_cfg = config.get("broadcast")
-        bcast: dict[str, Any] = bcast_cfg if isinstance(bcast_cfg, dict) else {}
-        try:
-            replay = _replay_request(bcast.get("replay"), private)
-        except ValueError as exc:
-            self.reply_error(f, f"InvalidReplay: {exc}")
+        if req.replay_error is not None:
+            self.reply_error(f, req.replay_error.reason, req.replay_error.code)
             return
+        replay = req.replay
+        if req.bindings_error is not None:
+            self.reply_error(f, req.bindings_error.reason, req.bindings_error.code)
+            return
+        specs = req.specs
         try:
-            specs = parse_bindings(config.get("postgres_changes"))
             bound = [await self._bind(s) for s in specs]
-        except TableUnavailable:
-            self.reply_error(f, TABLE_UNAVAILABLE_REASON, code=TABLE_UNAVAILABLE_CODE)
+        except BindingError as exc:  # TableUnavailable too: its one reason and table_not_enabled
+            self.reply_error(f, exc.reason, exc.code)
             return
-        except (BindingError, FilterError) as exc:
-            self.reply_error(f, f"InvalidBinding: {exc}")
+        except FilterError as exc:
+            self.reply_error(f, f"InvalidBinding: {exc}", Code.INVALID_BINDING)
             return
         except Exception as exc:
             if not database_unreachable(exc):
@@ -467,46 +504,41 @@ class Connection:
         try:  # the token may have expired while the topic policies and the catalog answered
             verifier.check_claims(claims)
         except TokenError as exc:
-            self.reply_error(f, exc.reason)
+            self.reply_error(f, exc.reason, exc.code)
             return
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
         chan = Channel(self, f.topic, f.join_ref, claims, specs)
-        # realtime-js sends only broadcast/presence/postgres_changes/private in ``config``, but
-        # it keeps the application's binding objects by reference: extensions may sit there.
-        chan.tx_end = config.get("tx_end") is True or any(s.raw.get("tx_end") is True for s in specs)
+        chan.tx_end = req.tx_end
         chan.private, chan.grants = private, grants
-        chan.bcast_self = str(bcast.get("self", False)).lower() == "true"
-        chan.bcast_ack = str(bcast.get("ack", False)).lower() == "true"
-        chan.presence_key, chan.presence_enabled = presence_key(config.get("presence"))
+        chan.bcast_self, chan.bcast_ack = req.bcast_self, req.bcast_ack
+        chan.presence_key, chan.presence_enabled = req.presence_key, req.presence_enabled
         if after is not None:
             chan.cursor, chan.replaying = after, True  # live skips it until the replay catches up
         else:
-            chan.cursor = self.server.fresh_cursor()
+            chan.cursor = self.feed.fresh_cursor()
         # Register before replying: anything the fan-out sees from now on reaches this
         # channel (or its replay), and the reply is queued before any such frame.
-        for spec, flt in zip(specs, bound, strict=True):
-            self.server.index.add(spec, chan, flt)
         self.channels[f.topic] = chan
-        self.server.index_channel(chan)
+        self.feed.attach(chan, list(zip(specs, bound, strict=True)))
         self._arm_expiry(chan)
         response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
         self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
-        self.server.topics.enter(chan)
+        self.topics.enter(chan)
         if replay is not None:
-            self.server.topics.replay(chan, *replay)
+            self.topics.replay(chan, *replay)
         if specs:
             if after is not None:  # echoed as sent: it may not be of this stream (see replay)
                 start = {"position": str(resume_from)}
             else:
-                known = self.server.floors_ready.is_set()
-                start = {"position": self.server.position(chan.cursor)} if known else {}
+                known = self.feed.floors_ready.is_set()
+                start = {"position": self.feed.position(chan.cursor)} if known else {}
             self.send_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
-        if _truthy(bcast.get("replication_ready")):
-            self.server.replication_ready(chan)
+        if req.replication_ready:
+            self.feed.replication_ready(chan)
         if after is not None:
             chan.task = asyncio.get_running_loop().create_task(
-                self.server.replay(chan, after, stream, str(resume_from)), name=f"replay {f.topic}"
+                self.feed.replay(chan, after, stream, str(resume_from)), name=f"replay {f.topic}"
             )
 
     def _reply_unreachable(self, f: Frame, exc: BaseException) -> None:
@@ -517,7 +549,7 @@ class Connection:
         log.warning(
             "join of %s from %s: Postgres unreachable (%s: %s)", f.topic, self.peer, type(exc).__name__, exc
         )
-        self.reply_error(f, UNREACHABLE_REASON, code=UNREACHABLE_CODE)
+        self.reply_error(f, UNREACHABLE_REASON, Code.UNABLE_TO_CONNECT_TO_PROJECT)
 
     async def _bind(self, spec: BindingSpec) -> BoundFilter | None:
         """Check a binding against the relay's publication and cast its filter.
@@ -527,8 +559,8 @@ class Connection:
         the same :class:`TableUnavailable`: what exists outside the publication is nobody's
         business.  Column names and types are only revealed for published tables.
         """
-        publication = self.server.config.publication
-        catalog = self.server.catalog
+        publication = self.config.publication
+        catalog = self.catalog
         if spec.table is None:
             if not await catalog.schema_published(publication, spec.schema):
                 raise TableUnavailable()
@@ -552,7 +584,7 @@ class Connection:
             types[column] = ctype
         casts = spec.filter.casts(types)
         try:  # Postgres itself casts the operands: it decides what they mean, or refuses them
-            canonical = await self.server.catalog.cast_operands(casts) if casts else None
+            canonical = await self.catalog.cast_operands(casts) if casts else None
         except OperandCastError as exc:
             raise BindingError(f'invalid filter "{spec.filter.text}": {exc}') from None
         return spec.filter.bind(types, canonical)
@@ -560,14 +592,12 @@ class Connection:
     def close_channel(self, chan: Channel, send_close: bool = True) -> None:
         chan.closed = True
         try:
-            self.server.topics.leave(chan)
+            self.topics.leave(chan)
         except Exception:  # telling the room failed: the channel must still be forgotten everywhere
             log.exception("error leaving the room of %s", chan.topic)
         if chan.task is not None and not chan.task.done():
             chan.task.cancel()
-        self.server.open_tx.discard(chan)
-        self.server.index.remove_owner(chan)
-        self.server.unindex_channel(chan)
+        self.feed.detach(chan)
         if chan.expiry is not None:
             chan.expiry.cancel()
         if chan.expiry_warning is not None:
@@ -580,14 +610,14 @@ class Connection:
     async def refresh_token(self, chan: Channel, payload: Any) -> None:
         token = payload.get("access_token") if isinstance(payload, dict) else None
         try:
-            chan.claims = self.server.verifier.verify(token)
+            chan.claims = self.verifier.verify(token)
         except TokenError as exc:
-            self.revoke(chan, exc.message)
+            self.revoke(chan, exc.message, exc.code)
             return
-        self.server.index_channel(chan)
+        self.feed.index_channel(chan)
         self._arm_expiry(chan)
         if chan.private:  # the new claims may read (or write) less: ask the topic policies again
-            await self.server.topics.recheck([chan])
+            await self.topics.recheck([chan])
 
     def _arm_expiry(self, chan: Channel) -> None:
         """Schedule the channel's end at its token's ``exp``, and the ``token_expiring`` warning.
@@ -606,7 +636,7 @@ class Connection:
             loop = asyncio.get_running_loop()
             delay = max(0.0, float(exp) - time.time())
             chan.expiry = loop.call_later(delay, self._expired, chan)
-            ahead = self.server.config.token_expiry_warning
+            ahead = self.config.token_expiry_warning
             if ahead > 0 and delay > 0:
                 chan.expiry_warning = loop.call_later(delay - min(ahead, delay / 2), self._expiring, chan)
 
@@ -617,13 +647,13 @@ class Connection:
         if chan.closed or not isinstance(exp, int | float):
             return
         left = max(0, round(float(exp) - time.time()))
-        self.server.expiry_warnings += 1
+        self.metrics.expiry_warnings += 1
         self.send_frame(
             chan.system(
                 "ok",
                 f"Token expires in {left} seconds: send a new access_token to keep this channel",
                 extension="system",
-                code="token_expiring",
+                code=Code.TOKEN_EXPIRING,
                 expires_at=int(exp),
             )
         )
@@ -631,13 +661,15 @@ class Connection:
     def _expired(self, chan: Channel) -> None:
         exp = chan.claims.get("exp", time.time())
         audit_event("token_expired", topic=chan.topic, remote=self.peer, role=chan.claims.get("role"))
-        self.revoke(chan, f"Token has expired {int(time.time() - float(exp))} seconds ago")
+        self.revoke(
+            chan, f"Token has expired {int(time.time() - float(exp))} seconds ago", Code.INVALID_JWT_TOKEN
+        )
 
-    def revoke(self, chan: Channel, message: str) -> None:
+    def revoke(self, chan: Channel, message: str, code: Code) -> None:
         """End a channel the relay may no longer serve (token expired or invalid, access lost)."""
         if chan.closed:
             return
-        self.send_frame(chan.system("error", message, extension="system"))
+        self.send_frame(chan.system("error", message, extension="system", code=code))
         self.close_channel(chan)
 
     def teardown(self) -> None:
@@ -653,57 +685,7 @@ class Connection:
                 except Exception:
                     log.exception("error closing %s of %s", chan.topic, self.peer)
                     self.channels.pop(chan.topic, None)
+                    self.feed.detach(chan)
         finally:
             self.closing = True
             self._wake.set()
-
-
-def _truthy(value: Any) -> bool:
-    """Join config booleans: JSON ``true`` or the string ``"true"`` (both clients send either)."""
-    return value is True or (isinstance(value, str) and value.lower() == "true")
-
-
-def _resume_point(config: dict[str, Any]) -> tuple[str, int, str] | None:
-    """Where a resuming join continues: ``(stream id, position, as sent)``, or None for a fresh join.
-
-    ``config.resume_from`` first, else the bindings' own.  An unchanged realtime-js rebuilds
-    ``config`` at ``subscribe()`` and keeps only its four known keys, but the binding objects
-    are the application's own, serialized again on every automatic rejoin; so a dashboard keeps
-    ``resume_from`` up to date on its binding objects.  All bindings of a channel share one
-    cursor: the earliest position given wins, so nothing any binding still needs is skipped
-    (the client drops what it already has by position).
-    """
-    top = config.get("resume_from")
-    if top is not None:
-        stream, after = parse_stream_position(top)
-        return stream, after, str(top)
-    bindings = config.get("postgres_changes")
-    found: list[tuple[int, str, str]] = []
-    if isinstance(bindings, list):
-        for b in bindings:
-            if isinstance(b, dict) and b.get("resume_from") not in (None, ""):
-                stream, after = parse_stream_position(b["resume_from"])
-                found.append((after, stream, str(b["resume_from"])))
-    if not found:
-        return None
-    after, stream, text = min(found)
-    return stream, after, text
-
-
-def _replay_request(value: Any, private: bool) -> tuple[int, int] | None:
-    """``config.broadcast.replay = {since: <ms epoch>, limit: <1..25>}`` as ``(since, limit)``.
-
-    As upstream: private channels only, ``limit`` is at most 25 (the default here).
-    """
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError("broadcast.replay must be an object {since, limit}")
-    if not private:
-        raise ValueError("broadcast replay is only available on private channels")
-    since, limit = value.get("since"), value.get("limit", REPLAY_LIMIT)
-    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-        raise ValueError("broadcast.replay.since must be a time in milliseconds since the epoch")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= REPLAY_LIMIT:
-        raise ValueError(f"broadcast.replay.limit must be an integer from 1 to {REPLAY_LIMIT}")
-    return since, limit

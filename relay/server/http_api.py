@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from relay.core.broadcast import Broadcast, BroadcastError, checked, event_name, from_push
+from relay.core.errors import Code, RelayError
 from relay.core.payload_limits import PayloadLimits, PayloadRejected
 from relay.core.protocol import BINARY_ENCODING
 from relay.core.tokens import Claims, TokenError
@@ -32,13 +33,12 @@ PREFIXES = ("", "/realtime/v1")  # served at the root and under the path the cli
 MAX_MESSAGES = 100
 
 
-class HttpError(Exception):
-    """An error answer: ``{"error": message}`` plus ``code`` / ``index`` when they are known."""
+class HttpError(RelayError):
+    """An error answer: ``{"error": message, "code": code}`` plus ``index`` when it is known."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, index: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, message: str, code: Code, index: int | None = None) -> None:
+        super().__init__(code, message)
         self.status = status
-        self.code = code
         self.index = index
 
 
@@ -62,11 +62,13 @@ class HttpApi:
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         token = token or request.headers.get("apikey", "") or request.query.get("apikey", "")
         if not token:
-            raise HttpError(401, "MissingJWT: send an apikey header or Authorization: Bearer <jwt>")
+            raise HttpError(
+                401, "MissingJWT: send an apikey header or Authorization: Bearer <jwt>", Code.MISSING_JWT
+            )
         try:
             claims = self.server.verifier.verify(token)
         except TokenError as exc:
-            raise HttpError(401, exc.reason) from None
+            raise HttpError(401, exc.reason, exc.code) from None
         if claims.get("role") == "service_role":
             audit_event("service_role_http", method=request.method, path=request.path)
         return claims
@@ -74,7 +76,9 @@ class HttpApi:
     def _service(self, request: web.Request) -> Claims:
         claims = self._claims(request)
         if claims.get("role") != "service_role":
-            raise HttpError(403, "Unauthorized: the statistics API needs a service_role token")
+            raise HttpError(
+                403, "Unauthorized: the statistics API needs a service_role token", Code.UNAUTHORIZED
+            )
         return claims
 
     # -- REST broadcast -------------------------------------------------------------------
@@ -85,9 +89,13 @@ class HttpApi:
             body = await _json_body(request)
             messages = body.get("messages") if isinstance(body, dict) else None
             if not isinstance(messages, list) or not messages:
-                raise HttpError(400, 'the body is {"messages": [{"topic", "event", "payload", "private"}]}')
+                raise HttpError(
+                    400,
+                    'the body is {"messages": [{"topic", "event", "payload", "private"}]}',
+                    Code.INVALID_MESSAGE,
+                )
             if len(messages) > MAX_MESSAGES:
-                raise HttpError(400, f"at most {MAX_MESSAGES} messages per request")
+                raise HttpError(400, f"at most {MAX_MESSAGES} messages per request", Code.INVALID_MESSAGE)
             # every message is checked (and encoded) before any is sent: all or none
             limits = self.server.config.payload_limits
             parsed = [_message(i, m, limits) for i, m in enumerate(messages)]
@@ -109,12 +117,12 @@ class HttpApi:
                 try:
                     msg = Broadcast(event_name(request.match_info["event"]), None, data, BINARY_ENCODING)
                 except BroadcastError as exc:
-                    raise HttpError(400, str(exc)) from None
+                    raise HttpError(400, str(exc), exc.code) from None
             else:
                 payload = await _json_body(request)
                 msg = _broadcast({"event": request.match_info["event"], "payload": payload})
             if not name:
-                raise HttpError(400, "the topic must not be empty")
+                raise HttpError(400, "the topic must not be empty", Code.INVALID_BROADCAST)
             msg = _checked(msg, self.server.config.payload_limits)
             await self._check_write(claims, {(name, private)})
         except HttpError as exc:
@@ -127,10 +135,10 @@ class HttpApi:
             try:
                 grants = await self.server.topics.grants(name, private, claims)
             except JoinRefused as exc:
-                raise HttpError(503, str(exc)) from None
+                raise HttpError(503, str(exc), exc.code) from None
             if not grants.broadcast_write:
                 self.server.topics.denied += 1
-                raise HttpError(403, write_denied(name))
+                raise HttpError(403, write_denied(name), Code.UNAUTHORIZED)
 
     # -- statistics -----------------------------------------------------------------------
     async def stats(self, request: web.Request) -> web.Response:
@@ -138,7 +146,7 @@ class HttpApi:
         try:
             self._service(request)
         except HttpError as exc:
-            return _error(exc.status, str(exc))
+            return _error(exc.status, str(exc), exc.code)
         server = self.server
         topics = server.topics
         now = time.time()
@@ -175,7 +183,7 @@ class HttpApi:
         try:
             self._service(request)
         except HttpError as exc:
-            return _error(exc.status, str(exc))
+            return _error(exc.status, str(exc), exc.code)
         name = request.match_info["topic"].removeprefix("realtime:")
         private = request.query.get("private", "false").lower() == "true"
         body = self.server.topics.room_users(name, private) or {
@@ -191,18 +199,18 @@ async def _json_body(request: web.Request) -> Any:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise HttpError(413, "request body too large") from None
+        raise HttpError(413, "request body too large", Code.PAYLOAD_TOO_LARGE) from None
     try:
         return orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError as exc:
-        raise HttpError(400, f"the body is not JSON: {exc}") from None
+        raise HttpError(400, f"the body is not JSON: {exc}", Code.INVALID_MESSAGE) from None
 
 
 def _broadcast(obj: dict[str, Any]) -> Broadcast:
     try:
         return from_push(obj)
     except BroadcastError as exc:
-        raise HttpError(400, str(exc)) from None
+        raise HttpError(400, str(exc), exc.code) from None
 
 
 def _checked(msg: Broadcast, limits: PayloadLimits, index: int | None = None) -> Broadcast:
@@ -216,24 +224,22 @@ def _checked(msg: Broadcast, limits: PayloadLimits, index: int | None = None) ->
 
 def _message(i: int, m: Any, limits: PayloadLimits) -> tuple[str, bool, Broadcast]:
     if not isinstance(m, dict):
-        raise HttpError(400, f"messages[{i}] must be an object", index=i)
+        raise HttpError(400, f"messages[{i}] must be an object", Code.INVALID_BROADCAST, i)
     topic = m.get("topic")
     if not isinstance(topic, str) or not topic.removeprefix("realtime:"):
-        raise HttpError(400, f"messages[{i}]: topic must be a non-empty string", index=i)
+        raise HttpError(400, f"messages[{i}]: topic must be a non-empty string", Code.INVALID_BROADCAST, i)
     private = m.get("private", False)
     if not isinstance(private, bool):
-        raise HttpError(400, f"messages[{i}]: private must be true or false", index=i)
+        raise HttpError(400, f"messages[{i}]: private must be true or false", Code.INVALID_BROADCAST, i)
     try:
         msg = from_push({"event": m.get("event"), "payload": m.get("payload", {})})
     except BroadcastError as exc:
-        raise HttpError(400, f"messages[{i}]: {exc}", index=i) from None
+        raise HttpError(400, f"messages[{i}]: {exc}", exc.code, i) from None
     return topic.removeprefix("realtime:"), private, _checked(msg, limits, i)
 
 
-def _error(status: int, text: str, code: str | None = None, index: int | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": text}
-    if code is not None:
-        body["code"] = code
+def _error(status: int, text: str, code: Code, index: int | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": text, "code": str(code)}
     if index is not None:
         body["index"] = index
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

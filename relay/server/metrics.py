@@ -33,6 +33,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from relay.core.changes import Commit
+from relay.core.protocol import Frame
+from relay.core.quotas import Quota
+from relay.logs import audit_event
 
 if TYPE_CHECKING:
     from relay.server.app import RelayServer
@@ -103,7 +106,11 @@ class RelayMetrics:
         self.token_refusals: Counter[str] = Counter()
         self.deliveries: Counter[str] = Counter()  # insert/update/delete/moved_in/moved_out/error
         self.presence_events: Counter[str] = Counter()  # track/untrack
-        self.rate_limit_hits: Counter[str] = Counter()
+        self.rate_limit_hits: Counter[str] = Counter()  # quota hits by kind (also on /health)
+        self.expiry_warnings = 0  # token_expiring system messages sent
+        # Client messages whose handler raised: the relay's own bugs (logged with a traceback and
+        # answered UnknownErrorOnChannel), never a client's mistake.
+        self.handler_errors = 0
         self.transactions = 0  # transactions handed off (observe_commit)
         self.last_lag: float | None = None  # commit -> hand-off of the last transaction
         # commit -> hand-off latency histogram: bucket counts kept here (bisect, no lock), exported
@@ -111,6 +118,27 @@ class RelayMetrics:
         # transaction, a measurable share of a small transaction's ~60 us.
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
         self.latency_sum = 0.0
+
+    def quota_hit(self, quota: Quota, peer: str, topic: str | None = None, audited: bool = True) -> None:
+        """Count a quota hit and write it to the audit log (never a token: kind, code, peer, topic).
+
+        ``audited=False`` counts without a log line: a client hammering a rate limit is logged
+        once a second, not once per refused message (see Connection.refuse).
+        """
+        self.rate_limit_hits[quota.kind] += 1  # relay_rate_limit_hits_total{kind}
+        if audited:
+            audit_event("quota_hit", kind=quota.kind, code=quota.code, remote=peer, topic=topic)
+
+    def join_refused(self, f: Frame, reason: str, code: str) -> None:
+        """A join was answered with an error: count it by code and write an audit line."""
+        label = join_refusal_code(reason, code)
+        self.join_refusals[label] += 1
+        payload = f.payload if isinstance(f.payload, dict) else {}
+        config = payload.get("config")
+        private = isinstance(config, dict) and str(config.get("private", False)).lower() == "true"
+        denied = private and label in ("Unauthorized", "TopicPolicyError")
+        event = "private_channel_refused" if denied else "join_refused"
+        audit_event(event, code=label, topic=f.topic[:200], reason=reason[:300])
 
     def joined(self, private: bool, postgres_changes: bool, presence: bool) -> None:
         """A channel joined: once per extension it uses (every channel is a broadcast room)."""

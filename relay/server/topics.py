@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from relay.config import Config
 from relay.core.broadcast import (
     Broadcast,
     BroadcastError,
@@ -25,6 +25,7 @@ from relay.core.broadcast import (
     from_db_message,
 )
 from relay.core.broadcast_history import BroadcastHistory
+from relay.core.errors import Code, RelayError
 from relay.core.payload_limits import PayloadRejected, check_json
 from relay.core.presence import Diff, PresenceError, repair_metas
 from relay.core.protocol import Frame, dumps, encode, ws_text_frame
@@ -32,18 +33,23 @@ from relay.core.quotas import MESSAGES, PRESENCE_EVENTS, PRESENCE_KEYS
 from relay.core.rooms import Room, Rooms
 from relay.postgres.availability import database_unreachable
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicAuthorizer, TopicGrants, TopicPolicyError
+from relay.server.metrics import RelayMetrics
+from relay.server.outbox import Outbox
 
 if TYPE_CHECKING:
-    from relay.server.app import RelayServer
     from relay.server.connection import Channel
+    from relay.server.feed import ChangeFeed
 
 __all__ = ["JoinRefused", "TopicHub"]
 
 log = logging.getLogger("relay.topics")
 
 
-class JoinRefused(Exception):
+class JoinRefused(RelayError):
     """A private channel the token may not read; ``str()`` is the reply reason."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.UNAUTHORIZED, message)
 
 
 def read_denied(name: str) -> str:
@@ -57,8 +63,18 @@ def write_denied(name: str) -> str:
 class TopicHub:
     """Rooms of the relay's joined channels, with their presence."""
 
-    def __init__(self, server: RelayServer, authorizer: TopicAuthorizer) -> None:
-        self.server = server
+    def __init__(
+        self,
+        config: Config,
+        metrics: RelayMetrics,
+        outbox: Outbox,
+        feed: ChangeFeed,
+        authorizer: TopicAuthorizer,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.outbox = outbox
+        self.feed = feed  # for the live floor and the joined channels, never written to
         self.authorizer = authorizer
         self.rooms: Rooms[Channel] = Rooms()
         self.broadcasts = 0  # messages accepted (client, REST and database)
@@ -98,7 +114,7 @@ class TopicHub:
     def enter(self, chan: Channel) -> None:
         """Join the channel's room (after its join reply) and send it the presence state."""
         chan.room = self.rooms.join(chan.name, chan.private, chan)
-        self.server.metrics.joined(chan.private, bool(chan.specs), chan.presence_enabled)
+        self.metrics.joined(chan.private, bool(chan.specs), chan.presence_enabled)
         if chan.presence_enabled and chan.grants.presence_read:
             self._send_state(chan)
 
@@ -121,13 +137,13 @@ class TopicHub:
             return
         if not chan.grants.broadcast_write:
             self.denied += 1
-            conn.reply_error(f, write_denied(chan.name))
+            conn.reply_error(f, write_denied(chan.name), Code.UNAUTHORIZED)
             return
         try:
-            msg = checked(msg, self.server.config.payload_limits)
+            msg = checked(msg, self.config.payload_limits)
         except PayloadRejected as exc:
             self.refused += 1
-            conn.reply_error(f, str(exc), exc.code)
+            conn.reply_error(f, exc.reason, exc.code)
             return
         room = chan.room
         if room is not None:
@@ -146,7 +162,7 @@ class TopicHub:
             conn = member.conn
             conn.push(frames.get(conn.vsn, conn.raw))
             sent += 1
-        self.server.flush()
+        self.outbox.flush()
         return sent
 
     def publish(self, name: str, private: bool, msg: Broadcast) -> int:
@@ -165,7 +181,7 @@ class TopicHub:
         """
         try:
             name, private, bmsg = from_db_message(msg)
-            bmsg = checked(bmsg, self.server.config.payload_limits)
+            bmsg = checked(bmsg, self.config.payload_limits)
         except BroadcastError as exc:
             log.warning("ignoring malformed realtime.send message: %s", exc)
             return
@@ -176,7 +192,7 @@ class TopicHub:
         if private:  # replayable (broadcast.replay is for private channels only, as upstream)
             ts = db_message_time(msg)
             self.history.record(name, ts if ts is not None else _now_ms(), bmsg)
-        if commit_seq <= self.server.live_floor:
+        if commit_seq <= self.feed.live_floor:
             return
         self.db_broadcasts += 1
         self.publish(name, private, bmsg)
@@ -201,11 +217,11 @@ class TopicHub:
                     "broadcast replay incomplete: the relay holds this topic's messages only since "
                     f"{found.complete_from} (ms since the epoch)",
                     extension="broadcast",
-                    code="broadcast_replay_incomplete",
+                    code=Code.BROADCAST_REPLAY_INCOMPLETE,
                     complete_from=found.complete_from,
                 )
             )
-        self.server.flush()
+        self.outbox.flush()
 
     # -- presence -----------------------------------------------------------------------------
     def presence_push(self, chan: Channel, f: Frame) -> None:
@@ -214,35 +230,35 @@ class TopicHub:
         payload = f.payload if isinstance(f.payload, dict) else {}
         event = payload.get("event")
         if event not in ("track", "untrack"):
-            conn.reply_error(f, 'a presence push has "event": "track" or "untrack"')
+            conn.reply_error(f, 'a presence push has "event": "track" or "untrack"', Code.PRESENCE_INVALID)
             return
         if not conn.within(conn.presence_rate, f, PRESENCE_EVENTS):
             return
         meta = payload.get("payload", {})
-        max_keys = self.server.config.max_presence_keys
+        max_keys = self.config.max_presence_keys
         if event == "track" and max_keys and isinstance(meta, dict) and len(meta) > max_keys:
             conn.refuse(f, PRESENCE_KEYS)
             return
-        self.server.metrics.presence_events[event] += 1
+        self.metrics.presence_events[event] += 1
         if event == "track" and not chan.grants.presence_write:  # leaving is always allowed
             self.denied += 1
-            conn.reply_error(f, write_denied(chan.name))
+            conn.reply_error(f, write_denied(chan.name), Code.UNAUTHORIZED)
             return
         room = chan.room
         if room is None:
-            conn.reply_error(f, "unmatched topic")
+            conn.reply_error(f, "unmatched topic", Code.UNMATCHED_TOPIC)
             return
         if event == "track":
             try:
                 diff: Diff | None = self._track(chan, room, meta)
             except PayloadRejected as exc:
                 self.refused += 1
-                conn.reply_error(f, str(exc), exc.code)
+                conn.reply_error(f, exc.reason, exc.code)
                 return
             except PresenceError as exc:
-                if exc.code != "presence_invalid":
+                if exc.code != Code.PRESENCE_INVALID:
                     self.refused += 1
-                conn.reply_error(f, str(exc), exc.code)
+                conn.reply_error(f, exc.reason, exc.code)
                 return
         else:
             diff = room.presence.untrack(chan)
@@ -260,7 +276,7 @@ class TopicHub:
         """
         if not isinstance(meta, dict):
             raise PresenceError("a presence payload (the tracked state) must be a JSON object")
-        cfg = self.server.config
+        cfg = self.config
         size = len(check_json(meta, cfg.payload_limits, "presence payload"))
         count, total = 1, size
         for other in chan.conn.channels.values():
@@ -272,13 +288,13 @@ class TopicHub:
             raise PresenceError(
                 f"this socket already tracks its limit of {cfg.max_socket_presences} presences "
                 "(untrack one first)",
-                "too_many_presences",
+                Code.TOO_MANY_PRESENCES,
             )
         if total > cfg.max_socket_presence_bytes:
             raise PresenceError(
                 f"presence payloads of this socket would total {total} bytes, over the limit of "
                 f"{cfg.max_socket_presence_bytes}",
-                "presence_too_large",
+                Code.PRESENCE_TOO_LARGE,
             )
         if not chan.presence_enabled:
             # tracking turns presence on for this channel (its listeners were added after the
@@ -336,7 +352,7 @@ class TopicHub:
                     text = encode(frame, conn.vsn)
                 out = cache[key] = ws_text_frame(text.encode()) if conn.raw else text
             conn.push(out)
-        self.server.flush()
+        self.outbox.flush()
 
     # -- policy changes -------------------------------------------------------------------------
     def policies_changed(self, xid: str | None = None) -> None:
@@ -356,11 +372,7 @@ class TopicHub:
 
     async def recheck(self, chans: Iterable[Channel] | None = None) -> None:
         """Re-evaluate private channels' grants; a channel that may no longer read is closed."""
-        todo = (
-            list(chans)
-            if chans is not None
-            else [ch for c in list(self.server.connections) for ch in c.channels.values() if ch.private]
-        )
+        todo = list(chans) if chans is not None else [ch for ch in list(self.feed.channels) if ch.private]
         for chan in todo:
             if chan.closed:
                 continue
@@ -372,7 +384,7 @@ class TopicHub:
             if chan.closed:
                 continue
             if not grants.can_join:
-                chan.conn.revoke(chan, read_denied(chan.name))
+                chan.conn.revoke(chan, read_denied(chan.name), Code.UNAUTHORIZED)
                 continue
             self._regrant(chan, grants)
 
@@ -428,19 +440,6 @@ class TopicHub:
             ],
             "presence": self.presence_state(room),
         }
-
-
-def presence_key(config: Any) -> tuple[str, bool]:
-    """``(key, enabled)`` from a join's ``presence`` config; an empty key gets a fresh UUID.
-
-    A per-join UUID is what the reference server uses, so two anonymous tabs never merge.
-    """
-    cfg = config if isinstance(config, dict) else {}
-    key = cfg.get("key")
-    enabled = str(cfg.get("enabled", False)).lower() == "true"
-    if not isinstance(key, str | int) or isinstance(key, bool) or key == "":
-        return str(uuid.uuid4()), enabled
-    return str(key), enabled
 
 
 def _now_ms() -> int:

@@ -251,7 +251,7 @@ async def test_private_channel_needs_a_topic_policy(pg_dsn: str) -> None:
         reply = await a.join("secret-room", [], private=True)
         assert reply["payload"] == {
             "status": "error",
-            "response": {"reason": DENIED_READ + "secret-room"},
+            "response": {"reason": DENIED_READ + "secret-room", "code": "Unauthorized"},
         }
         sql(
             pg_dsn,

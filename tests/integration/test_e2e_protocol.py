@@ -142,7 +142,8 @@ async def test_bad_input_gets_errors_and_socket_survives(pg_dsn: str) -> None:
         assert r["payload"]["response"]["reason"].startswith("InvalidJWTToken: Token has expired")
         ref = await c.send("realtime:never", "access_token", {"access_token": token()})
         m = await c.recv_until(lambda m: m["ref"] == ref)
-        assert m["payload"] == {"status": "error", "response": {"reason": "unmatched topic"}}
+        response = {"reason": "unmatched topic", "code": "unmatched_topic"}
+        assert m["payload"] == {"status": "error", "response": response}
         ref = await c.send("realtime:x", "phx_join", {"config": {}})
         assert (await c.recv_until(lambda m: m["ref"] == ref))["payload"]["status"] == "ok"
         ref = await c.send("realtime:x", "bogus_event", {})

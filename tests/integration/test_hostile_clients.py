@@ -84,7 +84,8 @@ async def test_join_with_expired_connect_token_is_refused_before_anything(pg_dsn
             replies = {m["ref"]: m["payload"] for m in got if m["event"] == "phx_reply"}
             assert replies["1"]["status"] == "error"
             assert replies["1"]["response"]["reason"].startswith("InvalidJWTToken: Token has expired")
-            assert replies["2"] == {"status": "error", "response": {"reason": "unmatched topic"}}
+            unmatched = {"reason": "unmatched topic", "code": "unmatched_topic"}
+            assert replies["2"] == {"status": "error", "response": unmatched}
             assert not [m for m in got if m["event"] in ("presence_state", "presence_diff", "broadcast")]
             assert "victim@example.com" not in orjson.dumps(got).decode()
         assert not [m for m in await victim.collect(0.5) if m["event"] == "broadcast"]
@@ -199,7 +200,7 @@ async def test_frame_limit_counts_utf8_bytes(pg_dsn: str) -> None:
         m = await c.recv_until(lambda m: m["ref"] == ref)
         assert m["payload"] == {
             "status": "error",
-            "response": {"reason": f"frame too large: limit is {limit} bytes"},
+            "response": {"reason": f"frame too large: limit is {limit} bytes", "code": "frame_too_large"},
         }
         fits = "€" * 80_000  # 240,000 bytes: under the limit
         ref = await c.send(

@@ -21,7 +21,7 @@ import pytest
 
 from relay.core.changes import RowChange
 from relay.core.wal2json import wal2json_options
-from relay.pipeline import Pipeline
+from relay.pipeline import ChangesOnly, Pipeline
 from relay.postgres.catalog import Catalog
 from relay.postgres.migrate import apply_migrations
 from relay.postgres.replication import ReplicationStream
@@ -71,7 +71,9 @@ async def _running(
         assert change.record is not None  # the test writes inserts only
         got.append(int(change.record["id"]))
 
-    pipeline = Pipeline(stream_dsn, catalog, sink, slot="failures", publication="supabase_realtime", **kw)
+    pipeline = Pipeline(
+        stream_dsn, catalog, ChangesOnly(sink), slot="failures", publication="supabase_realtime", **kw
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
     try:

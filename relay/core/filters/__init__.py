@@ -42,8 +42,7 @@ The package: :mod:`.grammar` parses, :mod:`.model` holds parsed filters and bind
 
 from relay.core.filters.base import MAX_CONDITIONS, MAX_IN_VALUES, MAX_PATTERN_LENGTH, OPERATORS, FilterError
 from relay.core.filters.grammar import parse_filter
-from relay.core.filters.matching import BoundCondition, BoundFilter
-from relay.core.filters.model import Condition, Filter
+from relay.core.filters.model import BoundCondition, BoundFilter, Condition, Filter
 from relay.core.sqltypes.keys import PG_CAST_TYPES
 from relay.core.sqltypes.names import normalize_type_name
 

@@ -9,51 +9,14 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from relay.core.filters.base import COMPARISON_OPS
 from relay.core.sqltypes.keys import KeyType
 
-if TYPE_CHECKING:
-    from relay.core.filters.model import Condition, Filter
-
-__all__ = ["BoundCondition", "BoundFilter", "Matcher", "compile_condition"]
+__all__ = ["Matcher", "compile_condition"]
 
 Matcher = Callable[[Mapping[str, Any]], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class BoundCondition:
-    """One condition cast to its column's type; ``matches`` is its compiled row test."""
-
-    condition: Condition
-    column_type: str
-    operands: tuple[Any, ...] = field(repr=False, compare=False)
-    matches: Matcher = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class BoundFilter:
-    """A filter cast to its columns' types, ready to test rows.
-
-    ``matches(row)`` takes a decoded record (column name -> value) and answers what Postgres would
-    for the AND of ``column <op> operand``: a missing column or ``None`` is SQL ``NULL``, for which
-    no comparison holds (``neq`` and ``not.`` forms included; only ``is`` and ``isdistinct`` answer
-    for NULL).  It is a closure compiled by :meth:`Filter.bind` and stored as an attribute, not a
-    method, to save a call level on the relay's hottest path.  ``conditions`` holds the bound
-    conditions; equality and hashing consider only ``filter`` and ``column_type``.
-    """
-
-    filter: Filter
-    column_type: str
-    conditions: tuple[BoundCondition, ...] = field(repr=False, compare=False)
-    matches: Matcher = field(repr=False, compare=False)
-
-    @property
-    def operands(self) -> tuple[Any, ...]:
-        """The cast operand keys of every condition, in order (for debugging and tests)."""
-        return tuple(o for c in self.conditions for o in c.operands)
 
 
 _COERCE_ERRORS: Final = (ValueError, TypeError, ArithmeticError)

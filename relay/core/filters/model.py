@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from relay.core.filters.base import (
@@ -17,13 +17,46 @@ from relay.core.filters.base import (
     expected_ops,
     filter_error,
 )
-from relay.core.filters.matching import BoundCondition, BoundFilter, compile_condition
+from relay.core.filters.matching import Matcher, compile_condition
 from relay.core.filters.patterns import compile_pattern
 from relay.core.sqltypes.inputs import CastError
 from relay.core.sqltypes.keys import CITEXT, KEY_TYPES, PG_CAST_TYPES, key_type
 from relay.core.sqltypes.names import display_type, normalize_type_name
 
 __all__ = ["Condition", "Filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class BoundCondition:
+    """One condition cast to its column's type; ``matches`` is its compiled row test."""
+
+    condition: Condition
+    column_type: str
+    operands: tuple[Any, ...] = field(repr=False, compare=False)
+    matches: Matcher = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundFilter:
+    """A filter cast to its columns' types, ready to test rows.
+
+    ``matches(row)`` takes a decoded record (column name -> value) and answers what Postgres would
+    for the AND of ``column <op> operand``: a missing column or ``None`` is SQL ``NULL``, for which
+    no comparison holds (``neq`` and ``not.`` forms included; only ``is`` and ``isdistinct`` answer
+    for NULL).  It is a closure compiled by :meth:`Filter.bind` and stored as an attribute, not a
+    method, to save a call level on the relay's hottest path.  ``conditions`` holds the bound
+    conditions; equality and hashing consider only ``filter`` and ``column_type``.
+    """
+
+    filter: Filter
+    column_type: str
+    conditions: tuple[BoundCondition, ...] = field(repr=False, compare=False)
+    matches: Matcher = field(repr=False, compare=False)
+
+    @property
+    def operands(self) -> tuple[Any, ...]:
+        """The cast operand keys of every condition, in order (for debugging and tests)."""
+        return tuple(o for c in self.conditions for o in c.operands)
 
 
 @dataclass(frozen=True, slots=True)
