@@ -360,6 +360,23 @@ class TestPlan:
         idx.remove_owner(s2)  # idempotent
         assert idx.plan(change()) == []
 
+    def test_removal_is_lazy_but_never_visible(self) -> None:
+        """Closes only mark the lists (one rebuild for a burst, not one filter per close), yet no
+        read ever sees a removed owner, and an owner added again right away is kept."""
+        idx = new_index()
+        subs = [FakeSub(f"realtime:r{i}") for i in range(50)]
+        ids = {id(s): add(idx, s, {"event": "*", "table": "t"}).id for s in subs}
+        listed = idx.by_table[("public", "t")]
+        for s in subs[:49]:
+            idx.remove_owner(s)
+        assert idx.by_table[("public", "t")] is listed  # nothing rebuilt yet
+        assert idx.plan(change()) == [(subs[49], [ids[id(subs[49])]])]  # compacted before reading
+        assert len(idx.by_table[("public", "t")]) == 1
+        idx.remove_owner(subs[49])
+        again = add(idx, subs[49], {"event": "INSERT", "table": "t"})  # re-added before a read
+        assert idx.plan(change()) == [(subs[49], [again.id])]
+        assert len(idx) == 1
+
 
 # -- change_payload / FrameCache ---------------------------------------------------------------
 def payload(ch: RowChange) -> dict[str, Any]:
