@@ -427,8 +427,6 @@ class Delivery(Generic[S]):
     select: tuple[str, ...] | None = None
 
 
-
-
 # ``columns`` is the same JSON for every change of a table: encode it once per column tuple (the
 # decoder shares one tuple per table layout).  Keyed by id() with the tuple kept alive.
 _COLUMNS_JSON: dict[int, tuple[tuple[Column, ...], orjson.Fragment]] = {}

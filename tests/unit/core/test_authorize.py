@@ -137,3 +137,21 @@ def test_specialized_verdicts_equal_plain_evaluation() -> None:
     for _ in range(2):  # second round hits the cache
         for c, r in itertools.product(claims_set, rows):
             assert auth.verdict("public", "t", r, c, claims_key(c)) == auth.verdict("public", "t", r, c)
+
+
+def test_claims_key_holds_no_oversized_buffer() -> None:
+    """A claims key lives as long as its channel: it must not keep orjson's 4 KiB buffer."""
+    import tracemalloc
+
+    from relay.core.authorize import claims_key
+
+    claims = [{"role": "authenticated", "sub": f"{i:036d}", "exp": 1_900_000_000 + i} for i in range(500)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        keys = [claims_key(c) for c in claims]
+        per_key = (tracemalloc.get_traced_memory()[0] - before) / len(keys)
+    finally:
+        tracemalloc.stop()
+    assert keys[0] == claims_key(dict(reversed(list(claims[0].items()))))  # canonical: key order
+    assert per_key < 512, f"{per_key:.0f} bytes held per claims key"
