@@ -16,19 +16,17 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
 
 from relay.config import Config
-from relay.core.authorize import claims_key
 from relay.core.broadcast import BroadcastError, from_binary, from_push
 from relay.core.errors import Code
 from relay.core.filters import BoundFilter, FilterError
 from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
 from relay.core.quotas import CHANNELS, JOINS, Quota, TokenBucket
-from relay.core.rooms import Room
 from relay.core.subscriptions import (
     BindingError,
     BindingSpec,
@@ -39,7 +37,7 @@ from relay.core.tokens import Claims, TokenError, Verifier
 from relay.logs import audit_event
 from relay.postgres.availability import UNREACHABLE_REASON, database_unreachable
 from relay.postgres.catalog import Catalog, OperandCastError
-from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
+from relay.server.channel import Channel
 from relay.server.metrics import RelayMetrics
 from relay.server.outbox import Outbox, socket_transport, wait_writable, writing_paused
 from relay.server.session import read_join
@@ -48,75 +46,9 @@ from relay.server.topics import JoinRefused, TopicHub
 if TYPE_CHECKING:
     from relay.server.feed import ChangeFeed
 
-__all__ = ["Channel", "Connection"]
+__all__ = ["Channel", "Connection", "SocketServices"]
 
 log = logging.getLogger("relay.socket")
-
-
-@dataclass(eq=False)
-class Channel:
-    """A joined topic on one socket: the subscriber the index and the fan-out see.
-
-    ``claims`` are this channel's own (its join or ``access_token`` token): never shared with
-    other channels or sockets.  ``claims_key`` (canonical bytes) lets the fan-out evaluate
-    policies once per distinct claims.
-    """
-
-    conn: Connection
-    topic: str
-    join_ref: str | None
-    _claims: Claims
-    specs: list[BindingSpec] = field(default_factory=list)
-    expiry: asyncio.TimerHandle | None = None
-    expiry_warning: asyncio.TimerHandle | None = None
-    claims_key: bytes = b""
-    # Position of the last change this channel was given (or passed over while replaying): the
-    # fan-out never delivers a change at or before it, which is what makes the switch from
-    # replay to live free of gaps and duplicates.
-    cursor: int = -1
-    replaying: bool = False  # a resume is being served from the replay log; live skips it
-    tx_end: bool = False  # the client asked for tx_end events
-    open_tx: int = 0  # commit LSN of the transaction it is receiving (tx_end bookkeeping)
-    open_count: int = 0
-    open_pos: int = -1
-    open_ts: str = ""
-    closed: bool = False
-    task: asyncio.Task[None] | None = None
-    # Broadcast and presence (see relay/server/topics.py).  A private channel's grants come
-    # from the topic policies at join (and again on a new token or a policy change).
-    private: bool = False
-    grants: TopicGrants = PUBLIC_GRANTS
-    bcast_self: bool = False
-    bcast_ack: bool = False
-    presence_key: str = ""
-    presence_enabled: bool = False
-    room: Room[Channel] | None = None
-    joined_at: float = field(default_factory=time.time)
-
-    def __post_init__(self) -> None:
-        self.claims_key = claims_key(self._claims)
-
-    @property
-    def claims(self) -> Claims:
-        return self._claims
-
-    @claims.setter
-    def claims(self, value: Claims) -> None:
-        self._claims = value
-        self.claims_key = claims_key(value)
-
-    @property
-    def vsn(self) -> str:
-        return self.conn.vsn
-
-    @property
-    def name(self) -> str:
-        return self.topic.removeprefix("realtime:")
-
-    def system(self, status: str, message: str, extension: str = "postgres_changes", **extra: Any) -> Frame:
-        """A ``system`` event for this channel (the shape both official clients parse)."""
-        payload = {"channel": self.name, "extension": extension, "status": status, "message": message}
-        return Frame(self.topic, "system", {**payload, **extra})
 
 
 @dataclass(frozen=True, slots=True)
