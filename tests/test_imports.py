@@ -51,15 +51,14 @@ LAYERS: dict[str, int] = {
 }
 
 # (importer, imported): type-only imports of something above the importer.  The HTTP handlers
-# read the server they serve (health, metrics, readiness, REST, inspector); the feed and the
-# topic hub name the Channel record, which lives with its socket in connection.py.
+# read the server they serve (health, metrics, readiness, REST, inspector): that is the
+# composition boundary (docs/architecture.md).  The feed and the topic hub name the Channel
+# record, which lives below both in relay/server/channel.py.
 KNOWN_BACK_REFERENCES: set[tuple[str, str]] = {
-    ("relay.server.feed", "relay.server.connection"),
     ("relay.server.http_api", "relay.server.app"),
     ("relay.server.inspector", "relay.server.app"),
     ("relay.server.metrics", "relay.server.app"),
     ("relay.server.probes", "relay.server.app"),
-    ("relay.server.topics", "relay.server.connection"),
 }
 
 # Within relay.server, owners above what they own: an import of a higher module is a back-reference.
@@ -72,6 +71,7 @@ SERVER_ORDER: dict[str, int] = {
     "relay.server.connection": 2,  # one socket: uses the feed, the hub, the outbox
     "relay.server.feed": 1,  # subscriptions, fan-out, tx_end, resume
     "relay.server.topics": 1,  # broadcast and presence
+    "relay.server.channel": 0,  # the Channel record and the Socket face the feed and hub use
     "relay.server.metrics": 0,
     "relay.server.outbox": 0,
     "relay.server.session": 0,  # sans-I/O: frames in, typed requests out

@@ -34,7 +34,8 @@ from relay.logs import audit_event, bind, bind_context
 from relay.postgres.catalog import Catalog
 from relay.postgres.policy_eval import PolicyEvaluator
 from relay.postgres.topic_policies import TopicAuthorizer
-from relay.server.connection import Channel, Connection, SocketServices
+from relay.server.channel import Channel
+from relay.server.connection import Connection, SocketServices
 from relay.server.feed import ChangeFeed
 from relay.server.http_api import HttpApi
 from relay.server.inspector import Inspector

@@ -16,19 +16,16 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
 
 from relay.config import Config
-from relay.core.authorize import claims_key
-from relay.core.broadcast import BroadcastError, from_binary, from_push
 from relay.core.errors import Code
 from relay.core.filters import BoundFilter, FilterError
-from relay.core.protocol import Frame, ProtocolError, encode, parse, parse_binary, reply, ws_text_frame
+from relay.core.protocol import Frame, encode, reply, ws_text_frame
 from relay.core.quotas import CHANNELS, JOINS, Quota, TokenBucket
-from relay.core.rooms import Room
 from relay.core.subscriptions import (
     BindingError,
     BindingSpec,
@@ -39,84 +36,18 @@ from relay.core.tokens import Claims, TokenError, Verifier
 from relay.logs import audit_event
 from relay.postgres.availability import UNREACHABLE_REASON, database_unreachable
 from relay.postgres.catalog import Catalog, OperandCastError
-from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicGrants
+from relay.server import session
+from relay.server.channel import Channel
 from relay.server.metrics import RelayMetrics
 from relay.server.outbox import Outbox, socket_transport, wait_writable, writing_paused
-from relay.server.session import read_join
 from relay.server.topics import JoinRefused, TopicHub
 
 if TYPE_CHECKING:
     from relay.server.feed import ChangeFeed
 
-__all__ = ["Channel", "Connection"]
+__all__ = ["Channel", "Connection", "SocketServices"]
 
 log = logging.getLogger("relay.socket")
-
-
-@dataclass(eq=False)
-class Channel:
-    """A joined topic on one socket: the subscriber the index and the fan-out see.
-
-    ``claims`` are this channel's own (its join or ``access_token`` token): never shared with
-    other channels or sockets.  ``claims_key`` (canonical bytes) lets the fan-out evaluate
-    policies once per distinct claims.
-    """
-
-    conn: Connection
-    topic: str
-    join_ref: str | None
-    _claims: Claims
-    specs: list[BindingSpec] = field(default_factory=list)
-    expiry: asyncio.TimerHandle | None = None
-    expiry_warning: asyncio.TimerHandle | None = None
-    claims_key: bytes = b""
-    # Position of the last change this channel was given (or passed over while replaying): the
-    # fan-out never delivers a change at or before it, which is what makes the switch from
-    # replay to live free of gaps and duplicates.
-    cursor: int = -1
-    replaying: bool = False  # a resume is being served from the replay log; live skips it
-    tx_end: bool = False  # the client asked for tx_end events
-    open_tx: int = 0  # commit LSN of the transaction it is receiving (tx_end bookkeeping)
-    open_count: int = 0
-    open_pos: int = -1
-    open_ts: str = ""
-    closed: bool = False
-    task: asyncio.Task[None] | None = None
-    # Broadcast and presence (see relay/server/topics.py).  A private channel's grants come
-    # from the topic policies at join (and again on a new token or a policy change).
-    private: bool = False
-    grants: TopicGrants = PUBLIC_GRANTS
-    bcast_self: bool = False
-    bcast_ack: bool = False
-    presence_key: str = ""
-    presence_enabled: bool = False
-    room: Room[Channel] | None = None
-    joined_at: float = field(default_factory=time.time)
-
-    def __post_init__(self) -> None:
-        self.claims_key = claims_key(self._claims)
-
-    @property
-    def claims(self) -> Claims:
-        return self._claims
-
-    @claims.setter
-    def claims(self, value: Claims) -> None:
-        self._claims = value
-        self.claims_key = claims_key(value)
-
-    @property
-    def vsn(self) -> str:
-        return self.conn.vsn
-
-    @property
-    def name(self) -> str:
-        return self.topic.removeprefix("realtime:")
-
-    def system(self, status: str, message: str, extension: str = "postgres_changes", **extra: Any) -> Frame:
-        """A ``system`` event for this channel (the shape both official clients parse)."""
-        payload = {"channel": self.name, "extension": extension, "status": status, "message": message}
-        return Frame(self.topic, "system", {**payload, **extra})
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,11 +214,6 @@ class Connection:
         """An error not tied to a topic the client sent (e.g. an unreadable binary frame)."""
         self.send_frame(reply("phoenix", None, None, "error", {"reason": reason, "code": str(code)}))
 
-    def reply_protocol_error(self, exc: ProtocolError, reason: str, code: Code) -> None:
-        """Answer a frame that could not be parsed, on its topic and ref when they were read."""
-        response = {"reason": reason, "code": str(code)}
-        self.send_frame(reply(exc.topic or "phoenix", exc.ref, exc.join_ref, "error", response))
-
     def abort(self, code: int, reason: str) -> None:
         """Close from the relay's side (slow consumer, shutdown) without waiting."""
         if self.closing:
@@ -355,98 +281,49 @@ class Connection:
 
     # -- receiving ------------------------------------------------------------------------
     async def handle_text(self, data: str) -> None:
-        """Handle one client text frame; every failure becomes an error frame, never a crash."""
-        limit = self.config.max_frame_bytes
-        # The limit is in bytes, as on the wire: a character is 1 to 4 UTF-8 bytes, so only a
-        # frame of more than limit/4 characters needs encoding to know.
-        too_large = len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
-        try:
-            frame = parse(data, self.vsn)
-        except ProtocolError as exc:
-            if too_large:
-                self.reply_protocol_error(
-                    exc, f"frame too large: limit is {limit} bytes", Code.FRAME_TOO_LARGE
-                )
-            else:
-                self.reply_protocol_error(exc, f"invalid message: {exc}", Code.INVALID_MESSAGE)
-            return
-        if too_large:
-            self.reply_error(frame, f"frame too large: limit is {limit} bytes", Code.FRAME_TOO_LARGE)
-            return
-        try:
-            await self.dispatch(frame)
-        except Exception:  # a handler bug must not take the socket or the server down
-            log.exception("error handling %s on %s", frame.event, frame.topic)
-            self.metrics.handler_errors += 1
-            self.reply_error(frame, "internal error handling the message", Code.UNKNOWN_ERROR_ON_CHANNEL)
+        """Handle one client text frame; every failure becomes an error frame, never a crash.
 
-    async def dispatch(self, f: Frame) -> None:
-        if f.event == "heartbeat" and f.topic == "phoenix":
-            self.send_frame(reply("phoenix", f.ref, None, "ok", {}))
+        What the frame means is decided by the session (sans-I/O); this applies it.
+        """
+        got = session.read_text(data, self.vsn, self.config.max_frame_bytes)
+        if not isinstance(got, Frame):
+            await self.apply(got)
             return
-        if f.event == "phx_join":
-            await self.join(f)
-            return
-        chan = self.channels.get(f.topic)
-        if chan is None:
-            self.reply_error(f, "unmatched topic", Code.UNMATCHED_TOPIC)
-            return
-        if f.event == "phx_leave":
-            self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", {}))
-            self.close_channel(chan)
-            return
-        if f.event == "access_token":
-            await self.refresh_token(chan, f.payload)
-            return
-        if f.event == "broadcast":
-            try:
-                msg = from_push(f.payload)
-            except BroadcastError as exc:
-                self.reply_error(f, exc.reason, exc.code)
-                return
-            self.topics.client_broadcast(chan, f, msg)
-            return
-        if f.event == "presence":
-            self.topics.presence_push(chan, f)
-            return
-        self.reply_error(f, f"unknown event {f.event!r}", Code.UNKNOWN_EVENT)
+        try:
+            await self.apply(session.decide(got, self.channels))
+        except Exception:  # a handler bug must not take the socket or the server down
+            log.exception("error handling %s on %s", got.event, got.topic)
+            self.metrics.handler_errors += 1
+            self.reply_error(got, "internal error handling the message", Code.UNKNOWN_ERROR_ON_CHANNEL)
 
     async def handle_binary(self, data: bytes) -> None:
         """A binary frame: only vsn 2.0.0 user broadcasts (kind 3) exist; anything else is refused."""
-        if self.vsn != "2.0.0":
-            self.send_frame_error(
-                "binary frames are only part of protocol vsn 2.0.0 (user broadcasts)",
-                Code.BINARY_NOT_SUPPORTED,
-            )
-            return
-        limit = self.config.max_frame_bytes
-        try:
-            if len(data) > limit:
-                raise ProtocolError(f"frame too large: limit is {limit} bytes")
-            push = parse_binary(data)
-        except ProtocolError as exc:
-            if str(exc).startswith("frame too large"):
-                self.reply_protocol_error(exc, str(exc), Code.FRAME_TOO_LARGE)
-            else:
-                self.reply_protocol_error(exc, f"invalid binary frame: {exc}", Code.INVALID_BINARY_FRAME)
-            return
-        f = Frame(push.topic, "broadcast", {}, push.ref, push.join_ref)
-        chan = self.channels.get(push.topic)
-        if chan is None:
-            self.reply_error(f, "unmatched topic", Code.UNMATCHED_TOPIC)
-            return
-        try:
-            msg = from_binary(push)
-        except BroadcastError as exc:
-            self.reply_error(f, exc.reason, exc.code)
-            return
-        self.topics.client_broadcast(chan, f, msg)
+        joined = self.channels
+        await self.apply(session.read_binary(data, self.vsn, self.config.max_frame_bytes, joined))
+
+    async def apply(self, req: session.Request) -> None:
+        """Carry out what the session read from a frame: the I/O and the channel bookkeeping."""
+        if isinstance(req, session.BroadcastPush):
+            self.topics.client_broadcast(self.channels[req.frame.topic], req.frame, req.message)
+        elif isinstance(req, session.PresencePush):
+            self.topics.presence_push(self.channels[req.frame.topic], req.frame)
+        elif isinstance(req, session.Send):
+            self.send_frame(req.frame)
+        elif isinstance(req, session.Refusal):
+            self.reply_error(req.frame, req.reason, req.code)
+        elif isinstance(req, session.FrameError):
+            self.send_frame(req.reply())
+        elif isinstance(req, session.Join):
+            await self.join(req.frame)
+        elif isinstance(req, session.Leave):
+            self.send_frame(req.reply)
+            self.close_channel(self.channels[req.frame.topic])
+        else:
+            await self.refresh_token(self.channels[req.frame.topic], req.token)
 
     # -- channels -------------------------------------------------------------------------
     async def join(self, f: Frame) -> None:
-        if not f.topic.startswith("realtime:"):
-            self.reply_error(f, "UnknownTopic: topics are realtime:<channel name>", Code.UNKNOWN_TOPIC)
-            return
+        """A ``phx_join`` of a ``realtime:`` topic (the session checked the topic's form)."""
         if not self.within(self.join_rate, f, JOINS):
             return
         limit = self.config.max_channels_per_connection
@@ -456,7 +333,7 @@ class Connection:
         old = self.channels.get(f.topic)
         if old is not None:  # a second join replaces the first (Phoenix semantics)
             self.close_channel(old)
-        req = read_join(f)
+        req = session.read_join(f)
         verifier = self.verifier
         try:
             # The channel's effective token is checked before anything is sent or accepted:
@@ -607,8 +484,7 @@ class Connection:
         if send_close:
             self.send_frame(Frame(chan.topic, "phx_close", {}, chan.join_ref, chan.join_ref))
 
-    async def refresh_token(self, chan: Channel, payload: Any) -> None:
-        token = payload.get("access_token") if isinstance(payload, dict) else None
+    async def refresh_token(self, chan: Channel, token: Any) -> None:
         try:
             chan.claims = self.verifier.verify(token)
         except TokenError as exc:

@@ -45,7 +45,7 @@ from relay.server.metrics import RelayMetrics
 from relay.server.outbox import Outbox
 
 if TYPE_CHECKING:
-    from relay.server.connection import Channel
+    from relay.server.channel import Channel
 
 __all__ = ["ChangeFeed"]
 

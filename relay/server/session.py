@@ -1,10 +1,16 @@
-"""The sans-I/O side of a socket's protocol: what a client's ``phx_join`` asks for.
+"""The sans-I/O side of a socket's protocol: client frames in, typed requests and refusals out.
 
-Why apart from the connection: reading a join (its token, bindings, resume point, broadcast and
-presence options) is pure, and its rules are easy to get subtly wrong (realtime-js rebuilds
-``config`` on every rejoin and keeps only four keys; booleans arrive as JSON or as strings).
-Here it is one function from a frame to a typed :class:`JoinRequest`, tested without sockets;
-the connection does the I/O (token check, topic policies, catalog) and answers.
+Why apart from the connection: what a frame means (a heartbeat, a join, a leave, a new token, a
+broadcast, a presence push) and which frames are refused with which code (malformed, too large,
+binary on the wrong protocol version, an unmatched topic, an unknown event, an unreadable
+broadcast) are decisions that need no socket, and are easy to get subtly wrong.  Here they are
+pure functions (:func:`read_text`, :func:`read_binary`, :func:`decide`), tested without sockets,
+like h11's or python-websockets' protocol objects; the connection only moves bytes, awaits I/O
+(token check, topic policies, catalog) and applies what it is handed.
+
+Reading a join (its token, bindings, resume point, broadcast and presence options) follows the
+same idea: realtime-js rebuilds ``config`` on every rejoin and keeps only four keys; booleans
+arrive as JSON or as strings.  :func:`read_join` turns the frame into a typed :class:`JoinRequest`.
 
 What a join gets wrong is kept in the request, not raised: the connection answers refusals in
 the order it checks them (the token first), as it always has.
@@ -13,16 +19,181 @@ the order it checks them (the token first), as it always has.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
+from relay.core.broadcast import Broadcast, BroadcastError, from_binary, from_push
 from relay.core.broadcast_history import REPLAY_LIMIT
 from relay.core.changes import parse_stream_position
 from relay.core.errors import Code, RelayError
-from relay.core.protocol import Frame
+from relay.core.protocol import Frame, ProtocolError, parse, parse_binary, reply
 from relay.core.subscriptions import BindingError, BindingSpec, parse_bindings
 
-__all__ = ["JoinRequest", "presence_key", "read_join"]
+__all__ = [
+    "AccessToken",
+    "BroadcastPush",
+    "FrameError",
+    "Join",
+    "JoinRequest",
+    "Leave",
+    "PresencePush",
+    "Refusal",
+    "Request",
+    "Send",
+    "decide",
+    "presence_key",
+    "read_binary",
+    "read_join",
+    "read_text",
+]
+
+
+# -- what a frame asks for ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A reply the protocol dictates with no I/O (a heartbeat's): send it as is."""
+
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Answer ``frame`` with an error reply: ``reason`` (Supabase's text) and its ``code``."""
+
+    frame: Frame
+    reason: str
+    code: Code
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    """A frame that could not be read: answered on its topic and refs when they were read."""
+
+    topic: str | None
+    ref: str | None
+    join_ref: str | None
+    reason: str
+    code: Code
+
+    def reply(self) -> Frame:
+        """The error reply (on ``phoenix`` when the topic is unknown)."""
+        response = {"reason": self.reason, "code": str(self.code)}
+        return reply(self.topic or "phoenix", self.ref, self.join_ref, "error", response)
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A ``phx_join`` on a ``realtime:`` topic (the connection checks quotas, token, catalog)."""
+
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """A ``phx_leave`` of a joined topic: send ``reply`` (ok), then close the channel."""
+
+    frame: Frame
+    reply: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A new token for a joined channel (verified by the connection)."""
+
+    frame: Frame
+    token: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastPush:
+    """A client broadcast on a joined channel, already read (text push or vsn 2.0.0 binary)."""
+
+    frame: Frame
+    message: Broadcast
+
+
+@dataclass(frozen=True, slots=True)
+class PresencePush:
+    """A ``presence`` push (track/untrack) on a joined channel; the topic hub reads it."""
+
+    frame: Frame
+
+
+Request = Send | Refusal | FrameError | Join | Leave | AccessToken | BroadcastPush | PresencePush
+
+
+def _too_large(limit: int) -> str:
+    return f"frame too large: limit is {limit} bytes"
+
+
+def read_text(data: str, vsn: str, limit: int) -> Frame | Refusal | FrameError:
+    """Parse a text frame under the size limit (bytes, as on the wire).
+
+    A frame over the limit is still parsed when it can be, so the refusal goes to its topic and
+    ref (the client's push then fails instead of timing out); a malformed one is refused on
+    what could be read of it.
+    """
+    # A character is 1 to 4 UTF-8 bytes: only a frame of more than limit/4 characters needs
+    # encoding to know.
+    too_large = len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
+    try:
+        frame = parse(data, vsn)
+    except ProtocolError as exc:
+        if too_large:
+            return FrameError(exc.topic, exc.ref, exc.join_ref, _too_large(limit), Code.FRAME_TOO_LARGE)
+        return FrameError(exc.topic, exc.ref, exc.join_ref, f"invalid message: {exc}", Code.INVALID_MESSAGE)
+    if too_large:
+        return Refusal(frame, _too_large(limit), Code.FRAME_TOO_LARGE)
+    return frame
+
+
+def decide(f: Frame, joined: Container[str]) -> Request:
+    """What a parsed text frame asks for, given the socket's joined topics."""
+    if f.event == "heartbeat" and f.topic == "phoenix":
+        return Send(reply("phoenix", f.ref, None, "ok", {}))
+    if f.event == "phx_join":
+        if not f.topic.startswith("realtime:"):
+            return Refusal(f, "UnknownTopic: topics are realtime:<channel name>", Code.UNKNOWN_TOPIC)
+        return Join(f)
+    if f.topic not in joined:
+        return Refusal(f, "unmatched topic", Code.UNMATCHED_TOPIC)
+    if f.event == "phx_leave":
+        return Leave(f, reply(f.topic, f.ref, f.join_ref, "ok", {}))
+    if f.event == "access_token":
+        return AccessToken(f, f.payload.get("access_token") if isinstance(f.payload, dict) else None)
+    if f.event == "broadcast":
+        try:
+            return BroadcastPush(f, from_push(f.payload))
+        except BroadcastError as exc:
+            return Refusal(f, exc.reason, exc.code)
+    if f.event == "presence":
+        return PresencePush(f)
+    return Refusal(f, f"unknown event {f.event!r}", Code.UNKNOWN_EVENT)
+
+
+def read_binary(data: bytes, vsn: str, limit: int, joined: Container[str]) -> Request:
+    """A binary frame: only vsn 2.0.0 user broadcasts (kind 3) exist; anything else is refused."""
+    if vsn != "2.0.0":
+        reason = "binary frames are only part of protocol vsn 2.0.0 (user broadcasts)"
+        return FrameError(None, None, None, reason, Code.BINARY_NOT_SUPPORTED)
+    if len(data) > limit:
+        return FrameError(None, None, None, _too_large(limit), Code.FRAME_TOO_LARGE)
+    try:
+        push = parse_binary(data)
+    except ProtocolError as exc:
+        reason = f"invalid binary frame: {exc}"
+        return FrameError(exc.topic, exc.ref, exc.join_ref, reason, Code.INVALID_BINARY_FRAME)
+    f = Frame(push.topic, "broadcast", {}, push.ref, push.join_ref)
+    if push.topic not in joined:
+        return Refusal(f, "unmatched topic", Code.UNMATCHED_TOPIC)
+    try:
+        return BroadcastPush(f, from_binary(push))
+    except BroadcastError as exc:
+        return Refusal(f, exc.reason, exc.code)
+
+
+# -- reading a join ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

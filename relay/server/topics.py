@@ -37,7 +37,7 @@ from relay.server.metrics import RelayMetrics
 from relay.server.outbox import Outbox
 
 if TYPE_CHECKING:
-    from relay.server.connection import Channel
+    from relay.server.channel import Channel
     from relay.server.feed import ChangeFeed
 
 __all__ = ["JoinRefused", "TopicHub"]

@@ -18,7 +18,8 @@ from relay.core.subscriptions import parse_bindings
 from relay.core.tokens import Verifier
 from relay.postgres.catalog import Catalog
 from relay.server.app import RelayServer
-from relay.server.connection import Channel, Connection
+from relay.server.channel import Channel
+from relay.server.connection import Connection
 
 CLAIMS: dict[str, Any] = {"role": "service_role", "exp": 4102444800}
 
