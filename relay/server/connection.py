@@ -367,11 +367,8 @@ class Connection:
         specs = req.specs
         try:
             bound = [await self._bind(s) for s in specs]
-        except BindingError as exc:  # TableUnavailable too: its one reason and table_not_enabled
+        except (BindingError, FilterError) as exc:  # TableUnavailable too: table_not_enabled
             self.reply_error(f, exc.reason, exc.code)
-            return
-        except FilterError as exc:
-            self.reply_error(f, f"InvalidBinding: {exc}", Code.INVALID_BINDING)
             return
         except Exception as exc:
             if not database_unreachable(exc):

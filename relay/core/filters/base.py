@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from relay.core.errors import Code, RelayError
 from relay.core.sqltypes.keys import ARRAY, EQUALITY, ORDERED, TEXT_KIND
 
 #: The operators a condition may use, in the order error messages list them.  Each may be negated
@@ -34,11 +35,20 @@ IS_VALUES: Final = ("null", "true", "false", "unknown")
 _CLIP: Final = 200
 
 
-class FilterError(ValueError):
+class FilterError(RelayError, ValueError):
     """A filter the relay cannot honour.  The message is shown to the end user verbatim.
 
-    It subclasses :class:`ValueError` so callers that validate several inputs can catch one type.
+    A :class:`~relay.core.errors.RelayError` with code ``InvalidBinding`` (the reason carries the
+    same ``InvalidBinding:`` prefix as a binding error), and a :class:`ValueError` so callers that
+    validate several inputs can catch one type.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.INVALID_BINDING, message)
+
+    @property
+    def reason(self) -> str:
+        return f"InvalidBinding: {self}"
 
 
 def filter_error(text: str, reason: str) -> FilterError:

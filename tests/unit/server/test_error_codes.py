@@ -14,6 +14,7 @@ import pytest
 
 from relay.core.broadcast import BroadcastError
 from relay.core.errors import Code, RelayError
+from relay.core.filters import FilterError
 from relay.core.payload_limits import PayloadRejected
 from relay.core.presence import PresenceError
 from relay.core.protocol import ProtocolError, parse
@@ -76,6 +77,11 @@ def test_codes_are_unique_and_stable_strings() -> None:
         ),
         (TableUnavailable(), Code.TABLE_NOT_ENABLED, TABLE_UNAVAILABLE_REASON),
         (
+            FilterError('invalid filter "x=zz.1": unknown operator "zz"'),
+            Code.INVALID_BINDING,
+            'InvalidBinding: invalid filter "x=zz.1": unknown operator "zz"',
+        ),
+        (
             BroadcastError("a broadcast needs an event"),
             Code.INVALID_BROADCAST,
             "invalid broadcast: a broadcast needs an event",
@@ -108,7 +114,7 @@ def test_token_error_text_is_code_then_message() -> None:
 
 def test_value_errors_stay_value_errors() -> None:
     """Callers that caught ValueError before the error model still catch these."""
-    for cls in (BindingError, BroadcastError, PayloadRejected, PresenceError, ProtocolError):
+    for cls in (BindingError, FilterError, BroadcastError, PayloadRejected, PresenceError, ProtocolError):
         assert issubclass(cls, ValueError) and issubclass(cls, RelayError)
 
 
