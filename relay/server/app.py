@@ -278,7 +278,7 @@ class RelayServer:
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why)
             return ws
         self.conn_counts.add(sub_key, peer)
-        conn = Connection(self.services, ws, vsn, claims, peer, request)
+        conn = Connection(self.services, ws, vsn, claims, peer, request, token_hash=hash(token))
         self.connections.add(conn)
         self.metrics.connections_opened += 1
         sender = asyncio.create_task(conn.sender())

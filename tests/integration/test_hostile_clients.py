@@ -91,6 +91,39 @@ async def test_join_with_expired_connect_token_is_refused_before_anything(pg_dsn
         assert not [m for m in await victim.collect(0.5) if m["event"] == "broadcast"]
 
 
+async def test_join_resending_the_connect_token_is_not_verified_again_but_still_expires(
+    pg_dsn: str,
+) -> None:
+    """realtime-js sends its apikey again as every join's access_token: the relay reuses the
+    socket's verified claims (one JWT verification per socket, not per join), but an expired
+    token is still refused, and a different token is still verified."""
+    short = token(role="anon", ttl=3)
+    exp = jwt_decode(short, options={"verify_signature": False})["exp"]
+    async with running_relay(pg_dsn) as relay:
+        wrapper: Any = relay.server.verifier
+        inner = wrapper._inner  # the verifier behind the counting wrapper
+        calls: list[object] = []
+        original = inner.verify
+
+        def counting(tok: object, now: float | None = None) -> Any:
+            calls.append(tok)
+            return original(tok, now)
+
+        inner.verify = counting
+        async with PhoenixClient.connect(relay, short) as c:
+            assert len(calls) == 1  # the upgrade
+            assert (await c.join("a", [], access_token=short))["payload"]["status"] == "ok"
+            assert (await c.join("b", [], access_token=short))["payload"]["status"] == "ok"
+            assert len(calls) == 1  # the joins reused the socket's claims
+            other = token(role="anon", ttl=60)
+            assert (await c.join("c", [], access_token=other))["payload"]["status"] == "ok"
+            assert calls[-1] == other  # a different token is verified
+            await asyncio.sleep(max(0.0, exp - time.time()) + 0.3)
+            late = await c.join("d", [], access_token=short)
+            assert late["payload"]["status"] == "error"
+            assert late["payload"]["response"]["reason"].startswith("InvalidJWTToken: Token has expired")
+
+
 # -- item 2: catalog probing -------------------------------------------------------------------
 
 
