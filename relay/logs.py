@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +28,8 @@ from datetime import datetime
 from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
+
+from relay.redact import Redactor
 
 __all__ = ["AUDIT_LOGGER", "audit_event", "bind", "bind_context", "configure_logging", "redact"]
 
@@ -39,22 +40,12 @@ _CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
     "relay_log_context", default=None
 )
 
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"']*:)[^@\s\"']+@")
-_KV_SECRET = re.compile(
-    r"(?P<head>\b(?:password|passwd|pwd|secret|apikey|api_key|access_token|token)\s*[=:]\s*)"
-    r"(?P<q>[\"']?)[^\s\"'&,;]+",
-    re.IGNORECASE,
-)
+_PATTERNS = Redactor()  # the shapes of secrets (relay.redact), no known secret values
 
 
 def redact(text: str) -> str:
     """``text`` without JWTs, passwords in URLs, and ``password=...``-style values."""
-    if "eyJ" in text:
-        text = _JWT.sub("<redacted-jwt>", text)
-    if "://" in text:
-        text = _URL_PASSWORD.sub(r"\g<head>***@", text)
-    return _KV_SECRET.sub(r"\g<head>\g<q>***", text)
+    return _PATTERNS.scrub(text)
 
 
 @contextmanager
@@ -94,16 +85,14 @@ class _PlainFormatter(logging.Formatter):
     scrub: Callable[[str], str] | None = None  # the run's own known secrets (relay.redact)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = redact(super().format(record))
-        return self.scrub(text) if self.scrub is not None else text
+        return (self.scrub or redact)(super().format(record))
 
 
 class _JsonFormatter(JsonFormatter):
     scrub: Callable[[str], str] | None = None
 
     def format(self, record: logging.LogRecord) -> str:
-        text = redact(super().format(record))
-        return self.scrub(text) if self.scrub is not None else text
+        return (self.scrub or redact)(super().format(record))
 
 
 def json_formatter() -> logging.Formatter:
@@ -133,8 +122,8 @@ def configure_logging(
 ) -> logging.Handler:
     """Install one handler on the root logger (replacing earlier ones); returns it.
 
-    ``scrub`` masks what only this run knows is secret (the DSN's password, the JWT secret),
-    after the pattern-based :func:`redact` every line goes through.
+    ``scrub`` (a :class:`relay.redact.Redactor` that also knows this run's secrets: the DSN's
+    password, the JWT secret) replaces the pattern-only :func:`redact` every line goes through.
     """
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, got {fmt!r}")

@@ -22,8 +22,14 @@ MASK = "***"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*:)[^\s'\"]*(?=@)")
 # libpq keyword form: password=secret or password='se cret'
 _KW_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.I)
+# other secret-looking key=value / key: value pairs (tokens, api keys, secrets)
+_KV_SECRET = re.compile(
+    r"(?P<head>\b(?:passwd|pwd|secret|apikey|api_key|access_token|token)\s*[=:]\s*)"
+    r"(?P<q>[\"']?)[^\s\"'&,;]+",
+    re.IGNORECASE,
+)
 # a JWT: three base64url parts, the first starting like '{"' does ("eyJ")
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")
 
 
 def _mask_url_password(m: re.Match[str]) -> str:
@@ -76,4 +82,6 @@ class Redactor:
             text = text.replace(s, MASK)
         text = _URL_PASSWORD.sub(_mask_url_password, text)
         text = _KW_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
-        return _JWT.sub("<jwt redacted>", text)
+        if "eyJ" in text:
+            text = _JWT.sub("<redacted-jwt>", text)
+        return _KV_SECRET.sub(lambda m: m.group("head") + m.group("q") + MASK, text)
