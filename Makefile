@@ -21,7 +21,7 @@ system-deps:
 
 # the demo needs Postgres and wal2json only (no node, no browser: those are for the tests)
 demo-deps:
-	@RELAY_SKIP_NODE=1 RELAY_SKIP_BROWSER=1 bash scripts/install-system-deps.sh
+	@RELAY_SKIP_NODE=1 RELAY_SKIP_BROWSER=1 RELAY_SKIP_REDIS=1 bash scripts/install-system-deps.sh
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.postgres import fresh_database, provide_postgres
+from tests.support.redis_server import RedisServer, provide_redis
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,13 @@ def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards (with its slots)."""
     with fresh_database(pg_server_dsn) as dsn:
         yield dsn
+
+
+@pytest.fixture()
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway ``redis-server`` (AOF on) of this test's own; see tests/support/redis_server.py."""
+    with provide_redis() as server:
+        yield server
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
