@@ -72,6 +72,10 @@ class Config:
     cors_origins: str = ""
     slot_wal_threshold: float = 0.5
     slot_check_interval: float = 10.0
+    # cluster mode (docs/scale-out.md): unset = one process, everything in memory (the default)
+    redis_url: str | None = None
+    node_id: str | None = None
+    workers: int = 1
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -148,6 +152,13 @@ class Config:
             raise ConfigError(f"RELAY_SLOT_WAL_THRESHOLD must be in (0, 1], got {out.slot_wal_threshold}")
         if out.slot_check_interval <= 0:
             raise ConfigError(f"RELAY_SLOT_CHECK_INTERVAL must be positive, got {out.slot_check_interval}")
+        if out.workers < 1:
+            raise ConfigError(f"RELAY_WORKERS must be at least 1, got {out.workers}")
+        if out.workers > 1 and not out.redis_url:
+            raise ConfigError(
+                "RELAY_WORKERS > 1 needs RELAY_REDIS_URL: workers share one change log and their rooms "
+                "through Redis (docs/scale-out.md)"
+            )
         if not (1 <= out.port <= 65535):
             raise ConfigError(f"RELAY_PORT must be 1..65535, got {out.port}")
         if out.log_level.upper() not in LOG_LEVELS:
@@ -328,6 +339,15 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "resume_max_bytes": (
         "RELAY_RESUME_MAX_BYTES",
         "Memory for the resume window; the oldest changes are dropped beyond it",
+    ),
+    "redis_url": (
+        "RELAY_REDIS_URL",
+        "Cluster mode: redis://host:port/db shared by all relay nodes of one slot (unset: one process)",
+    ),
+    "node_id": ("RELAY_NODE_ID", "Cluster mode: this node's name (default: host name and process id)"),
+    "workers": (
+        "RELAY_WORKERS",
+        "Processes serving the same port (SO_REUSEPORT); more than 1 needs RELAY_REDIS_URL",
     ),
     "log_level": ("RELAY_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
     "log_format": ("RELAY_LOG_FORMAT", "text (for people) or json (one JSON object per line)"),
