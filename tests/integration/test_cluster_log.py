@@ -1,0 +1,161 @@
+"""Cluster mode (issue 17): capture leader, the change log in Redis Streams, and its readers.
+
+Real Postgres, real ``redis-server`` (tests/support/redis_server.py), relays in-process on
+their own ports in one event loop (each is a full node: its own server, Redis connections,
+pipeline when it leads).  The process-level scenarios (SIGKILL of the leader under a writer)
+are in tests/integration/test_cluster_failover.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from redis import Redis
+
+from relay.config import Config
+from relay.postgres.migrate import apply_demo_schema, apply_migrations
+from relay.service import RunningRelay, start_relay
+from tests.support.redis_server import RedisServer
+from tests.support.relay import SECRET, PhoenixClient, token
+
+pytestmark = pytest.mark.pg
+
+ALERTS = [{"event": "*", "schema": "public", "table": "alerts"}]
+
+
+@contextlib.asynccontextmanager
+async def cluster_node(dsn: str, redis_url: str, node_id: str, **overrides: Any) -> AsyncIterator[RunningRelay]:
+    settings: dict[str, Any] = {"port": 0, "publication_poll_interval": 0.5, **overrides}
+    cfg = Config(database_url=dsn, jwt_secret=SECRET, redis_url=redis_url, node_id=node_id, **settings)
+    relay = await start_relay(cfg)
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+async def _migrate(dsn: str) -> None:
+    await asyncio.to_thread(apply_migrations, dsn)
+    await asyncio.to_thread(apply_demo_schema, dsn)
+
+
+def _alerts(dsn: str, n: int, branch: int | None = 1) -> list[int]:
+    """``n`` alerts, one transaction each; their ids in commit order."""
+    ids: list[int] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(n):
+            row = conn.execute(
+                "insert into alerts (branch_id, severity, kind, title) values (%s, 'info', 'test', %s) returning id",
+                (branch, f"alert {i}"),
+            ).fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
+    return ids
+
+
+async def _join(c: PhoenixClient, **config: Any) -> str:
+    reply = await c.join("alerts", ALERTS, **config)
+    assert reply["payload"]["status"] == "ok", reply
+    sysmsg = await c.recv_until(lambda m: m["event"] == "system")
+    return str(sysmsg["payload"].get("position"))
+
+
+async def _changes(c: PhoenixClient, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        m = await c.recv(max(0.1, deadline - time.monotonic()))
+        if m["event"] == "postgres_changes":
+            out.append(m["payload"]["data"])
+    return out
+
+
+def _ids(changes: list[dict[str, Any]]) -> list[int]:
+    return [int(d["record"]["id"]) for d in changes]
+
+
+async def _until(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _role(relay: RunningRelay) -> str:
+    assert relay.cluster is not None
+    return relay.cluster.leader.role
+
+
+async def test_two_nodes_deliver_every_change_once_to_authorized_subscribers(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    await _migrate(pg_dsn)
+    async with (
+        cluster_node(pg_dsn, redis_server.url, "n1") as a,
+        cluster_node(pg_dsn, redis_server.url, "n2") as b,
+    ):
+        assert sorted([_role(a), _role(b)]) == ["follower", "leader"]
+        branch1 = token("authenticated", branch_id=1)
+        branch2 = token("authenticated", branch_id=2)
+        async with (
+            PhoenixClient.connect(a, branch1) as a1,
+            PhoenixClient.connect(b, branch1) as b1,
+            PhoenixClient.connect(b, branch2) as b2,
+        ):
+            for c in (a1, b1, b2):
+                await _join(c)
+            mine = await asyncio.to_thread(_alerts, pg_dsn, 5, 1)
+            theirs = await asyncio.to_thread(_alerts, pg_dsn, 3, 2)
+            assert _ids(await _changes(a1, 5)) == mine
+            assert _ids(await _changes(b1, 5)) == mine
+            assert _ids(await _changes(b2, 3)) == theirs
+            for c in (a1, b1, b2):  # exactly once: nothing more arrives
+                extra = [m for m in await c.collect(0.5) if m["event"] == "postgres_changes"]
+                assert extra == []
+        h = await _health(b)
+        assert h["cluster"]["node_id"] == "n2" and h["cluster"]["log_length"] > 0
+        assert h["cluster"]["role"] in ("leader", "follower") and h["cluster"]["epoch"] >= 0
+        r = Redis.from_url(redis_server.url)
+        try:
+            assert r.exists("relay:{realtime_relay}:log") or r.exists(f"relay:{{{a.server.config.slot}}}:log")
+        finally:
+            r.close()
+
+
+async def _health(relay: RunningRelay) -> dict[str, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{relay.port}/health") as resp:
+        out: dict[str, Any] = await resp.json()
+        return out
+
+
+async def test_a_client_resumes_on_another_node_with_its_last_position(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    await _migrate(pg_dsn)
+    async with cluster_node(pg_dsn, redis_server.url, "n1") as a:
+        async with PhoenixClient.connect(a) as c:
+            await _join(c)
+            first = await asyncio.to_thread(_alerts, pg_dsn, 2)
+            got = await _changes(c, 2)
+            assert _ids(got) == first
+            last = got[-1]["position"]
+        missed = await asyncio.to_thread(_alerts, pg_dsn, 4)
+        await asyncio.sleep(0.5)  # in the log
+        # a node started after the changes fills its window from the log
+        async with cluster_node(pg_dsn, redis_server.url, "n2") as b:
+            assert _role(b) == "follower"
+            async with PhoenixClient.connect(b) as c:
+                await _join(c, resume_from=last)
+                got = await _changes(c, 4)
+                assert _ids(got) == missed
+                live = await asyncio.to_thread(_alerts, pg_dsn, 1)
+                assert _ids(await _changes(c, 1)) == live
