@@ -30,7 +30,9 @@ ALERTS = [{"event": "*", "schema": "public", "table": "alerts"}]
 
 
 @contextlib.asynccontextmanager
-async def cluster_node(dsn: str, redis_url: str, node_id: str, **overrides: Any) -> AsyncIterator[RunningRelay]:
+async def cluster_node(
+    dsn: str, redis_url: str, node_id: str, **overrides: Any
+) -> AsyncIterator[RunningRelay]:
     settings: dict[str, Any] = {"port": 0, "publication_poll_interval": 0.5, **overrides}
     cfg = Config(database_url=dsn, jwt_secret=SECRET, redis_url=redis_url, node_id=node_id, **settings)
     relay = await start_relay(cfg)
@@ -51,7 +53,8 @@ def _alerts(dsn: str, n: int, branch: int | None = 1) -> list[int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for i in range(n):
             row = conn.execute(
-                "insert into alerts (branch_id, severity, kind, title) values (%s, 'info', 'test', %s) returning id",
+                "insert into alerts (branch_id, severity, kind, title) "
+                "values (%s, 'info', 'test', %s) returning id",
                 (branch, f"alert {i}"),
             ).fetchone()
             assert row is not None
