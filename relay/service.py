@@ -154,6 +154,7 @@ async def start_relay(
         # captures only while it holds the leader lease; the same sink feeds the server.
         node = ClusterNode(config, catalog, sink, publish=lambda status: setattr(server, "status", status))
         server.types = node.types
+        server.feed.catch_up = node.follower.caught_up
     else:
         pipeline = Pipeline(
             dsn,

@@ -82,6 +82,30 @@ class LogFollower:
         self.log_length = 0
         self.wal_end = 0
         self._adopt_prev = False
+        self._progress = asyncio.Event()  # set after every batch read (caught_up waits on it)
+
+    async def caught_up(self, timeout: float = 5.0) -> None:
+        """Until this node has read the log up to its tail as it is now (at most ``timeout``).
+
+        A client may resume here with a position another node, further along the log, gave it;
+        judged against this node's own (older) head, the position would look like one from the
+        future.  Bounded: with Redis unreachable the resume goes on with what this node has.
+        """
+        try:
+            tail: Any = await self.redis.hget(self.keys.meta, "last_id")
+        except (RedisError, OSError):
+            return
+        if not tail:
+            return
+        target = _id(bytes(tail).decode())
+        deadline = time.monotonic() + timeout
+        while _id(self.last_id) < target and time.monotonic() < deadline:
+            self._progress.clear()
+            try:
+                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                    await self._progress.wait()
+            except TimeoutError:
+                return
 
     async def run(self, stop: asyncio.Event) -> None:
         attempt = 0
@@ -211,6 +235,7 @@ class LogFollower:
             return True
         finally:
             sink.batch_end()
+            self._progress.set()
 
     async def _apply(self, e: LogEntry, sink: ChangeSink) -> None:
         h = e.header
@@ -243,3 +268,12 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
             await stop.wait()
     except TimeoutError:
         pass
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<seq>``) as a comparable pair."""
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return 0, 0

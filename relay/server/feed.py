@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from relay.config import Config
@@ -95,6 +95,9 @@ class ChangeFeed:
         self.open_tx: set[Channel] = set()
         self.resumes = 0
         self.resyncs = 0
+        # Cluster mode: wait until this node has read the shared log as far as the cluster has
+        # issued positions (a client may resume here with a position another node gave it).
+        self.catch_up: Callable[[], Awaitable[None]] | None = None
 
     # -- channels -------------------------------------------------------------------------
     def attach(self, chan: Channel, bound: list[tuple[BindingSpec, BoundFilter | None]]) -> None:
@@ -388,6 +391,8 @@ class ChangeFeed:
         """
         try:
             await self.floors_ready.wait()
+            if self.catch_up is not None:
+                await self.catch_up()
             current = self.stream_id
             if stream != current:
                 why = (
