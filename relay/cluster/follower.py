@@ -53,6 +53,7 @@ log = logging.getLogger("relay.cluster")
 
 READ_COUNT = 500
 BLOCK_MS = 1000
+CATCH_UP_S = 5.0  # the longest a resume waits for this node to read the log's tail
 
 
 class LogFollower:
@@ -84,8 +85,8 @@ class LogFollower:
         self._adopt_prev = False
         self._progress = asyncio.Event()  # set after every batch read (caught_up waits on it)
 
-    async def caught_up(self, timeout: float = 5.0) -> None:
-        """Until this node has read the log up to its tail as it is now (at most ``timeout``).
+    async def caught_up(self) -> None:
+        """Until this node has read the log up to its tail as it is now (at most CATCH_UP_S).
 
         A client may resume here with a position another node, further along the log, gave it;
         judged against this node's own (older) head, the position would look like one from the
@@ -98,7 +99,7 @@ class LogFollower:
         if not tail:
             return
         target = _id(bytes(tail).decode())
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + CATCH_UP_S
         while _id(self.last_id) < target and time.monotonic() < deadline:
             self._progress.clear()
             try:

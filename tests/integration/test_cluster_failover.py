@@ -24,7 +24,9 @@ TAKEOVER_S = 5.0
 async def test_leader_sigkilled_under_a_writer_resuming_clients_on_all_nodes_lose_nothing(
     pg_dsn: str, redis_server: RedisServer
 ) -> None:
-    run = await run_cluster_chaos(pg_dsn, redis_server.url, nodes=3, leader_kills=3, follower_kills=1, log=print)
+    run = await run_cluster_chaos(
+        pg_dsn, redis_server.url, nodes=3, leader_kills=3, follower_kills=1, log=print
+    )
     print(run.summary())
     assert run.result.kills == 4
     assert len(run.failovers) == 3
