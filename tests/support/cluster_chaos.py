@@ -223,7 +223,7 @@ async def run_cluster_chaos(
                         first = await first_change_after(redis, killed_ms, failover_timeout)
                         took = (first - killed_ms) / 1000 if first is not None else float("inf")
                         failovers.append(took)
-                        say(f"kill {i + 1}/{len(plan)}: leader {victim.port}; new leader appends after {took:.2f}s")
+                        say(f"kill {i + 1}/{len(plan)}: leader {victim.port}; appended after {took:.2f}s")
                     else:
                         fkills += 1
                         say(f"kill {i + 1}/{len(plan)}: follower {victim.port}")
