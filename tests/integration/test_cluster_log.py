@@ -162,3 +162,82 @@ async def test_a_client_resumes_on_another_node_with_its_last_position(
                 assert _ids(got) == missed
                 live = await asyncio.to_thread(_alerts, pg_dsn, 1)
                 assert _ids(await _changes(c, 1)) == live
+
+
+async def _ready(relay: RunningRelay) -> tuple[int, dict[str, Any]]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{relay.port}/ready") as resp:
+        body: dict[str, Any] = await resp.json()
+        return resp.status, body
+
+
+async def test_redis_restart_with_aof_loses_nothing(pg_dsn: str, redis_server: RedisServer) -> None:
+    """A Redis that keeps its data (AOF, orderly restart) costs a pause, never a change."""
+    await _migrate(pg_dsn)
+    async with (
+        cluster_node(pg_dsn, redis_server.url, "n1") as a,
+        cluster_node(pg_dsn, redis_server.url, "n2") as b,
+        PhoenixClient.connect(a) as ca,
+        PhoenixClient.connect(b) as cb,
+    ):
+        await _join(ca)
+        await _join(cb)
+        before = await asyncio.to_thread(_alerts, pg_dsn, 3)
+        assert _ids(await _changes(ca, 3)) == before
+        await asyncio.to_thread(redis_server.stop)
+        during = await asyncio.to_thread(_alerts, pg_dsn, 3)  # captured, not yet appendable
+        await _until(lambda: a.server.status.get("cluster", {}).get("redis") != "ok", 10, "redis seen down")
+        status, body = await _ready(a)
+        assert status == 503 and "redis_unavailable" in [r["code"] for r in body["reasons"]]
+        await asyncio.to_thread(redis_server.start)
+        after = await asyncio.to_thread(_alerts, pg_dsn, 2)
+        for c in (ca, cb):
+            got = await _changes(c, len(during) + len(after) + (3 if c is cb else 0), timeout=30)
+            ids = _ids(got)
+            assert ids == (before if c is cb else []) + during + after
+            frames = await c.collect(0.5)
+            assert [m for m in frames if m["event"] == "postgres_changes"] == []
+            assert not [m for m in frames if m["payload"].get("code") == "resync_needed"]
+        await _until(lambda: _ready_sync(a), 10, "ready again")
+
+
+def _ready_sync(relay: RunningRelay) -> bool:
+    return bool(relay.server.status.get("streaming"))
+
+
+async def test_redis_restart_without_persistence_tells_every_subscriber_to_resync(pg_dsn: str) -> None:
+    """A Redis that comes back empty lost the log: every channel hears resync_needed, then
+    continues with the rows captured again from the slot; never a silent gap."""
+    from tests.support.redis_server import provide_redis
+
+    await _migrate(pg_dsn)
+    with provide_redis(appendonly=False) as redis_server:
+        async with (
+            cluster_node(pg_dsn, redis_server.url, "n1") as a,
+            cluster_node(pg_dsn, redis_server.url, "n2") as b,
+            PhoenixClient.connect(a) as ca,
+            PhoenixClient.connect(b) as cb,
+        ):
+            await _join(ca)
+            await _join(cb)
+            before = await asyncio.to_thread(_alerts, pg_dsn, 3)
+            for c in (ca, cb):
+                assert _ids(await _changes(c, 3)) == before
+            gen = a.cluster.follower.gen if a.cluster is not None else None
+            await asyncio.to_thread(redis_server.stop)
+            await asyncio.to_thread(redis_server.start)  # empty
+            after = await asyncio.to_thread(_alerts, pg_dsn, 2)
+            for c in (ca, cb):
+                frames: list[dict[str, Any]] = []
+                deadline = time.monotonic() + 30
+                while len([m for m in frames if m["event"] == "postgres_changes"]) < 2:
+                    frames.append(await c.recv(max(0.1, deadline - time.monotonic())))
+                codes = [m["payload"].get("code") for m in frames if m["event"] == "system"]
+                assert "resync_needed" in codes, frames
+                first_resync = next(
+                    i for i, m in enumerate(frames) if m["payload"].get("code") == "resync_needed"
+                )
+                rows = [m for m in frames[first_resync:] if m["event"] == "postgres_changes"]
+                assert [int(m["payload"]["data"]["record"]["id"]) for m in rows] == after
+            assert a.cluster is not None and a.cluster.follower.gen not in (None, gen)
