@@ -34,3 +34,18 @@ async def test_leader_sigkilled_under_a_writer_resuming_clients_on_all_nodes_los
     assert run.result.rows > 0 and all(s.expected > 0 for s in run.result.subscribers), run.summary()
     assert all(n >= 2 for n in run.nodes_per_client), run.summary()  # resumed on another node
     assert run.ok, run.result.failure_report()
+
+
+@pytest.mark.timeout(240)
+async def test_a_frozen_leader_is_replaced_and_fenced_when_it_wakes(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    """SIGSTOP (a partition or a long pause): the slot stays held by the frozen leader's
+    walsender, the new leader terminates it and takes over within 5 s; woken up, the old leader
+    can append nothing (its lease token is stale), so no subscriber sees a duplicate or a gap."""
+    run = await run_cluster_chaos(
+        pg_dsn, redis_server.url, nodes=2, leader_kills=0, follower_kills=0, leader_pauses=2, log=print
+    )
+    print(run.summary())
+    assert len(run.pauses) == 2 and max(run.pauses) <= TAKEOVER_S, run.summary()
+    assert run.ok, run.result.failure_report()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -116,6 +117,7 @@ class ClusterChaos:
     failovers: list[float] = field(default_factory=list)
     follower_kills: int = 0
     nodes_per_client: list[int] = field(default_factory=list)
+    pauses: list[float] = field(default_factory=list)  # failovers caused by a frozen leader
 
     @property
     def ok(self) -> bool:
@@ -137,6 +139,7 @@ async def run_cluster_chaos(
     nodes: int = 3,
     leader_kills: int = 3,
     follower_kills: int = 1,
+    leader_pauses: int = 0,
     gap: tuple[float, float] = (1.0, 3.0),
     seed: int | None = None,
     subscribers: Sequence[SubscriberSpec] | None = None,
@@ -145,7 +148,12 @@ async def run_cluster_chaos(
     drop_sockets: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> ClusterChaos:
-    """Run ``nodes`` relay processes on one Redis; kill leaders and followers under a writer."""
+    """Run ``nodes`` relay processes on one Redis; kill leaders and followers under a writer.
+
+    ``leader_pauses``: the leader is frozen (SIGSTOP) instead, as a partition or a long GC pause
+    would: its TCP connections stay open, so its walsender keeps the slot until the new leader
+    terminates it; resumed (SIGCONT) after the takeover, it must find itself fenced.
+    """
     seed = chaos_seed(seed)
     say = log or (lambda _s: None)
     say(f"cluster chaos seed={seed} (set RELAY_CHAOS_SEED={seed} to repeat)")
@@ -158,6 +166,7 @@ async def run_cluster_chaos(
     t0 = time.monotonic()
     redis = Redis.from_url(redis_url)
     failovers: list[float] = []
+    pauses: list[float] = []
     notes: list[str] = []
     fkills = 0
     with tempfile.TemporaryDirectory(prefix="relay-cluster-chaos-") as tmp:
@@ -207,18 +216,34 @@ async def run_cluster_chaos(
 
             drop_task = asyncio.create_task(dropper()) if drop_sockets else None
             try:
-                plan = ["leader"] * leader_kills + ["follower"] * follower_kills
+                plan = ["leader"] * leader_kills + ["follower"] * follower_kills + ["pause"] * leader_pauses
                 rng.shuffle(plan)
                 for i, what in enumerate(plan):
                     await asyncio.sleep(rng.uniform(*gap))
                     leader = await find_leader(procs)
-                    if what == "leader":
+                    if what in ("leader", "pause"):
                         victim = leader
                     else:
                         victim = rng.choice([p for p in procs if p is not leader])
-                    victim.kill()
+                    if what == "pause":
+                        assert victim.proc is not None
+                        victim.proc.send_signal(signal.SIGSTOP)
+                    else:
+                        victim.kill()
                     killed_ms = int(time.time() * 1000)
                     kills += 1
+                    if what == "pause":
+                        first = await first_change_after(redis, killed_ms, failover_timeout)
+                        took = (first - killed_ms) / 1000 if first is not None else float("inf")
+                        failovers.append(took)
+                        pauses.append(took)
+                        say(
+                            f"pause {i + 1}/{len(plan)}: leader {victim.port} frozen; appended after {took:.2f}s"
+                        )
+                        await asyncio.sleep(rng.uniform(0.5, 2.0))
+                        assert victim.proc is not None
+                        victim.proc.send_signal(signal.SIGCONT)
+                        continue
                     if what == "leader":
                         first = await first_change_after(redis, killed_ms, failover_timeout)
                         took = (first - killed_ms) / 1000 if first is not None else float("inf")
@@ -269,4 +294,4 @@ async def run_cluster_chaos(
             relay_exits=[e for p in procs for e in p.exits],
             notes=notes,
         )
-        return ClusterChaos(result, failovers, fkills, [len(c.nodes_used) for c in clients])
+        return ClusterChaos(result, failovers, fkills, [len(c.nodes_used) for c in clients], pauses)
