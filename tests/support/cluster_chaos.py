@@ -237,9 +237,7 @@ async def run_cluster_chaos(
                         took = (first - killed_ms) / 1000 if first is not None else float("inf")
                         failovers.append(took)
                         pauses.append(took)
-                        say(
-                            f"pause {i + 1}/{len(plan)}: leader {victim.port} frozen; appended after {took:.2f}s"
-                        )
+                        say(f"pause {i + 1}/{len(plan)}: leader {victim.port} frozen; took {took:.2f}s")
                         await asyncio.sleep(rng.uniform(0.5, 2.0))
                         assert victim.proc is not None
                         victim.proc.send_signal(signal.SIGCONT)
