@@ -114,7 +114,7 @@ class ClusterChaos:
     """A cluster chaos run: the single-process result plus failover times (seconds)."""
 
     result: ChaosResult
-    failovers: list[float] = field(default_factory=list)
+    failovers: list[float] = field(default_factory=list)  # after a SIGKILL of the leader
     follower_kills: int = 0
     nodes_per_client: list[int] = field(default_factory=list)
     pauses: list[float] = field(default_factory=list)  # failovers caused by a frozen leader
@@ -125,9 +125,11 @@ class ClusterChaos:
 
     def summary(self) -> str:
         fo = ", ".join(f"{s:.2f}" for s in self.failovers)
+        fp = ", ".join(f"{s:.2f}" for s in self.pauses)
         return (
             self.result.summary()
             + f"\n  leader failovers (kill -> first change appended by the new leader, s): [{fo}]"
+            + f"\n  frozen-leader failovers (SIGSTOP -> first change appended by the new leader, s): [{fp}]"
             + f"\n  follower kills: {self.follower_kills}; nodes used per client: {self.nodes_per_client}"
         )
 
@@ -235,7 +237,6 @@ async def run_cluster_chaos(
                     if what == "pause":
                         first = await first_change_after(redis, killed_ms, failover_timeout)
                         took = (first - killed_ms) / 1000 if first is not None else float("inf")
-                        failovers.append(took)
                         pauses.append(took)
                         say(f"pause {i + 1}/{len(plan)}: leader {victim.port} frozen; took {took:.2f}s")
                         await asyncio.sleep(rng.uniform(0.5, 2.0))
