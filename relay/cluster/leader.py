@@ -118,7 +118,13 @@ class CaptureLeader:
                 self.terms += 1
                 self.took_over_at = time.time()
                 log.warning("%s leads capture of slot %s (epoch %d)", self.node_id, self.config.slot, epoch)
-                await self._term(stop, token)
+                try:
+                    await self._term(stop, token)
+                finally:
+                    # Hand over at once (compare-and-delete: a lease already someone else's is
+                    # left alone), rather than making the next leader wait for it to expire.
+                    with suppress(RedisError, OSError):
+                        await self._release(keys=[self.keys.lease], args=[token])
                 attempt = 0
             except Exception as exc:
                 attempt += 1
@@ -203,10 +209,7 @@ class CaptureLeader:
                 await task
             await sink.close()
             self.role = "follower"
-            if stop.is_set():
-                with suppress(RedisError, OSError):
-                    await self._release(keys=[self.keys.lease], args=[token])  # hand over at once
-            else:
+            if not stop.is_set():
                 log.warning("%s stops capturing slot %s: %s", self.node_id, self.config.slot, why)
 
     async def _prepare_log(self, token: str) -> Meta | None:

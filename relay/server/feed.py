@@ -356,11 +356,17 @@ class ChangeFeed:
                     self._send_replication_ready(chan)
             self._awaiting_ready.clear()
         elif info.created:
-            # The slot was lost: changes between what we had and the new slot are gone.
+            # The slot was lost: changes between what we had and the new slot are gone.  (In
+            # cluster mode also: the shared change log lost entries, reason "log_lost".)
             self.log.reset(floor)
+            why = (
+                "the cluster's change log lost entries (Redis lost data)"
+                if info.reason == "log_lost"
+                else "the replication slot was lost and recreated"
+            )
             for chan in list(self.channels):
                 if chan.specs and not chan.replaying:
-                    self._resync(chan, chan.cursor, "the replication slot was lost and recreated")
+                    self._resync(chan, chan.cursor, why)
 
     def replication_ready(self, chan: Channel) -> None:
         """``config.broadcast.replication_ready``: tell the channel once the stream is up.

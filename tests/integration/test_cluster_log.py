@@ -235,6 +235,10 @@ async def test_redis_restart_without_persistence_tells_every_subscriber_to_resyn
                     frames.append(await c.recv(max(0.1, deadline - time.monotonic())))
                 codes = [m["payload"].get("code") for m in frames if m["event"] == "system"]
                 assert "resync_needed" in codes, frames
+                told = [
+                    m["payload"]["message"] for m in frames if m["payload"].get("code") == "resync_needed"
+                ]
+                assert "change log lost entries" in told[0]
                 first_resync = next(
                     i for i, m in enumerate(frames) if m["payload"].get("code") == "resync_needed"
                 )
