@@ -434,10 +434,11 @@ class LogSink:
                 last_k = k
             if seq >= 0:
                 last_seq = seq
-            if commit_lsn:
+            if end >= 0:  # a transaction's end (entry or bookkeeping marker), never a change:
+                # a transaction appended only in part is not "in the log", or the next leader
+                # would skip its remaining changes as already handed over
                 last_commit = max(last_commit, commit_lsn)
-            if end > last_end:
-                last_end = end
+                last_end = max(last_end, end)
         args: list[Any] = [
             self.token,
             self.gen,

@@ -159,6 +159,9 @@ async def test_a_new_leader_skips_what_the_old_one_appended_and_a_lost_tail_is_r
         await r.set(KEYS.lease, "new|2")
         meta = Meta.parse(await r.hgetall(KEYS.meta))
         assert meta is not None
+        # the transaction is not "in the log" until its end is: else the next leader's pipeline
+        # would skip it by commit LSN, losing the changes the old leader never appended
+        assert meta.last_commit < 0x200 and meta.last_end < 0x200
         new = LogSink(r, KEYS, "new|2", meta, window_s=300, max_entries=10_000)
         new.start()
         for i in range(2):  # the slot decodes the whole transaction again
