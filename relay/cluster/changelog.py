@@ -299,12 +299,14 @@ class LogSink:
         self._tx_entries = 0  # entries queued for it (0 at its end: an empty transaction)
         self._pending: list[_Pending] = []
         self._slot_json = b""
+        self._slot_info: SlotInfo | None = None
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self.fenced: str | None = None
         self.fenced_event = asyncio.Event()
         self.stats = PipelineStats()
         self.appended = 0
+        self.began = time.monotonic()  # for the takeover timing in the log
         self.last_error: str | None = None
         self._script = redis.register_script(APPEND)
         self._task: asyncio.Task[None] | None = None
@@ -380,12 +382,17 @@ class LogSink:
         pass
 
     def slot(self, info: SlotInfo, first: bool) -> None:
-        data = encode_slot(info, self.stats.numbers_as_text)
-        self._slot_json = orjson.dumps(data)
-        self._queue({"t": SLOT, **data}, b"", -1, -1, -1)
+        # Queued once the stream runs (see status): only then is it known whether wal2json sends
+        # numbers as text, which the followers' decoders must match.
+        self._slot_info = info
 
     def status(self, stats: PipelineStats) -> None:
         self.stats = stats
+        if stats.streaming and self._slot_info is not None:
+            data = encode_slot(self._slot_info, stats.numbers_as_text)
+            self._slot_info = None
+            self._slot_json = orjson.dumps(data)
+            self._queue({"t": SLOT, **data}, b"", -1, -1, -1)
 
     def hold(self) -> Lsn | None:
         return self.durable_end
@@ -461,6 +468,8 @@ class LogSink:
         self.last_id = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
         self.last_k = last_k
         self._log_seq, self._log_commit = last_seq, last_commit
+        if not self.appended and pairs:
+            log.info("capture: first append %.2fs after this term began", time.monotonic() - self.began)
         self.appended += len(pairs) // 2
         self._slot_json = b""
         if last_end > self.durable_end:

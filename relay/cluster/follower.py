@@ -53,7 +53,7 @@ log = logging.getLogger("relay.cluster")
 
 READ_COUNT = 500
 BLOCK_MS = 1000
-CATCH_UP_S = 5.0  # the longest a resume waits for this node to read the log's tail
+CATCH_UP_S = 30.0  # the longest a resume waits for this node to read the log's tail
 
 
 class LogFollower:
@@ -83,6 +83,7 @@ class LogFollower:
         self.log_length = 0
         self.wal_end = 0
         self._adopt_prev = False
+        self._start_tail = (0, 0)
         self._progress = asyncio.Event()  # set after every batch read (caught_up waits on it)
 
     async def caught_up(self) -> None:
@@ -148,6 +149,8 @@ class LogFollower:
                 resp = [(self.keys.log, batch)] if batch else []
                 if not batch:
                     self.last_id = "0"  # an empty log: read from its start once entries arrive
+                    self._start_tail = (0, 0)  # nothing to catch up with
+                    self._check_ready()
             else:
                 resp = await self.redis.xread({self.keys.log: self.last_id}, count=READ_COUNT, block=BLOCK_MS)
             for _, entries in resp:
@@ -187,7 +190,14 @@ class LogFollower:
         self.wal_end = int(current)
         self.sink.slot(SlotInfo(False, confirmed, current, "", info.stream), True)
         self.started = True
-        self.ready.set()
+        # Ready (for /health, /ready and start_relay) once the log is read as far as it reached
+        # now: a node that is still reading the window is not yet one to send clients to.
+        self._start_tail = _id(meta.last_id) if meta.last_id else (0, 0)
+        self._check_ready()
+
+    def _check_ready(self) -> None:
+        if not self.ready.is_set() and self.started and _id(self.last_id) >= self._start_tail:
+            self.ready.set()
 
     def _lost(self, why: str) -> None:
         """Entries this node never read are gone: every channel is told to resync."""
@@ -237,6 +247,7 @@ class LogFollower:
         finally:
             sink.batch_end()
             self._progress.set()
+            self._check_ready()
 
     async def _apply(self, e: LogEntry, sink: ChangeSink) -> None:
         h = e.header

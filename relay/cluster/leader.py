@@ -7,7 +7,7 @@ paused or partitioned past its lease writes nothing after another node took over
 believes.  An advisory lock would fence Postgres, which the old leader no longer needs to reach
 to do damage.
 
-The lease: ``SET relay:{slot}:leader <token> NX PX 3000``, renewed every second by a script
+The lease: ``SET relay:{slot}:leader <token> NX PX 2000``, renewed every 0.5 s by a script
 that extends it only while it still holds this node's token; acquiring also takes the next
 fencing epoch (``INCR relay:{slot}:epoch``, shown on /health).  A leader that cannot renew for
 a whole lease period stops capturing on its own (its lease may be someone else's by then).
@@ -52,9 +52,11 @@ __all__ = ["CaptureLeader"]
 
 log = logging.getLogger("relay.cluster")
 
-LEASE_MS = 3000
-RENEW_S = 1.0
-POLL_S = 0.25  # how often a follower tries to take a free lease
+# The lease outlives 1.5 s without a renewal (a loaded event loop); a dead leader's lease is
+# gone 1.5-2 s after its last renewal, and a candidate notices within POLL_S.
+LEASE_MS = 2000
+RENEW_S = 0.5
+POLL_S = 0.1  # how often a follower tries to take a free lease
 
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -167,6 +169,10 @@ class CaptureLeader:
         # part of is decoded again and its appended entries skipped by key.
         pipeline.handed_off = Lsn(meta.last_end)
         pipeline.last_commit = Lsn(meta.last_commit)
+        if meta.slot is not None and meta.slot.get("nat") is False:
+            # The log's last stream ran without wal2json's numbers-as-text option (wal2json <
+            # 2.6): start without it rather than spend a failed START_REPLICATION finding out.
+            pipeline.types.numbers_as_text = False
         self.sink, self.pipeline = sink, pipeline
         term_stop = asyncio.Event()
         sink.start()

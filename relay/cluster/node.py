@@ -107,7 +107,7 @@ class ClusterNode:
         err = f.last_error or self.leader.last_error
         capture = self.leader.stats
         out: dict[str, Any] = {
-            "streaming": f.started and f.redis_ok,
+            "streaming": f.ready.is_set() and f.redis_ok,
             "last_error": f.last_error if not f.redis_ok else None,
             "cluster": {
                 "node_id": self.node_id,
