@@ -96,7 +96,7 @@ async def first_change_after(redis: Redis, after_ms: int, timeout: float) -> int
     deadline = time.monotonic() + timeout
     start = f"{after_ms}-0"
     while time.monotonic() < deadline:
-        entries = await redis.xrange(LOG_KEY, start, "+", count=200)
+        entries: Any = await redis.xrange(LOG_KEY, start, "+", count=200)
         for entry_id, fields in entries:
             h = orjson.loads(fields[b"h"])
             if h.get("t") == "c":

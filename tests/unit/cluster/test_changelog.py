@@ -7,6 +7,7 @@ would hand them over, and the log is read back with XRANGE.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -88,7 +89,8 @@ async def _new_log(r: Redis, token: str, floor: int = 0) -> Meta:
 
 
 async def _entries(r: Redis) -> list[dict[str, object]]:
-    return [decode_entry(f).header for _, f in await r.xrange(KEYS.log)]
+    entries: Any = await r.xrange(KEYS.log)
+    return [decode_entry(f).header for _, f in entries]
 
 
 async def _flushed(sink: LogSink) -> None:
@@ -117,8 +119,8 @@ async def test_appends_carry_predecessor_and_hold_follows_what_the_log_holds(
         assert [h["t"] for h in hs] == ["c", "c", "x"]
         assert [h["p"] for h in hs] == [seq_before(0x100), pack(0x200, 0), pack(0x200, 1)]
         assert sink.hold() == Lsn(0x310)  # the empty transaction's end too: the slot may advance
-        meta = Meta.parse(await r.hgetall(KEYS.meta))
-        assert meta is not None and meta.last_end == 0x310 and meta.last_seq == pack(0x200, 1)
+        after = Meta.parse(await r.hgetall(KEYS.meta))
+        assert after is not None and after.last_end == 0x310 and after.last_seq == pack(0x200, 1)
         await sink.close()
     finally:
         await r.aclose()
@@ -157,8 +159,9 @@ async def test_a_new_leader_skips_what_the_old_one_appended_and_a_lost_tail_is_r
         await _flushed(old)
         await old.close()
         await r.set(KEYS.lease, "new|2")
-        meta = Meta.parse(await r.hgetall(KEYS.meta))
-        assert meta is not None
+        parsed = Meta.parse(await r.hgetall(KEYS.meta))
+        assert parsed is not None
+        meta = parsed
         # the transaction is not "in the log" until its end is: else the next leader's pipeline
         # would skip it by commit LSN, losing the changes the old leader never appended
         assert meta.last_commit < 0x200 and meta.last_end < 0x200
@@ -176,9 +179,10 @@ async def test_a_new_leader_skips_what_the_old_one_appended_and_a_lost_tail_is_r
         ]
         assert hs[1]["p"] == pack(0x200, 0)
         # the log loses its tail (Redis restarted from an older AOF): the leader must not go on
-        last = (await r.xrevrange(KEYS.log, count=1))[0][0]
-        await r.xdel(KEYS.log, last)
-        await r.hset(KEYS.meta, "last_id", (await r.xrevrange(KEYS.log, count=1))[0][0])
+        tail: Any = await r.xrevrange(KEYS.log, count=1)
+        await r.xdel(KEYS.log, tail[0][0])
+        tail = await r.xrevrange(KEYS.log, count=1)
+        await r.hset(KEYS.meta, "last_id", tail[0][0])
         new.change(_change(0x300, 0))
         await asyncio.wait_for(new.fenced_event.wait(), 5)
         assert new.fenced is not None and "lost" in new.fenced
