@@ -245,3 +245,47 @@ async def test_redis_restart_without_persistence_tells_every_subscriber_to_resyn
                 rows = [m for m in frames[first_resync:] if m["event"] == "postgres_changes"]
                 assert [int(m["payload"]["data"]["record"]["id"]) for m in rows] == after
             assert a.cluster is not None and a.cluster.follower.gen not in (None, gen)
+
+
+async def test_a_node_that_missed_trimmed_entries_tells_its_subscribers_to_resync(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    """Entries trimmed before a slow node read them are a gap for its channels only: the node
+    sees it (the next entry's predecessor is beyond what it read) and says resync_needed."""
+    from tests.support.tcp_proxy import FaultProxy
+
+    await _migrate(pg_dsn)
+    async with FaultProxy(redis_server.port) as proxy:
+        slow_url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with (
+            cluster_node(pg_dsn, redis_server.url, "fast") as a,
+            cluster_node(pg_dsn, slow_url, "slow") as b,
+            PhoenixClient.connect(a) as ca,
+            PhoenixClient.connect(b) as cb,
+        ):
+            await _join(ca)
+            await _join(cb)
+            first = await asyncio.to_thread(_alerts, pg_dsn, 2)
+            assert _ids(await _changes(ca, 2)) == first
+            assert _ids(await _changes(cb, 2)) == first
+            proxy.stall()  # the slow node reads nothing for a while
+            missed = await asyncio.to_thread(_alerts, pg_dsn, 3)
+            assert _ids(await _changes(ca, 3)) == missed  # in the log
+            r = Redis.from_url(redis_server.url)
+            try:
+                r.xtrim(f"relay:{{{a.server.config.slot}}}:log", maxlen=1, approximate=False)
+            finally:
+                r.close()
+            proxy.stall(False)
+            frames: list[dict[str, Any]] = []
+            deadline = time.monotonic() + 20
+            while not any(m["payload"].get("code") == "resync_needed" for m in frames):
+                frames.append(await cb.recv(max(0.1, deadline - time.monotonic())))
+            told = [m["payload"]["message"] for m in frames if m["payload"].get("code") == "resync_needed"]
+            assert "change log lost entries" in told[0]
+            assert b.cluster is not None and b.cluster.follower.gaps >= 1
+            later = await asyncio.to_thread(_alerts, pg_dsn, 1)
+            assert _ids(await _changes(cb, 1)) == later  # then live again
+            assert _ids(await _changes(ca, 1)) == later
+            assert not [m for m in await ca.collect(0.3) if m["payload"].get("code") == "resync_needed"]
+            assert a.cluster is not None and a.cluster.follower.gaps == 0
