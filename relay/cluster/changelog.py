@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.core.changes import Commit, Lsn, RowChange
-from relay.core.position import pack
+from relay.core.position import pack, seq_before
 from relay.core.relay_messages import (
     DatabaseBroadcast,
     PolicyChanged,
@@ -300,6 +300,8 @@ class LogSink:
         self._pending: list[_Pending] = []
         self._slot_json = b""
         self._slot_info: SlotInfo | None = None
+        # The database history the log's positions belong to (from its last slot entry)
+        self._stream = decode_slot(meta.slot)[0].stream if meta.slot is not None else None
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self.fenced: str | None = None
@@ -385,6 +387,13 @@ class LogSink:
         # Queued once the stream runs (see status): only then is it known whether wal2json sends
         # numbers as text, which the followers' decoders must match.
         self._slot_info = info
+        if info.stream is not None and self._stream is not None and info.stream != self._stream:
+            # Another database history (failover, restore, another cluster): its keys and
+            # positions do not compare with the old one's, so nothing may be skipped by them.
+            self.last_k = -1
+            self.prev = seq_before(info.confirmed_flush)
+        if info.stream is not None:
+            self._stream = info.stream
 
     def status(self, stats: PipelineStats) -> None:
         self.stats = stats

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.core.changes import Commit, Lsn
-from relay.core.position import commit_of
+from relay.core.position import commit_of, seq_before
 from relay.core.sqltypes import TypeRegistry
 from relay.core.stream import StreamIdentity
 from relay.core.wal2json import Decoder
@@ -268,6 +268,11 @@ class LogFollower:
 
     async def _slot(self, h: dict[str, Any]) -> None:
         info, nat = decode_slot(h)
+        if info.stream is not None and self.stream is not None and info.stream != self.stream:
+            # Another database history: its keys and positions do not compare with the old one's
+            # (the sink's on_slot tells every channel to resync and restarts the window).
+            self.last_key = -1
+            self.last_seq = seq_before(info.confirmed_flush)
         await self._set_types(nat)
         self.stream = info.stream
         self.wal_end = max(self.wal_end, int(info.current))

@@ -44,9 +44,10 @@ from relay.core.changes import Lsn
 from relay.core.position import seq_before
 from relay.pipeline import Pipeline, PipelineStats, backoff_delay, is_expected
 from relay.postgres.catalog import Catalog
+from relay.postgres.identity import read_identity
 from relay.postgres.replication import with_connect_defaults
 
-from .changelog import NEW_GENERATION, ClusterKeys, LogSink, Meta
+from .changelog import NEW_GENERATION, ClusterKeys, LogSink, Meta, decode_slot
 
 __all__ = ["CaptureLeader"]
 
@@ -222,9 +223,15 @@ class CaptureLeader:
         """The log this term extends: the existing one if it holds what the slot confirmed."""
         confirmed, holder, current = await _slot_state(self.config.require_database(), self.config.slot)
         meta = Meta.parse(await self.redis.hgetall(self.keys.meta))
+        identity = await read_identity(self.config.require_database(), self.config.slot)
+        logged = decode_slot(meta.slot)[0].stream if meta is not None and meta.slot is not None else None
         reason = None
         if meta is None:
             reason = "there is no change log in Redis yet (or Redis lost it)"
+        elif logged is not None and logged != identity:
+            # Its positions belong to another database history (failover, restore, another
+            # cluster behind the same address): continuing it would skip by LSNs of that history.
+            reason = f"the database's stream changed from {logged.id} to {identity.id}"
         elif confirmed is not None and confirmed > meta.last_end:
             reason = (
                 f"the slot is confirmed to {confirmed} but the change log ends at {Lsn(meta.last_end)} "

@@ -189,3 +189,41 @@ async def test_a_new_leader_skips_what_the_old_one_appended_and_a_lost_tail_is_r
         await new.close()
     finally:
         await r.aclose()
+
+
+async def test_another_database_history_is_not_deduplicated_against_the_old_one(
+    redis_server: RedisServer,
+) -> None:
+    """After a failover or restore the stream identity changes and LSNs start over lower: the
+    sink must append them, not skip them as already in the log by key."""
+    from relay.pipeline import PipelineStats
+
+    r = Redis.from_url(redis_server.url)
+    try:
+        meta = await _new_log(r, "a|1")
+        sink = LogSink(r, KEYS, "a|1", meta, window_s=300, max_entries=10_000)
+        sink.start()
+        running = PipelineStats(streaming=True)
+        old, new = StreamIdentity("7000", 1, 5, "s"), StreamIdentity("8000", 1, 5, "s")
+        sink.slot(SlotInfo(False, Lsn(0x400), Lsn(0x400), "", old), True)
+        sink.status(running)
+        sink.change(_change(0x500, 0))
+        sink.commit(Commit(Lsn(0x500), Lsn(0x510), "ts"))
+        sink.slot(SlotInfo(True, Lsn(0x100), Lsn(0x100), "new", new), False)
+        sink.status(running)
+        sink.change(_change(0x200, 0))
+        sink.commit(Commit(Lsn(0x200), Lsn(0x210), "ts"))
+        await _flushed(sink)
+        hs = await _entries(r)
+        assert [(h["t"], h.get("s")) for h in hs] == [
+            ("s", None),
+            ("c", pack(0x500, 0)),
+            ("x", None),
+            ("s", None),
+            ("c", pack(0x200, 0)),
+            ("x", None),
+        ]
+        assert hs[4]["p"] == seq_before(0x100)
+        await sink.close()
+    finally:
+        await r.aclose()
