@@ -142,82 +142,107 @@ class CaptureLeader:
                 self.role = "follower"
 
     async def _term(self, stop: asyncio.Event, token: str) -> None:
-        """One term as leader: prepare the log, capture until stopped, fenced or lease lost."""
-        renewed = time.monotonic()
-        meta = await self._prepare_log(token)
-        if meta is None:
-            return
-        dsn = self.config.require_database()
-        sink = LogSink(
-            self.redis,
-            self.keys,
-            token,
-            meta,
-            window_s=self.config.resume_window,
-            max_entries=max(1000, self.config.resume_max_bytes // 256),
-        )
-        pipeline = Pipeline(
-            dsn,
-            self.catalog,
-            sink,
-            slot=self.config.slot,
-            publication=self.config.publication,
-            poll_interval=self.config.publication_poll_interval,
-            max_backoff=2.0,
-        )
-        # Continue after the last transaction the log holds (Postgres starts at the later of
-        # this and the slot's confirmed position); a transaction the old leader appended only
-        # part of is decoded again and its appended entries skipped by key.
-        pipeline.handed_off = Lsn(meta.last_end)
-        pipeline.last_commit = Lsn(meta.last_commit)
-        if meta.slot is not None and meta.slot.get("nat") is False:
-            # The log's last stream ran without wal2json's numbers-as-text option (wal2json <
-            # 2.6): start without it rather than spend a failed START_REPLICATION finding out.
-            pipeline.types.numbers_as_text = False
-        self.sink, self.pipeline = sink, pipeline
-        term_stop = asyncio.Event()
-        sink.start()
-        task = asyncio.create_task(pipeline.run(term_stop), name="relay-capture")
-        fenced = asyncio.create_task(sink.fenced_event.wait())
+        """One term as leader: prepare the log, capture until stopped, fenced or lease lost.
+
+        The lease is kept by a task of its own from the first moment of the term: preparing the
+        log (Postgres round trips, terminating an old walsender) and starting the stream can
+        take longer than a lease period on a busy machine.
+        """
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_lease(token, lost), name="relay-lease")
         stopped = asyncio.create_task(stop.wait())
+        sink: LogSink | None = None
+        task: asyncio.Task[None] | None = None
+        term_stop = asyncio.Event()
         why = "stopping"
         try:
-            while not stop.is_set():
-                await asyncio.wait(
-                    {task, fenced, stopped}, timeout=RENEW_S, return_when=asyncio.FIRST_COMPLETED
-                )
-                if stop.is_set():
-                    break
-                if sink.fenced is not None:
-                    why = sink.fenced
-                    break
-                if task.done():
-                    why = "the capture pipeline ended"
-                    break
-                try:
-                    ok = await self._renew(keys=[self.keys.lease], args=[token, LEASE_MS])
-                except (RedisError, OSError) as exc:
-                    ok = None
-                    self.last_error = f"redis: {exc}"
-                if ok:
-                    renewed = time.monotonic()
-                elif ok is not None:
-                    why = "the lease was lost to another node"
-                    break
-                elif time.monotonic() - renewed > LEASE_MS / 1000:
-                    why = "the lease could not be renewed for a whole lease period"
-                    break
+            meta = await self._prepare_log(token)
+            if meta is None or lost.is_set():
+                return
+            sink = LogSink(
+                self.redis,
+                self.keys,
+                token,
+                meta,
+                window_s=self.config.resume_window,
+                max_entries=max(1000, self.config.resume_max_bytes // 256),
+            )
+            pipeline = Pipeline(
+                self.config.require_database(),
+                self.catalog,
+                sink,
+                slot=self.config.slot,
+                publication=self.config.publication,
+                poll_interval=self.config.publication_poll_interval,
+                max_backoff=2.0,
+            )
+            # Continue after the last transaction the log holds (Postgres starts at the later of
+            # this and the slot's confirmed position); a transaction the old leader appended only
+            # part of is decoded again and its appended entries skipped by key.
+            pipeline.handed_off = Lsn(meta.last_end)
+            pipeline.last_commit = Lsn(meta.last_commit)
+            if meta.slot is not None and meta.slot.get("nat") is False:
+                # The log's last stream ran without wal2json's numbers-as-text option (wal2json <
+                # 2.6): start without it rather than spend a failed START_REPLICATION finding out.
+                pipeline.types.numbers_as_text = False
+            self.sink, self.pipeline = sink, pipeline
+            sink.start()
+            task = asyncio.create_task(pipeline.run(term_stop), name="relay-capture")
+            fenced = asyncio.create_task(sink.fenced_event.wait())
+            lost_wait = asyncio.create_task(lost.wait())
+            try:
+                await asyncio.wait({task, fenced, stopped, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                fenced.cancel()
+                lost_wait.cancel()
+            if stop.is_set():
+                why = "stopping"
+            elif sink.fenced is not None:
+                why = sink.fenced
+            elif lost.is_set():
+                why = self._lost_why
+            else:
+                why = "the capture pipeline ended"
         finally:
             term_stop.set()
-            fenced.cancel()
             stopped.cancel()
-            task.cancel()
+            keeper.cancel()
             with suppress(asyncio.CancelledError, Exception):
-                await task
-            await sink.close()
+                await keeper
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
+            if sink is not None:
+                await sink.close()
             self.role = "follower"
             if not stop.is_set():
                 log.warning("%s stops capturing slot %s: %s", self.node_id, self.config.slot, why)
+
+    _lost_why = ""
+
+    async def _keep_lease(self, token: str, lost: asyncio.Event) -> None:
+        """Renew the lease every RENEW_S; set ``lost`` when it is gone or could not be renewed
+        for a whole lease period (it may be someone else's by now)."""
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(RENEW_S)
+            try:
+                ok = await self._renew(keys=[self.keys.lease], args=[token, LEASE_MS])
+            except (RedisError, OSError) as exc:
+                ok = None
+                self.last_error = f"redis: {exc}"
+            if ok:
+                renewed = time.monotonic()
+                continue
+            if ok is not None:
+                self._lost_why = "the lease was lost to another node"
+            elif time.monotonic() - renewed > LEASE_MS / 1000:
+                self._lost_why = "the lease could not be renewed for a whole lease period"
+            else:
+                continue
+            lost.set()
+            return
 
     async def _prepare_log(self, token: str) -> Meta | None:
         """The log this term extends: the existing one if it holds what the slot confirmed."""
