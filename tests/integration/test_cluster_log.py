@@ -316,3 +316,42 @@ async def test_postgres_crash_under_a_cluster_loses_nothing(redis_server: RedisS
                 frames = await c.collect(0.5)
                 assert [m for m in frames if m["event"] == "postgres_changes"] == []
                 assert not [m for m in frames if m["payload"].get("code") == "resync_needed"]
+
+
+async def test_resume_on_a_node_that_has_not_yet_read_the_position(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    """A client resumes on a node that lags behind the node that gave it its position: the node
+    first reads the log that far, then serves exactly what the client missed (a position it has
+    not read yet is not one "from the future")."""
+    from tests.support.tcp_proxy import FaultProxy
+
+    await _migrate(pg_dsn)
+    async with FaultProxy(redis_server.port) as proxy:
+        async with (
+            cluster_node(pg_dsn, redis_server.url, "fast") as a,
+            cluster_node(pg_dsn, f"redis://127.0.0.1:{proxy.port}/0", "lagging") as b,
+        ):
+            async with PhoenixClient.connect(a) as ca:
+                await _join(ca)
+                await asyncio.to_thread(_alerts, pg_dsn, 2)
+                await _changes(ca, 2)
+                proxy.stall()  # b reads nothing from here on, for now
+                seen = await asyncio.to_thread(_alerts, pg_dsn, 3)
+                got = await _changes(ca, 3)
+                assert _ids(got) == seen
+                last = got[-1]["position"]
+            missed = await asyncio.to_thread(_alerts, pg_dsn, 2)
+            async with PhoenixClient.connect(b) as cb:
+                reply = await cb.join("alerts", ALERTS, resume_from=last)
+                assert reply["payload"]["status"] == "ok", reply
+                await asyncio.sleep(1.0)
+                proxy.stall(False)
+                frames: list[dict[str, Any]] = []
+                deadline = time.monotonic() + 20
+                while len([m for m in frames if m["event"] == "postgres_changes"]) < 2:
+                    frames.append(await cb.recv(max(0.1, deadline - time.monotonic())))
+                frames += await cb.collect(0.5)
+                assert not [m for m in frames if m["payload"].get("code") == "resync_needed"], frames
+                rows = [m["payload"]["data"] for m in frames if m["event"] == "postgres_changes"]
+                assert _ids(rows) == missed
