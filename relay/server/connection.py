@@ -393,11 +393,12 @@ class Connection:
             return
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
-        # Snapshot on join: the bindings' current rows first, then their live changes.  A
-        # snapshot restarts the channel from now, so a resume point sent with it is not used.
+        # Snapshot on join: the bindings' current rows first, then their live changes.  The
+        # snapshot serves the channel's resume point too (the other bindings resume from it).
         snapshot = [(s, b) for s, b in zip(specs, bound, strict=True) if s.snapshot]
         snapshots = self.snapshots if snapshot and self.snapshots is not None else None
         hold = snapshots is not None and snapshots.available
+        resume = req.resume if snapshot else None
         if snapshot:
             after = None
         chan = Channel(self, f.topic, f.join_ref, claims, specs)
@@ -432,7 +433,7 @@ class Connection:
         if snapshot:
             if snapshots is not None and hold:
                 chan.task = asyncio.get_running_loop().create_task(
-                    snapshots.run(SnapshotRequest(chan, snapshot)), name=f"snapshot {f.topic}"
+                    snapshots.run(SnapshotRequest(chan, snapshot, resume=resume)), name=f"snapshot {f.topic}"
                 )
             else:
                 why = "snapshot failed: snapshots need the resume window (RELAY_RESUME_WINDOW > 0)"

@@ -87,6 +87,9 @@ class SnapshotRequest:
 
     chan: Channel
     bindings: list[tuple[BindingSpec, BoundFilter | None]]
+    #: the join's ``resume_from`` as ``(stream id, position, as sent)``: the channel's other
+    #: bindings resume from it, while the snapshot bindings get their rows
+    resume: tuple[str, int, str] | None = None
     h0: int = -1  # the channel's position when it was held
     ok: set[int] = field(default_factory=set)  # ids of bindings whose snapshot was sent
     failed: set[int] = field(default_factory=set)  # ids of bindings told snapshot_* errors
@@ -153,6 +156,8 @@ class Snapshots:
             await feed.floors_ready.wait()
             if chan.cursor < 0:  # joined before the first stream started
                 chan.cursor = feed.fresh_cursor()
+            if req.resume is not None:
+                self._resume_point(req)
             req.h0 = chan.cursor
             stream = feed.stream_id
             snap, start = await self._rows_and_markers(req)
@@ -258,6 +263,34 @@ class Snapshots:
                 await pool.release(conn)
             except Exception:  # a broken connection: the pool replaces it
                 log.debug("releasing the snapshot connection failed", exc_info=True)
+
+    def _resume_point(self, req: SnapshotRequest) -> None:
+        """A join asking for snapshots *and* resuming: the other bindings continue from the
+        resume point when the replay log still covers it (the snapshot bindings need nothing
+        from it: whatever the snapshot does not see is replayed to them too).  When it is not
+        covered, or of another stream, the channel starts now and says ``resync_needed``, as a
+        plain resume would."""
+        assert req.resume is not None
+        chan, feed = req.chan, self.feed
+        stream, after, text = req.resume
+        log_ = feed.log
+        if stream == feed.stream_id and log_.covers(after) and after <= max(log_.head, feed.live_floor):
+            chan.cursor = min(chan.cursor, after)
+            return
+        if all(s.snapshot for s in chan.specs):
+            return  # every binding restarts from its snapshot: nothing is missing
+        feed.resyncs += 1
+        chan.conn.queue_frame(
+            chan.system(
+                "error",
+                "resync needed: the position is not in the relay's replay window; changes after "
+                f"{text} may be missing. Refetch, then continue from position {feed.position(chan.cursor)}",
+                code=Code.RESYNC_NEEDED,
+                resume_from=text,
+                retained_from=feed.position(log_.retained_from),
+                position=feed.position(chan.cursor),
+            )
+        )
 
     def _race_start(self, h0: int, racing: set[int]) -> int:
         """Where the catch-up starts: ``h0``, or before it when a transaction the snapshot does

@@ -7,6 +7,7 @@ where policies matter (branch members, or company-wide rows).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -84,3 +85,157 @@ async def test_rows_then_marker_then_live(pg_dsn: str) -> None:
             data = live["payload"]["data"]
             assert data["type"] == "INSERT" and data["record"]["id"] == new[0]
             assert data["position"] > end["position"]
+
+
+# -- consistency under a concurrent writer ---------------------------------------------------
+
+
+def _writer(dsn: str, stop: threading.Event, seed: int) -> int:
+    """Insert, update (moving rows between branches and statuses) and delete alerts until
+    ``stop``; some transactions do several of these.  Returns how many transactions committed."""
+    rnd = random.Random(seed)
+    done = 0
+    with psycopg.connect(dsn, autocommit=False) as conn:
+        while not stop.is_set():
+            for _ in range(rnd.randint(1, 3)):
+                op = rnd.random()
+                branch = rnd.choice([1, 2, None])
+                if op < 0.4:
+                    conn.execute(
+                        "insert into alerts (branch_id, severity, kind, title) values (%s, %s, 'w', %s)",
+                        (branch, rnd.choice(["info", "warning", "critical"]), f"t{rnd.random():.6f}"),
+                    )
+                elif op < 0.8:
+                    conn.execute(
+                        "update alerts set status = %s, branch_id = %s, title = %s "
+                        "where id = (select id from alerts order by random() limit 1)",
+                        (rnd.choice(["open", "acknowledged", "resolved"]), branch, f"u{rnd.random():.6f}"),
+                    )
+                else:
+                    conn.execute(
+                        "delete from alerts where id = (select id from alerts order by random() limit 1)"
+                    )
+            conn.commit()
+            done += 1
+    return done
+
+
+_SUBSCRIBERS: list[tuple[dict[str, Any], str | None, str]] = [
+    ({}, None, "true"),
+    ({"role": "authenticated", "branch_id": 1}, None, "branch_id = 1 or branch_id is null"),
+    (
+        {"role": "authenticated", "branch_id": 2},
+        "status=eq.open",
+        "(branch_id = 2 or branch_id is null) and status = 'open'",
+    ),
+    ({}, "severity=in.(info,warning)", "severity in ('info', 'warning')"),
+    ({"role": "authenticated", "branch_id": 1, "user_role": "admin"}, "branch_id=eq.2", "branch_id = 2"),
+]
+
+
+class _Replica:
+    """A client's copy of the rows it may see: snapshot rows, then the changes after the marker."""
+
+    def __init__(self, strict: bool) -> None:
+        # strict (no filter): every change after the marker must apply to exactly the state the
+        # replica holds, so a change the snapshot already contained is caught, not re-applied
+        self.strict = strict
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.marker: dict[str, Any] | None = None
+        self.last = ""
+        self.seen: set[int] = set()
+
+    def apply(self, m: dict[str, Any]) -> None:
+        p = m["payload"]
+        if m["event"] == "system" and p.get("code") == "snapshot_complete":
+            self.marker = p
+            self.last = p["position"]
+            return
+        if m["event"] != "postgres_changes":
+            return
+        data = p["data"]
+        if data["type"] == "SNAPSHOT":
+            assert self.marker is None, "a snapshot row after the marker"
+            self.rows[data["record"]["id"]] = data["record"]
+            return
+        assert self.marker is not None, f"a change before the marker: {data}"
+        assert data["position"] > self.last, (data["position"], self.last)
+        self.last = data["position"]
+        if self.strict:
+            old, key = data.get("old_record"), (data.get("record") or data.get("old_record"))["id"]
+            if data["type"] == "INSERT" or (data["type"] == "UPDATE" and set(old) == {"id"}):
+                assert key not in self.rows, f"already held: {data}"  # an insert or a move into view
+            else:
+                assert _shape({key: self.rows[key]}) == _shape({key: old}), f"not the held state: {data}"
+        if data["type"] == "DELETE":
+            self.rows.pop(data["old_record"]["id"], None)
+        else:
+            self.rows[data["record"]["id"]] = data["record"]
+            self.seen.add(data["record"]["id"])
+
+
+async def _follow(c: PhoenixClient, replica: _Replica, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            m = await c.recv(0.2)
+        except TimeoutError:
+            continue
+        replica.apply(m)
+
+
+def _expected(dsn: str, where: str) -> dict[int, tuple[Any, ...]]:
+    rows = _exec(dsn, f"select id, title, status, branch_id, severity from alerts where {where}")
+    return {int(r[0]): tuple(r[1:]) for r in rows}
+
+
+def _shape(rows: dict[int, dict[str, Any]]) -> dict[int, tuple[Any, ...]]:
+    return {k: (r["title"], r["status"], r["branch_id"], r["severity"]) for k, r in rows.items()}
+
+
+async def test_snapshot_then_changes_equal_the_table_under_a_concurrent_writer(pg_dsn: str) -> None:
+    """Clients with different claims and filters join at different moments of a busy writer;
+    each one's snapshot plus the changes after its marker equals the table as its filter and
+    policies show it, once the writer has stopped and a last row has reached everyone."""
+    async with running_relay(pg_dsn) as relay:
+        await asyncio.to_thread(_alerts, pg_dsn, 40, 1)
+        await asyncio.to_thread(_alerts, pg_dsn, 40, 2)
+        await asyncio.to_thread(_alerts, pg_dsn, 20, None)
+        stop_writer = threading.Event()
+        writer = asyncio.create_task(asyncio.to_thread(_writer, pg_dsn, stop_writer, 18))
+        stop = asyncio.Event()
+        replicas: list[_Replica] = []
+        tasks: list[asyncio.Task[None]] = []
+        async with contextlib.AsyncExitStack() as stack:
+            for i, (claims, flt, _) in enumerate(_SUBSCRIBERS):
+                await asyncio.sleep(0.25 + 0.1 * i)
+                tok = token(**claims) if claims else token()
+                c = await stack.enter_async_context(PhoenixClient.connect(relay, tok))
+                binding = _binding() if flt is None else _binding(filter=flt)
+                reply = await c.join("s", [binding])
+                assert reply["payload"]["status"] == "ok", reply
+                replica = _Replica(strict=flt is None)
+                replicas.append(replica)
+                tasks.append(asyncio.create_task(_follow(c, replica, stop)))
+            await asyncio.sleep(1.0)
+            stop_writer.set()
+            assert await writer > 10
+            # one last transaction every subscriber sees a row of (commit order: all before it too)
+            last = {
+                int(r[0])
+                for r in await asyncio.to_thread(
+                    _exec,
+                    pg_dsn,
+                    "insert into alerts (branch_id, severity, kind, title, status) "
+                    "values (null, 'info', 'last', 'last', 'open'), (2, 'info', 'last', 'last', 'open') "
+                    "returning id",
+                )
+            }
+            deadline = time.monotonic() + 15
+            while not all(last & r.seen for r in replicas) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            stop.set()
+            await asyncio.gather(*tasks)
+        for replica, (claims, flt, where) in zip(replicas, _SUBSCRIBERS, strict=True):
+            assert replica.marker is not None, (claims, flt)
+            assert last & replica.seen, (claims, flt)
+            assert _shape(replica.rows) == _expected(pg_dsn, where), (claims, flt)
