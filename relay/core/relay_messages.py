@@ -66,9 +66,9 @@ class DatabaseBroadcast:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotFence:
-    """A snapshot on join passed this point of the WAL (a non-transactional message the relay
-    emits right after taking its snapshot): every transaction committed before the snapshot was
-    taken has been decoded by the time the stream reaches it.  ``id`` names the snapshot."""
+    """A snapshot on join passed this point of the WAL (a message the relay commits right after
+    taking its snapshot): every transaction committed before the snapshot was taken has been
+    decoded by the time the stream reaches it.  ``id`` names the snapshot."""
 
     id: str
 

@@ -42,6 +42,7 @@ __all__ = [
 #: Type oids wal2json prints as bare JSON numbers (int2, int4, int8, oid, float4, float8, numeric).
 NUMBER_OIDS: Final = frozenset({20, 21, 23, 26, 700, 701, 1700})
 _BOOL_OID: Final = 16
+_BYTEA_OID: Final = 17
 _NOT_A_NUMBER: Final = frozenset({"NaN", "Infinity", "-Infinity"})
 
 #: Column types whose ``=`` in Postgres is exactly the relay's ``eq`` (no collation, no case
@@ -169,7 +170,8 @@ def row_message(
 
     Printed as wal2json prints values: numbers bare (or as strings with
     ``numeric-data-types-as-string``; wal2json 2.5 prints a NaN or infinite number as ``null``),
-    booleans as ``true``/``false``, everything else as a JSON string; NULL as ``null``.
+    booleans as ``true``/``false``, ``bytea`` as its hex digits without ``\\x``, everything else
+    as a JSON string; NULL as ``null``.
     """
     cols: list[dict[str, Any]] = []
     for c, v in zip(columns, values, strict=True):
@@ -185,6 +187,8 @@ def row_message(
                 value = orjson.Fragment(v.encode())
         elif c.typeoid == _BOOL_OID:
             value = v == "t"
+        elif c.typeoid == _BYTEA_OID:
+            value = v[2:] if v.startswith("\\x") else v  # wal2json leaves out the \x
         else:
             value = v
         cols.append({"name": c.name, "type": c.type, "typeoid": c.typeoid, "value": value})

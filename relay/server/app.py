@@ -91,7 +91,7 @@ class RelayServer:
         self.feed = ChangeFeed(config, self.authorizer, self.evaluator, self.metrics, self.outbox)
         # Broadcast and presence rooms (private ones admitted by the topic policies).
         self.topics = TopicHub(config, self.metrics, self.outbox, self.feed, TopicAuthorizer(catalog))
-        self.snapshots = Snapshots(config, catalog.dsn, self.feed)
+        self.snapshots = Snapshots(config, catalog, self.feed)
         self.services = SocketServices(
             config, self.verifier, catalog, self.feed, self.topics, self.outbox, self.metrics, self.snapshots
         )

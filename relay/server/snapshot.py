@@ -6,8 +6,8 @@ How it stays consistent (docs/protocol.md, "Snapshot on join"; docs/guarantees.m
    (``replaying``): live fan-out skips it, the replay log keeps what it skipped (bounded by the
    resume window), its cursor is the join's position ``h0``.
 2. On a connection of its own pool, in one ``REPEATABLE READ READ ONLY`` transaction: read
-   ``pg_current_snapshot()`` (the transaction's snapshot ``S``), then emit a non-transactional
-   logical message, the *fence*, whose LSN ``F`` lies after every commit visible in ``S``.
+   ``pg_current_snapshot()`` (the transaction's snapshot ``S``); then commit a logical message,
+   the *fence*, on another connection: its LSN ``F`` lies after every commit visible in ``S``.
 3. Stream the rows of each snapshot binding through a server-side cursor, page by page, paced
    by the socket's queue, each row decoded like a wal2json INSERT and passed through the
    binding's filter and the subscriber's policies (relay/core/snapshot.py).
@@ -52,6 +52,7 @@ from relay.core.snapshot import (
 from relay.core.sqltypes.output import commit_timestamp
 from relay.core.subscriptions import CHANGE, ERROR, BindingSpec, Delivery, FrameCache, snapshot_payload
 from relay.core.wal2json import Decoder
+from relay.postgres.catalog import Catalog
 
 if TYPE_CHECKING:
     from relay.server.channel import Channel
@@ -105,9 +106,9 @@ class _Failed(Exception):
 class Snapshots:
     """Runs snapshots on join; knows the fences the stream has passed."""
 
-    def __init__(self, config: Config, dsn: str, feed: ChangeFeed) -> None:
+    def __init__(self, config: Config, catalog: Catalog, feed: ChangeFeed) -> None:
         self.config = config
-        self.dsn = dsn
+        self.catalog = catalog
         self.feed = feed
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
@@ -125,7 +126,7 @@ class Snapshots:
     async def pool(self) -> asyncpg.Pool:
         async with self._pool_lock:
             if self._pool is None:
-                self._pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=4)
+                self._pool = await asyncpg.create_pool(self.catalog.dsn, min_size=0, max_size=4)
             return self._pool
 
     async def close(self) -> None:
@@ -202,9 +203,13 @@ class Snapshots:
                 snap = PgSnapshot.parse(row["snap"])
                 timestamp = commit_timestamp(row["ts"])
                 racing = {int(x) & 0xFFFFFFFF for x in row["committed"]}
+                # The fence is a transactional message committed on another connection, after
+                # the snapshot was taken: its commit flushes the WAL (a lone message in an idle
+                # database would wait for the WAL writer), and it is decoded after every
+                # transaction the snapshot sees.
                 content = orjson.dumps({"op": "snapshot_fence", "id": fence_id}).decode()
-                fence_text = await conn.fetchval(
-                    "select pg_catalog.pg_logical_emit_message(false, $1, $2)::text", MESSAGE_PREFIX, content
+                fence_text = await self.catalog.pool.fetchval(
+                    "select pg_catalog.pg_logical_emit_message(true, $1, $2)::text", MESSAGE_PREFIX, content
                 )
                 fence_lsn = int(Lsn.parse(fence_text))
             except Exception as exc:
@@ -319,7 +324,8 @@ class Snapshots:
         assert spec.table is not None
         cols = await conn.fetch(_COLUMNS_SQL, f"{quote_ident(spec.schema)}.{quote_ident(spec.table)}")
         columns = [SnapshotColumn(r["name"], r["typeoid"], r["type"]) for r in cols]
-        pk = [r["name"] for r in sorted((r for r in cols if r["pk"]), key=lambda r: r["pk"])]
+        # (int2vector subscripts start at 0)
+        pk = [r["name"] for r in sorted((r for r in cols if r["pk"] is not None), key=lambda r: r["pk"])]
         sql, args = snapshot_query(spec.schema, spec.table, columns, bound)
         feed = self.feed
         decoder = Decoder(feed.types)
@@ -352,6 +358,8 @@ class Snapshots:
                 cache = FrameCache(change, payload, max_data_bytes=self.config.max_change_bytes)
                 chan.conn.deliver(cache, chan.topic, [spec.id])
                 sent += 1
+                if sent % limit == 0:  # paced by the socket: never more than its share queued
+                    await chan.conn.drain(limit)
             await chan.conn.drain(limit)
 
     async def _decide(
