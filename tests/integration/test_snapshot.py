@@ -278,7 +278,7 @@ async def test_snapshot_rows_have_the_value_shapes_of_live_inserts(pg_dsn: str) 
             assert reply["payload"]["status"] == "ok", reply
             await asyncio.sleep(1.0)
             await asyncio.to_thread(_exec, pg_dsn, _TYPES_ROWS)
-            inserts = {}
+            inserts: dict[int, dict[str, Any]] = {}
             while len(inserts) < 2:
                 m = await live.recv_until(lambda m: m["event"] == "postgres_changes")
                 inserts[m["payload"]["data"]["record"]["id"]] = m["payload"]["data"]
@@ -356,7 +356,7 @@ async def test_statement_timeout_while_the_table_is_locked(pg_dsn: str) -> None:
     the channel stays joined and gets live changes once the lock is gone."""
     async with running_relay(pg_dsn, snapshot_timeout=1.0) as relay:
         await asyncio.to_thread(_alerts, pg_dsn, 2)
-        locker = await asyncio.to_thread(psycopg.connect, pg_dsn)
+        locker: psycopg.Connection[tuple[Any, ...]] = await asyncio.to_thread(lambda: psycopg.connect(pg_dsn))
         try:
             await asyncio.to_thread(locker.execute, "lock table alerts in access exclusive mode")
             async with PhoenixClient.connect(relay) as c:
