@@ -236,6 +236,7 @@ class RelayServer:
                 "resumes": self.resumes,
                 "resyncs": self.resyncs,
             },
+            "snapshots": self.snapshots.stats(),
             "stream": self.stream.as_dict() if self.stream is not None else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             **self.status,

@@ -137,6 +137,15 @@ class Snapshots:
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()
 
+    def stats(self) -> dict[str, int]:
+        """For /health: snapshots started, bindings served, bindings refused, running now."""
+        return {
+            "started": self.started,
+            "completed": self.completed,
+            "failed": self.failed,
+            "running": len(self._fences),
+        }
+
     def fence(self, fence_id: str) -> None:
         """The stream decoded a snapshot's fence (called by the pipeline's sink, in stream order)."""
         ev = self._fences.get(fence_id)
@@ -180,10 +189,12 @@ class Snapshots:
         chan = req.chan
         try:
             pool = await self.pool()
-            conn = await pool.acquire()
+            # four snapshots run at once; a join waits for its turn at most the snapshot timeout
+            conn = await pool.acquire(timeout=self.config.snapshot_timeout)
         except Exception as exc:
             self.failed += 1
-            self.refuse_all(chan, [s for s, _ in req.bindings], Code.SNAPSHOT_FAILED, _describe(exc))
+            code, message = _classify(exc)
+            self.refuse_all(chan, [s for s, _ in req.bindings], code, message)
             return None, req.h0
         fence_id = uuid.uuid4().hex
         fenced = self._fences[fence_id] = asyncio.Event()
@@ -500,6 +511,8 @@ def _classify(exc: BaseException) -> tuple[Code, str]:
     """A failed snapshot statement as its code and a message for the client."""
     if isinstance(exc, asyncpg.QueryCanceledError):
         return Code.SNAPSHOT_TIMEOUT, "snapshot timed out (RELAY_SNAPSHOT_TIMEOUT): " + str(exc)
+    if isinstance(exc, TimeoutError):
+        return Code.SNAPSHOT_TIMEOUT, "snapshot timed out (RELAY_SNAPSHOT_TIMEOUT): no connection was free"
     return Code.SNAPSHOT_FAILED, _describe(exc)
 
 

@@ -85,6 +85,8 @@ async def test_rows_then_marker_then_live(pg_dsn: str) -> None:
             data = live["payload"]["data"]
             assert data["type"] == "INSERT" and data["record"]["id"] == new[0]
             assert data["position"] > end["position"]
+            stats = relay.server.snapshots.stats()
+            assert stats == {"started": 1, "completed": 1, "failed": 0, "running": 0}
 
 
 # -- consistency under a concurrent writer ---------------------------------------------------
