@@ -461,10 +461,12 @@ class Snapshots:
         memo, decide = feed._decider(change)
         only = {chan}
         deliveries, pending = feed.index.route(change, decide, only)
-        if any(c is chan for c, _ in pending):
+        for _ in range(2):  # an UPDATE may ask for the new row's verdict, then the old row's
             mine = [(c.claims, c.claims_key, w) for c, w in pending if c is chan]
+            if not mine:
+                break
             await feed.evaluator.resolve(change, memo, mine)
-            deliveries, _ = feed.index.route(change, decide, only)
+            deliveries, pending = feed.index.route(change, decide, only)
         held = snap is not None and snap.visible(change.xid)
         early = change.seq <= req.h0  # before the join: only for snapshots that miss it
         out: list[Delivery[Channel]] = []

@@ -429,3 +429,40 @@ async def test_eq_filter_on_an_indexed_column_uses_the_index(pg_dsn: str) -> Non
             literal = ", ".join("'{" + ",".join(a) + "}'" if isinstance(a, list) else f"'{a}'" for a in args)
             plan = "\n".join(r[0] for r in conn.execute(f"explain execute q({literal})").fetchall())
         assert index in plan and "Seq Scan" not in plan, (flt, plan)
+
+
+async def test_a_held_update_under_a_policy_evaluated_in_postgres_follows_the_marker(pg_dsn: str) -> None:
+    """An UPDATE committed while the rows are sent is held, then replayed to the snapshot binding.
+    Under a policy only Postgres can evaluate, the UPDATE needs two verdicts (new row, then old
+    row): with one round of evaluation it was dropped."""
+    async with running_relay(pg_dsn) as relay:
+        await asyncio.to_thread(
+            _exec,
+            pg_dsn,
+            "select realtime.create_policy('public.alerts', 'auditors', "
+            "$e$pg_catalog.length(title) %% 2 = 0$e$, '{auditor}')",
+        )
+        await asyncio.to_thread(
+            _exec,
+            pg_dsn,
+            "insert into alerts (branch_id, severity, kind, title) "
+            "select 1, 'info', 'k', 'xx' || lpad(g::text, 6, '0') from generate_series(1, 300) g",
+        )
+        await asyncio.sleep(2.5)  # the policy store reloads
+        auditor = token("auditor")
+        async with PhoenixClient.connect(relay, auditor) as c:
+            reply = await c.join("snap", [_binding()], access_token=auditor)
+            assert reply["payload"]["status"] == "ok"
+            first = await c.recv_until(lambda m: m["event"] == "postgres_changes")
+            target = first["payload"]["data"]["record"]["id"]
+            await asyncio.to_thread(
+                _exec, pg_dsn, "update alerts set title = 'updated!' where id = %s", (target,)
+            )
+            marker = await c.recv_until(lambda m: m["payload"].get("code") == "snapshot_complete", 30)
+            assert marker["payload"]["rows"] == 300
+            upd = await c.recv_until(lambda m: m["event"] == "postgres_changes", 10)
+            data = upd["payload"]["data"]
+            assert data["type"] == "UPDATE" and data["record"] == dict(
+                data["record"], id=target, title="updated!"
+            )
+            assert data["position"] > marker["payload"]["position"]
