@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -74,12 +75,18 @@ where a.attrelid = $1::text::pg_catalog.regclass and a.attnum > 0 and not a.atti
 order by a.attnum
 """
 
+# The snapshot, its time, and the transactions still holding their xid lock (running, or
+# committed and not yet out of the proc array: e.g. waiting for a synchronous standby).
 _SNAPSHOT_SQL = """
 select pg_catalog.pg_current_snapshot()::text as snap, pg_catalog.now()::text as ts,
-       coalesce((select pg_catalog.array_agg(x::text)
-                 from pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) x
-                 where pg_catalog.pg_xact_status(x) = 'committed'), '{}') as committed
+       coalesce((select pg_catalog.array_agg(l.transactionid::text) from pg_catalog.pg_locks l
+                 where l.locktype = 'transactionid' and l.mode = 'ExclusiveLock' and l.granted),
+                '{}') as running
 """
+
+#: How far before the join's position the catch-up looks for a transaction the snapshot does not
+#: see although the stream had decoded it (see :meth:`Snapshots._race_start`).
+RACE_SCAN_LIMIT = 20_000
 
 
 @dataclass
@@ -213,16 +220,11 @@ class Snapshots:
                 row = await conn.fetchrow(_SNAPSHOT_SQL)
                 snap = PgSnapshot.parse(row["snap"])
                 timestamp = commit_timestamp(row["ts"])
-                racing = {int(x) & 0xFFFFFFFF for x in row["committed"]}
-                # The fence is a transactional message committed on another connection, after
-                # the snapshot was taken: its commit flushes the WAL (a lone message in an idle
-                # database would wait for the WAL writer), and it is decoded after every
-                # transaction the snapshot sees.
-                content = orjson.dumps({"op": "snapshot_fence", "id": fence_id}).decode()
-                fence_text = await self.catalog.pool.fetchval(
-                    "select pg_catalog.pg_logical_emit_message(true, $1, $2)::text", MESSAGE_PREFIX, content
-                )
-                fence_lsn = int(Lsn.parse(fence_text))
+                fence_lsn = await self._emit_fence(fence_id)
+                # Not visible, still holding their xid lock: in progress, or committed and
+                # decoded already (then due after the marker although before the join).
+                running = {int(x) for x in row["running"]}
+                racing = {x for x in running if not snap.visible(x)}
             except Exception as exc:
                 await tx.rollback()
                 self.failed += 1
@@ -230,6 +232,13 @@ class Snapshots:
                 self.refuse_all(chan, [s for s, _ in req.bindings], code, message)
                 return None, req.h0
             start = self._race_start(req.h0, racing)
+            log.debug(
+                "snapshot of %s: %s; catch-up from %s (joined at %s)",
+                chan.topic,
+                row["snap"],
+                self.feed.position(start),
+                self.feed.position(req.h0),
+            )
             marked = False
             position = start
             try:
@@ -280,6 +289,22 @@ class Snapshots:
             except Exception:  # a broken connection: the pool replaces it
                 log.debug("releasing the snapshot connection failed", exc_info=True)
 
+    async def _emit_fence(self, fence_id: str) -> int:
+        """Commit the fence on another connection, after the snapshot was taken; its LSN.
+
+        A transactional message: its commit flushes the WAL (a lone non-transactional message
+        in an idle database waits for the WAL writer), and it is decoded after every
+        transaction the snapshot sees.  ``synchronous_commit = local``: the stream only needs
+        the local flush, so the fence never waits for a synchronous standby.
+        """
+        content = orjson.dumps({"op": "snapshot_fence", "id": fence_id}).decode()
+        async with self.catalog.pool.acquire() as conn, conn.transaction():
+            await conn.execute("select pg_catalog.set_config('synchronous_commit', 'local', true)")
+            text = await conn.fetchval(
+                "select pg_catalog.pg_logical_emit_message(true, $1, $2)::text", MESSAGE_PREFIX, content
+            )
+        return int(Lsn.parse(str(text)))
+
     def _resume_point(self, req: SnapshotRequest) -> None:
         """A join asking for snapshots *and* resuming: the other bindings continue from the
         resume point when the replay log still covers it (the snapshot bindings need nothing
@@ -309,18 +334,26 @@ class Snapshots:
         )
 
     def _race_start(self, h0: int, racing: set[int]) -> int:
-        """Where the catch-up starts: ``h0``, or before it when a transaction the snapshot does
-        not see was already decoded (committed in the WAL and the commit log, still in the proc
-        array: e.g. waiting for a synchronous standby).  Rare; found by xid in the replay log."""
+        """Where the catch-up starts: ``h0``, or before it when the stream had already decoded a
+        transaction the snapshot does not see.  A transaction is decoded once its commit record
+        is flushed, but it becomes visible only when it leaves the proc array, which a
+        synchronous standby can delay for long: such a change lies before the join's position
+        yet belongs after the marker.  ``racing``: the xids the snapshot does not see that still
+        held their lock (in progress, or in that window; ``pg_xact_status`` says "in progress"
+        for both, so the log tells them apart: only a committed one was decoded).  The last
+        :data:`RACE_SCAN_LIMIT` changes before ``h0`` are searched, newest first."""
         if not racing:
             return h0
+        log_ = self.feed.log
+        entries, lo = log_._entries, log_._start  # read-only walk, newest first, no copy
+        i = bisect_right(entries, h0, lo=lo, key=lambda e: e[0]) - 1
         first = h0
-        for seq, _, _, raw in self.feed.log.after(-1, len(self.feed.log)):
-            if seq > h0:
-                break
+        stop = max(lo, i - RACE_SCAN_LIMIT)
+        while i >= stop:
+            seq, _, _, raw = entries[i]
             if xid_of_raw(raw) in racing:
-                first = min(first, seq - 1)
-                break
+                first = seq - 1
+            i -= 1
         return first
 
     async def _send_rows(

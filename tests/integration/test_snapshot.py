@@ -466,3 +466,58 @@ async def test_a_held_update_under_a_policy_evaluated_in_postgres_follows_the_ma
                 data["record"], id=target, title="updated!"
             )
             assert data["position"] > marker["payload"]["position"]
+
+
+# -- a transaction in the WAL before it is visible -------------------------------------------
+
+
+def _racer(dsn: str, done: threading.Event) -> None:
+    """Insert a row whose commit then waits for a synchronous standby that does not exist: it is
+    in the WAL (and decoded by the relay) but stays invisible to new snapshots until released."""
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "insert into alerts (branch_id, severity, kind, title) values (1, 'info', 'race', 'racer')"
+            )
+    finally:
+        done.set()
+
+
+async def test_a_transaction_decoded_before_it_is_visible_comes_after_the_marker() -> None:
+    """Synchronous replication holds a committed transaction out of new snapshots while logical
+    decoding already streams it.  A client joining with a snapshot then must get it after the
+    marker, although the stream had decoded it before the join: the snapshot decides by xid."""
+    from tests.support.clusters import own_cluster
+
+    with own_cluster() as cluster:
+        dsn = cluster.dsn()
+        async with running_relay(dsn) as relay:
+            ids = await asyncio.to_thread(_alerts, dsn, 3)
+            async with PhoenixClient.connect(relay) as live:
+                reply = await live.join("live", [{"event": "INSERT", "schema": "public", "table": "alerts"}])
+                assert reply["payload"]["status"] == "ok"
+                await asyncio.to_thread(_exec, dsn, "alter system set synchronous_standby_names = 'nobody'")
+                await asyncio.to_thread(_exec, dsn, "select pg_reload_conf()")
+                released = threading.Event()
+                racer = asyncio.create_task(asyncio.to_thread(_racer, dsn, released))
+                try:
+                    m = await live.recv_until(
+                        lambda m: (
+                            m["event"] == "postgres_changes"
+                            and m["payload"]["data"]["record"]["title"] == "racer"
+                        )
+                    )
+                    racer_id = m["payload"]["data"]["record"]["id"]
+                    assert not released.is_set()  # still waiting for the standby: not visible yet
+                    assert _exec(dsn, "select count(*) from alerts where id = %s", (racer_id,)) == [(0,)]
+                    async with PhoenixClient.connect(relay) as c:
+                        _, frames, ends = await _snapshot(c, "snap", [_binding()])
+                        assert sorted(r["record"]["id"] for r in _rows(frames)) == ids
+                        assert ends[0]["rows"] == 3
+                        after = await c.recv_until(lambda m: m["event"] == "postgres_changes")
+                        data = after["payload"]["data"]
+                        assert data["type"] == "INSERT" and data["record"]["id"] == racer_id
+                finally:
+                    await asyncio.to_thread(_exec, dsn, "alter system reset synchronous_standby_names")
+                    await asyncio.to_thread(_exec, dsn, "select pg_reload_conf()")
+                    await racer
