@@ -210,12 +210,16 @@ class Snapshots:
             await tx.start()
             try:
                 timeout_ms = str(max(1, round(self.config.snapshot_timeout * 1000)))
+                # Bounds: a statement (a slow scan, a lock); a client that stops reading (the
+                # transaction, idle meanwhile, holds back vacuum) is bounded by _paced.
                 await conn.execute(
                     "select pg_catalog.set_config('statement_timeout', $1, true), "
+                    "pg_catalog.set_config('idle_in_transaction_session_timeout', $2, true), "
                     "pg_catalog.set_config('TimeZone', 'UTC', true), "
                     "pg_catalog.set_config('DateStyle', 'ISO, YMD', true), "
                     "pg_catalog.set_config('IntervalStyle', 'postgres', true)",
                     timeout_ms,
+                    str(3 * int(timeout_ms)),  # a backstop: the relay's own bounds come first
                 )
                 row = await conn.fetchrow(_SNAPSHOT_SQL)
                 snap = PgSnapshot.parse(row["snap"])
@@ -242,10 +246,13 @@ class Snapshots:
             marked = False
             position = start
             try:
+                lost: tuple[Code, str] | None = None  # the connection died: later bindings fail too
                 for spec, bound in req.bindings:
                     if chan.closed or not chan.replaying:
                         return None, start
                     try:
+                        if lost is not None:
+                            raise _Failed(*lost)
                         async with conn.transaction():  # a savepoint: one binding's error is its own
                             rows = await self._send_rows(conn, chan, spec, bound, timestamp)
                     except _Failed as exc:
@@ -258,8 +265,8 @@ class Snapshots:
                         req.failed.add(spec.id)
                         code, message = _classify(exc)
                         self._error(chan, spec, code, message)
-                        if not isinstance(exc, asyncpg.PostgresError):
-                            raise
+                        if not _alive(conn) or not isinstance(exc, asyncpg.PostgresError):
+                            lost = (code, message)
                         continue
                     if chan.closed or not chan.replaying:
                         return None, start
@@ -280,7 +287,11 @@ class Snapshots:
                     )
                     chan.conn.flush()
             finally:
-                await tx.rollback()
+                if _alive(conn):
+                    try:
+                        await tx.rollback()
+                    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                        log.debug("ending the snapshot transaction failed", exc_info=True)
             return (snap if req.ok else None), start
         finally:
             self._fences.pop(fence_id, None)
@@ -403,8 +414,16 @@ class Snapshots:
                 chan.conn.deliver(cache, chan.topic, [spec.id])
                 sent += 1
                 if sent % limit == 0:  # paced by the socket: never more than its share queued
-                    await chan.conn.drain(limit)
-            await chan.conn.drain(limit)
+                    await self._paced(chan, limit)
+            await self._paced(chan, limit)
+
+    async def _paced(self, chan: Channel, limit: int) -> None:
+        """Wait until the socket has taken the rows queued so far, at most the snapshot timeout:
+        the snapshot's transaction is open meanwhile (and holds back vacuum)."""
+        try:
+            await asyncio.wait_for(chan.conn.drain(limit), self.config.snapshot_timeout)
+        except TimeoutError:
+            raise _Failed(Code.SNAPSHOT_TIMEOUT, _NOT_READ) from None
 
     async def _decide(
         self, chan: Channel, spec: BindingSpec, bound: BoundFilter | None, change: RowChange
@@ -542,10 +561,23 @@ def _wanted(chan: Channel, req: SnapshotRequest, change: RowChange) -> bool | No
     return found
 
 
+_NOT_READ = "snapshot timed out (RELAY_SNAPSHOT_TIMEOUT): the rows were not read in time"
+
+
+def _alive(conn: asyncpg.Connection) -> bool:
+    """Whether a pooled connection still works (the pool detaches one that died)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
 def _classify(exc: BaseException) -> tuple[Code, str]:
     """A failed snapshot statement as its code and a message for the client."""
     if isinstance(exc, asyncpg.QueryCanceledError):
         return Code.SNAPSHOT_TIMEOUT, "snapshot timed out (RELAY_SNAPSHOT_TIMEOUT): " + str(exc)
+    if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError):
+        return Code.SNAPSHOT_TIMEOUT, _NOT_READ
     if isinstance(exc, TimeoutError):
         return Code.SNAPSHOT_TIMEOUT, "snapshot timed out (RELAY_SNAPSHOT_TIMEOUT): no connection was free"
     return Code.SNAPSHOT_FAILED, _describe(exc)

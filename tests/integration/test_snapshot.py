@@ -521,3 +521,29 @@ async def test_a_transaction_decoded_before_it_is_visible_comes_after_the_marker
                     await asyncio.to_thread(_exec, dsn, "alter system reset synchronous_standby_names")
                     await asyncio.to_thread(_exec, dsn, "select pg_reload_conf()")
                     await racer
+
+
+async def test_a_client_that_stops_reading_loses_its_snapshot_not_its_channel(pg_dsn: str) -> None:
+    """The snapshot's transaction holds back vacuum while the rows are sent: a client that stops
+    reading for RELAY_SNAPSHOT_TIMEOUT ends it (snapshot_timeout); its channel stays joined."""
+    async with running_relay(pg_dsn, snapshot_timeout=1.0) as relay:
+        await asyncio.to_thread(
+            _exec,
+            pg_dsn,
+            "insert into alerts (branch_id, severity, kind, title, body) "
+            "select 1, 'info', 'k', 't' || g, repeat('x', 2000) from generate_series(1, 6000) g",
+        )
+        async with PhoenixClient.connect(relay) as c:
+            reply = await c.join("snap", [_binding()])
+            assert reply["payload"]["status"] == "ok"
+            await asyncio.sleep(4)  # not reading: the socket's buffers fill, the relay waits
+            end = await c.recv_until(lambda m: str(m["payload"].get("code", "")).startswith("snapshot_"), 60)
+            assert end["payload"]["status"] == "error" and end["payload"]["code"] == "snapshot_timeout", end
+            assert "not read in time" in end["payload"]["message"]
+            new = await asyncio.to_thread(_alerts, pg_dsn, 1)
+            # (a plain join's changes follow: those after its Subscribed position, then this one)
+            await c.recv_until(
+                lambda m: m["event"] == "postgres_changes" and m["payload"]["data"]["record"]["id"] == new[0],
+                30,
+            )
+        assert relay.server.snapshots.stats()["failed"] == 1
