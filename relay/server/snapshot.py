@@ -25,6 +25,7 @@ the rows; the catalog's small pool serves every join's table check and must not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from bisect import bisect_right
@@ -230,7 +231,9 @@ class Snapshots:
                 running = {int(x) for x in row["running"]}
                 racing = {x for x in running if not snap.visible(x)}
             except Exception as exc:
-                await tx.rollback()
+                if _alive(conn):
+                    with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                        await tx.rollback()
                 self.failed += 1
                 code, message = _classify(exc)
                 self.refuse_all(chan, [s for s, _ in req.bindings], code, message)
