@@ -547,3 +547,16 @@ async def test_a_client_that_stops_reading_loses_its_snapshot_not_its_channel(pg
                 30,
             )
         assert relay.server.snapshots.stats()["failed"] == 1
+
+
+async def test_without_the_replay_window_a_snapshot_is_refused_and_live_changes_flow(pg_dsn: str) -> None:
+    async with running_relay(pg_dsn, resume_window=0) as relay:
+        await asyncio.to_thread(_alerts, pg_dsn, 2)
+        async with PhoenixClient.connect(relay) as c:
+            reply, frames, ends = await _snapshot(c, "snap", [_binding()])
+            assert ends[0]["code"] == "snapshot_failed" and "RELAY_RESUME_WINDOW" in ends[0]["message"]
+            assert ends[0]["id"] == reply["payload"]["response"]["postgres_changes"][0]["id"]
+            assert _rows(frames) == []
+            new = await asyncio.to_thread(_alerts, pg_dsn, 1)
+            m = await c.recv_until(lambda m: m["event"] == "postgres_changes")
+            assert m["payload"]["data"]["record"]["id"] == new[0]
