@@ -41,6 +41,7 @@ from relay.core.relay_messages import (
     DatabaseBroadcast,
     PolicyChanged,
     RelayMessage,
+    SnapshotFence,
     TopicPolicyChanged,
 )
 from relay.core.stream import StreamIdentity
@@ -236,6 +237,8 @@ def message_header(msg: RelayMessage) -> dict[str, Any] | None:
         return {"op": "policy"}
     if type(msg) is TopicPolicyChanged:
         return {"op": "topic_policy", "xid": msg.xid}
+    if type(msg) is SnapshotFence:  # a node waits for its snapshot's fence in the log it reads
+        return {"op": "snapshot_fence", "id": msg.id}
     return None
 
 
@@ -249,6 +252,8 @@ def decode_message_header(m: dict[str, Any]) -> RelayMessage | None:
     if op == "topic_policy":
         xid = m.get("xid")
         return TopicPolicyChanged(xid if isinstance(xid, str) else None)
+    if op == "snapshot_fence" and isinstance(m.get("id"), str):
+        return SnapshotFence(m["id"])
     return None
 
 

@@ -355,3 +355,39 @@ async def test_resume_on_a_node_that_has_not_yet_read_the_position(
                 assert not [m for m in frames if m["payload"].get("code") == "resync_needed"], frames
                 rows = [m["payload"]["data"] for m in frames if m["event"] == "postgres_changes"]
                 assert _ids(rows) == missed
+
+
+async def test_snapshot_on_join_works_on_every_node(
+    pg_dsn: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A snapshot waits for its fence in the stream the node reads: on a follower that stream is
+    the change log, so the leader must carry the fence into it (it did not: every follower's
+    snapshot waited out RELAY_SNAPSHOT_TIMEOUT and fell back to a marker that may repeat)."""
+    await _migrate(pg_dsn)
+    before = await asyncio.to_thread(_alerts, pg_dsn, 4, 1)
+    await asyncio.to_thread(_alerts, pg_dsn, 2, 2)
+    async with (
+        cluster_node(pg_dsn, redis_server.url, "n1", snapshot_timeout=10.0) as a,
+        cluster_node(pg_dsn, redis_server.url, "n2", snapshot_timeout=10.0) as b,
+    ):
+        branch1 = token("authenticated", branch_id=1)
+        for relay in (a, b):
+            async with PhoenixClient.connect(relay, branch1) as c:
+                reply = await c.join("alerts", [{**ALERTS[0], "snapshot": True}])
+                assert reply["payload"]["status"] == "ok", reply
+                rows: list[int] = []
+                deadline = time.monotonic() + 20
+                while True:
+                    m = await c.recv(max(0.1, deadline - time.monotonic()))
+                    p = m["payload"]
+                    if m["event"] == "postgres_changes" and p["data"]["type"] == "SNAPSHOT":
+                        rows.append(int(p["data"]["record"]["id"]))
+                    elif m["event"] == "system" and p.get("code", "").startswith("snapshot_"):
+                        assert p["code"] == "snapshot_complete", (_role(relay), p)
+                        break
+                assert sorted(rows) == before, _role(relay)
+                later = await asyncio.to_thread(_alerts, pg_dsn, 1, 1)
+                assert _ids(await _changes(c, 1)) == later
+                before = before + later  # the next node's snapshot has it
+    late = [r.getMessage() for r in caplog.records if "did not reach the fence" in r.getMessage()]
+    assert not late

@@ -27,7 +27,7 @@ from relay.cluster.changelog import (
 from relay.cluster.follower import _id
 from relay.core.changes import Action, Column, Commit, Lsn, RowChange
 from relay.core.position import pack, seq_before
-from relay.core.relay_messages import DatabaseBroadcast, PolicyChanged, TopicPolicyChanged
+from relay.core.relay_messages import DatabaseBroadcast, PolicyChanged, SnapshotFence, TopicPolicyChanged
 from relay.core.stream import StreamIdentity
 from relay.postgres.replication import SlotInfo
 from tests.support.redis_server import RedisServer
@@ -67,6 +67,7 @@ def test_slot_and_messages_round_trip() -> None:
         DatabaseBroadcast({"op": "broadcast", "topic": "x"}, 42),
         PolicyChanged(),
         TopicPolicyChanged("9"),
+        SnapshotFence("0f1e"),
     ):
         h = message_header(msg)
         assert h is not None and decode_message_header(orjson.loads(orjson.dumps(h))) == msg
