@@ -332,6 +332,8 @@ class ReplicationStream:
         while True:
             batch: list[bytes] = []
             refilled = False
+            received = False
+            end_max = 0  # highest XLogData end in this batch: one Lsn and one clock read per batch
             while True:
                 try:
                     nbytes, data = get(1)
@@ -353,8 +355,7 @@ class ReplicationStream:
                         raise ReplicationError(f"replication connection lost: {exc}") from exc
                     continue
                 refilled = False
-                self._last_recv = time.monotonic()
-                self._asked_reply = False
+                received = True
                 if nbytes < 0:
                     self._drop_reader()
                     msg = pgconn.error_message.decode(errors="replace").strip()
@@ -362,18 +363,19 @@ class ReplicationStream:
                 kind = data[0]
                 if kind == 0x77:  # 'w' XLogData: header is start, end, clock (3 x int64)
                     end = int.from_bytes(data[9:17], "big")
-                    if end > self.received_lsn:
-                        self.received_lsn = Lsn(end)
+                    if end > end_max:
+                        end_max = end
                     batch.append(bytes(data[25:]))
                     if len(batch) >= limit:
                         break
                 elif kind == 0x6B:  # 'k' keepalive: wal end, clock, reply requested
                     wal_end, _, reply = _KEEPALIVE.unpack_from(data, 1)
-                    if wal_end > self.received_lsn:
-                        self.received_lsn = Lsn(wal_end)
+                    self._received(max(end_max, wal_end))  # a reply reports all we have read
                     if reply:
                         self._send_status(pgconn, reply=False)
                         self._on_ping(pgconn)
+            if received:
+                self._received(end_max)
             if batch:
                 yield batch
                 self._maybe_status(pgconn)
@@ -395,6 +397,13 @@ class ReplicationStream:
             except psycopg.Error as exc:
                 self._drop_reader()
                 raise ReplicationError(f"replication connection lost: {exc}") from exc
+
+    def _received(self, end: int) -> None:
+        """Something arrived (up to WAL position ``end``): the receive deadline starts over."""
+        self._last_recv = time.monotonic()
+        self._asked_reply = False
+        if end > self.received_lsn:
+            self.received_lsn = Lsn(end)
 
     def _check_alive(self, pgconn: pq.abc.PGconn) -> None:
         """Receive deadline: ask for a reply at half of it, give the stream up at all of it.
