@@ -93,8 +93,8 @@ def main() -> None:
         f"decode, pure path      : {pure / n * 1e6:7.2f} us/change  ({pure / base:.2f}x baseline; "
         f"typed / pure = {typed / pure:.2f}x)"
     )
-    full = best["full"]
-    print(f"decode + plan + frame  : {full / n * 1e6:7.2f} us/change  ({full / base:.2f}x baseline)")
+    framed = best["full"]
+    print(f"decode + plan + frame  : {framed / n * 1e6:7.2f} us/change  ({framed / base:.2f}x baseline)")
 
 
 if __name__ == "__main__":
