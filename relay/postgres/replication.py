@@ -76,6 +76,9 @@ RECEIVE_TIMEOUT = 30.0
 # change of a batch waits only milliseconds for the rest to be decoded; large enough that the
 # per-batch costs (the writes, the flush, the event-loop turn) vanish next to the per-change ones.
 BATCH_MESSAGES = 512
+# ... and at most about this many bytes of messages: 512 rows with large TOASTed values must not
+# become gigabytes held at once (the large-transaction memory aim is 300 MiB for the process).
+BATCH_BYTES = 4 * 1024 * 1024
 
 
 def with_connect_defaults(dsn: str) -> str:
@@ -210,10 +213,12 @@ class ReplicationStream:
         temporary: bool = False,
         receive_timeout: float | None = None,
         batch_messages: int = BATCH_MESSAGES,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
         self.batch_messages = batch_messages  # see BATCH_MESSAGES
+        self.batch_bytes = batch_bytes  # see BATCH_BYTES
         self.options = dict(options)
         self.start_lsn = start_lsn
         self.status_interval = status_interval
@@ -320,7 +325,8 @@ class ReplicationStream:
 
         Draining everything libpq has buffered per wake-up (rather than one message per
         iteration), and reading the socket again while a backlog keeps it full (up to
-        ``batch_messages``), is what keeps the per-batch overhead per change small.  Keepalives are
+        ``batch_messages`` or ``batch_bytes``), is what keeps the per-batch overhead per change
+        small.  Keepalives are
         answered here; the empty ticks let the caller run periodic work (publication polls,
         status updates) without a second task touching the connection.
         """
@@ -328,9 +334,10 @@ class ReplicationStream:
         pgconn = self._conn.pgconn
         loop = asyncio.get_running_loop()
         get = pgconn.get_copy_data
-        limit = self.batch_messages
+        limit, byte_limit = self.batch_messages, self.batch_bytes
         while True:
             batch: list[bytes] = []
+            size = 0
             refilled = False
             received = False
             end_max = 0  # highest XLogData end in this batch: one Lsn and one clock read per batch
@@ -342,9 +349,10 @@ class ReplicationStream:
                     raise ReplicationError(f"replication stream failed: {exc}") from exc
                 if nbytes == 0:
                     # libpq's buffer is empty: read the socket again (non-blocking) while a
-                    # backlog keeps it full; a batch ends at ``limit`` messages.  A batch is one
-                    # socket write per subscriber downstream, and one libpq buffer (16 KiB, ~7
-                    # wide rows) per batch made those writes cost more than the decoding.
+                    # backlog keeps it full; a batch ends at ``limit`` messages or ``byte_limit``
+                    # bytes.  A batch is one socket write per subscriber downstream, and one
+                    # libpq buffer (16 KiB, ~7 wide rows) per batch made those writes cost more
+                    # than the decoding.
                     if refilled or not batch:
                         break
                     refilled = True
@@ -366,7 +374,8 @@ class ReplicationStream:
                     if end > end_max:
                         end_max = end
                     batch.append(bytes(data[25:]))
-                    if len(batch) >= limit:
+                    size += nbytes
+                    if len(batch) >= limit or size >= byte_limit:
                         break
                 elif kind == 0x6B:  # 'k' keepalive: wal end, clock, reply requested
                     wal_end, _, reply = _KEEPALIVE.unpack_from(data, 1)
