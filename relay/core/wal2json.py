@@ -14,8 +14,10 @@ snapshot (visibility is decided by xid, not LSN).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -34,7 +36,15 @@ from relay.core.position import commit_of, index_of
 from relay.core.sqltypes.arrays import identity
 from relay.core.sqltypes.output import Converter, TypeRegistry, commit_timestamp, numeric_text
 
-__all__ = ["NUMBERS_AS_TEXT", "WAL2JSON_OPTIONS", "DecodeError", "Decoder", "wal2json_options"]
+__all__ = [
+    "NUMBERS_AS_TEXT",
+    "PURE_ENV",
+    "WAL2JSON_OPTIONS",
+    "DecodeError",
+    "Decoder",
+    "fast_available",
+    "wal2json_options",
+]
 
 WAL2JSON_OPTIONS: dict[str, str] = {
     "format-version": "2",
@@ -51,11 +61,74 @@ WAL2JSON_OPTIONS: dict[str, str] = {
 #: ``null`` and rejects the option; the pipeline then starts without it).
 NUMBERS_AS_TEXT = "numeric-data-types-as-string"
 
+#: Set to ``1`` to decode with the pure-Python path (orjson into dicts) even when msgspec is
+#: installed: the tests run both paths, and an operator can rule the fast path out.
+PURE_ENV = "RELAY_PURE_DECODER"
+
 _ACTIONS = {"I": Action.INSERT, "U": Action.UPDATE, "D": Action.DELETE}
 
 
 class DecodeError(ValueError):
     """A wal2json message the relay cannot interpret (a bug or an unsupported wal2json)."""
+
+
+# -- the typed fast path (msgspec) ------------------------------------------------------------
+#
+# Why: parsing every column of every row into a dict of four keys (orjson) and reading them back
+# was the largest single cost of the drain.  msgspec decodes the same JSON straight into the
+# structs below (no dict per column), validating the shape as it goes.  Anything the structs do
+# not describe exactly (a missing or mistyped field, a number the two parsers would read
+# differently, not JSON at all) falls back to the generic path, which stays the reference: same
+# values, same errors.  Numbers: both parsers round decimals correctly and read integers within
+# 64 bits exactly; past 64 bits orjson reads a float and msgspec an exact int, but wal2json prints
+# bare numbers only for int2/int4/int8/oid/float4/float8/numeric (domains and everything else are
+# quoted), so only numeric can be that long, and :func:`_exact_numerics` re-reads every numeric
+# longer than 15 characters from the text on both paths.  Without msgspec (it is a dependency,
+# but the relay must not need it) or with ``RELAY_PURE_DECODER=1`` only the generic path runs.
+try:
+    import msgspec
+except ImportError:  # pragma: no cover - exercised by running with RELAY_PURE_DECODER=1
+    msgspec = None  # type: ignore[assignment]
+
+_GENERIC: Any = object()  # "let the generic path decide": returned by the typed path
+_TypedDecode = Callable[[bytes | str], Any]
+_typed_decode: _TypedDecode | None = None
+_TYPED_ERRORS: tuple[type[BaseException], ...] = ()
+
+if msgspec is not None:
+    _UNSET: Any = msgspec.UNSET
+
+    class _Col(msgspec.Struct, gc=False):
+        name: str
+        type: str = ""
+        typeoid: int | None = None
+        value: Any = None
+
+    class _Pk(msgspec.Struct, gc=False):
+        name: str
+
+    class _Msg(msgspec.Struct, gc=False):
+        action: Any = None
+        schema: str | msgspec.UnsetType = msgspec.UNSET
+        table: str | msgspec.UnsetType = msgspec.UNSET
+        columns: list[_Col] | None = None
+        identity: list[_Col] | None = None
+        pk: list[_Pk] | None = None
+        lsn: str | msgspec.UnsetType = msgspec.UNSET
+        nextlsn: str | None = None
+        timestamp: str | msgspec.UnsetType = msgspec.UNSET
+        xid: int | None = None
+        prefix: Any = ""
+        content: Any = ""
+        transactional: Any = False
+
+    _typed_decode = msgspec.json.Decoder(_Msg).decode
+    _TYPED_ERRORS = (msgspec.DecodeError, ValueError)  # ValueError: invalid UTF-8
+
+
+def fast_available() -> bool:
+    """True when the typed (msgspec) path is installed and not switched off by ``RELAY_PURE_DECODER``."""
+    return _typed_decode is not None and os.environ.get(PURE_ENV, "") != "1"
 
 
 def wal2json_options(
@@ -93,9 +166,13 @@ def _esc(name: str) -> str:
 
 
 class Decoder:
-    """Stateful decoder: remembers the open transaction to number its changes."""
+    """Stateful decoder: remembers the open transaction to number its changes.
 
-    def __init__(self, types: TypeRegistry | None = None) -> None:
+    ``fast``: decode with the typed msgspec path (None: when :func:`fast_available`); the
+    generic path is used for whatever the typed one does not take, so the result is the same.
+    """
+
+    def __init__(self, types: TypeRegistry | None = None, fast: bool | None = None) -> None:
         self.types = types or TypeRegistry()
         self._commit_lsn = Lsn(0)
         self._timestamp = ""
@@ -105,9 +182,90 @@ class Decoder:
         self._end_text: str | None = None
         self._end_lsn = Lsn(0)
         self._ts_text = ""
+        if fast is None:
+            fast = fast_available()
+        self._typed = _typed_decode if fast else None
+
+    @property
+    def fast(self) -> bool:
+        """Whether this decoder uses the typed (msgspec) path."""
+        return self._typed is not None
 
     def decode(self, data: bytes | str) -> Begin | Commit | RowChange | Message | None:
         """Decode one message; returns None for messages the relay ignores (e.g. TRUNCATE)."""
+        typed = self._typed
+        if typed is not None:
+            try:
+                msg = typed(data)
+            except _TYPED_ERRORS:
+                pass  # not the shape the structs describe: the generic path decides (and says why)
+            else:
+                event = self._decode_typed(msg, data)
+                if event is not _GENERIC:
+                    return cast("Begin | Commit | RowChange | Message | None", event)
+        return self._decode_generic(data)
+
+    def _decode_typed(self, msg: Any, data: bytes | str) -> Any:
+        """The typed path: same events as :meth:`_decode_generic`, or ``_GENERIC`` to defer."""
+        action = msg.action
+        if action in ("I", "U", "D"):
+            raw = data if type(data) is bytes else (data.encode() if isinstance(data, str) else bytes(data))
+            schema, table = msg.schema, msg.table
+            if schema is _UNSET or table is _UNSET:
+                return _GENERIC  # the generic path raises the DecodeError naming the field
+            cols, ident = msg.columns, msg.identity
+            record: dict[str, Any] | None = None
+            old: dict[str, Any] | None = None
+            lay: _Layout | None = None
+            ilay: _Layout | None = None
+            errors: list[str] = []
+            if cols is not None:
+                lay = self._layout(schema, table, [c.name for c in cols], [c.typeoid for c in cols], cols)
+            if ident is not None:
+                ilay = self._layout(schema, table, [c.name for c in ident], [c.typeoid for c in ident], ident)
+            # Only a table with numeric columns can need the exact re-read: the layout knows, so
+            # other tables skip the scan of the message (~1.4 us a row).
+            if (
+                ((lay is not None and lay.numeric) or (ilay is not None and ilay.numeric))
+                and not self.types.numbers_as_text
+                and _long_numeric(raw)
+            ):
+                _exact_numerics((cols, ident), raw, _col_value, _set_col_value)
+            if cols is not None and lay is not None:
+                record = _values([c.value for c in cols], lay, errors)
+            if ident is not None and ilay is not None:
+                old = _values([c.value for c in ident], ilay, errors)
+                lay, record = _complete(lay, ilay, record, old)
+            pk = msg.pk
+            return self._change(
+                schema,
+                table,
+                _ACTIONS[action],
+                lay,
+                record,
+                old,
+                [p.name for p in pk] if pk else None,
+                raw,
+                errors,
+            )
+        if action == "B":
+            lsn = msg.lsn
+            ts = msg.timestamp
+            return self._begin(
+                None if lsn is _UNSET else lsn, msg.nextlsn, "" if ts is _UNSET else ts, msg.xid
+            )
+        if action == "C":
+            ts = msg.timestamp
+            return self._commit(msg.nextlsn, None if ts is _UNSET else ts)
+        if action == "M":
+            lsn = msg.lsn
+            return self._message(None if lsn is _UNSET else lsn, msg.prefix, msg.content, msg.transactional)
+        if action == "T":
+            return None
+        return _GENERIC
+
+    def _decode_generic(self, data: bytes | str) -> Begin | Commit | RowChange | Message | None:
+        """The reference path: orjson into dicts (``json`` with exact decimals if orjson refuses)."""
         try:
             msg = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -120,54 +278,69 @@ class Decoder:
         action = msg.get("action")
         if action in ("I", "U", "D"):
             raw = data.encode() if isinstance(data, str) else bytes(data)
-            if _NUMERIC_MARK in raw and not self.types.numbers_as_text:  # as text: already exact
-                _exact_numerics(msg, raw)
+            if not self.types.numbers_as_text and _long_numeric(raw):
+                # as text: already exact
+                _exact_numerics((msg.get("columns"), msg.get("identity")), raw, _dict_value, _set_dict_value)
             return self._row(msg, _ACTIONS[action], raw)
         if action == "B":
-            lsn = Lsn.parse(msg["lsn"]) if "lsn" in msg else Lsn(0)
-            nxt = msg.get("nextlsn")
-            end = Lsn.parse(nxt) if nxt else lsn
-            self._commit_lsn = lsn
-            self._end_text, self._end_lsn = nxt, end
-            self._ts_text = msg.get("timestamp", "")
-            self._timestamp = commit_timestamp(self._ts_text)
-            self._index = 0
-            self._xid = msg.get("xid")
-            return Begin(self._xid, lsn, end, self._timestamp)
+            return self._begin(
+                msg["lsn"] if "lsn" in msg else None,
+                msg.get("nextlsn"),
+                msg.get("timestamp", ""),
+                msg.get("xid"),
+            )
         if action == "C":
-            # B already carried the same lsn/nextlsn/timestamp: reuse what was parsed there
-            lsn = self._commit_lsn
-            nxt = msg.get("nextlsn")
-            end = self._end_lsn if nxt == self._end_text else (Lsn.parse(nxt) if nxt else lsn)
-            ts_text = msg.get("timestamp")
-            ts = self._timestamp if ts_text is None or ts_text == self._ts_text else commit_timestamp(ts_text)
-            return Commit(lsn, end, ts)
+            return self._commit(msg.get("nextlsn"), msg.get("timestamp"))
         if action == "M":
-            lsn = Lsn.parse(msg["lsn"]) if "lsn" in msg else Lsn(0)
-            return Message(
-                prefix=str(msg.get("prefix", "")),
-                content=str(msg.get("content", "")),
-                transactional=bool(msg.get("transactional", False)),
-                lsn=lsn,
+            return self._message(
+                msg["lsn"] if "lsn" in msg else None,
+                msg.get("prefix", ""),
+                msg.get("content", ""),
+                msg.get("transactional", False),
             )
         if action == "T":
             return None  # TRUNCATE: not a row event clients subscribe to
         raise DecodeError(f"unknown wal2json action {action!r}")
 
-    def _layout(self, schema: str, table: str, cols: list[dict[str, Any]]) -> _Layout:
+    def _begin(self, lsn_text: Any, nxt: Any, ts_text: Any, xid: Any) -> Begin:
+        lsn = Lsn.parse(lsn_text) if lsn_text is not None else Lsn(0)
+        end = Lsn.parse(nxt) if nxt else lsn
+        self._commit_lsn = lsn
+        self._end_text, self._end_lsn = nxt, end
+        self._ts_text = ts_text
+        self._timestamp = commit_timestamp(ts_text)
+        self._index = 0
+        self._xid = xid
+        return Begin(xid, lsn, end, self._timestamp)
+
+    def _commit(self, nxt: Any, ts_text: Any) -> Commit:
+        # B already carried the same lsn/nextlsn/timestamp: reuse what was parsed there
+        lsn = self._commit_lsn
+        end = self._end_lsn if nxt == self._end_text else (Lsn.parse(nxt) if nxt else lsn)
+        ts = self._timestamp if ts_text is None or ts_text == self._ts_text else commit_timestamp(ts_text)
+        return Commit(lsn, end, ts)
+
+    def _message(self, lsn_text: Any, prefix: Any, content: Any, transactional: Any) -> Message:
+        return Message(
+            prefix=str(prefix),
+            content=str(content),
+            transactional=bool(transactional),
+            lsn=Lsn.parse(lsn_text) if lsn_text is not None else Lsn(0),
+        )
+
+    def _layout(self, schema: str, table: str, names: list[str], oids: list[Any], cols: list[Any]) -> _Layout:
         """The cached column layout of a table for this message's column list.
 
         Resolving types and building :class:`Column` objects per column per row was most of the
         decoder's cost; a table's layout only changes with DDL, which the check below notices
         (names and type oids are compared on every row, in two C-level list comparisons).
         """
-        key = (schema, table, len(cols))
+        key = (schema, table, len(names))
         lay = self._layouts.get(key)
-        names = [c["name"] for c in cols]
-        oids = [c.get("typeoid") for c in cols]
         if lay is not None and lay.names == names and lay.oids == oids:
             return lay
-        resolved = [self.types.resolve(c.get("typeoid"), c.get("type", "")) for c in cols]
+        types = [c.get("type", "") if type(c) is dict else c.type for c in cols]
+        resolved = [self.types.resolve(o, t) for o, t in zip(oids, types, strict=True)]
         lay = _Layout(
             names,
             oids,
@@ -203,17 +376,31 @@ class Decoder:
         lay: _Layout | None = None
         errors: list[str] = []
         if cols_raw is not None:
-            lay = self._layout(schema, table, cols_raw)
-            record = _values(cols_raw, lay, errors)
+            names = [c["name"] for c in cols_raw]
+            lay = self._layout(schema, table, names, [c.get("typeoid") for c in cols_raw], cols_raw)
+            record = _values([c.get("value") for c in cols_raw], lay, errors)
         if ident_raw is not None:
-            ilay = self._layout(schema, table, ident_raw)
-            old = _values(ident_raw, ilay, errors)
-            if lay is None or len(ilay.names) > len(lay.names):
-                lay = ilay
-                if record is not None and old is not None:
-                    # wal2json leaves unchanged TOASTed values out of an UPDATE's new row; with
-                    # REPLICA IDENTITY FULL the old row has them, and unchanged means equal.
-                    record = {n: (record[n] if n in record else old[n]) for n in ilay.names}
+            inames = [c["name"] for c in ident_raw]
+            ilay = self._layout(schema, table, inames, [c.get("typeoid") for c in ident_raw], ident_raw)
+            old = _values([c.get("value") for c in ident_raw], ilay, errors)
+            lay, record = _complete(lay, ilay, record, old)
+        pk = msg.get("pk")
+        return self._change(
+            schema, table, action, lay, record, old, [p["name"] for p in pk] if pk else None, raw, errors
+        )
+
+    def _change(
+        self,
+        schema: str,
+        table: str,
+        action: Action,
+        lay: _Layout | None,
+        record: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+        pk_names: list[str] | None,
+        raw: bytes,
+        errors: list[str],
+    ) -> RowChange:
         if lay is None:
             raise DecodeError("row message without columns or identity")
         change = RowChange(
@@ -226,7 +413,7 @@ class Decoder:
             self._timestamp,
             self._commit_lsn,
             self._index,
-            lay.pk_of(msg.get("pk")),
+            lay.pk_of(pk_names),
             lay.column_types,
             raw,
             errors or None,
@@ -238,10 +425,23 @@ class Decoder:
         return change
 
 
+def _complete(
+    lay: _Layout | None, ilay: _Layout, record: dict[str, Any] | None, old: dict[str, Any] | None
+) -> tuple[_Layout, dict[str, Any] | None]:
+    """The row's layout and new row once the identity (old row) is known."""
+    if lay is None or len(ilay.names) > len(lay.names):
+        if record is not None and old is not None:
+            # wal2json leaves unchanged TOASTed values out of an UPDATE's new row; with
+            # REPLICA IDENTITY FULL the old row has them, and unchanged means equal.
+            record = {n: (record[n] if n in record else old[n]) for n in ilay.names}
+        return ilay, record
+    return lay, record
+
+
 class _Layout:
     """Per-table decoding plan: names, oids, shared Column tuple, types, converters."""
 
-    __slots__ = ("_pk", "_pk_names", "column_types", "columns", "convs", "names", "oids")
+    __slots__ = ("_pk", "_pk_names", "column_types", "columns", "convs", "names", "numeric", "oids")
 
     def __init__(
         self,
@@ -253,30 +453,30 @@ class _Layout:
     ) -> None:
         self.names = names
         self.oids = oids
+        self.numeric = 1700 in oids  # a numeric column: exact re-read of long values may apply
         self.columns = columns
         self.column_types = column_types
         self.convs = convs
         self._pk_names: list[str] | None = None
         self._pk: tuple[str, ...] = ()
 
-    def pk_of(self, pk: list[dict[str, Any]] | None) -> tuple[str, ...]:
+    def pk_of(self, names: list[str] | None) -> tuple[str, ...]:
         """The primary key column names, cached while the key stays the same."""
-        if not pk:
+        if not names:
             return ()
-        names = [p["name"] for p in pk]
         if names != self._pk_names:
             self._pk_names = names
             self._pk = tuple(names)
         return self._pk
 
 
-def _values(cols: list[dict[str, Any]], lay: _Layout, errors: list[str]) -> dict[str, Any]:
+def _values(values: list[Any], lay: _Layout, errors: list[str]) -> dict[str, Any]:
     """Column values keyed by name; only the columns whose type needs it are converted.
 
     A value whose conversion fails becomes ``None`` with a marker in ``errors``: one odd value
     must not stop the stream (the exception used to end replication, and the retry hit it again).
     """
-    out = dict(zip(lay.names, [c.get("value") for c in cols], strict=True))
+    out = dict(zip(lay.names, values, strict=True))
     for name, conv in lay.convs:
         v = out[name]
         if v is not None:
@@ -293,7 +493,46 @@ def _values(cols: list[dict[str, Any]], lay: _Layout, errors: list[str]) -> dict
 _NUMERIC_MARK = b'"typeoid":1700,"value":'
 
 
-def _exact_numerics(msg: dict[str, Any], raw: bytes) -> None:
+def _long_numeric(raw: bytes) -> bool:
+    """Whether a numeric value is printed with more than 15 characters (not as a quoted text).
+
+    Only then can a double have lost digits (:func:`_exact_numerics`).  ``bytes.find`` and a
+    16-byte look per numeric column: a regular expression over the whole row cost more than the
+    rest of the check (``re`` scans byte by byte).
+    """
+    find = raw.find
+    pos = find(_NUMERIC_MARK)
+    while pos >= 0:
+        start = pos + len(_NUMERIC_MARK)
+        head = raw[start : start + 16]
+        if len(head) == 16 and head[:1] != b'"' and b"," not in head and b"}" not in head:
+            return True
+        pos = find(_NUMERIC_MARK, start)
+    return False
+
+
+def _dict_value(c: Any) -> tuple[Any, Any]:
+    return c.get("typeoid"), c.get("value")
+
+
+def _set_dict_value(c: Any, v: Any) -> None:
+    c["value"] = v
+
+
+def _col_value(c: Any) -> tuple[Any, Any]:
+    return c.typeoid, c.value
+
+
+def _set_col_value(c: Any, v: Any) -> None:
+    c.value = v
+
+
+def _exact_numerics(
+    sides: tuple[Any, Any],
+    raw: bytes,
+    get: Callable[[Any], tuple[Any, Any]],
+    put: Callable[[Any, Any], None],
+) -> None:
     """Replace numeric values that a double cannot hold by their exact value from the text.
 
     wal2json 2.5 prints numerics bare (``"value":12.50``) and the JSON parser makes doubles of
@@ -301,7 +540,8 @@ def _exact_numerics(msg: dict[str, Any], raw: bytes) -> None:
     would silently change.  Texts of at most 15 characters are always exact as parsed; longer
     ones are re-read: integers become Python ints (unbounded), decimals stay floats only when
     the float prints back as the same value, otherwise they become ``Decimal``.  Numeric columns
-    appear in the text in the same order as in ``columns`` then ``identity``.
+    appear in the text in the same order as in ``columns`` then ``identity`` (``sides``; ``get``
+    and ``put`` read and write a column's type oid and value, dict or struct).
     """
     texts: list[bytes] = []
     find = raw.find
@@ -317,13 +557,14 @@ def _exact_numerics(msg: dict[str, Any], raw: bytes) -> None:
     if all(len(t) <= 15 for t in texts):
         return
     it = iter(texts)
-    for key in ("columns", "identity"):
-        for c in msg.get(key) or ():
-            if c.get("typeoid") != 1700:
+    for cols in sides:
+        for c in cols or ():
+            oid, value = get(c)
+            if oid != 1700:
                 continue
             text = next(it, b"null")
-            if len(text) > 15 and c.get("value") is not None and text[:1] != b'"':
-                c["value"] = _exact_number(text.decode())
+            if len(text) > 15 and value is not None and text[:1] != b'"':
+                put(c, _exact_number(text.decode()))
 
 
 def _exact_number(text: str) -> Any:

@@ -71,6 +71,15 @@ CONNECT_DEFAULTS: dict[str, str] = {
 }
 RECEIVE_TIMEOUT = 30.0
 
+# Messages read into one batch while a backlog keeps the socket full (a batch is handed to the
+# pipeline in one go and ends with one socket write per subscriber).  Small enough that the first
+# change of a batch waits only milliseconds for the rest to be decoded; large enough that the
+# per-batch costs (the writes, the flush, the event-loop turn) vanish next to the per-change ones.
+BATCH_MESSAGES = 512
+# ... and at most about this many bytes of messages: 512 rows with large TOASTed values must not
+# become gigabytes held at once (the large-transaction memory aim is 300 MiB for the process).
+BATCH_BYTES = 4 * 1024 * 1024
+
 
 def with_connect_defaults(dsn: str) -> str:
     """``dsn`` plus the CONNECT_DEFAULTS it does not set itself."""
@@ -203,9 +212,13 @@ class ReplicationStream:
         status_interval: float = 1.0,
         temporary: bool = False,
         receive_timeout: float | None = None,
+        batch_messages: int = BATCH_MESSAGES,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
+        self.batch_messages = batch_messages  # see BATCH_MESSAGES
+        self.batch_bytes = batch_bytes  # see BATCH_BYTES
         self.options = dict(options)
         self.start_lsn = start_lsn
         self.status_interval = status_interval
@@ -311,7 +324,9 @@ class ReplicationStream:
         """Yield the wal2json payloads available now, as a list; ``[]`` when idle a while.
 
         Draining everything libpq has buffered per wake-up (rather than one message per
-        iteration) is what keeps the read loop's overhead per change small.  Keepalives are
+        iteration), and reading the socket again while a backlog keeps it full (up to
+        ``batch_messages`` or ``batch_bytes``), is what keeps the per-batch overhead per change
+        small.  Keepalives are
         answered here; the empty ticks let the caller run periodic work (publication polls,
         status updates) without a second task touching the connection.
         """
@@ -319,8 +334,13 @@ class ReplicationStream:
         pgconn = self._conn.pgconn
         loop = asyncio.get_running_loop()
         get = pgconn.get_copy_data
+        limit, byte_limit = self.batch_messages, self.batch_bytes
         while True:
             batch: list[bytes] = []
+            size = 0
+            refilled = False
+            received = False
+            end_max = 0  # highest XLogData end in this batch: one Lsn and one clock read per batch
             while True:
                 try:
                     nbytes, data = get(1)
@@ -328,9 +348,22 @@ class ReplicationStream:
                     self._drop_reader()
                     raise ReplicationError(f"replication stream failed: {exc}") from exc
                 if nbytes == 0:
-                    break
-                self._last_recv = time.monotonic()
-                self._asked_reply = False
+                    # libpq's buffer is empty: read the socket again (non-blocking) while a
+                    # backlog keeps it full; a batch ends at ``limit`` messages or ``byte_limit``
+                    # bytes.  A batch is one socket write per subscriber downstream, and one
+                    # libpq buffer (16 KiB, ~7 wide rows) per batch made those writes cost more
+                    # than the decoding.
+                    if refilled or not batch:
+                        break
+                    refilled = True
+                    try:
+                        pgconn.consume_input()
+                    except psycopg.Error as exc:
+                        self._drop_reader()
+                        raise ReplicationError(f"replication connection lost: {exc}") from exc
+                    continue
+                refilled = False
+                received = True
                 if nbytes < 0:
                     self._drop_reader()
                     msg = pgconn.error_message.decode(errors="replace").strip()
@@ -338,16 +371,20 @@ class ReplicationStream:
                 kind = data[0]
                 if kind == 0x77:  # 'w' XLogData: header is start, end, clock (3 x int64)
                     end = int.from_bytes(data[9:17], "big")
-                    if end > self.received_lsn:
-                        self.received_lsn = Lsn(end)
+                    if end > end_max:
+                        end_max = end
                     batch.append(bytes(data[25:]))
+                    size += nbytes
+                    if len(batch) >= limit or size >= byte_limit:
+                        break
                 elif kind == 0x6B:  # 'k' keepalive: wal end, clock, reply requested
                     wal_end, _, reply = _KEEPALIVE.unpack_from(data, 1)
-                    if wal_end > self.received_lsn:
-                        self.received_lsn = Lsn(wal_end)
+                    self._received(max(end_max, wal_end))  # a reply reports all we have read
                     if reply:
                         self._send_status(pgconn, reply=False)
                         self._on_ping(pgconn)
+            if received:
+                self._received(end_max)
             if batch:
                 yield batch
                 self._maybe_status(pgconn)
@@ -369,6 +406,13 @@ class ReplicationStream:
             except psycopg.Error as exc:
                 self._drop_reader()
                 raise ReplicationError(f"replication connection lost: {exc}") from exc
+
+    def _received(self, end: int) -> None:
+        """Something arrived (up to WAL position ``end``): the receive deadline starts over."""
+        self._last_recv = time.monotonic()
+        self._asked_reply = False
+        if end > self.received_lsn:
+            self.received_lsn = Lsn(end)
 
     def _check_alive(self, pgconn: pq.abc.PGconn) -> None:
         """Receive deadline: ask for a reply at half of it, give the stream up at all of it.
