@@ -247,6 +247,7 @@ class Decoder:
                 [p.name for p in pk] if pk else None,
                 raw,
                 errors,
+                msg.xid,
             )
         if action == "B":
             lsn = msg.lsn
@@ -386,7 +387,16 @@ class Decoder:
             lay, record = _complete(lay, ilay, record, old)
         pk = msg.get("pk")
         return self._change(
-            schema, table, action, lay, record, old, [p["name"] for p in pk] if pk else None, raw, errors
+            schema,
+            table,
+            action,
+            lay,
+            record,
+            old,
+            [p["name"] for p in pk] if pk else None,
+            raw,
+            errors,
+            msg.get("xid"),
         )
 
     def _change(
@@ -400,6 +410,7 @@ class Decoder:
         pk_names: list[str] | None,
         raw: bytes,
         errors: list[str],
+        xid: Any,
     ) -> RowChange:
         if lay is None:
             raise DecodeError("row message without columns or identity")
@@ -418,9 +429,10 @@ class Decoder:
             raw,
             errors or None,
         )
-        xid = msg.get("xid")
         if type(xid) is int:
             change.xid = xid
+        elif self._xid is not None:  # the transaction's, from its begin message
+            change.xid = self._xid
         self._index += 1
         return change
 

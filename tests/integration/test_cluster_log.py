@@ -263,6 +263,8 @@ async def test_a_node_that_missed_trimmed_entries_tells_its_subscribers_to_resyn
             PhoenixClient.connect(a) as ca,
             PhoenixClient.connect(b) as cb,
         ):
+            # the stall below must stop the slow node's reading, not the leader's appends
+            assert _role(a) == "leader", (_role(a), _role(b))
             await _join(ca)
             await _join(cb)
             first = await asyncio.to_thread(_alerts, pg_dsn, 2)
