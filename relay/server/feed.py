@@ -220,6 +220,12 @@ class ChangeFeed:
         cache: FrameCache | None = None
         sent = 0
         variants = 0  # moved_in / moved_out / error deliveries, counted by kind below
+        # The plain frame of the last (topic, ids, vsn) seen: consecutive deliveries of a change
+        # mostly share it (one channel topic, one binding), and then every socket gets the same
+        # bytes object without a cache lookup per socket.
+        last_ids: list[int] | None = None
+        last_topic = last_vsn = ""
+        last_wire = b""
         for d in deliveries:
             chan = d.sub
             if seq <= chan.cursor or (chan.replaying and chan is not replay_for) or chan.closed:
@@ -252,7 +258,14 @@ class ChangeFeed:
                     change.table,
                     d.error.message,
                 )
-            chan.conn.deliver(cache.variant(d.kind, d.error, d.select), chan.topic, d.ids)
+            conn = chan.conn
+            if d.kind == CHANGE and d.select is None and conn.raw:
+                if d.ids != last_ids or chan.topic != last_topic or conn.vsn != last_vsn:
+                    last_ids, last_topic, last_vsn = d.ids, chan.topic, conn.vsn
+                    last_wire = cache.wire(last_topic, last_ids, last_vsn)
+                conn.push(last_wire)
+            else:
+                conn.deliver(cache.variant(d.kind, d.error, d.select), chan.topic, d.ids)
         self.frames_queued += sent
         if sent > variants:
             self.metrics.deliveries[_ACTION_KIND[change.action]] += sent - variants
