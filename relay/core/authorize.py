@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -35,6 +35,7 @@ __all__ = [
     "ASK_POSTGRES",
     "SERVICE_ROLE",
     "Authorizer",
+    "Claimant",
     "ClaimsKey",
     "ClaimsPlan",
     "Denied",
@@ -328,6 +329,16 @@ def _with_claims(
     return lambda row: fast(row, claims)
 
 
+class Claimant(Protocol):
+    """A subscriber as the verdicts see it: its claims and their canonical key."""
+
+    @property
+    def claims(self) -> Mapping[str, Any]: ...
+
+    @property
+    def claims_key(self) -> ClaimsKey: ...
+
+
 class VerdictMemo:
     """Verdicts for one change, keyed by (which row, claims content).
 
@@ -354,6 +365,30 @@ class VerdictMemo:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._auth.plan(self.schema, self.table, claims, key)
+        c = plan.constant
+        if c is not None and c is not ASK_POSTGRES:
+            if plan.counted:
+                self._auth.evaluations += 1
+            return c
+        mk = (which, key)
+        v = self._memo.get(mk)
+        if v is None:
+            if plan.counted:
+                self._auth.evaluations += 1
+            v = plan.evaluate(row)
+            self._memo[mk] = v
+        return v
+
+    def of(self, which: int, row: Mapping[str, Any], subscriber: Claimant) -> Verdict:
+        """:meth:`get` for a subscriber: its ``claims`` are read only to build a missing plan.
+
+        The fan-out's per-delivery call (the claims object itself is needed once per distinct
+        claims and table, its key every time).
+        """
+        key = subscriber.claims_key
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._auth.plan(self.schema, self.table, subscriber.claims, key)
         c = plan.constant
         if c is not None and c is not ASK_POSTGRES:
             if plan.counted:

@@ -311,13 +311,17 @@ class SubscriptionIndex(Generic[S]):
         out: list[tuple[S, list[int]]] = []
         if not per:
             return out
+        action = change.action.value
         for o in owners:
             bs = per.get(o)
             if bs is None:
                 continue
             if len(bs) == 1:
                 b = bs[0]
-                if b.matches(change):
+                if b.filter is None:  # Binding.matches inlined for the most common binding
+                    if b.event == "*" or b.event == action:
+                        out.append((o, [b.id]))
+                elif b.matches(change):
                     out.append((o, [b.id]))
                 continue
             ids: list[int] = []
@@ -367,10 +371,12 @@ class SubscriptionIndex(Generic[S]):
         action = change.action
         if action is not Action.UPDATE:
             which = 0 if action is Action.INSERT else 1
+            selecting = self._selecting.get((change.schema, change.table))
             for owner, ids in self.plan(change, owners):
                 v = decide(owner, which)
                 if v is True:
-                    deliveries.append(Delivery(owner, ids, CHANGE, None, self._select(change, owner, ids)))
+                    select = self._select(change, owner, ids) if selecting and owner in selecting else None
+                    deliveries.append(Delivery(owner, ids, CHANGE, None, select))
                 elif isinstance(v, Denied):
                     deliveries.append(Delivery(owner, ids, ERROR, v))
                 elif v is ASK_POSTGRES:

@@ -146,7 +146,7 @@ class ChangeFeed:
             row = change.record if which == 0 else change.old_record
             if row is None:
                 return False
-            return memo.get(which, row, chan.claims, chan.claims_key)
+            return memo.of(which, row, chan)
 
         return memo, decide
 

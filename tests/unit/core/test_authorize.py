@@ -157,6 +157,12 @@ def test_claims_key_holds_no_oversized_buffer() -> None:
     assert per_key < 512, f"{per_key:.0f} bytes held per claims key"
 
 
+class _Claimant:
+    def __init__(self, claims: dict[str, Any]) -> None:
+        self.claims = claims
+        self.claims_key = claims_key(claims)
+
+
 def test_claims_plans_equal_plain_evaluation_with_errors_and_slow_policies() -> None:
     """A claims plan gives the verdict of walking the policies, including which error is
     reported (the first in policy order) and ASK_POSTGRES when a slow policy applies."""
@@ -188,6 +194,7 @@ def test_claims_plans_equal_plain_evaluation_with_errors_and_slow_policies() -> 
                 plain = auth.verdict("public", "t", r, c)
                 assert auth.verdict("public", "t", r, c, claims_key(c)) == plain, (policies, c, r)
                 assert VerdictMemo(auth, "public", "t").get(0, r, c, claims_key(c)) == plain
+                assert VerdictMemo(auth, "public", "t").of(0, r, _Claimant(c)) == plain
 
 
 def test_row_independent_verdicts_are_plan_constants() -> None:
