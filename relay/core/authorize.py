@@ -92,23 +92,21 @@ class ClaimsPlan:
     ``constant`` is the verdict when it does not depend on the row (then ``terms`` is empty);
     otherwise ``terms`` are the applicable policies in order, each ``(predicate, policy name,
     error)``: a row predicate that may raise :class:`PolicyEvalError`, or (predicate None) the
-    error the claims themselves cause.  ``counted``: the verdict is a policy evaluation
-    (metrics), i.e. not the ``service_role`` bypass.
+    error the claims themselves cause.  Only verdicts with terms count as evaluations in the
+    relay's metric (``evaluations``): a constant is decided once per claims, not per row.
     """
 
-    __slots__ = ("ask", "constant", "counted", "terms")
+    __slots__ = ("ask", "constant", "terms")
 
     def __init__(
         self,
         constant: Verdict | None,
         terms: tuple[tuple[Callable[[Mapping[str, Any]], Any] | None, str, Denied | None], ...] = (),
         ask: bool = False,
-        counted: bool = True,
     ) -> None:
         self.constant = constant
         self.terms = terms
         self.ask = ask
-        self.counted = counted
 
     def evaluate(self, row: Mapping[str, Any]) -> Verdict:
         """The verdict for ``row``: exactly :meth:`Authorizer.verdict`'s, without its setup."""
@@ -133,7 +131,7 @@ class ClaimsPlan:
         return False
 
 
-_SERVICE_PLAN: Final = ClaimsPlan(True, counted=False)
+_SERVICE_PLAN: Final = ClaimsPlan(True)
 
 
 class Authorizer:
@@ -190,7 +188,7 @@ class Authorizer:
             plan = self.plans(schema, table).get(key)
             if plan is None:
                 plan = self.plan(schema, table, claims, key)
-            if plan.counted:
+            if plan.terms:
                 self.evaluations += 1
             return plan.evaluate(row)
         role = claims.get("role")
@@ -367,13 +365,11 @@ class VerdictMemo:
             plan = self._auth.plan(self.schema, self.table, claims, key)
         c = plan.constant
         if c is not None and c is not ASK_POSTGRES:
-            if plan.counted:
-                self._auth.evaluations += 1
             return c
         mk = (which, key)
         v = self._memo.get(mk)
         if v is None:
-            if plan.counted:
+            if plan.terms:
                 self._auth.evaluations += 1
             v = plan.evaluate(row)
             self._memo[mk] = v
@@ -391,13 +387,11 @@ class VerdictMemo:
             plan = self._auth.plan(self.schema, self.table, subscriber.claims, key)
         c = plan.constant
         if c is not None and c is not ASK_POSTGRES:
-            if plan.counted:
-                self._auth.evaluations += 1
             return c
         mk = (which, key)
         v = self._memo.get(mk)
         if v is None:
-            if plan.counted:
+            if plan.terms:
                 self._auth.evaluations += 1
             v = plan.evaluate(row)
             self._memo[mk] = v

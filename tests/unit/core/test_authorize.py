@@ -209,8 +209,12 @@ def test_row_independent_verdicts_are_plan_constants() -> None:
     assert auth.plan("public", "t", anon, claims_key(anon)).constant is False
     plan = auth.plan("public", "t", user, claims_key(user))
     assert plan.constant is None and len(plan.terms) == 2  # branch and owner; admin never TRUE
+    before = auth.evaluations
+    verdict(auth, row(9), admin)
+    assert auth.evaluations == before  # a constant is no row evaluation (the metric's unit)
     verdict(auth, row(), user)
     verdict(auth, row(3), user)
+    assert auth.evaluations == before + 2
     assert len(auth.plans("public", "t")) == 4
     auth.replace([BRANCH])  # new policies: new plans
     assert auth.plans("public", "t") == {}
