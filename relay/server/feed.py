@@ -244,28 +244,30 @@ class ChangeFeed:
                         self._change_audited = now
                     self.metrics.quota_hit(CHANGE_TOO_LARGE, "-", f"{change.schema}.{change.table}", audited)
             sent += 1
-            if d.kind != CHANGE:
-                variants += 1
-                self.metrics.deliveries[d.kind] += 1
-            if d.kind == ERROR and d.error is not None:
-                self.policy_errors += 1
-                log.warning(
-                    "%s: policy %s failed for a subscriber of %s on %s.%s: %s",
-                    d.error.code,
-                    d.error.policy,
-                    chan.topic,
-                    change.schema,
-                    change.table,
-                    d.error.message,
-                )
             conn = chan.conn
-            if d.kind == CHANGE and d.select is None and conn.raw:
-                if d.ids != last_ids or chan.topic != last_topic or conn.vsn != last_vsn:
-                    last_ids, last_topic, last_vsn = d.ids, chan.topic, conn.vsn
-                    last_wire = cache.wire(last_topic, last_ids, last_vsn)
-                conn.push(last_wire)
+            kind = d.kind
+            if kind == CHANGE:
+                if d.select is None and conn.raw:
+                    if d.ids != last_ids or chan.topic != last_topic or conn.vsn != last_vsn:
+                        last_ids, last_topic, last_vsn = d.ids, chan.topic, conn.vsn
+                        last_wire = cache.wire(last_topic, last_ids, last_vsn)
+                    conn.push(last_wire)
+                    continue
             else:
-                conn.deliver(cache.variant(d.kind, d.error, d.select), chan.topic, d.ids)
+                variants += 1
+                self.metrics.deliveries[kind] += 1
+                if kind == ERROR and d.error is not None:
+                    self.policy_errors += 1
+                    log.warning(
+                        "%s: policy %s failed for a subscriber of %s on %s.%s: %s",
+                        d.error.code,
+                        d.error.policy,
+                        chan.topic,
+                        change.schema,
+                        change.table,
+                        d.error.message,
+                    )
+            conn.deliver(cache.variant(kind, d.error, d.select), chan.topic, d.ids)
         self.frames_queued += sent
         if sent > variants:
             self.metrics.deliveries[_ACTION_KIND[change.action]] += sent - variants
