@@ -26,7 +26,7 @@ from typing import Any
 from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo, claims_key
 from relay.core.changes import Action, Column, Lsn, RowChange
 from relay.core.policies import Policy, compile_policy
-from relay.core.subscriptions import FrameCache, SubscriptionIndex, parse_bindings
+from relay.core.subscriptions import Decide, FrameCache, SubscriptionIndex, parse_bindings
 
 TYPES = {"id": "int8", "branch_id": "int4", "assignee_id": "uuid", "status": "text", "price": "numeric"}
 POLICIES = [
@@ -108,15 +108,16 @@ def route_all(ix: Indexes, batch: Iterable[RowChange], auth: Authorizer) -> int:
     index, ti = ix
     delivered = 0
     for change in batch:
-        memo = VerdictMemo(auth, change.schema, change.table)
+        try:  # as the feed asks
+            decide: Decide[Sub] = VerdictMemo(auth, change.schema, change.table, (change.record, None)).decide
+        except TypeError:  # a checkout before VerdictMemo.decide: the feed's closure then
+            memo = VerdictMemo(auth, change.schema, change.table)
 
-        def decide(s: Sub, which: int, change: RowChange = change, memo: VerdictMemo = memo) -> Verdict:
-            row = change.record if which == 0 else change.old_record
-            if row is None:
-                return False
-            if hasattr(memo, "of"):  # as the feed asks (older checkouts: get)
-                return memo.of(which, row, s)
-            return memo.get(which, row, s.claims, s.claims_key)
+            def decide(s: Sub, which: int, change: RowChange = change, memo: VerdictMemo = memo) -> Verdict:
+                row = change.record if which == 0 else change.old_record
+                if row is None:
+                    return False
+                return memo.get(which, row, s.claims, s.claims_key)
 
         owners: set[Sub] = set()
         assert change.record is not None

@@ -344,12 +344,19 @@ class VerdictMemo:
     one evaluation.  Lives exactly as long as the change's fan-out.
     """
 
-    __slots__ = ("_auth", "_memo", "_plans", "schema", "table")
+    __slots__ = ("_auth", "_memo", "_plans", "rows", "schema", "table")
 
-    def __init__(self, auth: Authorizer, schema: str, table: str) -> None:
+    def __init__(
+        self,
+        auth: Authorizer,
+        schema: str,
+        table: str,
+        rows: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None] = (None, None),
+    ) -> None:
         self._auth = auth
         self.schema = schema
         self.table = table
+        self.rows = rows  # the change's (new row, old row), for decide()
         self._memo: dict[tuple[int, ClaimsKey], Verdict] = {}
         self._plans = auth.plans(schema, table)
 
@@ -375,12 +382,16 @@ class VerdictMemo:
             self._memo[mk] = v
         return v
 
-    def of(self, which: int, row: Mapping[str, Any], subscriber: Claimant) -> Verdict:
-        """:meth:`get` for a subscriber: its ``claims`` are read only to build a missing plan.
+    def decide(self, subscriber: Claimant, which: int) -> Verdict:
+        """The fan-out's ``Decide``: the verdict of this change's new (0) or old (1) row.
 
-        The fan-out's per-delivery call (the claims object itself is needed once per distinct
-        claims and table, its key every time).
+        One call per delivery, so it is :meth:`get` inlined rather than a wrapper around it, and
+        the subscriber's ``claims`` are read only to build a missing plan (the claims object is
+        needed once per distinct claims and table, its key every time).
         """
+        row = self.rows[which]
+        if row is None:
+            return False
         key = subscriber.claims_key
         plan = self._plans.get(key)
         if plan is None:

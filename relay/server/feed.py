@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from relay.config import Config
-from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
+from relay.core.authorize import Authorizer, TableIndex, VerdictMemo
 from relay.core.changes import Action, Commit, Lsn, RowChange, format_position, seq_before
 from relay.core.errors import Code
 from relay.core.filters import BoundFilter
@@ -140,15 +140,8 @@ class ChangeFeed:
 
     def _decider(self, change: RowChange) -> tuple[VerdictMemo, Decide[Channel]]:
         """The verdict function route() asks, memoized per distinct claims for this change."""
-        memo = VerdictMemo(self.authorizer, change.schema, change.table)
-
-        def decide(chan: Channel, which: int) -> Verdict:
-            row = change.record if which == 0 else change.old_record
-            if row is None:
-                return False
-            return memo.of(which, row, chan)
-
-        return memo, decide
+        memo = VerdictMemo(self.authorizer, change.schema, change.table, (change.record, change.old_record))
+        return memo, memo.decide
 
     async def _dispatch_slow(
         self,

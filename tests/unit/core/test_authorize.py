@@ -194,7 +194,8 @@ def test_claims_plans_equal_plain_evaluation_with_errors_and_slow_policies() -> 
                 plain = auth.verdict("public", "t", r, c)
                 assert auth.verdict("public", "t", r, c, claims_key(c)) == plain, (policies, c, r)
                 assert VerdictMemo(auth, "public", "t").get(0, r, c, claims_key(c)) == plain
-                assert VerdictMemo(auth, "public", "t").of(0, r, _Claimant(c)) == plain
+                assert VerdictMemo(auth, "public", "t", (r, None)).decide(_Claimant(c), 0) == plain
+                assert VerdictMemo(auth, "public", "t", (None, r)).decide(_Claimant(c), 1) == plain
 
 
 def test_row_independent_verdicts_are_plan_constants() -> None:
