@@ -270,6 +270,7 @@ async def phase(
         rows = await loop.run_in_executor(None, backlog)
         expected = sum(who.sees(b, a) for b, a in rows) if who is not None else len(rows) * len(tokens)
         changes0, frames0 = relay.pipeline.stats.changes, relay.server.frames_queued
+        flushes0 = getattr(relay.server.outbox, "flushes", 0)  # (a checkout without the counter: 0)
         blocker.close()
         while not relay.pipeline.stats.streaming:  # the relay's retry finds the slot free
             await asyncio.sleep(0.001)
@@ -294,6 +295,7 @@ async def phase(
         relay_cpu = time.process_time() - relay_cpu0
         relay_wait = (run_wait_seconds() or 0.0) - wait0
         client_cpu = [c[2] for c in counts]
+        flushes = getattr(relay.server.outbox, "flushes", 0) - flushes0
         await ask("stop")
         if got == 0 or got != expected:
             raise SystemExit(
@@ -304,6 +306,17 @@ async def phase(
             f"      CPU over the drain: relay {relay_cpu / elapsed:.0%} of a core; {procs} client "
             f"process(es) {sum(client_cpu) / elapsed:.0%} in total, busiest {max(client_cpu) / elapsed:.0%} "
             f"of a core; relay waited {relay_wait / elapsed:.0%} of the time for a CPU (run queue)"
+        )
+        # per delivery: less sensitive to the machine's load than the rate (the relay and the
+        # clients share two cores with everything else running)
+        writes = (
+            f"; {flushes / len(rows):.1f} socket writes per change ({got / flushes:.1f} frames per write)"
+            if flushes
+            else ""
+        )
+        print(
+            f"      per delivery: relay {relay_cpu / got * 1e6:.1f} us CPU, clients "
+            f"{sum(client_cpu) / got * 1e6:.1f} us CPU{writes}"
         )
         return elapsed, len(rows), got
     finally:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from relay.config import Config
-from relay.core.authorize import Authorizer, TableIndex, Verdict, VerdictMemo
+from relay.core.authorize import Authorizer, TableIndex, VerdictMemo
 from relay.core.changes import Action, Commit, Lsn, RowChange, format_position, seq_before
 from relay.core.errors import Code
 from relay.core.filters import BoundFilter
@@ -143,15 +143,8 @@ class ChangeFeed:
 
     def _decider(self, change: RowChange) -> tuple[VerdictMemo, Decide[Channel]]:
         """The verdict function route() asks, memoized per distinct claims for this change."""
-        memo = VerdictMemo(self.authorizer, change.schema, change.table)
-
-        def decide(chan: Channel, which: int) -> Verdict:
-            row = change.record if which == 0 else change.old_record
-            if row is None:
-                return False
-            return memo.get(which, row, chan.claims, chan.claims_key)
-
-        return memo, decide
+        memo = VerdictMemo(self.authorizer, change.schema, change.table, (change.record, change.old_record))
+        return memo, memo.decide
 
     async def _dispatch_slow(
         self,
@@ -223,6 +216,12 @@ class ChangeFeed:
         cache: FrameCache | None = None
         sent = 0
         variants = 0  # moved_in / moved_out / error deliveries, counted by kind below
+        # The plain frame of the last (topic, ids, vsn) seen: consecutive deliveries of a change
+        # mostly share it (one channel topic, one binding), and then every socket gets the same
+        # bytes object without a cache lookup per socket.
+        last_ids: list[int] | None = None
+        last_topic = last_vsn = ""
+        last_wire = b""
         for d in deliveries:
             chan = d.sub
             if seq <= chan.cursor or (chan.replaying and chan is not replay_for) or chan.closed:
@@ -241,21 +240,30 @@ class ChangeFeed:
                         self._change_audited = now
                     self.metrics.quota_hit(CHANGE_TOO_LARGE, "-", f"{change.schema}.{change.table}", audited)
             sent += 1
-            if d.kind != CHANGE:
+            conn = chan.conn
+            kind = d.kind
+            if kind == CHANGE:
+                if d.select is None and conn.raw:
+                    if d.ids != last_ids or chan.topic != last_topic or conn.vsn != last_vsn:
+                        last_ids, last_topic, last_vsn = d.ids, chan.topic, conn.vsn
+                        last_wire = cache.wire(last_topic, last_ids, last_vsn)
+                    conn.push(last_wire)
+                    continue
+            else:
                 variants += 1
-                self.metrics.deliveries[d.kind] += 1
-            if d.kind == ERROR and d.error is not None:
-                self.policy_errors += 1
-                log.warning(
-                    "%s: policy %s failed for a subscriber of %s on %s.%s: %s",
-                    d.error.code,
-                    d.error.policy,
-                    chan.topic,
-                    change.schema,
-                    change.table,
-                    d.error.message,
-                )
-            chan.conn.deliver(cache.variant(d.kind, d.error, d.select), chan.topic, d.ids)
+                self.metrics.deliveries[kind] += 1
+                if kind == ERROR and d.error is not None:
+                    self.policy_errors += 1
+                    log.warning(
+                        "%s: policy %s failed for a subscriber of %s on %s.%s: %s",
+                        d.error.code,
+                        d.error.policy,
+                        chan.topic,
+                        change.schema,
+                        change.table,
+                        d.error.message,
+                    )
+            conn.deliver(cache.variant(kind, d.error, d.select), chan.topic, d.ids)
         self.frames_queued += sent
         if sent > variants:
             self.metrics.deliveries[_ACTION_KIND[change.action]] += sent - variants

@@ -32,10 +32,13 @@ class Flushable(Protocol):
 class Outbox:
     """The set of sockets with queued, unwritten frames."""
 
-    __slots__ = ("dirty",)
+    __slots__ = ("dirty", "flushes")
 
     def __init__(self) -> None:
         self.dirty: set[Flushable] = set()
+        # sockets flushed, summed over batches (≈ transport writes): the fan-out bench divides
+        # it by the changes to see how well batching amortises the per-socket write
+        self.flushes = 0
 
     def mark(self, conn: Flushable) -> None:
         """``conn`` has frames queued by this batch."""
@@ -44,6 +47,7 @@ class Outbox:
     def flush(self) -> None:
         """End of a batch: one write per touched socket."""
         dirty, self.dirty = self.dirty, set()
+        self.flushes += len(dirty)
         for conn in dirty:
             conn.flush()
 

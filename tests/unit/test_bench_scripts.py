@@ -25,6 +25,7 @@ SCRIPTS = [
     "pyspy_top.py",
     "failover.py",
     "snapshot.py",
+    "fanout_route.py",
 ]
 
 

@@ -155,3 +155,80 @@ def test_claims_key_holds_no_oversized_buffer() -> None:
         tracemalloc.stop()
     assert keys[0] == claims_key(dict(reversed(list(claims[0].items()))))  # canonical: key order
     assert per_key < 512, f"{per_key:.0f} bytes held per claims key"
+
+
+class _Claimant:
+    def __init__(self, claims: dict[str, Any]) -> None:
+        self.claims = claims
+        self.claims_key = claims_key(claims)
+
+
+def test_claims_plans_equal_plain_evaluation_with_errors_and_slow_policies() -> None:
+    """A claims plan gives the verdict of walking the policies, including which error is
+    reported (the first in policy order) and ASK_POSTGRES when a slow policy applies."""
+    import itertools
+
+    bad_b = pol("bad_b", "branch_id = (claims->>'b')::int")  # errors when b does not cast
+    orders = [
+        [bad_b, BRANCH, OWNER, ADMIN],
+        [BRANCH, bad_b, SLOW, OWNER],
+        [ADMIN, SLOW, bad_b],
+        [pol("anon_only", "branch_id = 1", roles=("anon",)), OWNER],
+    ]
+    claims_set = [
+        {"role": "authenticated", "branch_id": 1, "b": "x"},
+        {"role": "authenticated", "branch_id": "abc", "b": "y"},  # two errors: the first wins
+        {"role": "authenticated", "branch_id": "abc", "b": "2"},
+        {"role": "authenticated", "sub": U1, "b": "nope"},
+        {"role": "authenticated", "sub": "not-a-uuid"},
+        {"role": "authenticated", "user_role": "admin", "branch_id": "abc"},
+        {"role": "anon"},
+        {"role": "service_role"},
+        {},
+    ]
+    rows = [row(1), row(2, U1), row(2, None, "x"), {"id": 1}]
+    for policies in orders:
+        auth = Authorizer(policies)
+        for _ in range(2):  # second round: plans from the cache
+            for c, r in itertools.product(claims_set, rows):
+                plain = auth.verdict("public", "t", r, c)
+                assert auth.verdict("public", "t", r, c, claims_key(c)) == plain, (policies, c, r)
+                assert VerdictMemo(auth, "public", "t").get(0, r, c, claims_key(c)) == plain
+                assert VerdictMemo(auth, "public", "t", (r, None)).decide(_Claimant(c), 0) == plain
+                assert VerdictMemo(auth, "public", "t", (None, r)).decide(_Claimant(c), 1) == plain
+
+
+def test_row_independent_verdicts_are_plan_constants() -> None:
+    """One plan per distinct claims and table; a role grant, service_role and 'no applicable
+    policy' need no row work at all (most of the fan-out's verdicts in bench/authz.py)."""
+    auth = Authorizer([BRANCH, OWNER, ADMIN])
+    admin = {"role": "authenticated", "user_role": "admin", "sub": U1}
+    user = {"role": "authenticated", "sub": U1, "branch_id": 1}
+    anon = {"role": "anon"}
+    assert auth.plan("public", "t", admin, claims_key(admin)).constant is True
+    assert auth.plan("public", "t", {"role": "service_role"}, b"svc").constant is True
+    assert auth.plan("public", "t", anon, claims_key(anon)).constant is False
+    plan = auth.plan("public", "t", user, claims_key(user))
+    assert plan.constant is None and len(plan.terms) == 2  # branch and owner; admin never TRUE
+    before = auth.evaluations
+    verdict(auth, row(9), admin)
+    assert auth.evaluations == before  # a constant is no row evaluation (the metric's unit)
+    verdict(auth, row(), user)
+    verdict(auth, row(3), user)
+    assert auth.evaluations == before + 2
+    assert len(auth.plans("public", "t")) == 4
+    auth.replace([BRANCH])  # new policies: new plans
+    assert auth.plans("public", "t") == {}
+    assert verdict(auth, row(9), admin) is False
+
+
+def test_memo_answer_from_postgres_overrides_ask() -> None:
+    """The slow path records Postgres' verdict in the memo: a plan that says ASK_POSTGRES
+    must not hide it."""
+    auth = Authorizer([SLOW])
+    claims = {"role": "authenticated"}
+    memo = VerdictMemo(auth, "public", "t")
+    assert memo.get(0, row(), claims, claims_key(claims)) is ASK_POSTGRES
+    memo.set(0, claims_key(claims), True)
+    assert memo.get(0, row(), claims, claims_key(claims)) is True
+    assert memo.get(1, row(), claims, claims_key(claims)) is ASK_POSTGRES  # the other row

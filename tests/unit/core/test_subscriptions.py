@@ -704,3 +704,69 @@ class TestSelect:
         assert cache.variant(CHANGE, None, None) is cache
         assert cache.variant(CHANGE, None, ("v",)) is cache.variant(CHANGE, None, ("v",))
         assert cache.variant(CHANGE, None, ("v",)) is not cache
+
+
+# -- plan for the authorization index's owners ----------------------------------------------------
+_ENTRY = st.fixed_dictionaries(
+    {
+        "event": st.sampled_from(["*", "INSERT", "UPDATE", "DELETE"]),
+        "table": st.sampled_from(["t", "t", "other", "*"]),
+        "filter": st.sampled_from([None, "id=gt.2", "id=eq.3", "id=lt.3"]),
+    }
+)
+
+
+@given(
+    subs=st.lists(st.lists(_ENTRY, min_size=1, max_size=3), min_size=1, max_size=6),
+    chosen=st.sets(st.integers(0, 5)),
+    action=st.sampled_from(list(Action)),
+    new_id=st.integers(1, 5),
+    old_id=st.integers(1, 5),
+    removed=st.sets(st.integers(0, 5)),
+)
+def test_plan_for_given_owners_is_the_full_plan_restricted_to_them(
+    subs: list[list[dict[str, Any]]],
+    chosen: set[int],
+    action: Action,
+    new_id: int,
+    old_id: int,
+    removed: set[int],
+) -> None:
+    """The fan-out passes the authorization index's candidates as ``owners``: they restrict the
+    table's bindings, schema-wide ones are always checked.  Per owner the binding ids must be
+    exactly the matching ones (duplicates, events, filters, owners removed since)."""
+    idx = new_index()
+    owners = [FakeSub(f"realtime:{i}") for i in range(len(subs))]
+    for owner, entries in zip(owners, subs, strict=True):
+        for e in entries:
+            entry = {k: v for k, v in e.items() if v is not None}
+            if entry["table"] == "*":
+                entry.pop("filter", None)  # a filter needs a table
+            add(idx, owner, entry)
+    for i in removed:
+        if i < len(owners):
+            idx.remove_owner(owners[i])
+    ch = change(action, record={"id": new_id, "v": "x"}, old={"id": old_id, "v": "y"})
+    given_owners = [owners[i] for i in chosen if i < len(owners)]
+    len(idx)  # drops the removed owners' bindings from the lists read below
+    expected: dict[int, set[int]] = {}
+    table_bindings = [b for b in idx.by_table.get(("public", "t"), ()) if b.owner in given_owners]
+    for b in table_bindings + idx.by_schema.get("public", []):
+        if b.matches(ch):
+            expected.setdefault(id(b.owner), set()).add(b.id)
+    got = idx.plan(ch, given_owners)
+    assert {id(o): set(ids) for o, ids in got} == expected
+    assert all(len(ids) == len(set(ids)) for _, ids in got)  # one id once per frame
+
+
+def test_select_follows_the_owner_out_and_back_in() -> None:
+    """Owners without a ``select`` binding get the whole row without their bindings being read;
+    an owner that leaves and comes back without one is no longer cut."""
+    idx, sub = new_index(), FakeSub()
+    add(idx, sub, {"event": "*", "table": "t", "select": ["v"]})
+    (data,) = _frame_data(idx, _wide(Action.INSERT))
+    assert data["record"] == {"id": 1, "v": "new"}
+    idx.remove_owner(sub)
+    add(idx, sub, {"event": "*", "table": "t"})
+    (data,) = _frame_data(idx, _wide(Action.INSERT))
+    assert data["record"] == {"id": 1, "v": "new", "secret": "s2", "n": 5}
