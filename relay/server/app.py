@@ -281,7 +281,6 @@ class RelayServer:
         conn = Connection(self.services, ws, vsn, claims, peer, request, token_hash=hash(token))
         self.connections.add(conn)
         self.metrics.connections_opened += 1
-        sender = asyncio.create_task(conn.sender())
         close_message = b""
         reason = "error"  # why it ended, for relay_connections_closed_total (CLOSE_REASONS)
         bind_context(socket=f"{id(conn):x}")
@@ -314,8 +313,7 @@ class RelayServer:
             conn.teardown()
             self.connections.discard(conn)
             self.conn_counts.remove(sub_key, peer)
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await conn.stop_sender()
             if not ws.closed:
                 await ws.close(code=1000, message=close_message)
         return ws
