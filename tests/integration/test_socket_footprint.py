@@ -53,15 +53,17 @@ def _connections(relay: Any) -> list[Connection]:
 
 
 async def test_an_idle_joined_socket_has_no_task_of_its_own_and_its_join_was_one_write(pg_dsn: str) -> None:
-    """Only aiohttp's tasks run per socket (the connection's and the request's); the join reply
-    and the ``system`` message left in one transport write (the upgrade response is aiohttp's)."""
+    """Only aiohttp's tasks run per socket (the connection's and the request's), the heartbeat
+    timeout is one sweep for all; the join reply and the ``system`` message left in one
+    transport write (the upgrade response is aiohttp's)."""
     n = 12
     async with running_relay(pg_dsn) as relay, contextlib.AsyncExitStack() as stack:
         await asyncio.sleep(0.2)  # the relay's own background tasks have started
         before = set(asyncio.all_tasks())
         await _joined(relay, stack, n)
         new = sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks() - before)  # type: ignore[union-attr]
-        assert new == sorted(["RequestHandler.start", "RequestHandler._handle_request"] * n), new
+        shared = ["SilenceWatch._sweep"]  # one heartbeat-timeout sweep for all sockets
+        assert new == sorted(["RequestHandler.start", "RequestHandler._handle_request"] * n + shared), new
         conns = _connections(relay)
         assert len(conns) == n and all(c.raw and c._sender is None for c in conns)
         assert [c.writes for c in conns] == [1] * n  # reply + system message, one write
