@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -144,7 +145,14 @@ class Verifier:
         nbf = claims.get("nbf")
         if nbf is not None and nbf - self.leeway > now:
             raise TokenError("InvalidJWTToken", "Token is not yet valid (nbf)")
-        return dict(claims)
+        # A copy, with the claim names (and the role) interned: every socket keeps its claims
+        # for its lifetime, and the JSON decoder makes new strings for "role", "exp", "sub"...
+        # on every token (≈ 0.25 KiB per idle socket, issue 16).
+        out = {sys.intern(k) if type(k) is str else k: v for k, v in claims.items()}
+        role = out["role"]
+        if type(role) is str:
+            out["role"] = sys.intern(role)
+        return out
 
 
 _TIME_CLAIMS = ("exp", "nbf", "iat")

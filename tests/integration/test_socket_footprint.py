@@ -15,6 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from relay.config import Config
+from relay.postgres.catalog import Catalog
+from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from relay.server.connection import Connection
 from tests.support.relay import PhoenixClient, running_relay, token
 
@@ -92,3 +95,46 @@ async def test_sockets_without_prebuilt_frames_still_get_every_change_in_order(p
         (later,) = await asyncio.to_thread(_insert_bookings, pg_dsn, 1)
         m = await c.recv_until(lambda m: m["event"] == "postgres_changes")
         assert m["payload"]["data"]["record"]["id"] == later
+
+
+class _CountingCatalog(Catalog):
+    """The real catalog, counting the queries it sends (to see joins share them)."""
+
+    def __init__(self, dsn: str, ttl: float) -> None:
+        super().__init__(dsn, ttl=ttl)
+        self.fetches = 0
+
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        self.fetches += 1
+        return await super()._fetch(query, *args)
+
+
+async def test_a_burst_of_joins_to_one_table_costs_one_catalog_query_even_when_the_entry_expired(
+    pg_dsn: str,
+) -> None:
+    await asyncio.to_thread(apply_migrations, pg_dsn)
+    await asyncio.to_thread(apply_demo_schema, pg_dsn)
+    publication = Config(database_url=pg_dsn, jwt_secret="s" * 32).publication
+    catalog = _CountingCatalog(pg_dsn, ttl=0.3)
+    await catalog.open()
+    try:
+        for burst in range(2):  # the first fills the cache, the second finds it expired
+            shapes = await asyncio.gather(
+                *(catalog.published_table(publication, "public", "bookings") for _ in range(20))
+            )
+            assert catalog.fetches == burst + 1
+            first = shapes[0]
+            assert first is not None and "id" in first.columns and all(s == first for s in shapes)
+            await asyncio.sleep(0.35)
+        # a join that goes away while waiting does not take the answer from the others
+        waiters = [
+            asyncio.create_task(catalog.published_table(publication, "public", "bookings")) for _ in range(3)
+        ]
+        await asyncio.sleep(0)
+        waiters[0].cancel()
+        done = await asyncio.gather(*waiters, return_exceptions=True)
+        assert isinstance(done[0], asyncio.CancelledError)
+        assert done[1] == done[2] == shapes[0] and catalog.fetches == 3
+        assert not catalog._inflight
+    finally:
+        await catalog.close()
