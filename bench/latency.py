@@ -219,9 +219,11 @@ def verdict(r: dict[str, Any]) -> tuple[str, str]:
     if client > 0.8:
         return "client", f"a client process used {client:.0%} of a core: the latency is partly the client's"
     if wait >= 0.2:
+        ours = busy + sum(r["client_cpu"]) / w + (r["writer_cpu"] or 0.0) / w
         return "machine", (
             f"the relay waited for a CPU {wait:.0%} of the time while it needed {busy:.0%} of one "
-            f"(load average {r['load']:.1f} on {os.cpu_count()} cores): frames queued behind the machine, "
+            f"(this bench's relay, clients and writer used {ours:.1f} of the {os.cpu_count()} cores, "
+            f"load average {r['load']:.1f}): frames queued behind the machine, "
             "this is not a measurement of the relay's code"
         )
     if busy + wait >= 0.9:
