@@ -10,6 +10,7 @@ read-only HTTP handlers (health, metrics, readiness, REST, inspector).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter
@@ -57,6 +58,7 @@ log = logging.getLogger("relay.server")
 # Security events (quota hits here); the ops branch gives this logger its own handler.
 
 WS_PATHS = ("/realtime/v1/websocket", "/socket/websocket")
+_SOCKET_IDS = itertools.count(1)  # the ``socket`` field of a socket's log lines
 
 
 class RelayServer:
@@ -244,6 +246,8 @@ class RelayServer:
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
+        peer = str(request.remote)
+        bind_context(remote=peer, socket=f"{next(_SOCKET_IDS):x}")
         query = _socket_query(request)
         vsn = query.get("vsn", "1.0.0")
         if vsn not in SUPPORTED_VSN:
@@ -261,6 +265,10 @@ class RelayServer:
             claims = self.verifier.verify(token)
         except TokenError as exc:
             return _http_error(403, exc.reason, exc.code)
+        # This frame lives as long as the socket: keep nothing in it the socket does not need
+        # (the token and the query are ≈ 0.5 KiB; see also ``del msg`` below).
+        token_hash = hash(token)
+        del token, query
         ws = web.WebSocketResponse(
             # aiohttp's own limit closes the socket; ours (checked per frame) answers with an
             # error frame, so it is the smaller one.
@@ -270,7 +278,6 @@ class RelayServer:
             heartbeat=None,
         )
         await ws.prepare(request)
-        peer = str(request.remote)
         sub = claims.get("sub")
         sub_key = sub if isinstance(sub, str) and sub else None
         refused = self.conn_counts.admit(sub_key, peer)
@@ -282,12 +289,11 @@ class RelayServer:
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why)
             return ws
         self.conn_counts.add(sub_key, peer)
-        conn = Connection(self.services, ws, vsn, claims, peer, request, token_hash=hash(token))
+        conn = Connection(self.services, ws, vsn, claims, peer, request, token_hash=token_hash)
         self.connections.add(conn)
         self.metrics.connections_opened += 1
         close_message = b""
         reason = "error"  # why it ended, for relay_connections_closed_total (CLOSE_REASONS)
-        bind_context(socket=f"{id(conn):x}")
         try:
             while True:
                 try:
@@ -312,6 +318,7 @@ class RelayServer:
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     reason = "client"
                     break
+                del msg  # an idle socket would keep its last frame (the join's text) alive
         finally:
             self._closed(conn, reason)
             conn.teardown()
@@ -344,7 +351,13 @@ SHUTDOWN_REASON = "server shutting down"
 
 @web.middleware
 async def _bind_remote(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every line logged while serving a request (or a socket) names the remote address."""
+    """Every line logged while serving a request (or a socket) names the remote address.
+
+    A socket binds its own context (remote and socket id in one dict, see
+    :meth:`RelayServer.websocket`): a second dict would live as long as the socket.
+    """
+    if request.raw_path.partition("?")[0] in WS_PATHS:  # raw_path: nothing cached on the request
+        return await handler(request)
     with bind(remote=str(request.remote)):
         return await handler(request)
 
