@@ -135,6 +135,147 @@ def _recv(pipe: Connection, what: str, limit: float) -> tuple[Any, ...]:
     return tuple(msg)
 
 
+FLOOR_REPLY = '{"topic":"realtime:idle","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":%s}'
+
+
+def floor_main(max_msg_size: int, pipe: Connection) -> None:
+    """A bare aiohttp WebSocket server in its own process: the floor the relay is compared with.
+
+    Same aiohttp, same ``WebSocketResponse`` settings as the relay, a handler that parses each
+    text frame (orjson) and answers it with one ``phx_reply`` ok: no token, no channel, no
+    bookkeeping.  What it costs per socket (RSS) and per connect + join (rate, CPU) is what
+    aiohttp and asyncio cost before any line of the relay runs.
+    """
+    try:
+        raise_nofile()
+        asyncio.run(_floor(max_msg_size, pipe))
+    except BaseException as exc:
+        pipe.send(("error", repr(exc)))
+
+
+async def _floor(max_msg_size: int, pipe: Connection) -> None:
+    import orjson
+    from aiohttp import WSMsgType, web
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=max_msg_size, compress=False, autoping=True, heartbeat=None)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                ref = orjson.loads(msg.data).get("ref")
+                await ws.send_str(FLOOR_REPLY % orjson.dumps(ref).decode())
+        return ws
+
+    app = web.Application()
+    app.router.add_get(PATH, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(1.0)
+    gc.collect()
+    pipe.send(("ready", port, rss_kib()))
+    for _ in range(10):  # bounded: "measure" (after the joins), then "stop"
+        cmd = await loop.run_in_executor(None, pipe.recv)
+        if cmd == "measure":
+            pipe.send(("rss", rss_kib(), cpu_seconds() or 0.0, run_wait_seconds() or 0.0))
+        elif cmd == "cpu":
+            pipe.send(("cpu", cpu_seconds() or 0.0, run_wait_seconds() or 0.0))
+        else:
+            break
+    await runner.cleanup()
+
+
+class Clients:
+    """``--processes`` client processes holding ``tokens`` sockets on one server (relay or floor)."""
+
+    def __init__(self, port: int, tokens: list[str], args: argparse.Namespace) -> None:
+        ctx = mp.get_context("spawn")
+        self.n = len(tokens)
+        self.children: list[tuple[Connection, Any]] = []
+        for k in range(args.processes):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(
+                target=clients_main,
+                args=(port, tokens[k :: args.processes], args.concurrency, child),
+                daemon=True,
+            )
+            p.start()
+            self.children.append((parent, p))
+
+    async def ask(self, what: str, limit: float, say: str | None = None) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        if say is not None:
+            for parent, _ in self.children:
+                parent.send(say)
+        return [await loop.run_in_executor(None, _recv, parent, what, limit) for parent, _ in self.children]
+
+    def tell(self, cmd: str) -> None:
+        for parent, _ in self.children:
+            parent.send(cmd)
+
+    def stop(self) -> None:
+        for _, p in self.children:
+            p.join(30)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+
+def _joined(results: list[tuple[Any, ...]]) -> tuple[int, int, float, list[float]]:
+    """(sockets joined, failed, span from first connect to last reply, CPU per client process)."""
+    span = max(r[5] for r in results) - min(r[4] for r in results)
+    return sum(r[1] for r in results), sum(r[2] for r in results), span, [r[6] for r in results]
+
+
+async def floor_phase(args: argparse.Namespace, tokens: list[str], max_msg_size: int) -> dict[str, Any]:
+    """The same clients against a bare aiohttp server (``floor_main``), in the same run."""
+    loop = asyncio.get_running_loop()
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=floor_main, args=(max_msg_size, child), daemon=True)
+    server.start()
+    clients: Clients | None = None
+    try:
+        _, port, rss0 = await loop.run_in_executor(None, _recv, parent, "the floor server", 60)
+        parent.send("cpu")
+        _, cpu0, wait0 = await loop.run_in_executor(None, _recv, parent, "the floor server", 60)
+        clients = Clients(port, tokens, args)
+        results = await clients.ask("the clients to join (floor)", 600)
+        parent.send("cpu")
+        _, cpu1, wait1 = await loop.run_in_executor(None, _recv, parent, "the floor server", 60)
+        await asyncio.sleep(2.0)
+        parent.send("measure")
+        _, rss1, _, _ = await loop.run_in_executor(None, _recv, parent, "the floor server", 60)
+        checks = await clients.ask("the heartbeats (floor)", 600, say="check")
+        clients.tell("close")
+    finally:
+        if clients is not None:
+            clients.stop()
+        parent.send("stop")
+        server.join(30)
+        if server.is_alive():
+            server.terminate()
+            server.join(5)
+    joined, _, span, client_cpu = _joined(results)
+    n = len(tokens)
+    alive = sum(c[1] for c in checks)
+    if joined != n or alive != n:
+        raise SystemExit(f"bench invalid: floor server: {joined} joined, {alive} alive of {n}")
+    return {
+        "kib": (rss1 - rss0) / n,
+        "rss0": rss0,
+        "rss1": rss1,
+        "rate": joined / span,
+        "span": span,
+        "cpu": cpu1 - cpu0,
+        "wait": wait1 - wait0,
+        "client_cpu": client_cpu,
+    }
+
+
 async def main_async(args: argparse.Namespace) -> int:
     n, procs = args.sockets, args.processes
     with LocalCluster() as pg:
@@ -156,10 +297,9 @@ async def main_async(args: argparse.Namespace) -> int:
         tokens = [
             mint(SECRET, role="authenticated", sub=str(uuid.uuid4()), ttl=7200, claims={}) for _ in range(n)
         ]
+        floor = await floor_phase(args, tokens, cfg.max_frame_bytes * 4) if args.floor else None
         relay = await start_relay(cfg)
-        loop = asyncio.get_running_loop()
-        ctx = mp.get_context("spawn")
-        children: list[tuple[Connection, Any]] = []
+        clients: Clients | None = None
         try:
             await asyncio.sleep(1.0)
             gc.collect()
@@ -168,25 +308,11 @@ async def main_async(args: argparse.Namespace) -> int:
                 snap0 = tracemalloc.take_snapshot()
             rss0 = rss_kib()
             cpu0, wait0 = cpu_seconds() or 0.0, run_wait_seconds() or 0.0
-            for k in range(procs):
-                parent, child = ctx.Pipe()
-                p = ctx.Process(
-                    target=clients_main,
-                    args=(relay.port, tokens[k::procs], args.concurrency, child),
-                    daemon=True,
-                )
-                p.start()
-                children.append((parent, p))
-            results = [
-                await loop.run_in_executor(None, _recv, parent, "the clients to join", 600)
-                for parent, _ in children
-            ]
+            clients = Clients(relay.port, tokens, args)
+            results = await clients.ask("the clients to join", 600)
             relay_cpu = (cpu_seconds() or 0.0) - cpu0
             relay_wait = (run_wait_seconds() or 0.0) - wait0
-            joined = sum(r[1] for r in results)
-            failed = sum(r[2] for r in results)
-            t_first, t_last = min(r[4] for r in results), max(r[5] for r in results)
-            client_cpu = [r[6] for r in results]
+            joined, failed, span, client_cpu = _joined(results)
             await asyncio.sleep(2.0)  # settle: anything the joins left for later
             rss1 = rss_kib()
             if args.tracemalloc:
@@ -201,18 +327,12 @@ async def main_async(args: argparse.Namespace) -> int:
                         print(f"      {line}")
             on_relay = len(relay.server.connections)
             channels = sum(len(c.channels) for c in relay.server.connections)
-            for parent, _ in children:
-                parent.send("check")
-            checks = [
-                await loop.run_in_executor(None, _recv, parent, "the heartbeats", 600)
-                for parent, _ in children
-            ]
+            checks = await clients.ask("the heartbeats", 600, say="check")
             alive = sum(c[1] for c in checks)
             client_rss = [c[2] / 1024 for c in checks]
             # the clients close every socket after the check: how long the relay takes to let go
             t_close = time.monotonic()
-            for parent, _ in children:
-                parent.send("close")
+            clients.tell("close")
             for _ in range(60_000):  # bounded: at most 600 s
                 if not relay.server.connections:
                     break
@@ -220,14 +340,10 @@ async def main_async(args: argparse.Namespace) -> int:
             close_s = time.monotonic() - t_close
             left = len(relay.server.connections)
         finally:
-            for _, p in children:
-                p.join(30)
-                if p.is_alive():
-                    p.terminate()
-                    p.join(5)
+            if clients is not None:
+                clients.stop()
             await relay.stop()
 
-    span = t_last - t_first
     per_socket = (rss1 - rss0) / max(1, n)
     rate = joined / span if span > 0 else 0.0
     print(f"sockets: {n} in {procs} client processes, {args.concurrency} connecting at a time each")
@@ -242,11 +358,25 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"    = {per_socket:.1f} KiB per socket (aim <= 16 KiB)")
     print(f"connect + join: {joined} in {span:.2f}s = {rate:,.0f} joins/s (aim >= 3,000)")
     print(
-        f"    CPU while joining: relay {relay_cpu:.2f}s ({relay_cpu / span:.0%} of a core); clients "
+        f"    CPU while joining: relay {relay_cpu:.2f}s ({relay_cpu / span:.0%} of a core, "
+        f"{relay_cpu / max(1, joined) * 1e6:.0f} µs per join); clients "
         f"{sum(client_cpu):.2f}s in {procs} processes (busiest {max(client_cpu) / span:.0%} of a core); "
         f"client RSS {', '.join(f'{x:.0f}' for x in client_rss)} MiB; relay waited "
         f"{relay_wait / span:.0%} of the time for a CPU (run queue)"
     )
+    if floor is not None:
+        print(
+            f"floor, same run (bare aiohttp WebSocket server, same clients): {floor['rss0'] / 1024:.1f} -> "
+            f"{floor['rss1'] / 1024:.1f} MiB = {floor['kib']:.1f} KiB per socket; "
+            f"{floor['rate']:,.0f} joins/s, {floor['cpu'] / floor['span']:.0%} of a core "
+            f"({floor['cpu'] / n * 1e6:.0f} µs per join), "
+            f"waited {floor['wait'] / floor['span']:.0%} for a CPU"
+        )
+        print(
+            f"    relay / floor: memory {per_socket / floor['kib']:.2f}x "
+            f"(+{per_socket - floor['kib']:.1f} KiB per socket are the relay's), "
+            f"joins/s {rate / floor['rate']:.2f}x, CPU per join {relay_cpu / floor['cpu']:.2f}x"
+        )
     print(
         f"teardown: {n - left} of {n} sockets released by the relay {close_s:.2f}s after the clients "
         f"closed them ({(n - left) / close_s:,.0f}/s)"
@@ -260,19 +390,22 @@ async def main_async(args: argparse.Namespace) -> int:
             f"on the relay for {n} sockets: not printing a figure"
         )
         return 1
+    floor_mem = f"; bare aiohttp floor {floor['kib']:.1f} KiB/socket" if floor is not None else ""
+    floor_rate = f"; bare aiohttp floor {floor['rate']:,.0f} joins/s" if floor is not None else ""
     emit(
         "idle_memory",
         f"{per_socket:.1f} KiB/socket",
-        f"relay RSS {rss0 / 1024:.1f} MiB with 0 sockets",
-        None,
+        f"relay RSS {rss0 / 1024:.1f} MiB with 0 sockets{floor_mem}",
+        round(per_socket / floor["kib"], 2) if floor is not None else None,
         "<= 16 KiB/socket",
         sockets=n,
     )
     emit(
         "joins",
         f"{rate:,.0f} joins/s",
-        f"relay CPU {relay_cpu / span:.0%} of a core, busiest client process {max(client_cpu) / span:.0%}",
-        None,
+        f"relay CPU {relay_cpu / span:.0%} of a core, busiest client process {max(client_cpu) / span:.0%}"
+        f"{floor_rate}",
+        round(rate / floor["rate"], 2) if floor is not None else None,
         ">= 3,000 joins/s",
         sockets=n,
     )
@@ -292,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
         help="print the N biggest allocation sites of the growth",
     )
     ap.add_argument("--tracemalloc-depth", type=int, default=4, help="frames per allocation site")
+    ap.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the same-run floor (a bare aiohttp WebSocket server with the same clients)",
+    )
     args = ap.parse_args(argv)
     if args.sockets < 1 or args.processes < 1 or args.concurrency < 1:
         ap.error("need positive --sockets, --processes and --concurrency")

@@ -15,7 +15,11 @@ One run on a throwaway cluster (migrations + demo schema), the relay in this pro
    over every delivery.  Each socket must receive exactly the written changes (counted, and
    the distinct stamps per process must equal the writer's count) or the bench fails;
 4. CPU over the measured window is printed for the relay, every client process and the writer,
-   as a share of one core: a client process near 100 % means the numbers are the client's.
+   as a share of one core, with the relay's run-queue wait (``/proc/self/schedstat``) and the
+   load average; a ``VERDICT`` line (and ``bound_by`` in the table row) says what the figure
+   measured: ``machine`` (the relay waited for a CPU ≥ 20 % of the time: frames queued behind
+   other processes), ``relay`` (runnable ≥ 90 % of the time: the relay is the bottleneck),
+   ``client`` (a client process near a core) or ``relay code`` (none of these).
 
 Baseline, same run and same relay: the same rate to ONE subscriber (phase 1), then the fan-out
 (phase 2).  Relay settings raised for the bench (printed): ``RELAY_MAX_CONNECTIONS`` and
@@ -28,6 +32,7 @@ import argparse
 import asyncio
 import logging
 import multiprocessing as mp
+import os
 import sys
 import time
 import uuid
@@ -196,7 +201,37 @@ async def phase(port: int, dsn: str, subs: int, args: argparse.Namespace) -> dic
         "relay_wait": relay_wait,
         "client_cpu": [r[1] for r in results],
         "writer_cpu": writer_cpu,
+        "load": os.getloadavg()[0],
     }
+
+
+def verdict(r: dict[str, Any]) -> tuple[str, str]:
+    """What the figure measured: ``(key, sentence)``; the key goes into the table row.
+
+    ``machine``: the relay was runnable but waited for a CPU a large share of the time (other
+    processes on the cores), so frames queued behind the wait — the figure is the machine's.
+    ``relay``: the relay was runnable nearly all the time and mostly running: it is the
+    bottleneck.  ``client``: a client process used nearly a core.  ``relay code``: none of these.
+    """
+    w = r["wall"]
+    busy, wait = r["relay_cpu"] / w, r["relay_wait"] / w
+    client = max(r["client_cpu"]) / w
+    if client > 0.8:
+        return "client", f"a client process used {client:.0%} of a core: the latency is partly the client's"
+    if wait >= 0.2:
+        ours = busy + sum(r["client_cpu"]) / w + (r["writer_cpu"] or 0.0) / w
+        return "machine", (
+            f"the relay waited for a CPU {wait:.0%} of the time while it needed {busy:.0%} of one "
+            f"(this bench's relay, clients and writer used {ours:.1f} of the {os.cpu_count()} cores, "
+            f"load average {r['load']:.1f}): frames queued behind the machine, "
+            "this is not a measurement of the relay's code"
+        )
+    if busy + wait >= 0.9:
+        return "relay", f"the relay ran {busy:.0%} of the time: it is the bottleneck at this load"
+    return "relay code", (
+        f"the relay ran {busy:.0%} and waited {wait:.0%} of the time, the busiest client used "
+        f"{client:.0%} of a core: the figure is the relay's own"
+    )
 
 
 def report(r: dict[str, Any]) -> None:
@@ -214,11 +249,11 @@ def report(r: dict[str, Any]) -> None:
         f"busiest process {max(cc) / w:.0%}; writer {'n/a' if wc is None else f'{wc / w:.0%}'}"
     )
     print(
-        f"      relay main thread waited {r['relay_wait'] / w:.0%} of the time for a CPU (run queue): "
-        "a high share means the figure is the machine's contention, not the relay's code"
+        f"      relay main thread waited {r['relay_wait'] / w:.0%} of the time for a CPU (run queue); "
+        f"load average {r['load']:.1f} on {os.cpu_count()} cores"
     )
-    if max(cc) / w > 0.8:
-        print("      WARNING: a client process was near a full core: this latency is partly the client's")
+    key, sentence = verdict(r)
+    print(f"      VERDICT ({key}): {sentence}")
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -257,6 +292,8 @@ async def main_async(args: argparse.Namespace) -> int:
         relay_core=round(fan["relay_cpu"] / fan["wall"], 2),
         busiest_client_core=round(max(fan["client_cpu"]) / fan["wall"], 2),
         relay_run_queue_wait=round(fan["relay_wait"] / fan["wall"], 2),
+        bound_by=verdict(fan)[0],
+        load_average=round(fan["load"], 1),
     )
     return 0
 

@@ -76,6 +76,7 @@ SERVER_ORDER: dict[str, int] = {
     "relay.server.channel": 0,  # the Channel record and the Socket face the feed and hub use
     "relay.server.metrics": 0,
     "relay.server.outbox": 0,
+    "relay.server.silence": 0,  # every socket's heartbeat timeout (one sweep)
     "relay.server.session": 0,  # sans-I/O: frames in, typed requests out
 }
 

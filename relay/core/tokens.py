@@ -8,9 +8,15 @@ JWKS document) and are parsed once.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import math
+import re
+import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +32,9 @@ __all__ = ["Claims", "TokenError", "Verifier", "mint"]
 Claims = dict[str, Any]
 
 _HS = ["HS256", "HS384", "HS512"]
+_HS_DIGEST = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_PLAIN_HEADER = frozenset({"alg", "typ", "kid"})
 _ASYM = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"]
 
 
@@ -51,6 +60,9 @@ class Verifier:
     leeway: float = 0.0
     _jwk_by_kid: dict[str, PyJWK] = field(default_factory=dict, init=False)
     _jwk_list: list[PyJWK] = field(default_factory=list, init=False)
+    # HS algorithm -> the secret's bytes, for the algorithms whose plain tokens :meth:`_fast`
+    # may verify (pyjwt takes the secret for them without an error or a warning)
+    _fast_keys: dict[str, bytes] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         if not (self.secret or self.public_key or self.jwks):
@@ -65,11 +77,26 @@ class Verifier:
                 self._jwk_list.append(jwk)
                 if "kid" in k:
                     self._jwk_by_kid[k["kid"]] = jwk
+        if self.secret:
+            algorithms = jwt.algorithms.get_default_algorithms()
+            for alg in _HS:
+                hs = algorithms[alg]
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("error")
+                        key = hs.prepare_key(self.secret)
+                except (jwt.PyJWTError, Warning):
+                    continue
+                if isinstance(key, bytes) and hs.check_key_length(key) is None:
+                    self._fast_keys[alg] = key
 
     def verify(self, token: object, now: float | None = None) -> Claims:
         """Return the claims of a valid token or raise :class:`TokenError`."""
         if not isinstance(token, str) or not token:
             raise TokenError("MalformedJWT", "The token provided is not a valid JWT")
+        fast = self._fast(token) if self._fast_keys else None
+        if fast is not None:
+            return self.check_claims(fast, now)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:  # DecodeError, and InvalidTokenError for a bad kid/crit header
@@ -110,6 +137,50 @@ class Verifier:
             raise TokenError("InvalidJWTToken", str(exc) or type(exc).__name__) from None
         return self.check_claims(claims, now)
 
+    def _fast(self, token: str) -> Claims | None:
+        """The payload of a plain, valid HS256/384/512 token, or None: then pyjwt decides.
+
+        Why: pyjwt 2.15 parses every token twice here (the header to pick the key, then the
+        whole token), checks each base64 character in a Python loop and re-inspects the secret
+        on every call — ≈ a quarter of a socket's connect (issue 16, py-spy).  This path accepts
+        only what pyjwt accepts (canonical unpadded base64url segments, a header of ``alg``,
+        ``typ`` and a string ``kid`` only, a good signature, a JSON object payload whose ``sub``
+        and ``jti`` are strings when present) and returns None for everything else — padding,
+        ``crit``/``b64`` headers, a bad signature, anything malformed — so every refusal, and
+        every unusual token, still goes through pyjwt with its exact errors.
+        """
+        parts = token.split(".")
+        if len(parts) != 3:
+            return None
+        raw = [_segment(p) for p in parts]
+        if raw[0] is None or raw[1] is None or raw[2] is None:
+            return None
+        try:  # the stdlib's parser, as pyjwt's: orjson reads integers beyond 64 bits as floats
+            header = json.loads(raw[0])
+        except (ValueError, RecursionError):
+            return None
+        if type(header) is not dict or not header.keys() <= _PLAIN_HEADER:
+            return None
+        alg = header.get("alg")
+        if type(alg) is not str:
+            return None
+        key = self._fast_keys.get(alg)
+        if key is None or ("kid" in header and type(header["kid"]) is not str):
+            return None
+        signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode()
+        if not hmac.compare_digest(hmac.digest(key, signing_input, _HS_DIGEST[alg]), raw[2]):
+            return None
+        try:
+            payload = json.loads(raw[1])
+        except (ValueError, RecursionError):
+            return None
+        if type(payload) is not dict:
+            return None
+        for name in ("sub", "jti"):
+            if name in payload and type(payload[name]) is not str:
+                return None
+        return payload
+
     def check_claims(self, claims: Mapping[str, Any], now: float | None = None) -> Claims:
         """The claim rules, applied identically wherever a token's claims are (re)accepted.
 
@@ -144,10 +215,27 @@ class Verifier:
         nbf = claims.get("nbf")
         if nbf is not None and nbf - self.leeway > now:
             raise TokenError("InvalidJWTToken", "Token is not yet valid (nbf)")
-        return dict(claims)
+        # A copy, with the claim names (and the role) interned: every socket keeps its claims
+        # for its lifetime, and the JSON decoder makes new strings for "role", "exp", "sub"...
+        # on every token (≈ 0.25 KiB per idle socket, issue 16).
+        out = {sys.intern(k) if type(k) is str else k: v for k, v in claims.items()}
+        role = out["role"]
+        if type(role) is str:
+            out["role"] = sys.intern(role)
+        return out
 
 
 _TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _segment(part: str) -> bytes | None:
+    """A canonical unpadded base64url segment's bytes (what pyjwt accepts without ``=``), or None."""
+    if len(part) % 4 == 1 or not _B64URL.fullmatch(part):
+        return None
+    data = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != part.encode():
+        return None  # stray bits in the last character: pyjwt refuses such a segment
+    return data
 
 
 def _check_usable(name: str, value: Any) -> None:

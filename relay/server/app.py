@@ -10,10 +10,12 @@ read-only HTTP handlers (health, metrics, readiness, REST, inspector).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter
 from typing import Any, cast
+from urllib.parse import parse_qsl
 
 import aiohttp_cors
 import orjson
@@ -47,6 +49,7 @@ from relay.server.metrics import (
 )
 from relay.server.outbox import Outbox
 from relay.server.probes import SlotWatchdog, ready_handler
+from relay.server.silence import SilenceWatch
 from relay.server.snapshot import Snapshots
 from relay.server.topics import TopicHub
 
@@ -56,6 +59,7 @@ log = logging.getLogger("relay.server")
 # Security events (quota hits here); the ops branch gives this logger its own handler.
 
 WS_PATHS = ("/realtime/v1/websocket", "/socket/websocket")
+_SOCKET_IDS = itertools.count(1)  # the ``socket`` field of a socket's log lines
 
 
 class RelayServer:
@@ -96,6 +100,7 @@ class RelayServer:
             config, self.verifier, catalog, self.feed, self.topics, self.outbox, self.metrics, self.snapshots
         )
         self.connections: set[Connection] = set()
+        self.silence = SilenceWatch(config.heartbeat_timeout)  # every socket's heartbeat timeout
         self.started_at = time.time()
         self.status: dict[str, Any] = {}  # filled by the pipeline (slot, lsn, lag)
         self.conn_counts = ConnectionCounts(
@@ -244,12 +249,15 @@ class RelayServer:
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        vsn = request.query.get("vsn", "1.0.0")
+        peer = str(request.remote)
+        bind_context(remote=peer, socket=f"{next(_SOCKET_IDS):x}")
+        query = _socket_query(request)
+        vsn = query.get("vsn", "1.0.0")
         if vsn not in SUPPORTED_VSN:
             return _http_error(
                 400, f"unsupported protocol vsn {vsn!r}; use 1.0.0 or 2.0.0", Code.UNSUPPORTED_VSN
             )
-        token = request.query.get("apikey") or request.headers.get("x-api-key")
+        token = query.get("apikey") or request.headers.get("x-api-key")
         if not token:
             self.metrics.token_refusals["missing"] += 1
             audit_event("token_refused", reason="missing", code="MissingJWT")
@@ -260,6 +268,10 @@ class RelayServer:
             claims = self.verifier.verify(token)
         except TokenError as exc:
             return _http_error(403, exc.reason, exc.code)
+        # This frame lives as long as the socket: keep nothing in it the socket does not need
+        # (the token and the query are ≈ 0.5 KiB; see also ``del msg`` below).
+        token_hash = hash(token)
+        del token, query
         ws = web.WebSocketResponse(
             # aiohttp's own limit closes the socket; ours (checked per frame) answers with an
             # error frame, so it is the smaller one.
@@ -269,7 +281,6 @@ class RelayServer:
             heartbeat=None,
         )
         await ws.prepare(request)
-        peer = str(request.remote)
         sub = claims.get("sub")
         sub_key = sub if isinstance(sub, str) and sub else None
         refused = self.conn_counts.admit(sub_key, peer)
@@ -281,17 +292,15 @@ class RelayServer:
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why)
             return ws
         self.conn_counts.add(sub_key, peer)
-        conn = Connection(self.services, ws, vsn, claims, peer, request, token_hash=hash(token))
+        conn = Connection(self.services, ws, vsn, claims, peer, request, token_hash=token_hash)
         self.connections.add(conn)
         self.metrics.connections_opened += 1
-        sender = asyncio.create_task(conn.sender())
         close_message = b""
         reason = "error"  # why it ended, for relay_connections_closed_total (CLOSE_REASONS)
-        bind_context(socket=f"{id(conn):x}")
         try:
             while True:
                 try:
-                    msg = await ws.receive(timeout=self.config.heartbeat_timeout)
+                    msg = await self.silence.receive(ws)
                 except TimeoutError:
                     # its channels (and presence) go first; the close handshake may wait on a dead peer
                     log.info("closing silent socket %s after %.0fs", peer, self.config.heartbeat_timeout)
@@ -312,13 +321,13 @@ class RelayServer:
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     reason = "client"
                     break
+                del msg  # an idle socket would keep its last frame (the join's text) alive
         finally:
             self._closed(conn, reason)
             conn.teardown()
             self.connections.discard(conn)
             self.conn_counts.remove(sub_key, peer)
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await conn.stop_sender()
             if not ws.closed:
                 await ws.close(code=1000, message=close_message)
         return ws
@@ -335,6 +344,7 @@ class RelayServer:
         self.metrics.closed_bytes += conn.bytes_sent
 
     async def close_all(self) -> None:
+        self.silence.stop()
         for conn in list(self.connections):
             conn.abort(1001, SHUTDOWN_REASON)
 
@@ -344,7 +354,13 @@ SHUTDOWN_REASON = "server shutting down"
 
 @web.middleware
 async def _bind_remote(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every line logged while serving a request (or a socket) names the remote address."""
+    """Every line logged while serving a request (or a socket) names the remote address.
+
+    A socket binds its own context (remote and socket id in one dict, see
+    :meth:`RelayServer.websocket`): a second dict would live as long as the socket.
+    """
+    if request.raw_path.partition("?")[0] in WS_PATHS:  # raw_path: nothing cached on the request
+        return await handler(request)
     with bind(remote=str(request.remote)):
         return await handler(request)
 
@@ -372,6 +388,20 @@ class _AuditedVerifier:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+def _socket_query(request: web.Request) -> dict[str, str]:
+    """The connect URL's query (first value of each name), decoded as ``request.query`` would.
+
+    Why not ``request.query``: yarl caches the parsed query (and any part of the URL asked for)
+    on the request's URL, which lives as long as the socket — ≈ 1 KiB per idle socket (issue
+    16) for two values read once.  ``raw_path`` is the request target as received.
+    """
+    out: dict[str, str] = {}
+    query = request.raw_path.partition("?")[2].partition("#")[0]
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        out.setdefault(name, value)
+    return out
 
 
 def _http_error(status: int, text: str, code: Code) -> web.Response:

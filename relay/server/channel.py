@@ -62,8 +62,7 @@ class Channel:
     join_ref: str | None
     _claims: Claims
     specs: list[BindingSpec] = field(default_factory=list)
-    expiry: asyncio.TimerHandle | None = None
-    expiry_warning: asyncio.TimerHandle | None = None
+    expiry: asyncio.TimerHandle | None = None  # the token's next event: expiry warning, then end
     claims_key: bytes = b""
     # Position of the last change this channel was given (or passed over while replaying): the
     # fan-out never delivers a change at or before it, which is what makes the switch from

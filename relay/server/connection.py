@@ -6,8 +6,14 @@ them when they close, and marks itself in the outbox when a batch queued frames 
 
 Why a class per socket: a socket owns state that must die with it (bindings in the index,
 token-expiry timers) and an ordered outgoing queue.  Sends never block the fan-out: frames are
-appended to a bounded deque drained by one sender task; a socket that falls too far behind is
-closed with a reason it can act on instead of growing the relay's memory.
+appended to a bounded queue, written once per batch or drained by a sender task; a socket that
+falls too far behind is closed with a reason it can act on instead of growing the relay's memory.
+
+Why the sender task is started only when needed: an idle socket is the common case (issue 16:
+10,000 of them, each with one channel), and a task with its coroutine, an ``asyncio.Event`` and
+a ``deque`` cost ≈ 2.6 KiB per socket for nothing while prebuilt frames are written by
+:meth:`Connection.flush` without any task.  The task runs while flow control holds the socket
+(or, with compression, while frames are queued) and ends when the queue is empty.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,20 +107,22 @@ class Connection:
         self.raw = request is not None and not self.config.compression and request.transport is not None
         self._protocol = request.protocol if request is not None else None
         # Prebuilt WebSocket frames when ``raw``; otherwise text (str) and binary (bytes) messages.
-        self.queue: deque[bytes | str] = deque()
-        self._wake = asyncio.Event()
+        # A list, not a deque: it is empty nearly always (an empty deque keeps a 512-byte block).
+        self.queue: list[bytes | str] = []
+        self._sender: asyncio.Task[None] | None = None  # running only while it has work
         self._draining = False  # flow control paused the socket: the sender task owns the queue
         self.closing = False
         self.close_reason = ""
         self.sent = 0
         self.bytes_sent = 0  # encoded frame bytes written (relay_sent_bytes_total)
+        self.writes = 0  # transport writes of prebuilt frames (a join costs one: tests, benches)
         self.connected_at = time.time()
         # Rate quotas of this socket (relay/core/quotas.py), on the monotonic clock.
         cfg, now = self.config, time.monotonic()
         self.join_rate = TokenBucket(cfg.max_joins_per_second, now=now)
         self.message_rate = TokenBucket(cfg.max_events_per_second, now=now)
         self.presence_rate = TokenBucket(cfg.max_presence_events_per_second, now=now)
-        self._audited: dict[str, float] = {}  # quota kind -> when its last hit was audited
+        self._audited: dict[str, float] | None = None  # quota kind -> when its last hit was audited
 
     # -- sending --------------------------------------------------------------------------
     def deliver(self, cache: FrameCache, topic: str, ids: list[int]) -> None:
@@ -139,7 +146,27 @@ class Connection:
             # written by flush() at the end of the fan-out batch: one write per socket per batch
             self.outbox.mark(self)
         else:
-            self._wake.set()
+            self._start_sender()
+
+    def _start_sender(self) -> None:
+        """Make sure the sender task runs (it ends by itself once the queue is empty).
+
+        Without a running event loop (a connection built by a unit test) frames stay queued.
+        """
+        if self._sender is not None or self.closing:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._sender = loop.create_task(self.sender())
+
+    async def stop_sender(self) -> None:
+        """End the sender task, if one runs (the socket is gone)."""
+        task, self._sender = self._sender, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def queue_frame(self, frame: Frame) -> None:
         """Queue a relay-initiated frame to go out with the fan-out batch (no write of its own)."""
@@ -176,13 +203,13 @@ class Connection:
         proto = self._protocol
         if writing_paused(proto):
             self._draining = True
-            self._wake.set()
+            self._start_sender()
             return
         if not self._write_chunk(unbounded=True):
             return
         if writing_paused(proto):
             self._draining = True
-            self._wake.set()
+            self._start_sender()
 
     def reply_error(self, f: Frame, reason: str, code: Code) -> None:
         """``phx_reply`` error answering the frame ``f`` (same topic, ref and join_ref).
@@ -202,6 +229,8 @@ class Connection:
         client hammering a limit cannot flood the log (the count says how many there were).
         """
         now = time.monotonic()
+        if self._audited is None:
+            self._audited = {}
         audited = now - self._audited.get(quota.kind, -1e9) >= 1.0
         if audited:
             self._audited[quota.kind] = now
@@ -227,33 +256,35 @@ class Connection:
         self.close_reason = reason
         self.queue.clear()
         log.warning("closing socket %s: %s", self.peer, reason)
-        self._wake.set()
         asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()[:120]))
 
     async def sender(self) -> None:
-        """Drain the queue in order; one task per socket so fan-out never awaits a socket."""
-        q = self.queue
+        """Drain the queue in order, then end; the fan-out never awaits a socket.
+
+        Started by :meth:`_start_sender` when frames cannot be written at once (flow control,
+        or no prebuilt frames); between the last check of the queue and the task's end there
+        is no ``await``, so a frame queued meanwhile always finds the task running or starts
+        a new one.
+        """
         try:
-            while not self.closing:
-                if not q and not self._draining:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
+            while not self.closing and (self.queue or self._draining):
                 if self.raw:
                     await self._send_raw()
-                    if not q:
+                    if not self.queue:
                         self._draining = False
                 else:
-                    while q and not self.closing:
-                        item = q.popleft()
-                        if isinstance(item, str):
-                            await self.ws.send_str(item)
-                        else:  # without prebuilt frames, bytes are a binary message (kind 4)
-                            await self.ws.send_bytes(item)
-                        self.sent += 1
-                        self.bytes_sent += len(item)
+                    item = self.queue.pop(0)
+                    if isinstance(item, str):
+                        await self.ws.send_str(item)
+                    else:  # without prebuilt frames, bytes are a binary message (kind 4)
+                        await self.ws.send_bytes(item)
+                    self.sent += 1
+                    self.bytes_sent += len(item)
         except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send
             log.debug("send to %s failed: %s", self.peer, exc)
+        finally:
+            if self._sender is asyncio.current_task():
+                self._sender = None
 
     def _write_chunk(self, unbounded: bool = False) -> bool:
         """Pop queued frames (up to 256 KiB unless ``unbounded``) into one transport write."""
@@ -263,15 +294,23 @@ class Connection:
             q.clear()
             self.closing = True
             return False
-        chunk: list[bytes] = []
         size = 0
-        while q and (unbounded or size < 262_144):
-            item = q.popleft()
-            b = item if isinstance(item, bytes) else item.encode()
-            chunk.append(b)
-            size += len(b)
+        if unbounded:
+            self.queue = []  # hand the whole list over: nothing to copy or shift
+            chunk = [b if isinstance(b, bytes) else b.encode() for b in q]
+            size = sum(map(len, chunk))
+        else:
+            chunk = []
+            for item in q:
+                b = item if isinstance(item, bytes) else item.encode()
+                chunk.append(b)
+                size += len(b)
+                if size >= 262_144:
+                    break
+            del q[: len(chunk)]
         if chunk:
             transport.write(b"".join(chunk) if len(chunk) > 1 else chunk[0])
+            self.writes += 1
             self.sent += len(chunk)
             self.bytes_sent += size
         return True
@@ -346,10 +385,14 @@ class Connection:
             # realtime-js sends the apikey again as the join's access_token: a token this socket
             # already verified is not verified again (its claims are re-checked for expiry); a
             # hash match can only ever yield this socket's own claims.
+            # Such a channel shares the socket's claims dict (never mutated, only replaced by an
+            # access_token push): one copy per socket, not one per channel.
             same = isinstance(req.token, str) and hash(req.token) == self.token_hash
-            claims = (
-                verifier.verify(req.token) if req.token and not same else verifier.check_claims(self.claims)
-            )
+            if req.token and not same:
+                claims = verifier.verify(req.token)
+            else:
+                verifier.check_claims(self.claims)
+                claims = self.claims
         except TokenError as exc:
             self.reply_error(f, exc.reason, exc.code)
             return
@@ -412,12 +455,14 @@ class Connection:
             chan.cursor = self.feed.fresh_cursor()
             chan.replaying = hold  # a snapshot holds live changes until its rows are out
         # Register before replying: anything the fan-out sees from now on reaches this
-        # channel (or its replay), and the reply is queued before any such frame.
+        # channel (or its replay), and the reply is queued before any such frame.  From here to
+        # the flush below nothing awaits: the reply and the ``system`` message (and whatever
+        # entering the room queues) leave in one transport write, not one each.
         self.channels[f.topic] = chan
         self.feed.attach(chan, list(zip(specs, bound, strict=True)))
         self._arm_expiry(chan)
         response = {"postgres_changes": [dict(s.raw, id=s.id) for s in specs]}
-        self.send_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
+        self.queue_frame(reply(f.topic, f.ref, f.join_ref, "ok", response))
         self.topics.enter(chan)
         if replay is not None:
             self.topics.replay(chan, *replay)
@@ -427,7 +472,7 @@ class Connection:
             else:
                 known = self.feed.floors_ready.is_set()
                 start = {"position": self.feed.position(chan.cursor)} if known else {}
-            self.send_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
+            self.queue_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
         if req.replication_ready:
             self.feed.replication_ready(chan)
         if snapshot:
@@ -438,7 +483,9 @@ class Connection:
             else:
                 why = "snapshot failed: snapshots need the resume window (RELAY_RESUME_WINDOW > 0)"
                 for s, _ in snapshot:
-                    self.send_frame(chan.system("error", why, code=Code.SNAPSHOT_FAILED, id=s.id))
+                    self.queue_frame(chan.system("error", why, code=Code.SNAPSHOT_FAILED, id=s.id))
+        if self.raw:
+            self.flush()
         if after is not None:
             chan.task = asyncio.get_running_loop().create_task(
                 self.feed.replay(chan, after, stream, str(resume_from)), name=f"replay {f.topic}"
@@ -503,8 +550,6 @@ class Connection:
         self.feed.detach(chan)
         if chan.expiry is not None:
             chan.expiry.cancel()
-        if chan.expiry_warning is not None:
-            chan.expiry_warning.cancel()
         if self.channels.get(chan.topic) is chan:
             del self.channels[chan.topic]
         if send_close:
@@ -527,27 +572,32 @@ class Connection:
         The warning comes ``token_expiry_warning`` seconds before ``exp``, or at half the
         token's remaining life when that is shorter: a client whose provider hands out short
         tokens then refreshes every half-life, never in a loop of immediate warnings.
+
+        One timer per channel at a time (``chan.expiry``): the warning's, whose callback then
+        arms the end's.  Timers are a few hundred bytes each and every idle channel has them.
         """
         if chan.expiry is not None:
             chan.expiry.cancel()
-        if chan.expiry_warning is not None:
-            chan.expiry_warning.cancel()
-            chan.expiry_warning = None
+            chan.expiry = None
         exp = chan.claims.get("exp")
         if isinstance(exp, int | float) and not isinstance(exp, bool):
             loop = asyncio.get_running_loop()
             delay = max(0.0, float(exp) - time.time())
-            chan.expiry = loop.call_later(delay, self._expired, chan)
             ahead = self.config.token_expiry_warning
             if ahead > 0 and delay > 0:
-                chan.expiry_warning = loop.call_later(delay - min(ahead, delay / 2), self._expiring, chan)
+                chan.expiry = loop.call_later(delay - min(ahead, delay / 2), self._expiring, chan)
+            else:
+                chan.expiry = loop.call_later(delay, self._expired, chan)
 
     def _expiring(self, chan: Channel) -> None:
-        """Tell the channel its token is about to expire, so it sends ``access_token`` in time."""
-        chan.expiry_warning = None
+        """Tell the channel its token is about to expire, so it sends ``access_token`` in time;
+        then arm the channel's end at ``exp``."""
+        chan.expiry = None
         exp = chan.claims.get("exp")
         if chan.closed or not isinstance(exp, int | float):
             return
+        delay = max(0.0, float(exp) - time.time())
+        chan.expiry = asyncio.get_running_loop().call_later(delay, self._expired, chan)
         left = max(0, round(float(exp) - time.time()))
         self.metrics.expiry_warnings += 1
         self.send_frame(
@@ -590,4 +640,3 @@ class Connection:
                     self.feed.detach(chan)
         finally:
             self.closing = True
-            self._wake.set()
