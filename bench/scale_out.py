@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from authz import POLICIES, SECRET, audience, make_backlog, subscriber_tokens, take_slot
 from idle_sockets import raise_nofile
 from tablerow import emit
-from wsload import ClosedError, WsClient, cpu_seconds
+from wsload import ClosedError, WsClient, cpu_seconds, run_wait_seconds
 
 from relay.postgres.cluster import LocalCluster, free_port
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
@@ -227,7 +227,9 @@ class Result:
     seconds: float
     changes: int
     deliveries: int
-    relay_cpu: list[float]
+    relay_cpu: list[float]  # CPU seconds of each relay process from the release to the end
+    relay_wait: list[float]  # seconds each relay process waited on a run queue for a CPU
+    wall: float  # seconds from the release of the slot to the end
 
 
 def phase(
@@ -252,11 +254,16 @@ def phase(
     pipes: list[Connection] = []
     procs = []
     try:
-        # subscriber i goes to node i % fanout: client process k holds tokens[k::clients], so
-        # deal the ports in the same order for an even spread per node
+        # the same number of subscribers per node, roles mixed: dealt in a shuffled order (the
+        # roles repeat every 20 subscribers, so dealing by index would put every admin on one node)
+        order = list(range(len(tokens)))
+        random.Random(5).shuffle(order)
+        port_of = [0] * len(tokens)
+        for pos, i in enumerate(order):
+            port_of[i] = ports[pos % len(ports)]
         for k in range(clients):
             mine = tokens[k::clients]
-            node_of = [ports[(k + j * clients) % len(ports)] for j in range(len(mine))]
+            node_of = port_of[k::clients]
             parent, child = ctx.Pipe()
             p = ctx.Process(target=clients_main, args=(node_of, mine, child), daemon=True)
             p.start()
@@ -269,6 +276,8 @@ def phase(
         rows = make_backlog(dsn, changes, users, rng)
         expected = sum(who.sees(b, a) for b, a in rows)
         cpu0 = [cpu_seconds(n.proc.pid) or 0.0 for n in nodes]
+        wait0 = [run_wait_seconds(n.proc.pid) or 0.0 for n in nodes]
+        t0 = time.monotonic()
         blocker.close()
         deadline = time.monotonic() + 600
         while True:
@@ -284,14 +293,16 @@ def phase(
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench invalid: {got} of {expected} deliveries read")
             time.sleep(0.02)
+        wall = time.monotonic() - t0
         cpu = [(cpu_seconds(n.proc.pid) or 0.0) - c0 for n, c0 in zip(nodes, cpu0, strict=True)]
+        waited = [(run_wait_seconds(n.proc.pid) or 0.0) - w0 for n, w0 in zip(nodes, wait0, strict=True)]
         for pipe in pipes:
             pipe.send("stop")
         if got != expected:
             raise SystemExit(f"bench invalid: {got} deliveries, the policies imply {expected}")
         firsts = [c[1] for c in counts if c[1] is not None]
         lasts = [c[2] for c in counts if c[2] is not None]
-        return Result(max(lasts) - min(firsts), len(rows), got, cpu)
+        return Result(max(lasts) - min(firsts), len(rows), got, cpu, waited, wall)
     finally:
         for p in procs:
             p.join(10)
@@ -347,18 +358,25 @@ def main() -> None:
                             dsn, slot, url, c, tokens, users, kinds, args.changes, args.clients, logdir, rng
                         )
                 runs[c].append(r)
-                print(f"  round {rnd + 1}, {_label(c)}: {r.changes / r.seconds:,.0f} changes/s", flush=True)
+                print(
+                    f"  round {rnd + 1}, {_label(c)}: {r.changes / r.seconds:,.0f} changes/s "
+                    f"(load average {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
         best = {c: max(rs, key=lambda r: r.changes / r.seconds) for c, rs in runs.items()}
         base = best[args.fanout[0]]
         base_rate = base.changes / base.seconds
         for c in configs:
             r = best[c]
             rate = r.changes / r.seconds
-            cpu = " + ".join(f"{x / r.seconds:.0%}" for x in r.relay_cpu)
+            cpu = " + ".join(f"{x / r.wall:.0%}" for x in r.relay_cpu)
+            wait = " + ".join(f"{x / r.wall:.0%}" for x in r.relay_wait)
             print(
                 f"{_label(c)}: {rate:,.0f} changes/s, {r.deliveries / r.seconds:,.0f} deliveries/s "
                 f"({r.deliveries / r.changes:.1f} per change); ratio to {_label(args.fanout[0])} "
-                f"{rate / base_rate:.2f}x; relay CPU {cpu} of a core (best of {len(runs[c])})",
+                f"{rate / base_rate:.2f}x (best of {len(runs[c])})\n"
+                f"    from the slot's release to the last delivery ({r.wall:.1f} s): relay CPU {cpu} "
+                f"of a core; relay waited for a CPU (run queue) {wait} of the time",
                 flush=True,
             )
             if c == 0:
