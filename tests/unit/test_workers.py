@@ -207,3 +207,34 @@ def test_worker_env_carries_every_setting_including_flags() -> None:
     assert env["PATH"] == "/bin" and "RELAY_METRICS_TOKEN" not in env  # unset in cfg: not inherited
     again = Config.from_env(env)
     assert again == replace(cfg, workers=1, node_id="api-w3")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--workers", "2"], {}, "RELAY_WORKERS > 1 needs RELAY_REDIS_URL"),
+        ([], {"RELAY_WORKERS": "3"}, "RELAY_WORKERS > 1 needs RELAY_REDIS_URL"),
+        (
+            ["--workers", "0"],
+            {"RELAY_REDIS_URL": "redis://127.0.0.1:1/0"},
+            "RELAY_WORKERS must be at least 1",
+        ),
+    ],
+)
+def test_serve_refuses_workers_without_redis_before_touching_anything(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Workers share one change log and their rooms through Redis: without it, exit 2 with the reason."""
+    from relay.cli import main
+
+    for var in ("RELAY_REDIS_URL", "RELAY_WORKERS"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    code = main(["serve", "--database-url", "postgresql://u@127.0.0.1:1/db", "--jwt-secret", "s" * 40, *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
