@@ -366,9 +366,15 @@ def main() -> None:
         best = {c: max(rs, key=lambda r: r.changes / r.seconds) for c, rs in runs.items()}
         base = best[args.fanout[0]]
         base_rate = base.changes / base.seconds
+        base_proj = base.changes / max(base.relay_cpu)
         for c in configs:
             r = best[c]
             rate = r.changes / r.seconds
+            # The extrapolation for a machine with a core per relay process: the relays are
+            # CPU-bound (CPU + run-queue wait is nearly all of the drain), so the drain would
+            # take about the busiest process's CPU time.  Postgres and Redis are not counted.
+            busiest, total = max(r.relay_cpu), sum(r.relay_cpu)
+            proj = r.changes / busiest
             cpu = " + ".join(f"{x / r.wall:.0%}" for x in r.relay_cpu)
             wait = " + ".join(f"{x / r.wall:.0%}" for x in r.relay_wait)
             print(
@@ -376,7 +382,10 @@ def main() -> None:
                 f"({r.deliveries / r.changes:.1f} per change); ratio to {_label(args.fanout[0])} "
                 f"{rate / base_rate:.2f}x (best of {len(runs[c])})\n"
                 f"    from the slot's release to the last delivery ({r.wall:.1f} s): relay CPU {cpu} "
-                f"of a core; relay waited for a CPU (run queue) {wait} of the time",
+                f"of a core; relay waited for a CPU (run queue) {wait} of the time\n"
+                f"    relay CPU {total:.2f} s in all, {r.deliveries / total:,.0f} deliveries per relay "
+                f"CPU-second; with a core per relay process (drain = the busiest one's {busiest:.2f} "
+                f"CPU-s): {proj:,.0f} changes/s, {proj / base_proj:.2f}x",
                 flush=True,
             )
             if c == 0:
@@ -389,6 +398,9 @@ def main() -> None:
                 "grows with processes up to the core count",
                 processes=c,
                 changes=r.changes,
+                core_per_process_changes_per_s=round(proj),
+                core_per_process_ratio=round(proj / base_proj, 3),
+                deliveries_per_relay_cpu_second=round(r.deliveries / total),
             )
 
 
