@@ -18,9 +18,15 @@ holds the slot), then released.  Per phase, on one throwaway Postgres:
 
 The **baseline** is P = 1 in the same run; each P prints its ratio to it.  An extra first phase
 runs the embedded default (no Redis, one process) with the same load, to show the cost of going
-through the shared log.  Every relay process's CPU over the drain is printed with the figures:
-on a 2-core machine (Postgres, Redis, the clients and the relays share the cores) the curve is
-expected to flatten at 2; the CPU columns say where the time went.
+through the shared log.  Configurations are interleaved over ``--rounds`` and each one's best
+round is kept (the machine is shared).
+
+Every relay process's CPU and run-queue wait over the drain are printed with the figures: on a
+2-core machine (Postgres, Redis, the clients and the relays share the cores) the wall-clock curve
+is expected to flatten at 2, and on a busy one it measures the neighbours.  Hence a second,
+CPU-based figure: the relays are CPU-bound (their CPU plus run-queue wait is nearly the whole
+drain), so with a core per relay process the drain would take about the busiest process's CPU
+time — ``changes / max(CPU seconds)`` — an extrapolation that leaves out Postgres and Redis.
 """
 
 from __future__ import annotations
