@@ -212,7 +212,7 @@ class Supervisor:
         w.proc = None
         w.exit_codes.append(code)
         w.failures = w.failures + 1 if uptime < self.min_uptime else 1
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        how = _describe(code)
         if uptime < self.min_uptime and w.failures >= self.max_start_failures:
             log.error(
                 "worker %d (node %s) failed %d times in a row within %.0f s of its start (last: %s); "
@@ -256,6 +256,16 @@ class Supervisor:
                 proc.wait()
         for w in self.workers:
             w.proc = None
+
+
+def _describe(code: int) -> str:
+    """``exit code 3`` or ``signal SIGKILL`` (Popen's negative return code)."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
 
 
 def run_workers(cfg: Config) -> int:
