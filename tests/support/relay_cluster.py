@@ -2,10 +2,9 @@
 
 Why processes and not in-process relays: cluster mode is about what survives when a *process*
 dies (the capture leader, a fan-out node, a worker), so the tests must be able to SIGKILL one by
-its PID while the others go on.  Each node is ``python -m relay serve`` with its own port (or,
-``same_port=True``, one port shared through SO_REUSEPORT as separate machines behind a load
-balancer would not, but ``relay serve --workers N`` does), its own ``RELAY_NODE_ID`` and its own
-log file, which a failing test prints.
+its PID while the others go on.  Each node is ``python -m relay serve`` with its own port (one
+port shared by several processes is ``relay serve --workers N``: ``workers=N``), its own
+``RELAY_NODE_ID`` and its own log file, which a failing test prints.
 
 Readiness: ``until="ready"`` waits for ``/ready`` to answer 200 (the node can deliver changes:
 the probe a load balancer uses); ``until="health"`` only for ``/health`` to answer (the process
@@ -185,9 +184,8 @@ class RelayNode:
 class RelayCluster:
     """K relay nodes behind one slot and one Redis; every node has its own port and log.
 
-    ``workers``: each node runs ``relay serve --workers N``.  ``same_port``: all nodes listen on
-    one port (SO_REUSEPORT) instead of one each.  ``env``: extra ``RELAY_*`` settings for every
-    node (last, so they win).
+    ``workers``: each node runs ``relay serve --workers N`` (its workers share the node's port).
+    ``env``: extra ``RELAY_*`` settings for every node (last, so they win).
     """
 
     def __init__(
@@ -201,16 +199,14 @@ class RelayCluster:
         slot: str = "cluster_relay",
         secret: str = SECRET,
         env: Mapping[str, str] | None = None,
-        same_port: bool = False,
     ) -> None:
         self.dsn = dsn
         self.redis_url = redis_url
         self.slot = slot
-        shared = free_port() if same_port else None
         self.nodes: list[RelayNode] = []
         for i in range(nodes):
             name = f"node{i}"
-            port = shared or free_port()
+            port = free_port()
             node_env = relay_env(
                 dsn,
                 port,
