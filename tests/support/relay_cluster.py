@@ -163,7 +163,11 @@ class RelayNode:
         return got[1] if got is not None and got[0] == 200 and isinstance(got[1], dict) else None
 
     async def wait(self, until: Until = "ready", timeout: float = 60.0) -> dict[str, Any]:
-        """Until ``/ready`` says 200 (or ``/health`` answers); fails early if the process died."""
+        """Until ``/ready`` says 200 (or ``/health`` answers); fails early if the process died.
+
+        For a ``--workers`` node, whichever worker the kernel hands the connection answers: ask
+        ``health()`` repeatedly (fresh connections) to hear from each.
+        """
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
