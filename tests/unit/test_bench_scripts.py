@@ -24,6 +24,7 @@ SCRIPTS = [
     "run_all.py",
     "pyspy_top.py",
     "scale_out.py",
+    "failover.py",
 ]
 
 
