@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 
 from tests.support.redis_server import RedisServer
-from tests.support.relay import token
+from tests.support.relay import PhoenixClient, token
 from tests.support.relay_cluster import RelayNode, relay_cluster
 
 SOCKETS = 40
@@ -139,3 +140,44 @@ def _exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.timeout(180)
+async def test_changes_reach_the_sockets_of_every_worker(
+    pg_dsn: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Cluster mode behind one port: one worker captures, both deliver to their own sockets."""
+    async with relay_cluster(
+        pg_dsn, redis_server.url, tmp_path, nodes=1, workers=2, until="health", env={"RELAY_NODE_ID": "api"}
+    ) as cluster:
+        node = cluster.nodes[0]
+        deadline = time.monotonic() + 60
+        workers: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            workers = await per_worker(node, 2, timeout=5)
+            if len(workers) == 2 and all(h["status"] == "ok" for h in workers.values()):
+                break
+            await asyncio.sleep(0.2)
+        assert {n: h["status"] for n, h in workers.items()} == {"api-w1": "ok", "api-w2": "ok"}, (
+            cluster.logs()
+        )
+        bindings = [{"event": "INSERT", "schema": "public", "table": "alerts"}]
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(PhoenixClient.connect(node.port)) for _ in range(SOCKETS // 2)
+            ]
+            for c in clients:
+                assert (await c.join("w", bindings))["payload"]["status"] == "ok"
+            counts = {n: h["connections"] for n, h in (await per_worker(node, 2)).items()}
+            assert all(v > 0 for v in counts.values()) and sum(counts.values()) == len(clients), counts
+            await asyncio.to_thread(_insert, pg_dsn, "to every worker")
+            for c in clients:
+                m = await c.recv_until(lambda m: m["event"] == "postgres_changes", timeout=20)
+                assert m["payload"]["data"]["record"]["title"] == "to every worker"
+
+
+def _insert(dsn: str, title: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "insert into alerts (branch_id, severity, kind, title) values (1, 'info', 'w', %s)", (title,)
+        )
