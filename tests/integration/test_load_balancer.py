@@ -17,6 +17,7 @@ stats socket added to read the servers' states.  What it must do:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import subprocess
@@ -28,8 +29,9 @@ import psycopg
 import pytest
 
 from relay.postgres.cluster import free_port
+from tests.support.redis_server import RedisServer
 from tests.support.relay import SECRET, PhoenixClient
-from tests.support.relay_cluster import RelayNode, prepare_database
+from tests.support.relay_cluster import RelayNode, prepare_database, relay_cluster
 from tests.support.relay_process import relay_env
 from tests.unit.test_cluster_compose import HAPROXY_CFG, haproxy_binary
 
@@ -181,3 +183,47 @@ def _tail(path: Path) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-30:])
     except OSError:
         return "(no log)"
+
+
+async def test_haproxy_spreads_a_cluster_and_moves_a_dead_nodes_clients(
+    pg_dsn: str, redis_server: RedisServer, haproxy: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """The compose topology on loopback: two cluster nodes behind docker/haproxy.cfg.
+
+    Both nodes are ready (each serves from the shared change log), so leastconn spreads sockets
+    over both; a SIGKILLed node is marked down and its clients, reconnecting through the same
+    address, land on the other node and still receive every change.
+    """
+    binary, cfg_path, stats = haproxy
+    lb_log = tmp_path / "haproxy.log"
+    async with relay_cluster(pg_dsn, redis_server.url, tmp_path, nodes=2) as cluster:
+        a, b = cluster.nodes
+        names = {"relay-1": a.port, "relay-2": b.port}
+        lb_port = free_port()
+        cfg_path.write_text(loopback_config(HAPROXY_CFG.read_text(), lb_port, names, stats))
+        proc = _start_haproxy(binary, cfg_path, lb_log)
+        bindings = [{"event": "INSERT", "schema": "public", "table": "alerts"}]
+        try:
+            await wait_states(stats, {"relay-1": "UP", "relay-2": "UP"})
+            async with contextlib.AsyncExitStack() as stack:
+                clients = [await stack.enter_async_context(PhoenixClient.connect(lb_port)) for _ in range(8)]
+                for c in clients:
+                    assert (await c.join("lb", bindings))["payload"]["status"] == "ok"
+                spread = (await connections(a), await connections(b))
+                assert sum(spread) == 8 and min(spread) >= 3, f"leastconn should even out: {spread}"
+            a.kill()  # SIGKILL
+            await wait_states(stats, {"relay-1": "DOWN", "relay-2": "UP"})
+            async with contextlib.AsyncExitStack() as stack:
+                clients = [await stack.enter_async_context(PhoenixClient.connect(lb_port)) for _ in range(4)]
+                for c in clients:
+                    assert (await c.join("lb", bindings))["payload"]["status"] == "ok"
+                assert await connections(b) == 4
+                await asyncio.to_thread(_insert, pg_dsn, "after a node died")
+                for c in clients:
+                    m = await c.recv_until(lambda m: m["event"] == "postgres_changes", timeout=20)
+                    assert m["payload"]["data"]["record"]["title"] == "after a node died"
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- haproxy ---\n{_tail(lb_log)}\n{cluster.logs()}") from None
+        finally:
+            proc.terminate()
+            proc.wait(10)
