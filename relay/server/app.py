@@ -215,7 +215,6 @@ class RelayServer:
     async def health(self, request: web.Request) -> web.Response:
         body = {
             "status": "ok" if self.status.get("streaming") else "starting",
-            "node": self.config.node_id,  # cluster mode: which node (or worker) answered
             "connections": len(self.connections),
             "channels": sum(len(c.channels) for c in self.connections),
             "bindings": len(self.index),

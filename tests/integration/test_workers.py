@@ -24,7 +24,7 @@ import pytest
 
 from tests.support.redis_server import RedisServer
 from tests.support.relay import PhoenixClient, token
-from tests.support.relay_cluster import RelayNode, relay_cluster
+from tests.support.relay_cluster import RelayNode, node_id, relay_cluster
 
 SOCKETS = 40
 _GONE = (
@@ -42,7 +42,7 @@ async def per_worker(node: RelayNode, want: int, timeout: float = 20.0) -> dict[
     while len(seen) < want and time.monotonic() < deadline:
         h = await node.health()
         if h is not None:
-            seen[h["node"]] = h
+            seen[str(node_id(h))] = h
     return seen
 
 

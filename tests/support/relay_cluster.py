@@ -37,9 +37,15 @@ from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from tests.support.relay import SECRET
 from tests.support.relay_process import log_tail, relay_env, spawn_relay
 
-__all__ = ["RelayCluster", "RelayNode", "child_pids", "relay_cluster"]
+__all__ = ["RelayCluster", "RelayNode", "child_pids", "node_id", "relay_cluster"]
 
 Until = Literal["ready", "health"]
+
+
+def node_id(health: dict[str, Any] | None) -> str | None:
+    """The node id a cluster node's ``/health`` names (``cluster.node_id``), or None."""
+    cluster = (health or {}).get("cluster")
+    return cluster.get("node_id") if isinstance(cluster, dict) else None
 
 
 def child_pids(pid: int) -> list[int]:
