@@ -352,7 +352,8 @@ def main() -> None:
         configs: list[int] = ([0] if not args.no_embedded else []) + list(args.fanout)
         runs: dict[int, list[Result]] = {c: [] for c in configs}
         for rnd in range(args.rounds):
-            for c in configs:
+            shift = rnd % len(configs)  # each round starts with another configuration
+            for c in configs[shift:] + configs[:shift]:
                 slot = f"scale_{c or 'embedded'}_{rnd}"
                 if c == 0:
                     r = phase(
