@@ -35,6 +35,12 @@ BENCHES: list[tuple[tuple[str, ...], str, list[str], list[str]]] = [
     ),
     (("idle_memory", "joins"), "idle_sockets.py", ["--sockets", "10000"], ["--sockets", "10000"]),
     (("latency",), "latency.py", ["--seconds", "10"], ["--seconds", "30"]),
+    (
+        ("scale_out_1", "scale_out_2", "scale_out_4"),
+        "scale_out.py",
+        ["--changes", "2000", "--subscribers", "500"],
+        ["--changes", "5000", "--subscribers", "2000", "--rounds", "3"],
+    ),
 ]
 
 TITLES = {
@@ -46,6 +52,9 @@ TITLES = {
     "idle_memory": "10,000 idle sockets: relay memory per socket",
     "joins": "10,000 idle sockets: connect + join rate",
     "latency": "commit -> client, 100 changes/s x 500 subscribers",
+    "scale_out_1": "cluster mode (Redis), authorized fan-out, 1 fan-out process",
+    "scale_out_2": "cluster mode (Redis), authorized fan-out, 2 fan-out processes",
+    "scale_out_4": "cluster mode (Redis), authorized fan-out, 4 fan-out processes",
 }
 
 

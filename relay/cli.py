@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-migrate", action="store_true", help="do not even check for pending migrations at start-up"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes serving the same port with SO_REUSEPORT, supervised and restarted when they "
+        "die; more than 1 needs RELAY_REDIS_URL (env RELAY_WORKERS, default 1; docs/scale-out.md)",
+    )
 
     p = sub.add_parser(
         "migrate",
@@ -221,6 +227,7 @@ def _config(args: argparse.Namespace) -> Config:
         "host",
         "port",
         "log_level",
+        "workers",
     )
     return Config.from_env(**{k: getattr(args, k, None) for k in keys})
 
@@ -415,6 +422,10 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         print(_redactor(args, cfg).scrub(report.render()), file=sys.stderr)
         print("relay: preflight failed; fix the items marked FAIL above", file=sys.stderr)
         return 1
+    if cfg.workers > 1:
+        from relay.cluster.workers import run_workers
+
+        return run_workers(cfg)  # each worker is a `relay serve --no-migrate` of its own
     asyncio.run(run_until_stopped(cfg))
     return 0
 

@@ -186,7 +186,11 @@ async def start_relay(
         server.app(), handle_signals=False, access_log=None, keepalive_timeout=config.handshake_timeout
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    # cluster mode: SO_REUSEPORT, so the workers of `relay serve --workers N` (and other nodes
+    # on this machine) share the port and the kernel spreads connections over them
+    site = web.TCPSite(
+        runner, config.host, config.port, reuse_address=True, reuse_port=bool(config.redis_url)
+    )
     await site.start()
     port = config.port
     if port == 0 and site._server is not None:

@@ -3,6 +3,7 @@
 #   postgresql-15 + postgresql-15-wal2json (the embedded throwaway cluster and wal2json),
 #   nodejs + npm (the @supabase/realtime-js interop tests),
 #   redis-server (cluster mode's change log and rooms; the tests start throwaway servers),
+#   haproxy (docker/haproxy.cfg is checked with `haproxy -c` and run in front of test relays),
 #   chromium (the /inspector page is tested in a real headless browser; RELAY_SKIP_BROWSER=1 skips it).
 # Idempotent and quiet when everything is present.  Needs root (or sudo) to install.
 set -euo pipefail
@@ -14,6 +15,7 @@ have_pg || need+=(postgresql-15)
 have_wal2json || need+=(postgresql-15-wal2json)
 if [ "${RELAY_SKIP_REDIS:-0}" != "1" ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 fi
 if [ "${RELAY_SKIP_NODE:-0}" != "1" ]; then
   command -v node >/dev/null 2>&1 || need+=(nodejs)
@@ -34,6 +36,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# Debian's postgresql package starts a default cluster on 5432 and redis-server one on 6379;
-# the relay and its tests never use them (tests start their own on free ports).
+# Debian's postgresql package starts a default cluster on 5432 and redis-server one on 6379
+# (haproxy's default file listens nowhere); the relay and its tests never use them (tests
+# start their own on free ports).
 have_wal2json || { echo "error: wal2json still missing after install" >&2; exit 1; }

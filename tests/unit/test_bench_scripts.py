@@ -23,6 +23,7 @@ SCRIPTS = [
     "latency.py",
     "run_all.py",
     "pyspy_top.py",
+    "scale_out.py",
     "failover.py",
     "snapshot.py",
     "fanout_route.py",
