@@ -53,6 +53,7 @@ class RunningRelay:
         self.policy_task: asyncio.Task[None] | None = None
         self.policies: PolicyStore | None = None
         self.watchdog_task: asyncio.Task[None] | None = None
+        self.rooms_task: asyncio.Task[None] | None = None  # cluster mode: rooms across nodes
 
     @property
     def url(self) -> str:
@@ -76,7 +77,9 @@ class RunningRelay:
                 self.task.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await self.task
-        for extra in (self.policy_task, self.watchdog_task):
+        if self.rooms_task is not None:  # lets it say goodbye: its presences leave the others now
+            await asyncio.wait({self.rooms_task}, timeout=3)
+        for extra in (self.policy_task, self.watchdog_task, self.rooms_task):
             if extra is not None:
                 extra.cancel()
                 with suppress(asyncio.CancelledError, Exception):
@@ -132,6 +135,10 @@ async def start_relay(
     catalog = Catalog(dsn)
     await catalog.open()
     server = RelayServer(config, verifier, catalog)
+    if config.redis_url:  # cluster mode: broadcast and presence reach every node (docs/scale-out.md)
+        from relay.cluster.rooms import ClusterRooms
+
+        server.topics.cluster = ClusterRooms(config, server.topics)
 
     store = PolicyStore(catalog, server.authorizer, interval=config.policy_poll_interval)
     watchdog = SlotWatchdog(server, config.slot, config.slot_wal_threshold, config.slot_check_interval)
@@ -169,6 +176,8 @@ async def start_relay(
     relay = RunningRelay(server, pipeline, runner, port, task, stop, catalog)
     relay.policy_task = policy_task
     relay.watchdog_task = asyncio.create_task(watchdog.run(stop), name="relay-slot-watchdog")
+    if server.topics.cluster is not None:
+        relay.rooms_task = asyncio.create_task(server.topics.cluster.run(stop), name="relay-cluster-rooms")
     relay.policies = store
     if wait_ready:
         ready = asyncio.create_task(pipeline.ready.wait())

@@ -67,6 +67,9 @@ class Code(StrEnum):
     RESYNC_NEEDED = "resync_needed"
     BROADCAST_REPLAY_INCOMPLETE = "broadcast_replay_incomplete"
     TOKEN_EXPIRING = "token_expiring"
+    # Cluster mode (docs/scale-out.md): this node lost Redis, and got it back
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
+    CLUSTER_RESTORED = "cluster_restored"
 
 
 class RelayError(Exception):
