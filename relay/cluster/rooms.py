@@ -62,6 +62,7 @@ __all__ = [
     "RemoteBroadcast",
     "decode",
     "encode_broadcast",
+    "encode_control",
     "encode_presence",
     "key_prefix",
     "node_names",
@@ -458,9 +459,7 @@ class ClusterRooms:
             self.hub.cluster_notice(restored=False)
         if was_up or not self._warned:
             self._warned = True
-            log.warning(
-                "cluster rooms: %s; broadcasts reach this node's members only, retrying", self.error
-            )
+            log.warning("cluster rooms: %s; broadcasts reach this node's members only, retrying", self.error)
 
     def _expire_mirror(self) -> None:
         """Away from Redis longer than a node's TTL: nothing vouches for the others' presences."""
