@@ -250,6 +250,10 @@ class ClusterRooms:
         self._out.append(_Item(data, self._seq, joins, leaves))
         self._wake.set()
 
+    def room_for(self, n: int) -> bool:
+        """Whether ``n`` more broadcasts can be queued for the other nodes right now."""
+        return self.up and len(self._out) + n <= MAX_PENDING
+
     def ready_reasons(self) -> list[dict[str, str]]:
         if self.up:
             return []

@@ -100,7 +100,7 @@ class HttpApi:
             limits = self.server.config.payload_limits
             parsed = [_message(i, m, limits) for i, m in enumerate(messages)]
             await self._check_write(claims, {(name, private) for name, private, _ in parsed})
-            self._check_cluster()
+            self._check_cluster(len(parsed))
         except HttpError as exc:
             return _error(exc.status, str(exc), exc.code, exc.index)
         for name, private, msg in parsed:
@@ -132,9 +132,9 @@ class HttpApi:
         self.server.topics.publish(name, private, msg, cluster=True)
         return web.Response(status=202)
 
-    def _check_cluster(self) -> None:
+    def _check_cluster(self, n: int = 1) -> None:
         """Cluster mode without Redis: refuse (503, retryable) rather than reach one node silently."""
-        why = self.server.topics.cluster_unavailable()
+        why = self.server.topics.cluster_unavailable(n)
         if why is not None:
             raise HttpError(
                 503,

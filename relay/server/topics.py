@@ -191,10 +191,12 @@ class TopicHub:
             return 0
         return self.fan_out(room, msg)
 
-    def cluster_unavailable(self) -> str | None:
-        """Why a broadcast could not reach the other nodes now (None: it can, or no cluster)."""
-        if self.cluster is None or self.cluster.up:
+    def cluster_unavailable(self, n: int = 1) -> str | None:
+        """Why ``n`` broadcasts could not reach the other nodes now (None: they can, or no cluster)."""
+        if self.cluster is None or self.cluster.room_for(n):
             return None
+        if self.cluster.up:
+            return "too many messages are waiting for Redis"
         return self.cluster.error or "Redis is unreachable"
 
     def db_message(self, msg: dict[str, Any], commit_seq: int) -> None:
