@@ -350,6 +350,10 @@ async def test_redis_restart_without_data_repairs_presence(pg_dsn: str) -> None:
             ) as resp:
                 err = orjson.loads(await resp.read())
             assert resp.status == 503 and err["code"] == "cluster_unavailable"
+            # a channel joining during the outage is told too
+            async with PhoenixClient.connect(a, OTHER) as newcomer:
+                await ok_join(newcomer, "other-room")
+                await newcomer.recv_until(system_code("cluster_unavailable"))
             # meanwhile on node b: alice leaves, bob tracks (nothing can be published)
             await alice.send("realtime:lobby", "presence", {"event": "untrack"})
             await track(bob, "lobby", {"v": 2})
@@ -376,6 +380,48 @@ async def test_redis_restart_without_data_repairs_presence(pg_dsn: str) -> None:
                 "realtime:lobby", "broadcast", {"type": "broadcast", "event": "back", "payload": {}}
             )
             await bob.recv_until(is_bcast("back"))
+
+
+async def test_redis_losing_its_data_under_connected_nodes_is_repaired(
+    pg_dsn: str, redis_server: RedisServer
+) -> None:
+    """FLUSHALL while both nodes stay connected: the heartbeat notices and presence comes back."""
+    async with (
+        two_nodes(pg_dsn, redis_server.url) as (a, b),
+        PhoenixClient.connect(a, USER) as watcher,
+        PhoenixClient.connect(b, OTHER) as alice,
+    ):
+        await ok_join(watcher, "lobby", presence={"key": "watcher", "enabled": True})
+        await ok_join(alice, "lobby", presence={"key": "alice"})
+        await track(alice, "lobby", {"v": 1})
+        await track(watcher, "lobby", {"v": 0})
+        await watcher.recv_until(lambda m: is_diff(m) and "alice" in m["payload"]["joins"])
+        client = redis.Redis.from_url(redis_server.url)
+        client.flushall()
+        # both nodes' hashes are written again within two heartbeats
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            if len(client.keys("relay:*presence:*")) == 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"presence hashes not rewritten: {client.keys('relay:*')}")
+        await asyncio.sleep(2.5)  # one more heartbeat: any leave/join flicker has settled
+        async with PhoenixClient.connect(a, OTHER) as late:
+            await ok_join(late, "lobby", presence={"key": "late", "enabled": True})
+            st = await late.recv_until(lambda m: m["event"] == "presence_state")
+            assert set(st["payload"]) == {"watcher", "alice"}
+        async with PhoenixClient.connect(b, OTHER) as late_b:
+            await ok_join(late_b, "lobby", presence={"key": "late", "enabled": True})
+            st = await late_b.recv_until(lambda m: m["event"] == "presence_state")
+            assert set(st["payload"]) == {"watcher", "alice"}
+        # what the watcher saw adds up to the same: alice is present
+        present: set[str] = set()
+        for m in watcher.inbox:
+            if is_diff(m):
+                present -= set(m["payload"]["leaves"]) - set(m["payload"]["joins"])
+                present |= set(m["payload"]["joins"])
+        assert "alice" in present
 
 
 def _free_port() -> int:
