@@ -14,6 +14,7 @@ from contextlib import suppress
 
 from aiohttp import web
 
+from relay.cluster.rooms import ClusterRooms
 from relay.config import Config
 from relay.core.changes import Commit, Lsn
 from relay.core.position import pack
@@ -135,10 +136,9 @@ async def start_relay(
     catalog = Catalog(dsn)
     await catalog.open()
     server = RelayServer(config, verifier, catalog)
+    rooms: ClusterRooms | None = None
     if config.redis_url:  # cluster mode: broadcast and presence reach every node (docs/scale-out.md)
-        from relay.cluster.rooms import ClusterRooms
-
-        server.topics.cluster = ClusterRooms(config, server.topics)
+        rooms = server.topics.cluster = ClusterRooms(config, server.topics)
 
     store = PolicyStore(catalog, server.authorizer, interval=config.policy_poll_interval)
     watchdog = SlotWatchdog(server, config.slot, config.slot_wal_threshold, config.slot_check_interval)
@@ -176,8 +176,8 @@ async def start_relay(
     relay = RunningRelay(server, pipeline, runner, port, task, stop, catalog)
     relay.policy_task = policy_task
     relay.watchdog_task = asyncio.create_task(watchdog.run(stop), name="relay-slot-watchdog")
-    if server.topics.cluster is not None:
-        relay.rooms_task = asyncio.create_task(server.topics.cluster.run(stop), name="relay-cluster-rooms")
+    if rooms is not None:
+        relay.rooms_task = asyncio.create_task(rooms.run(stop), name="relay-cluster-rooms")
     relay.policies = store
     if wait_ready:
         ready = asyncio.create_task(pipeline.ready.wait())

@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "relay.redact": 1,
     "relay.postgres": 2,
     "relay.pipeline": 3,
+    "relay.cluster": 4,  # cluster mode (issue 17): capture leader, change log, followers; wired by service
     "relay.server": 4,
     "relay.service": 5,
     "relay.cli": 6,

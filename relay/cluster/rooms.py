@@ -33,7 +33,7 @@ import time
 from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -52,7 +52,6 @@ from relay.pipeline import backoff_delay
 
 if TYPE_CHECKING:
     from relay.config import Config
-    from relay.server.topics import TopicHub
 
 __all__ = [
     "Bye",
@@ -60,6 +59,7 @@ __all__ = [
     "Hello",
     "PresenceChange",
     "RemoteBroadcast",
+    "RoomsHub",
     "decode",
     "encode_broadcast",
     "encode_control",
@@ -173,6 +173,15 @@ def decode(data: bytes) -> Message | None:
     return None
 
 
+class RoomsHub(Protocol):
+    """What the link asks of this node's rooms (``relay.server.topics.TopicHub``, wired by the service)."""
+
+    def remote_broadcast(self, name: str, private: bool, msg: Broadcast) -> None: ...
+    def remote_presence(self, changes: dict[RoomKey, Diff]) -> None: ...
+    def local_presences(self) -> list[RemoteEntry]: ...
+    def cluster_notice(self, restored: bool) -> None: ...
+
+
 @dataclass(slots=True)
 class _Item:
     data: bytes
@@ -198,7 +207,7 @@ class ClusterRooms:
     """
 
     def __init__(
-        self, config: Config, hub: TopicHub, *, heartbeat: float = HEARTBEAT, node_ttl: float = NODE_TTL
+        self, config: Config, hub: RoomsHub, *, heartbeat: float = HEARTBEAT, node_ttl: float = NODE_TTL
     ) -> None:
         if not config.redis_url:
             raise ValueError("cluster rooms need RELAY_REDIS_URL")

@@ -144,7 +144,7 @@ def ready_handler(
         except Exception as exc:
             reasons.append({"code": "catalog_unavailable", "message": redact(str(exc)) or type(exc).__name__})
         cluster = server.topics.cluster  # cluster mode: broadcast/presence need Redis
-        if cluster is not None:
+        if cluster is not None and not any(r["code"] == "redis_unavailable" for r in reasons):
             reasons.extend(cluster.ready_reasons())
         wd = watchdog()
         health = wd.health if wd is not None else None

@@ -14,7 +14,7 @@ import logging
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.config import Config
 from relay.core.broadcast import (
@@ -31,7 +31,7 @@ from relay.core.payload_limits import PayloadRejected, check_json
 from relay.core.presence import Diff, PresenceError, repair_metas
 from relay.core.protocol import Frame, dumps, encode, ws_text_frame
 from relay.core.quotas import MESSAGES, PRESENCE_EVENTS, PRESENCE_KEYS
-from relay.core.remote_presence import RemoteEntry, RoomKey
+from relay.core.remote_presence import RemoteEntry, RemotePresence, RoomKey
 from relay.core.rooms import Room, Rooms
 from relay.postgres.availability import database_unreachable
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicAuthorizer, TopicGrants, TopicPolicyError
@@ -39,11 +39,10 @@ from relay.server.metrics import RelayMetrics
 from relay.server.outbox import Outbox
 
 if TYPE_CHECKING:
-    from relay.cluster.rooms import ClusterRooms
     from relay.server.channel import Channel
     from relay.server.feed import ChangeFeed
 
-__all__ = ["JoinRefused", "TopicHub"]
+__all__ = ["JoinRefused", "RoomsLink", "TopicHub"]
 
 log = logging.getLogger("relay.topics")
 
@@ -61,6 +60,24 @@ def read_denied(name: str) -> str:
 
 def write_denied(name: str) -> str:
     return f"Unauthorized: You do not have permissions to write to this Channel topic: {name}"
+
+
+class RoomsLink(Protocol):
+    """Cluster mode: what the hub asks of the link to the other nodes (relay/cluster/rooms.py).
+
+    A protocol, so the serving side names no cluster module (the service wires the two).  The
+    calls that send only queue: they never await, so a socket's pushes keep their order.
+    """
+
+    up: bool
+    error: str | None
+    remote: RemotePresence  # the other nodes' presences, as this node last heard of them
+
+    def broadcast(self, name: str, private: bool, msg: Broadcast) -> bool: ...
+    def presence(self, name: str, private: bool, diff: Diff) -> None: ...
+    def room_for(self, n: int) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+    def ready_reasons(self) -> list[dict[str, str]]: ...
 
 
 class TopicHub:
@@ -89,7 +106,7 @@ class TopicHub:
         self.presence_errors = 0  # stored metas replaced because they could not be encoded
         self._recheck: asyncio.Task[None] | None = None
         # cluster mode (RELAY_REDIS_URL): the link to the other nodes; None = this node is all
-        self.cluster: ClusterRooms | None = None
+        self.cluster: RoomsLink | None = None
         self._told: weakref.WeakSet[Channel] = weakref.WeakSet()  # told "cluster unavailable"
 
     # -- admission ----------------------------------------------------------------------------
