@@ -52,9 +52,9 @@ class RunningRelay:
         self.stop_event = stop
         self.catalog = catalog
         self.policy_task: asyncio.Task[None] | None = None
+        self.rooms_task: asyncio.Task[None] | None = None  # cluster mode: rooms across nodes
         self.policies: PolicyStore | None = None
         self.watchdog_task: asyncio.Task[None] | None = None
-        self.rooms_task: asyncio.Task[None] | None = None  # cluster mode: rooms across nodes
 
     @property
     def url(self) -> str:
