@@ -61,15 +61,15 @@ class Code(StrEnum):
     UNKNOWN_EVENT = "unknown_event"
     INVALID_BROADCAST = "invalid_broadcast"
     UNSUPPORTED_VSN = "unsupported_vsn"
+    # Cluster mode (docs/scale-out.md): this node lost Redis for broadcast/presence, and got it back
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
+    CLUSTER_RESTORED = "cluster_restored"
     # The relay's own failure handling a message (logged with a traceback and counted)
     UNKNOWN_ERROR_ON_CHANNEL = "UnknownErrorOnChannel"
     # System messages about the stream
     RESYNC_NEEDED = "resync_needed"
     BROADCAST_REPLAY_INCOMPLETE = "broadcast_replay_incomplete"
     TOKEN_EXPIRING = "token_expiring"
-    # Cluster mode (docs/scale-out.md): this node lost Redis, and got it back
-    CLUSTER_UNAVAILABLE = "cluster_unavailable"
-    CLUSTER_RESTORED = "cluster_restored"
 
 
 class RelayError(Exception):
