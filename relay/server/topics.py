@@ -179,8 +179,14 @@ class TopicHub:
         if chan.bcast_ack:
             conn.send_frame(Frame(f.topic, "phx_reply", {"status": "ok", "response": {}}, f.ref, f.join_ref))
 
-    def fan_out(self, room: Room[Channel], msg: Broadcast, exclude: Channel | None = None) -> int:
-        """Queue ``msg`` on every member that may read it; returns how many got it."""
+    def fan_out(
+        self, room: Room[Channel], msg: Broadcast, exclude: Channel | None = None, flush: bool = True
+    ) -> int:
+        """Queue ``msg`` on every member that may read it; returns how many got it.
+
+        ``flush=False``: the caller ends the batch (:meth:`flush`), one write per socket for all
+        the messages it queued.
+        """
         self.broadcasts += 1
         frames = BroadcastFrames(f"realtime:{room.name}", msg)
         sent = 0
@@ -190,8 +196,13 @@ class TopicHub:
             conn = member.conn
             conn.push(frames.get(conn.vsn, conn.raw))
             sent += 1
-        self.outbox.flush()
+        if flush:
+            self.outbox.flush()
         return sent
+
+    def flush(self) -> None:
+        """End a batch of :meth:`remote_broadcast` calls: write what they queued."""
+        self.outbox.flush()
 
     def publish(self, name: str, private: bool, msg: Broadcast, *, cluster: bool = False) -> int:
         """A broadcast with no sending member (REST, database): to every reader of the room.
@@ -478,10 +489,13 @@ class TopicHub:
 
     # -- cluster mode: what the other nodes send (relay/cluster/rooms.py) -----------------------
     def remote_broadcast(self, name: str, private: bool, msg: Broadcast) -> None:
-        """A client or REST broadcast sent on another node: to this node's readers of the room."""
+        """A client or REST broadcast sent on another node: to this node's readers of the room.
+
+        Queued only: the link calls :meth:`flush` after each batch it read from Redis.
+        """
         room = self.rooms.get(name, private)
         if room is not None:
-            self.fan_out(room, msg)
+            self.fan_out(room, msg, flush=False)
 
     def remote_presence(self, changes: dict[RoomKey, Diff]) -> None:
         """Other nodes' presences changed (tracked, left, node gone, re-synced): tell the rooms."""
