@@ -314,6 +314,7 @@ async def test_killed_node_presences_leave_within_the_bound(pg_dsn: str, redis_s
                             lambda m: is_diff(m) and "ghost" in m["payload"]["leaves"], 20.0
                         )
                         waited = time.monotonic() - t0
+                        print(f"the SIGKILLed node's presence left after {waited:.1f} s")
                         assert left["payload"]["leaves"]["ghost"]["metas"][0]["n"] == 1
                         assert waited <= 12.5, f"the dead node's presence left after {waited:.1f} s"
                     # and a late joiner on the survivor no longer sees it
