@@ -368,6 +368,7 @@ class ClusterRooms:
         self.published += 1
 
     async def _reload(self, redis: Redis, node: str) -> None:
+        self.hub.flush()  # what the reader queued so far goes out before this round trip
         snap = await self.keys.snapshot(redis, node)
         if snap is None:
             self._apply(self.remote.drop(node))
