@@ -475,7 +475,9 @@ class ClusterRooms:
         self.error = None
         if self._was_up or self._warned:
             log.warning("cluster rooms: Redis is reachable again; broadcasts and presence are cluster-wide")
-            self.hub.cluster_notice(restored=True)
+        # every channel told "unavailable" (also one that joined before the first connect) hears
+        # that it is over
+        self.hub.cluster_notice(restored=True)
         self._was_up = True
         self._warned = False
 

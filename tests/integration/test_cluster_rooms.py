@@ -441,6 +441,36 @@ async def test_redis_losing_its_data_under_connected_nodes_is_repaired(
         assert "alice" in present
 
 
+async def test_redis_down_at_start_then_up(pg_dsn: str) -> None:
+    """A node that starts without Redis serves its own members, says so, and links up later."""
+    server = RedisServer(appendonly=False)
+    try:
+        await asyncio.to_thread(apply_migrations, pg_dsn)
+        await asyncio.to_thread(apply_demo_schema, pg_dsn)
+        # not waiting for the change stream: in cluster mode that needs Redis too
+        relay = await start_relay(settings(pg_dsn, server.url, "early"), wait_ready=False)
+        try:
+            async with (
+                PhoenixClient.connect(relay, USER) as early,
+                PhoenixClient.connect(relay, OTHER) as peer,
+            ):
+                await ok_join(early, "lobby")
+                await early.recv_until(system_code("cluster_unavailable"))
+                await ok_join(peer, "lobby")
+                await early.send(
+                    "realtime:lobby", "broadcast", {"type": "broadcast", "event": "x", "payload": {}}
+                )
+                await peer.recv_until(is_bcast("x"))  # this node's members still get it
+                await asyncio.to_thread(server.start)
+                await early.recv_until(system_code("cluster_restored"), 20.0)
+                await peer.recv_until(system_code("cluster_restored"), 20.0)
+                assert link(relay).up
+        finally:
+            await relay.stop()
+    finally:
+        server.cleanup()
+
+
 def _free_port() -> int:
     import socket
 
