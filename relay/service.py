@@ -14,6 +14,7 @@ from contextlib import suppress
 
 from aiohttp import web
 
+from relay.cluster.node import ClusterNode
 from relay.cluster.rooms import ClusterRooms
 from relay.config import Config
 from relay.core.changes import Commit, Lsn
@@ -37,7 +38,7 @@ class RunningRelay:
     def __init__(
         self,
         server: RelayServer,
-        pipeline: Pipeline,
+        pipeline: Pipeline | None,
         runner: web.AppRunner,
         port: int,
         task: asyncio.Task[None],
@@ -45,7 +46,7 @@ class RunningRelay:
         catalog: Catalog,
     ) -> None:
         self.server = server
-        self.pipeline = pipeline
+        self._pipeline = pipeline
         self.runner = runner
         self.port = port
         self.task = task
@@ -55,6 +56,14 @@ class RunningRelay:
         self.rooms_task: asyncio.Task[None] | None = None  # cluster mode: rooms across nodes
         self.policies: PolicyStore | None = None
         self.watchdog_task: asyncio.Task[None] | None = None
+        self.cluster: ClusterNode | None = None  # cluster mode: the node (no pipeline of its own)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The capture pipeline (single-process mode; in cluster mode the leader's is in ``cluster``)."""
+        if self._pipeline is None:
+            raise RuntimeError("cluster mode: this relay has no pipeline of its own (see relay.cluster)")
+        return self._pipeline
 
     @property
     def url(self) -> str:
@@ -143,16 +152,26 @@ async def start_relay(
     store = PolicyStore(catalog, server.authorizer, interval=config.policy_poll_interval)
     watchdog = SlotWatchdog(server, config.slot, config.slot_wal_threshold, config.slot_check_interval)
     server.watchdog = watchdog
-    pipeline = Pipeline(
-        dsn,
-        catalog,
-        ServerSink(server, store, watchdog),
-        slot=config.slot,
-        publication=config.publication,
-        poll_interval=config.publication_poll_interval,
-    )
-    server.types = pipeline.types
     stop = asyncio.Event()
+    sink = ServerSink(server, store, watchdog)
+    node: ClusterNode | None = None
+    pipeline: Pipeline | None = None
+    if config.redis_url:
+        # Cluster mode (docs/scale-out.md): this process serves from the shared change log and
+        # captures only while it holds the leader lease; the same sink feeds the server.
+        node = ClusterNode(config, catalog, sink, publish=lambda status: setattr(server, "status", status))
+        server.types = node.types
+        server.feed.catch_up = node.follower.caught_up
+    else:
+        pipeline = Pipeline(
+            dsn,
+            catalog,
+            sink,
+            slot=config.slot,
+            publication=config.publication,
+            poll_interval=config.publication_poll_interval,
+        )
+        server.types = pipeline.types
     policy_task = asyncio.create_task(store.run(stop), name="relay-policies")
     try:
         await asyncio.wait_for(asyncio.shield(store.loaded.wait()), ready_timeout)
@@ -172,15 +191,22 @@ async def start_relay(
         sockets = getattr(site._server, "sockets", None)
         if sockets:
             port = sockets[0].getsockname()[1]
-    task = asyncio.create_task(pipeline.run(stop), name="relay-pipeline")
+    if node is not None:
+        task = node.start(stop)
+        ready_event = node.ready
+    else:
+        assert pipeline is not None
+        task = asyncio.create_task(pipeline.run(stop), name="relay-pipeline")
+        ready_event = pipeline.ready
     relay = RunningRelay(server, pipeline, runner, port, task, stop, catalog)
+    relay.cluster = node
     relay.policy_task = policy_task
     relay.watchdog_task = asyncio.create_task(watchdog.run(stop), name="relay-slot-watchdog")
     if rooms is not None:
         relay.rooms_task = asyncio.create_task(rooms.run(stop), name="relay-cluster-rooms")
     relay.policies = store
     if wait_ready:
-        ready = asyncio.create_task(pipeline.ready.wait())
+        ready = asyncio.create_task(ready_event.wait())
         done, _ = await asyncio.wait(
             {ready, task}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED
         )

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from relay.config import Config
@@ -95,6 +95,9 @@ class ChangeFeed:
         self.open_tx: set[Channel] = set()
         self.resumes = 0
         self.resyncs = 0
+        # Cluster mode: wait until this node has read the shared log as far as the cluster has
+        # issued positions (a client may resume here with a position another node gave it).
+        self.catch_up: Callable[[], Awaitable[None]] | None = None
 
     # -- channels -------------------------------------------------------------------------
     def attach(self, chan: Channel, bound: list[tuple[BindingSpec, BoundFilter | None]]) -> None:
@@ -353,11 +356,17 @@ class ChangeFeed:
                     self._send_replication_ready(chan)
             self._awaiting_ready.clear()
         elif info.created:
-            # The slot was lost: changes between what we had and the new slot are gone.
+            # The slot was lost: changes between what we had and the new slot are gone.  (In
+            # cluster mode also: the shared change log lost entries, reason "log_lost".)
             self.log.reset(floor)
+            why = (
+                "the cluster's change log lost entries (Redis lost data)"
+                if info.reason == "log_lost"
+                else "the replication slot was lost and recreated"
+            )
             for chan in list(self.channels):
                 if chan.specs and not chan.replaying:
-                    self._resync(chan, chan.cursor, "the replication slot was lost and recreated")
+                    self._resync(chan, chan.cursor, why)
 
     def replication_ready(self, chan: Channel) -> None:
         """``config.broadcast.replication_ready``: tell the channel once the stream is up.
@@ -388,6 +397,8 @@ class ChangeFeed:
         """
         try:
             await self.floors_ready.wait()
+            if self.catch_up is not None:
+                await self.catch_up()
             current = self.stream_id
             if stream != current:
                 why = (

@@ -138,6 +138,10 @@ def ready_handler(
                     "message": redact(str(err)) if err else "the replication stream has not started",
                 }
             )
+        cluster = status.get("cluster")
+        if isinstance(cluster, dict) and cluster.get("redis") != "ok":
+            # cluster mode: this node reads the change log from Redis (docs/scale-out.md)
+            reasons.append({"code": "redis_unavailable", "message": redact(str(cluster.get("redis")))})
         try:
             async with asyncio.timeout(CATALOG_TIMEOUT):
                 await server.catalog.pool.fetchval("select 1")

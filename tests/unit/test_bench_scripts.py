@@ -24,6 +24,7 @@ SCRIPTS = [
     "latency.py",
     "run_all.py",
     "pyspy_top.py",
+    "failover.py",
 ]
 
 
