@@ -2,8 +2,7 @@
 
 Two relays in this process (or one here and one as a ``relay serve`` process, for SIGKILL),
 a real ``redis-server`` and a real Postgres; raw Phoenix clients spread over the nodes.  Both
-nodes use the same slot (the cluster's keys are named after it), so only the first one captures:
-these tests are about rooms, which do not need the change stream.
+are nodes of one cluster (one slot, one change log): one captures, both serve.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psycopg
 import pytest
 import redis
 
@@ -109,8 +109,7 @@ async def two_nodes(
     await asyncio.to_thread(apply_demo_schema, dsn)
     a = await start_relay(settings(dsn, redis_url, "node-a", **overrides))
     try:
-        # same slot: node b's capture waits for the slot (these tests need rooms only)
-        b = await start_relay(settings(dsn, redis_url, "node-b", **overrides), wait_ready=False)
+        b = await start_relay(settings(dsn, redis_url, "node-b", **overrides))
         try:
             await linked(a, b)
             yield a, b
@@ -194,6 +193,25 @@ async def test_rest_broadcast_and_private_rooms_across_nodes(pg_dsn: str, redis_
         assert got["payload"]["payload"] == {"x": 1}
         # a private message never reaches the public twin, on any node
         assert not [m for m in await pub.collect(0.5) if m["event"] == "broadcast"]
+
+
+async def test_database_broadcasts_reach_every_node_once(pg_dsn: str, redis_server: RedisServer) -> None:
+    """``realtime.send`` reaches every node through the change log; rooms never publish it again."""
+    async with (
+        two_nodes(pg_dsn, redis_server.url) as (a, b),
+        PhoenixClient.connect(a, USER) as on_a,
+        PhoenixClient.connect(b, OTHER, vsn="2.0.0") as on_b,
+    ):
+        await ok_join(on_a, "db-room")
+        await ok_join(on_b, "db-room")
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            for i in range(5):
+                body = orjson.dumps({"i": i}).decode()
+                conn.execute("select realtime.send(%s::jsonb, 'db', 'db-room', false)", (body,))
+        for c in (on_a, on_b):
+            got = [(await c.recv_until(is_bcast("db"), 20.0))["payload"]["payload"]["i"] for _ in range(5)]
+            assert got == list(range(5))
+            assert not [m for m in await c.collect(1.0) if m["event"] == "broadcast"], "a second copy"
 
 
 async def test_presence_across_nodes(pg_dsn: str, redis_server: RedisServer) -> None:
