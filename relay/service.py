@@ -15,6 +15,7 @@ from contextlib import suppress
 from aiohttp import web
 
 from relay.cluster.node import ClusterNode
+from relay.cluster.rooms import ClusterRooms
 from relay.config import Config
 from relay.core.changes import Commit, Lsn
 from relay.core.position import pack
@@ -58,6 +59,7 @@ class RunningRelay:
         self.stop_event = stop
         self.catalog = catalog
         self.policy_task: asyncio.Task[None] | None = None
+        self.rooms_task: asyncio.Task[None] | None = None  # cluster mode: rooms across nodes
         self.policies: PolicyStore | None = None
         self.watchdog_task: asyncio.Task[None] | None = None
         self.cluster: ClusterNode | None = None  # cluster mode: the node (no pipeline of its own)
@@ -91,7 +93,9 @@ class RunningRelay:
                 self.task.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await self.task
-        for extra in (self.policy_task, self.watchdog_task):
+        if self.rooms_task is not None:  # lets it say goodbye: its presences leave the others now
+            await asyncio.wait({self.rooms_task}, timeout=3)
+        for extra in (self.policy_task, self.watchdog_task, self.rooms_task):
             if extra is not None:
                 extra.cancel()
                 with suppress(asyncio.CancelledError, Exception):
@@ -150,6 +154,9 @@ async def start_relay(
     catalog = Catalog(dsn)
     await catalog.open()
     server = RelayServer(config, verifier, catalog)
+    rooms: ClusterRooms | None = None
+    if config.redis_url:  # cluster mode: broadcast and presence reach every node (docs/scale-out.md)
+        rooms = server.topics.cluster = ClusterRooms(config, server.topics)
 
     store = PolicyStore(catalog, server.authorizer, interval=config.policy_poll_interval)
     watchdog = SlotWatchdog(server, config.slot, config.slot_wal_threshold, config.slot_check_interval)
@@ -208,6 +215,8 @@ async def start_relay(
     relay.cluster = node
     relay.policy_task = policy_task
     relay.watchdog_task = asyncio.create_task(watchdog.run(stop), name="relay-slot-watchdog")
+    if rooms is not None:
+        relay.rooms_task = asyncio.create_task(rooms.run(stop), name="relay-cluster-rooms")
     relay.policies = store
     if wait_ready:
         ready = asyncio.create_task(ready_event.wait())

@@ -382,7 +382,9 @@ class LogSink:
             return
         # A database broadcast has its place in commit order (deduplicated by key after a
         # takeover); a policy change has none the sink can see, and doing it twice is harmless.
-        k = self._key(message.commit_lsn) if type(message) is DatabaseBroadcast else -1
+        # int(): the pipeline hands an Lsn, which must not become the open transaction's id
+        # (stored as its repr, it broke every node's log reader at the first realtime.send)
+        k = self._key(int(message.commit_lsn)) if type(message) is DatabaseBroadcast else -1
         self._queue({"t": MESSAGE, "m": m}, b"", k, -1, -1)
 
     def batch_end(self) -> None:

@@ -61,6 +61,9 @@ class Code(StrEnum):
     UNKNOWN_EVENT = "unknown_event"
     INVALID_BROADCAST = "invalid_broadcast"
     UNSUPPORTED_VSN = "unsupported_vsn"
+    # Cluster mode (docs/scale-out.md): this node lost Redis for broadcast/presence, and got it back
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
+    CLUSTER_RESTORED = "cluster_restored"
     # The relay's own failure handling a message (logged with a traceback and counted)
     UNKNOWN_ERROR_ON_CHANNEL = "UnknownErrorOnChannel"
     # System messages about the stream

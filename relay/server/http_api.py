@@ -100,10 +100,11 @@ class HttpApi:
             limits = self.server.config.payload_limits
             parsed = [_message(i, m, limits) for i, m in enumerate(messages)]
             await self._check_write(claims, {(name, private) for name, private, _ in parsed})
+            self._check_cluster(len(parsed))
         except HttpError as exc:
             return _error(exc.status, str(exc), exc.code, exc.index)
         for name, private, msg in parsed:
-            self.server.topics.publish(name, private, msg)
+            self.server.topics.publish(name, private, msg, cluster=True)
         return web.Response(status=202)
 
     async def broadcast_one(self, request: web.Request) -> web.Response:
@@ -125,10 +126,21 @@ class HttpApi:
                 raise HttpError(400, "the topic must not be empty", Code.INVALID_BROADCAST)
             msg = _checked(msg, self.server.config.payload_limits)
             await self._check_write(claims, {(name, private)})
+            self._check_cluster()
         except HttpError as exc:
             return _error(exc.status, str(exc), exc.code)
-        self.server.topics.publish(name, private, msg)
+        self.server.topics.publish(name, private, msg, cluster=True)
         return web.Response(status=202)
+
+    def _check_cluster(self, n: int = 1) -> None:
+        """Cluster mode without Redis: refuse (503, retryable) rather than reach one node silently."""
+        why = self.server.topics.cluster_unavailable(n)
+        if why is not None:
+            raise HttpError(
+                503,
+                f"cluster unavailable: {why}; the broadcast would reach this relay node's members only",
+                Code.CLUSTER_UNAVAILABLE,
+            )
 
     async def _check_write(self, claims: Claims, topics: set[tuple[str, bool]]) -> None:
         for name, private in sorted(topics):
@@ -163,7 +175,12 @@ class HttpApi:
             }
             for c in sorted(server.connections, key=lambda c: c.connected_at)
         ]
+        cluster = topics.cluster
         body = {
+            # sockets, channels, rooms' members and the counters are this node's; in cluster
+            # mode "cluster" says which node answered and what it knows of the others
+            "scope": "node",
+            "cluster": cluster.stats() if cluster is not None else None,
             "connections": len(server.connections),
             "channels": sum(len(c.channels) for c in server.connections),
             "rooms": topics.room_stats(),
@@ -186,12 +203,16 @@ class HttpApi:
             return _error(exc.status, str(exc), exc.code)
         name = request.match_info["topic"].removeprefix("realtime:")
         private = request.query.get("private", "false").lower() == "true"
-        body = self.server.topics.room_users(name, private) or {
+        topics = self.server.topics
+        body = topics.room_users(name, private) or {
             "topic": name,
             "private": private,
             "members": [],
-            "presence": {},
+            "presence": topics.remote_state(name, private),
         }
+        # members are this node's sockets; presence is the cluster's in cluster mode
+        body["scope"] = "node"
+        body["presence_scope"] = "node" if topics.cluster is None else "cluster"
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

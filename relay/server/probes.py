@@ -147,6 +147,9 @@ def ready_handler(
                 await server.catalog.pool.fetchval("select 1")
         except Exception as exc:
             reasons.append({"code": "catalog_unavailable", "message": redact(str(exc)) or type(exc).__name__})
+        cluster = server.topics.cluster  # cluster mode: broadcast/presence need Redis
+        if cluster is not None and not any(r["code"] == "redis_unavailable" for r in reasons):
+            reasons.extend(cluster.ready_reasons())
         wd = watchdog()
         health = wd.health if wd is not None else None
         if health is not None and health.problem is not None:

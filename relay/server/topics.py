@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.config import Config
 from relay.core.broadcast import (
@@ -30,6 +31,7 @@ from relay.core.payload_limits import PayloadRejected, check_json
 from relay.core.presence import Diff, PresenceError, repair_metas
 from relay.core.protocol import Frame, dumps, encode, ws_text_frame
 from relay.core.quotas import MESSAGES, PRESENCE_EVENTS, PRESENCE_KEYS
+from relay.core.remote_presence import RemoteEntry, RemotePresence, RoomKey
 from relay.core.rooms import Room, Rooms
 from relay.postgres.availability import database_unreachable
 from relay.postgres.topic_policies import PUBLIC_GRANTS, TopicAuthorizer, TopicGrants, TopicPolicyError
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from relay.server.channel import Channel
     from relay.server.feed import ChangeFeed
 
-__all__ = ["JoinRefused", "TopicHub"]
+__all__ = ["JoinRefused", "RoomsLink", "TopicHub"]
 
 log = logging.getLogger("relay.topics")
 
@@ -58,6 +60,24 @@ def read_denied(name: str) -> str:
 
 def write_denied(name: str) -> str:
     return f"Unauthorized: You do not have permissions to write to this Channel topic: {name}"
+
+
+class RoomsLink(Protocol):
+    """Cluster mode: what the hub asks of the link to the other nodes (relay/cluster/rooms.py).
+
+    A protocol, so the serving side names no cluster module (the service wires the two).  The
+    calls that send only queue: they never await, so a socket's pushes keep their order.
+    """
+
+    up: bool
+    error: str | None
+    remote: RemotePresence  # the other nodes' presences, as this node last heard of them
+
+    def broadcast(self, name: str, private: bool, msg: Broadcast) -> bool: ...
+    def presence(self, name: str, private: bool, diff: Diff) -> None: ...
+    def room_for(self, n: int) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+    def ready_reasons(self) -> list[dict[str, str]]: ...
 
 
 class TopicHub:
@@ -85,6 +105,9 @@ class TopicHub:
         self.refused = 0  # payloads over a limit, and presences beyond a bound
         self.presence_errors = 0  # stored metas replaced because they could not be encoded
         self._recheck: asyncio.Task[None] | None = None
+        # cluster mode (RELAY_REDIS_URL): the link to the other nodes; None = this node is all
+        self.cluster: RoomsLink | None = None
+        self._told: weakref.WeakSet[Channel] = weakref.WeakSet()  # told "cluster unavailable"
 
     # -- admission ----------------------------------------------------------------------------
     async def grants(self, name: str, private: bool, claims: Mapping[str, Any]) -> TopicGrants:
@@ -117,6 +140,8 @@ class TopicHub:
         self.metrics.joined(chan.private, bool(chan.specs), chan.presence_enabled)
         if chan.presence_enabled and chan.grants.presence_read:
             self._send_state(chan)
+        if self.cluster is not None and not self.cluster.up:
+            self._tell_unavailable(chan)
 
     def leave(self, chan: Channel) -> None:
         """Leave the room; its presence leaves with it and the others are told."""
@@ -127,7 +152,7 @@ class TopicHub:
         diff = room.presence.untrack(chan)
         self.rooms.leave(room, chan)
         if diff is not None:
-            self._send_diff(room, diff)
+            self._local_diff(room, diff)
 
     # -- broadcast ----------------------------------------------------------------------------
     def client_broadcast(self, chan: Channel, f: Frame, msg: Broadcast) -> None:
@@ -148,11 +173,20 @@ class TopicHub:
         room = chan.room
         if room is not None:
             self.fan_out(room, msg, exclude=None if chan.bcast_self else chan)
+            # the other nodes' members: after the local ones, in this socket's push order
+            if self.cluster is not None and not self.cluster.broadcast(room.name, room.private, msg):
+                self._tell_unavailable(chan)
         if chan.bcast_ack:
             conn.send_frame(Frame(f.topic, "phx_reply", {"status": "ok", "response": {}}, f.ref, f.join_ref))
 
-    def fan_out(self, room: Room[Channel], msg: Broadcast, exclude: Channel | None = None) -> int:
-        """Queue ``msg`` on every member that may read it; returns how many got it."""
+    def fan_out(
+        self, room: Room[Channel], msg: Broadcast, exclude: Channel | None = None, flush: bool = True
+    ) -> int:
+        """Queue ``msg`` on every member that may read it; returns how many got it.
+
+        ``flush=False``: the caller ends the batch (:meth:`flush`), one write per socket for all
+        the messages it queued.
+        """
         self.broadcasts += 1
         frames = BroadcastFrames(f"realtime:{room.name}", msg)
         sent = 0
@@ -162,16 +196,36 @@ class TopicHub:
             conn = member.conn
             conn.push(frames.get(conn.vsn, conn.raw))
             sent += 1
-        self.outbox.flush()
+        if flush:
+            self.outbox.flush()
         return sent
 
-    def publish(self, name: str, private: bool, msg: Broadcast) -> int:
-        """A broadcast with no sending member (REST, database): to every reader of the room."""
-        room = self.rooms.get(name.removeprefix("realtime:"), private)
+    def flush(self) -> None:
+        """End a batch of :meth:`remote_broadcast` calls: write what they queued."""
+        self.outbox.flush()
+
+    def publish(self, name: str, private: bool, msg: Broadcast, *, cluster: bool = False) -> int:
+        """A broadcast with no sending member (REST, database): to every reader of the room.
+
+        ``cluster``: also to the other nodes' members (REST; a database broadcast reaches every
+        node through the change log, so it is never published again).
+        """
+        name = name.removeprefix("realtime:")
+        if cluster and self.cluster is not None:
+            self.cluster.broadcast(name, private, msg)
+        room = self.rooms.get(name, private)
         if room is None:
             self.broadcasts += 1
             return 0
         return self.fan_out(room, msg)
+
+    def cluster_unavailable(self, n: int = 1) -> str | None:
+        """Why ``n`` broadcasts could not reach the other nodes now (None: they can, or no cluster)."""
+        if self.cluster is None or self.cluster.room_for(n):
+            return None
+        if self.cluster.up:
+            return "too many messages are waiting for Redis"
+        return self.cluster.error or "Redis is unreachable"
 
     def db_message(self, msg: dict[str, Any], commit_seq: int) -> None:
         """``realtime.send`` from the WAL, at its place in commit order.
@@ -264,7 +318,7 @@ class TopicHub:
             diff = room.presence.untrack(chan)
         conn.send_frame(Frame(f.topic, "phx_reply", {"status": "ok", "response": {}}, f.ref, f.join_ref))
         if diff is not None:
-            self._send_diff(room, diff)
+            self._local_diff(room, diff)
 
     def _track(self, chan: Channel, room: Room[Channel], meta: Any) -> Diff:
         """Check ``meta`` and the bounds, then track it: nothing is stored unless all pass.
@@ -296,6 +350,15 @@ class TopicHub:
                 f"{cfg.max_socket_presence_bytes}",
                 Code.PRESENCE_TOO_LARGE,
             )
+        if self.cluster is not None and room.presence.key_of(chan) is None:
+            # the room's limit is cluster-wide: other nodes' presences count (as this node
+            # knows them; two nodes admitting the last place at the same moment may overshoot)
+            held = len(room.presence) + self.cluster.remote.count((room.name, room.private))
+            if held >= cfg.max_room_presences:
+                raise PresenceError(
+                    f"this room already holds its limit of {cfg.max_room_presences} presences",
+                    Code.ROOM_PRESENCE_FULL,
+                )
         if not chan.presence_enabled:
             # tracking turns presence on for this channel (its listeners were added after the
             # join): it needs the state before the first diff
@@ -306,12 +369,21 @@ class TopicHub:
 
     def presence_state(self, room: Room[Channel]) -> dict[str, Any]:
         """The room's ``presence_state``, guaranteed encodable (unencodable entries repaired)."""
-        state = room.presence.state()
+        state = self._state(room)
         try:
             dumps(state)
         except TypeError:
             self._repair(room)
-            state = room.presence.state()
+            state = self._state(room)
+        return state
+
+    def _state(self, room: Room[Channel]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """This node's presences of the room, and in cluster mode the other nodes' after them."""
+        state = room.presence.state()
+        if self.cluster is not None:
+            for key, section in self.cluster.remote.state((room.name, room.private)).items():
+                mine = state.get(key)
+                state[key] = section if mine is None else {"metas": mine["metas"] + section["metas"]}
         return state
 
     def _repair(self, room: Room[Channel]) -> None:
@@ -325,10 +397,16 @@ class TopicHub:
             chan.conn.send_frame(Frame(chan.topic, "presence_state", {}))
             return
         try:
-            chan.conn.send_frame(Frame(chan.topic, "presence_state", room.presence.state()))
+            chan.conn.send_frame(Frame(chan.topic, "presence_state", self._state(room)))
         except TypeError:  # a stored meta that cannot be encoded: repair the room, never break it
             self._repair(room)
-            chan.conn.send_frame(Frame(chan.topic, "presence_state", room.presence.state()))
+            chan.conn.send_frame(Frame(chan.topic, "presence_state", self._state(room)))
+
+    def _local_diff(self, room: Room[Channel], diff: Diff) -> None:
+        """A change of this node's presences: to its members, and to the other nodes."""
+        self._send_diff(room, diff)
+        if self.cluster is not None:
+            self.cluster.presence(room.name, room.private, diff)
 
     def _send_diff(self, room: Room[Channel], diff: Diff) -> None:
         topic = f"realtime:{room.name}"
@@ -402,24 +480,94 @@ class TopicHub:
         if old.presence_write and not grants.presence_write:
             diff = room.presence.untrack(chan)
             if diff is not None:
-                self._send_diff(room, diff)
+                self._local_diff(room, diff)
         if chan.presence_enabled and old.presence_read != grants.presence_read:
             if grants.presence_read:
                 self._send_state(chan)
             else:
                 chan.conn.send_frame(Frame(chan.topic, "presence_state", {}))
 
+    # -- cluster mode: what the other nodes send (relay/cluster/rooms.py) -----------------------
+    def remote_broadcast(self, name: str, private: bool, msg: Broadcast) -> None:
+        """A client or REST broadcast sent on another node: to this node's readers of the room.
+
+        Queued only: the link calls :meth:`flush` after each batch it read from Redis.
+        """
+        room = self.rooms.get(name, private)
+        if room is not None:
+            self.fan_out(room, msg, flush=False)
+
+    def remote_presence(self, changes: dict[RoomKey, Diff]) -> None:
+        """Other nodes' presences changed (tracked, left, node gone, re-synced): tell the rooms."""
+        for (name, private), diff in changes.items():
+            room = self.rooms.get(name, private)
+            if room is not None:
+                self._send_diff(room, diff)
+
+    def remote_state(self, name: str, private: bool) -> dict[str, Any]:
+        """Other nodes' presences of a room with no member here ({} without a cluster)."""
+        return {} if self.cluster is None else self.cluster.remote.state((name, private))
+
+    def local_presences(self) -> list[RemoteEntry]:
+        """Every presence this node holds, as the other nodes store it (a full rewrite)."""
+        out: list[RemoteEntry] = []
+        for room in self.rooms:
+            key = (room.name, room.private)
+            for pkey, section in room.presence.state().items():
+                out.extend(RemoteEntry(key, pkey, meta) for meta in section["metas"])
+        return out
+
+    def cluster_notice(self, restored: bool) -> None:
+        """This node lost Redis (or got it back): every joined channel is told, never left guessing."""
+        if not restored:
+            for room in self.rooms:
+                for chan in list(room.members):
+                    self._tell_unavailable(chan)
+            return
+        for chan in list(self._told):
+            if not chan.closed:
+                chan.conn.send_frame(
+                    chan.system(
+                        "ok",
+                        "cluster restored: broadcasts and presence reach every relay node again; "
+                        "broadcasts sent on other nodes while Redis was unreachable were not received",
+                        extension="broadcast",
+                        code=Code.CLUSTER_RESTORED,
+                    )
+                )
+        self._told = weakref.WeakSet()
+
+    def _tell_unavailable(self, chan: Channel) -> None:
+        """Once per outage per channel: broadcasts and presence are this node's only for now."""
+        if chan in self._told or chan.closed:
+            return
+        self._told.add(chan)
+        chan.conn.send_frame(
+            chan.system(
+                "ok",
+                "cluster unavailable: this relay node cannot reach Redis; broadcasts and presence "
+                "reach (and come from) members on this node only until it is back",
+                extension="broadcast",
+                code=Code.CLUSTER_UNAVAILABLE,
+            )
+        )
+
     # -- statistics -----------------------------------------------------------------------------
     def room_stats(self) -> list[dict[str, Any]]:
-        return [
-            {
+        """This node's rooms; in cluster mode with the room's presences on every node."""
+        remote = self.cluster.remote if self.cluster is not None else None
+        out: list[dict[str, Any]] = []
+        for room in sorted(self.rooms, key=lambda r: (r.name, r.private)):
+            row: dict[str, Any] = {
                 "topic": room.name,
                 "private": room.private,
                 "members": len(room.members),
                 "presences": len(room.presence),
             }
-            for room in sorted(self.rooms, key=lambda r: (r.name, r.private))
-        ]
+            if remote is not None:
+                row["cluster_presences"] = len(room.presence) + remote.count((room.name, room.private))
+            out.append(row)
+        return out
 
     def room_users(self, name: str, private: bool) -> dict[str, Any] | None:
         room = self.rooms.get(name, private)

@@ -17,6 +17,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 SCRIPTS = [
     "throughput.py",
+    "cluster_rooms.py",
     "large_tx.py",
     "authz.py",
     "idle_sockets.py",
