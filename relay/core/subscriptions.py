@@ -94,6 +94,10 @@ class BindingSpec:
     #: ``snapshot: true``: the binding asks for the table's current rows on join, before its
     #: live changes (docs/protocol.md, "Snapshot on join").  Does not change the binding's id.
     snapshot: bool = False
+    #: The ``type`` of the snapshot's row frames: ``SNAPSHOT``, or ``INSERT`` for
+    #: ``snapshot: "insert"`` — realtime-js builds ``new`` only for INSERT/UPDATE frames, so a
+    #: browser that wants the rows' values asks for them typed as inserts.
+    snapshot_type: str = "SNAPSHOT"
 
 
 def binding_id(event: str, schema: str, table: str | None, filter_text: str | None) -> int:
@@ -144,7 +148,8 @@ def parse_bindings(entries: Any) -> list[BindingSpec]:
         select = _parse_select(i, e.get("select"))
         if select is not None and table is None:
             raise BindingError(f"postgres_changes[{i}]: select needs a table")
-        snapshot = _parse_snapshot(i, e.get("snapshot"))
+        snapshot_type = _parse_snapshot(i, e.get("snapshot"))
+        snapshot = snapshot_type is not None
         if snapshot and table is None:
             raise BindingError(f"postgres_changes[{i}]: snapshot needs a table")
         out.append(
@@ -157,24 +162,28 @@ def parse_bindings(entries: Any) -> list[BindingSpec]:
                 binding_id(event, schema, table, flt.text if flt else None),
                 select,
                 snapshot,
+                snapshot_type or "SNAPSHOT",
             )
         )
     return out
 
 
-def _parse_snapshot(i: int, value: Any) -> bool:
-    """``snapshot``: JSON ``true``/``false`` or the strings (clients send either for booleans).
+def _parse_snapshot(i: int, value: Any) -> str | None:
+    """``snapshot``: the row frames' ``type`` (``SNAPSHOT``, or ``INSERT`` for ``"insert"``), or
+    None for no snapshot.  JSON ``true``/``false`` or the strings (clients send either for
+    booleans).
 
     Anything else is refused rather than read as false: a client that asked for rows and
     silently got none would believe the table empty.
     """
     if value is None or value is False:
-        return False
+        return None
     if value is True:
-        return True
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise BindingError(f"postgres_changes[{i}]: snapshot must be true or false")
+        return "SNAPSHOT"
+    if isinstance(value, str) and value.lower() in ("true", "false", "insert"):
+        v = value.lower()
+        return None if v == "false" else "INSERT" if v == "insert" else "SNAPSHOT"
+    raise BindingError(f'postgres_changes[{i}]: snapshot must be true, false or "insert"')
 
 
 def _parse_select(i: int, value: Any) -> tuple[str, ...] | None:
@@ -675,15 +684,19 @@ def _variant_payload(
 
 
 def snapshot_payload(
-    kind: str, error: Denied | None = None, select: tuple[str, ...] | None = None
+    kind: str,
+    error: Denied | None = None,
+    select: tuple[str, ...] | None = None,
+    row_type: str = "SNAPSHOT",
 ) -> Callable[[RowChange], dict[str, Any]]:
     """``data`` of a snapshot row: the INSERT's (same columns, values, ``select`` and policy
-    error handling) with ``"type": "SNAPSHOT"`` and no ``position`` (a snapshot row has none:
-    the end marker carries the position live changes follow from)."""
+    error handling) with ``"type": row_type`` (``SNAPSHOT``, or ``INSERT`` when the binding asked
+    for ``snapshot: "insert"``) and no ``position`` (a snapshot row has none: the end marker
+    carries the position live changes follow from)."""
 
     def build(change: RowChange) -> dict[str, Any]:
         data = _variant_payload(change, kind, error, select)
-        data["type"] = "SNAPSHOT"
+        data["type"] = row_type
         data.pop("position", None)
         data.pop("old_record", None)
         return data

@@ -412,7 +412,9 @@ class Snapshots:
                         "discard the rows received, narrow the filter, or subscribe without a snapshot",
                     )
                 kind, error = delivery
-                payload = snapshot_payload(kind, error, spec.select if kind == CHANGE else None)
+                payload = snapshot_payload(
+                    kind, error, spec.select if kind == CHANGE else None, spec.snapshot_type
+                )
                 cache = FrameCache(change, payload, max_data_bytes=self.config.max_change_bytes)
                 chan.conn.deliver(cache, chan.topic, [spec.id])
                 sent += 1

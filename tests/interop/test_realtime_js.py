@@ -145,7 +145,7 @@ async def subscriber(
     filter: str = "",
     filter_builder: list[list[Any]] | None = None,
     select: list[str] | None = None,
-    snapshot: bool = False,
+    snapshot: bool | str = False,
     vsn: str = "",
     heartbeat_ms: int = 0,
     timeout_ms: int = 15000,
@@ -160,7 +160,7 @@ async def subscriber(
         "RT_FILTER": filter,
         "RT_FILTER_BUILDER": json.dumps(filter_builder) if filter_builder else "",
         "RT_SELECT": json.dumps(select) if select else "",
-        "RT_SNAPSHOT": "1" if snapshot else "",
+        "RT_SNAPSHOT": "1" if snapshot is True else (snapshot or ""),
         "RT_VSN": vsn,
         "RT_COUNT": str(count),
         "RT_TIMEOUT_MS": str(timeout_ms),
@@ -333,6 +333,27 @@ async def test_snapshot_on_join_reaches_a_star_callback(pg_dsn: str, node_env: s
             (ins,) = await sub.payloads()
             assert ins["eventType"] == "INSERT" and ins["new"]["id"] == bid
             assert bid not in (first, second)
+
+
+async def test_snapshot_as_inserts_gives_realtime_js_the_rows(pg_dsn: str, node_env: str) -> None:
+    """``snapshot: "insert"``: the same snapshot with its rows typed INSERT, so an unchanged
+    realtime-js builds ``new`` from them (it does only for INSERT/UPDATE) — a browser dashboard
+    gets the current rows, then the live changes, through one callback and one join."""
+    async with running_relay(pg_dsn) as relay:
+        first = await insert_booking(pg_dsn, branch=2)
+        second = await insert_booking(pg_dsn, branch=2)
+        await insert_booking(pg_dsn, branch=1)
+        async with subscriber(
+            node_env, relay.url, count=3, event="INSERT", filter="branch_id=eq.2", snapshot="insert"
+        ) as sub:
+            await sub.wait_subscribed()
+            rows = [await sub.wait_for(lambda m: "eventType" in m) for _ in range(2)]
+            assert [r["eventType"] for r in rows] == ["INSERT", "INSERT"]
+            assert sorted(r["new"]["id"] for r in rows) == sorted([first, second]), rows
+            assert all(r["new"]["branch_id"] == 2 for r in rows)
+            bid = await insert_booking(pg_dsn, branch=2)
+            (ins,) = await sub.payloads()
+            assert ins["eventType"] == "INSERT" and ins["new"]["id"] == bid
 
 
 async def test_insert_only_binding(pg_dsn: str, node_env: str) -> None:

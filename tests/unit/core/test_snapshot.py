@@ -119,6 +119,9 @@ def test_snapshot_flag_on_bindings() -> None:
     assert spec.snapshot and not plain.snapshot
     assert spec.id == plain.id  # the flag does not change the binding's id
     assert parse_bindings([{"table": "t", "snapshot": "TRUE"}])[0].snapshot
+    assert spec.snapshot_type == "SNAPSHOT"
+    (as_insert,) = parse_bindings([{"table": "t", "snapshot": "insert"}])
+    assert as_insert.snapshot and as_insert.snapshot_type == "INSERT" and as_insert.id == spec.id
     for bad in ({"table": "t", "snapshot": 1}, {"table": "t", "snapshot": "yes"}, {"snapshot": True}):
         with pytest.raises(BindingError):
             parse_bindings([bad])
