@@ -43,7 +43,9 @@ from tests.support.relay_process import log_tail, relay_env, spawn_relay, wait_s
 BENCH_DIR = str(Path(__file__).resolve().parents[2] / "bench")
 if BENCH_DIR not in sys.path:
     sys.path.append(BENCH_DIR)
-from wsload import ClosedError, WsClient, cpu_seconds, run_wait_seconds  # noqa: E402
+from wsload import ClosedError as ClosedError  # noqa: E402  (re-exported for the tests)
+from wsload import WsClient as WsClient  # noqa: E402
+from wsload import cpu_seconds, run_wait_seconds  # noqa: E402
 
 MIB = 1024 * 1024
 TABLE = "large_tx"
