@@ -14,7 +14,9 @@ What it does, in one run on a throwaway local cluster (migrations + one three-co
    (baseline 1: what Postgres needs to write the transaction);
 3. counts every row on the socket (each id exactly once, positions increasing, one commit LSN)
    and times commit -> last row, while sampling the relay's VmRSS from ``/proc`` (and reading
-   its VmHWM at the end);
+   its VmHWM at the end); the subscriber is the cheap client of ``bench/wsload.py``, and its CPU
+   and run-queue wait are printed next to the relay's, so the output says which side was the
+   limit (a subscriber slower than the relay is dropped by it as a slow consumer, by design);
 4. stops the relay, then decodes the same transaction from the baseline slot with
    ``pg_logical_slot_get_changes`` and the relay's own wal2json options, counted in SQL and
    thrown away (baseline 2: Postgres + wal2json alone, with no client and no network).
@@ -28,7 +30,6 @@ after the relay stopped, so the two never compete for CPU.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,16 +49,6 @@ SLOT_RELAY = "bench_large_tx_relay"
 SLOT_BASELINE = "bench_large_tx_baseline"
 # The relay's replication session settings (relay/postgres/replication.py), for a like-for-like decode.
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres"
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far, from ``/proc/<pid>/stat``."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def prepare(dsn: str) -> None:
@@ -110,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         assert pg.base_dir is not None
         log_path = pg.base_dir / "relay.log"
         with relay_serve(dsn, log_path, env, slot=SLOT_RELAY) as (proc, port):
-            cpu0 = cpu_seconds(proc.pid) or 0.0
             run = measure(proc, port, dsn, n, args.timeout)
-            relay_cpu = (cpu_seconds(proc.pid) or 0.0) - cpu0
             alive = proc.poll() is None
         if not alive:
             print(log_path.read_text()[-4000:], file=sys.stderr)
@@ -146,8 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"(3) relay, commit->last : {relay_s:.2f} s = {t.rows / relay_s:,.0f} rows/s "
-        f"(first row after {first_s:.2f} s; relay CPU {relay_cpu:.1f} s = "
-        f"{relay_cpu / max(1, t.rows) * 1e6:.0f} us/row; subscriber CPU {run.subscriber_cpu:.1f} s)"
+        f"(first row after {first_s:.2f} s)"
+    )
+    wall = t.last_at - run.insert_started
+    rows = max(1, t.rows)
+    print(
+        f"relay CPU               : {run.relay.share(wall)} "
+        f"({run.relay.cpu / rows * 1e6:.1f} us/row; over insert -> last row, {wall:.1f} s)"
+    )
+    print(
+        f"subscriber CPU          : {run.subscriber.share(wall)} "
+        f"({run.subscriber.cpu / rows * 1e6:.1f} us/row; reads and checks every frame)"
     )
     print(f"ratio relay / decode    : {decode_s / relay_s:.2f}  (1.0 = as fast as Postgres decodes)")
     print(f"ratio relay / insert    : {insert_s / relay_s:.2f}  (1.0 = delivers as fast as Postgres writes)")
@@ -156,12 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     emit(
         "large_tx",
-        f"{t.rows / relay_s:,.0f} rows/s, peak RSS {peak:.0f} MiB",
+        f"{t.rows / relay_s:,.0f} rows/s, peak RSS {peak:.0f} MiB (CPU: relay "
+        f"{100 * run.relay.cpu / wall:.0f} %, subscriber {100 * run.subscriber.cpu / wall:.0f} % of a core)",
         f"pg_logical_slot_get_changes {n / decode_s:,.0f} rows/s",
         round(decode_s / relay_s, 3),
         ">= 0.5x, <= 300 MiB",
         rows=n,
         peak_mib=round(peak, 1),
+        relay_cpu_s=round(run.relay.cpu, 2),
+        relay_wait_s=None if run.relay.wait is None else round(run.relay.wait, 2),
+        subscriber_cpu_s=round(run.subscriber.cpu, 2),
+        subscriber_wait_s=None if run.subscriber.wait is None else round(run.subscriber.wait, 2),
     )
     return 0
 

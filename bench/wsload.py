@@ -117,7 +117,8 @@ class WsClient:
                     pong = struct.pack("!BB", 0x80 | OP_PONG, 0x80 | len(payload))
                     self.writer.write(pong + b"\0\0\0\0" + payload)
                 elif op == OP_CLOSE:
-                    raise ClosedError(f"closed by the relay: {payload!r}")
+                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                    raise ClosedError(f"closed by the relay: {code} {payload[2:].decode(errors='replace')}")
                 elif op != OP_PONG:
                     out.append(payload)
             del buf[:pos]

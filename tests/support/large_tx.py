@@ -8,8 +8,13 @@ transaction only after its commit, all of it at once and as fast as the walsende
 so this is the case where anything the relay keeps per change (queues, the replay log, frame
 caches) would add up to the transaction's size.
 
-The subscriber reads as fast as it can and keeps one byte per expected row, so it never becomes
-the slow consumer the relay is allowed to drop (that case is tested in test_delivery_limits).
+The subscriber must never become the slow consumer the relay is allowed to drop (that case is
+tested in test_delivery_limits): since the relay delivers a transaction at tens of thousands of
+rows/s, aiohttp's client (tens of us per frame in ``ws.receive``) fell behind and the relay,
+correctly, closed it with 1013 once RELAY_SOCKET_QUEUE_FRAMES frames were queued (issue 16).  It
+now reads with the cheap client of ``bench/wsload.py`` (frames parsed in batches from one read)
+and keeps one byte per expected row.  Its CPU and run-queue wait are measured next to the relay's
+over the same interval, so a reader sees which side was the limit.
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ import asyncio
 import contextlib
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import orjson
 import psycopg
 
@@ -32,6 +37,15 @@ from relay.core.tokens import mint
 from relay.postgres.cluster import free_port
 from relay.postgres.migrate import apply_migrations
 from tests.support.relay_process import log_tail, relay_env, spawn_relay, wait_streaming
+
+# The cheap WebSocket client is the benches' (bench/wsload.py, a script directory, not a package):
+# one client for every measurement, so none of them measures its own load generator.
+BENCH_DIR = str(Path(__file__).resolve().parents[2] / "bench")
+if BENCH_DIR not in sys.path:
+    sys.path.append(BENCH_DIR)
+from wsload import ClosedError as ClosedError  # noqa: E402  (re-exported for the tests)
+from wsload import WsClient as WsClient  # noqa: E402
+from wsload import cpu_seconds, run_wait_seconds  # noqa: E402
 
 MIB = 1024 * 1024
 TABLE = "large_tx"
@@ -165,8 +179,14 @@ class Tally:
     def __post_init__(self) -> None:
         self.seen = bytearray(self.n + 1)
 
-    def add(self, data: str) -> None:
-        """Account one text frame: rows of the table are checked (ids and positions), replies skipped."""
+    def add(self, data: bytes | str) -> None:
+        """Account one text frame: rows of the table are checked (ids and positions), replies skipped.
+
+        A full parse, not a byte search for the id and position: orjson reads a ~420-byte frame
+        in about as long as two regex searches take (~1.7 us, measured), and the parse checks the
+        frame's real ``event``/``table``/``type`` fields rather than bytes that look like them.
+        What made the subscriber slow was the WebSocket client, not this.
+        """
         msg = orjson.loads(data)
         if msg.get("event") != "postgres_changes":
             return  # join/heartbeat replies, the "Subscribed to PostgreSQL" system message
@@ -207,6 +227,25 @@ class Tally:
 
 
 @dataclass
+class Cpu:
+    """CPU and run-queue wait (seconds) of one side over the delivery: which side was the limit.
+
+    Run-queue wait is time the side was runnable but had no core (``/proc/<pid>/schedstat`` of
+    its main thread): on a shared 2-core machine a low rate with a high wait measured the
+    neighbours, not the code.
+    """
+
+    cpu: float = 0.0
+    wait: float | None = None  # None where schedstat is not available
+
+    def share(self, wall: float) -> str:
+        """``"<cpu> s = <n> % of a core, waited <w> s"`` over ``wall`` seconds."""
+        pct = 100 * self.cpu / wall if wall > 0 else float("nan")
+        waited = "run-queue wait n/a" if self.wait is None else f"waited {self.wait:.1f} s for a CPU"
+        return f"{self.cpu:.1f} s = {pct:.0f} % of a core, {waited}"
+
+
+@dataclass
 class Run:
     """One measured run: the subscriber's tally, the relay's memory and the timings."""
 
@@ -217,7 +256,8 @@ class Run:
     insert_started: float
     committed: float
     samples: list[tuple[float, int]]
-    subscriber_cpu: float
+    relay: Cpu  # the relay process (all its threads; wait: its event-loop thread)
+    subscriber: Cpu  # this process's event-loop thread, which reads and checks every frame
 
     @property
     def delivery_s(self) -> float:
@@ -240,11 +280,14 @@ class Run:
             f"{self.baseline_kib / 1024:.1f} MiB, peak {self.peak_kib / 1024:.1f} MiB "
             f"(VmHWM {self.hwm_kib / 1024:.1f} MiB), growth {growth:.1f} MiB; "
             f"{self.tally.frame_bytes / MIB:.0f} MiB of frames delivered\n"
+            f"CPU from insert to last row ({self.tally.last_at - self.insert_started:.1f} s): relay "
+            f"{self.relay.share(self.tally.last_at - self.insert_started)}; subscriber "
+            f"{self.subscriber.share(self.tally.last_at - self.insert_started)}\n"
             f"relay RSS (MiB) over the delivery: {self.curve()}"
         )
 
 
-async def heartbeats(ws: aiohttp.ClientWebSocketResponse, every: float = 20.0) -> None:
+async def heartbeats(ws: WsClient, every: float = 20.0) -> None:
     """Phoenix heartbeats, as every Realtime client sends them (supabase-js: every 25-30 s).
 
     The relay closes a socket that stays silent for RELAY_HEARTBEAT_TIMEOUT (60 s), however
@@ -254,7 +297,7 @@ async def heartbeats(ws: aiohttp.ClientWebSocketResponse, every: float = 20.0) -
     while True:
         await asyncio.sleep(every)
         ref += 1
-        await ws.send_str(
+        ws.send_text(
             orjson.dumps(
                 {"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": f"hb{ref}"}
             ).decode()
@@ -264,15 +307,14 @@ async def heartbeats(ws: aiohttp.ClientWebSocketResponse, every: float = 20.0) -
 async def subscribe_insert_count(port: int, dsn: str, n: int, timeout: float, sampler: RssSampler) -> Run:
     """Join (service_role), measure the idle baseline, insert n rows in one transaction, count them.
 
-    Stops ``sampler`` at the end (while the relay still runs, for its VmHWM).
+    Stops ``sampler`` at the end (while the relay still runs, for its VmHWM).  The relay's CPU
+    (``sampler.pid``) and this thread's are taken over the same interval, insert to last row.
+    Raises RuntimeError (with the relay's close code and reason) if the relay closes the socket.
     """
-    url = f"http://127.0.0.1:{port}/realtime/v1/websocket"
     tally = Tally(n)
     params = {"apikey": mint(SECRET, role="service_role"), "vsn": "1.0.0"}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(url, params=params, max_msg_size=0, compress=0) as ws,
-    ):
+    ws = await WsClient.connect("127.0.0.1", port, "/realtime/v1/websocket", params)
+    try:
         join = {
             "topic": "realtime:large",
             "event": "phx_join",
@@ -280,14 +322,16 @@ async def subscribe_insert_count(port: int, dsn: str, n: int, timeout: float, sa
             "join_ref": "1",
             "payload": {"config": {"postgres_changes": [{"event": "*", "schema": "public", "table": TABLE}]}},
         }
-        await ws.send_str(orjson.dumps(join).decode())
-        reply = orjson.loads(await ws.receive_str(timeout=10))
+        ws.send_text(orjson.dumps(join).decode())
+        reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
         if reply["event"] != "phx_reply" or reply["payload"].get("status") != "ok":
             raise RuntimeError(f"join refused: {reply}")
         await asyncio.sleep(0.5)  # joined and idle: this is the baseline
         baseline = sampler.now_kib()
         started = time.monotonic()
-        cpu0 = time.process_time()
+        relay_cpu0, relay_wait0 = cpu_seconds(sampler.pid), run_wait_seconds(sampler.pid)
+        # thread_time: this thread reads and checks the frames; the insert runs in another
+        cpu0, wait0 = time.thread_time(), run_wait_seconds()
         insert = asyncio.create_task(asyncio.to_thread(insert_one_transaction, dsn, n))
         beats = asyncio.create_task(heartbeats(ws))
         deadline = started + timeout
@@ -299,19 +343,24 @@ async def subscribe_insert_count(port: int, dsn: str, n: int, timeout: float, sa
                 if insert.done() and insert.exception() is not None:
                     break  # raised by the await below
                 try:
-                    msg = await ws.receive(timeout=min(left, 1.0))
+                    batch = await asyncio.wait_for(ws.recv_batch(), min(left, 1.0))
                 except TimeoutError:
                     continue
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    raise RuntimeError(
-                        f"socket closed after {tally.rows} rows: {msg.type} {msg.data!r} {msg.extra!r}"
-                    )
-                tally.add(msg.data)
+                except (ClosedError, asyncio.IncompleteReadError, ConnectionError) as exc:
+                    raise RuntimeError(f"socket closed after {tally.rows} rows: {exc}") from exc
+                for data in batch:
+                    tally.add(data)
             tally.last_at = time.monotonic()
+            subscriber = Cpu(time.thread_time() - cpu0, _delta(run_wait_seconds(), wait0))
+            relay = Cpu(
+                _delta(cpu_seconds(sampler.pid), relay_cpu0) or 0.0,
+                _delta(run_wait_seconds(sampler.pid), relay_wait0),
+            )
         finally:
             beats.cancel()
         committed = await insert
-    subscriber_cpu = time.process_time() - cpu0
+    finally:
+        ws.close()
     sampler.finish()
     return Run(
         tally,
@@ -321,8 +370,13 @@ async def subscribe_insert_count(port: int, dsn: str, n: int, timeout: float, sa
         started,
         committed,
         sampler.samples,
-        subscriber_cpu,
+        relay,
+        subscriber,
     )
+
+
+def _delta(now: float | None, before: float | None) -> float | None:
+    return None if now is None or before is None else now - before
 
 
 def measure(proc: subprocess.Popen[bytes], port: int, dsn: str, n: int, timeout: float) -> Run:
