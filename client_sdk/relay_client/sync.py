@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Literal, Self, TypeVar, overload
 
-from relay_client.channel import RealtimeChannel
+from relay_client.channel import EventCallback, RealtimeChannel
 from relay_client.client import RelayClient
 from relay_client.join_state import ChannelStats
 from relay_client.status import Status, StatusCallback
@@ -119,12 +119,17 @@ class SyncChannel:
     def on_postgres_changes(
         self,
         event: RealtimePostgresChangesListenEvent | str,
-        callback: ChangeCallback | None = None,
+        callback: ChangeCallback | EventCallback | None = None,
         table: str | None = None,
         schema: str | None = None,
         filter: str | None = None,
+        *,
+        snapshot: bool = False,
     ) -> Self:
-        self.channel.on_postgres_changes(event, callback, table=table, schema=schema, filter=filter)
+        """``snapshot=True``: the callback also gets the snapshot events (on the client's thread)."""
+        self.channel.on_postgres_changes(
+            event, callback, table=table, schema=schema, filter=filter, snapshot=snapshot
+        )
         return self
 
     def on_resync(self, callback: ResyncCallback) -> Self:
@@ -248,6 +253,7 @@ class SyncRelayClient:
         broadcast_ack: bool = False,
         presence_key: str = "",
         private: bool = False,
+        on_resync: Literal["report", "snapshot"] = "report",
     ) -> SyncChannel:
         async def make() -> RealtimeChannel:  # on the loop thread, which owns the client's state
             return self.client.channel(
@@ -258,6 +264,7 @@ class SyncRelayClient:
                 broadcast_ack=broadcast_ack,
                 presence_key=presence_key,
                 private=private,
+                on_resync=on_resync,
             )
 
         return SyncChannel(self._runner, self._runner.run(make()))
