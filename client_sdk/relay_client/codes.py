@@ -72,7 +72,8 @@ class Code(StrEnum):
     RESYNC_NEEDED = "resync_needed"
     BROADCAST_REPLAY_INCOMPLETE = "broadcast_replay_incomplete"
     TOKEN_EXPIRING = "token_expiring"
-    # Snapshots on join (docs/protocol.md, "Snapshot")
+    # Snapshots on join (docs/protocol.md, "Snapshot on join")
+    SNAPSHOT_COMPLETE = "snapshot_complete"
     SNAPSHOT_TOO_LARGE = "snapshot_too_large"
     SNAPSHOT_TIMEOUT = "snapshot_timeout"
     SNAPSHOT_FAILED = "snapshot_failed"
@@ -91,8 +92,8 @@ even on the first join, as the official clients do."""
 SNAPSHOT_ERROR_CODES = frozenset({Code.SNAPSHOT_TOO_LARGE, Code.SNAPSHOT_TIMEOUT, Code.SNAPSHOT_FAILED})
 """A binding's snapshot failed: the channel stays joined, the binding gets live changes only."""
 
-SNAPSHOT_COMPLETE = "snapshot_complete"
-"""``code`` of the ``system`` ok message ending a snapshot (a marker, not an error code)."""
+SNAPSHOT_COMPLETE = Code.SNAPSHOT_COMPLETE
+"""``code`` of the ``system`` ok message ending a snapshot (a marker, not an error)."""
 
 
 def is_token_code(code: str) -> bool:

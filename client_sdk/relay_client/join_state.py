@@ -99,6 +99,7 @@ class ChannelState:
     snapshot_due: set[int] = field(default_factory=set)
     snapshot_join: frozenset[int] = frozenset()
     snapshot_seq: int = 0
+    resume_lost: str | None = None  # this join cannot resume from this position (see begin_join)
 
     @property
     def topic(self) -> str:
@@ -124,17 +125,27 @@ class ChannelState:
         ``presence``: ask for the room's presence state and diffs from the join on.
 
         Snapshots: every binding whose snapshot has not completed yet asks for one again — a
-        join lost during its snapshot restarts the snapshot, it never resumes past it.  When
-        every binding asks, the join is a fresh one (no ``resume_from``): the snapshot replaces
-        whatever a replay would have brought, and its marker's position becomes the channel's.
+        join lost during its snapshot restarts the snapshot, it never resumes past it.  A join
+        that asks for a snapshot is a fresh one (no ``resume_from``): the relay starts the whole
+        channel from the snapshot's point, and the marker's position becomes the channel's.
+        So when other bindings of the channel had a position to resume from, they would miss
+        what happened meanwhile: with ``resync_snapshot`` they get a snapshot too, otherwise
+        ``resume_lost`` is set and the channel reports a :class:`ResyncNeeded` once joined.
         """
         self.state = ChannelStates.JOINING
         self.join_ref, self.join_push = join_ref, ref
         self.token_error = False
         self.snapshot_join = frozenset(self.snapshot_due)
+        self.resume_lost = None
+        if self.snapshot_join and len(self.snapshot_join) < len(self.bindings) and self.position is not None:
+            if self.resync_snapshot:
+                self.snapshot_due = set(range(len(self.bindings)))
+                self.snapshot_join = frozenset(self.snapshot_due)
+            else:
+                self.resume_lost = self.position
         if self.snapshot_join:
             self.snapshot_seq += 1
-        fresh = bool(self.bindings) and len(self.snapshot_join) == len(self.bindings)
+        fresh = bool(self.snapshot_join)
         opts = self.options
         return join_frame(
             self.topic,
@@ -255,12 +266,9 @@ class ChannelState:
             self.stats.snapshots += 1
             self.snapshot_due.difference_update(self._indexes_of(event.binding_id))
             if event.position is not None:
-                if len(self.snapshot_join) == len(self.bindings):
-                    # A fresh join: the marker is where this channel's stream starts, whatever
-                    # position it held before (possibly of another stream, or from the future).
-                    self.position = event.position
-                else:
-                    self._advance(event.position)
+                # A snapshot join is a fresh one: the marker is where this channel's stream
+                # starts, whatever position it held before (maybe of another stream).
+                self.position = event.position
         elif isinstance(event, SnapshotFailed):
             self.stats.snapshot_errors += 1
             # Not asked again on the next join: the same query would fail the same way.
