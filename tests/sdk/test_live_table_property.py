@@ -203,9 +203,9 @@ def table_rows(dsn: str) -> list[Row]:
         return [{"id": r[0], "grp": r[1], "val": r[2], "note": r[3]} for r in cur.fetchall()]
 
 
-def execute(dsn: str, sql: str, args: tuple[Any, ...] = ()) -> None:
+def execute(dsn: str, sql: str, args: tuple[Any, ...] | None = None) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql, args)
+        conn.execute(sql, args)  # (no args: a '%' in the SQL is an operator, not a placeholder)
 
 
 # -- one client -------------------------------------------------------------------------------------
