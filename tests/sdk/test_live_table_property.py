@@ -305,25 +305,35 @@ async def test_live_tables_equal_the_table_under_filter_and_policies(pg_dsn: str
                     execute, pg_dsn, f"insert into {TABLE} values (%s, %s, %s, 'fence')", (fence_id, *place)
                 )
             final = await asyncio.to_thread(table_rows, pg_dsn)
+            failures: list[str] = []
             for j in joined:
                 expected = {(r["id"],): r for r in final if j.sub.sees(r)}
                 fences = {k for k, r in expected.items() if r["note"] == "fence"}
                 assert fences, f"{j.sub.name} sees no fence"
+                who = (
+                    f"{j.sub.name} filter={j.sub.filter!r} role={j.sub.role} claims={j.sub.claims} "
+                    f"flaky={j.sub.flaky} snapshots={j.live.snapshots}"
+                )
                 try:
                     await until(_holds(j.live, fences), 30, "fences")
                 except AssertionError:
-                    raise AssertionError(f"{j.sub.name} ({j.sub}): fences {fences} not all seen") from None
+                    failures.append(f"{who}: fences {sorted(fences - j.live.rows.keys())} never arrived")
                 got = j.live.rows
                 missing = sorted(k for k in expected if k not in got)
                 extra = sorted(k for k in got if k not in expected)
                 wrong = sorted(k for k in expected if k in got and got[k] != expected[k])
-                assert not (missing or extra or wrong), (
-                    f"seed {seed}, {j.sub.name} filter={j.sub.filter!r} role={j.sub.role} "
-                    f"claims={j.sub.claims} flaky={j.sub.flaky}: missing {missing[:10]}, "
-                    f"extra {extra[:10]}, wrong {[(k, got[k], expected[k]) for k in wrong[:5]]}"
-                )
-                assert j.live.ready and j.live.skipped == 0
-                check_positions(j)
+                if missing or extra or wrong:
+                    failures.append(
+                        f"{who}: missing {missing[:10]}, extra {extra[:10]}, "
+                        f"wrong {[(k, got[k], expected[k]) for k in wrong[:5]]}"
+                    )
+                if not j.live.ready or j.live.skipped:
+                    failures.append(f"{who}: ready={j.live.ready} skipped={j.live.skipped}")
+                try:
+                    check_positions(j)
+                except AssertionError as exc:
+                    failures.append(f"{who}: {exc}")
+            assert not failures, f"seed {seed}:\n" + "\n".join(failures)
             assert proxy.stats.killed > 0 or not any(s.flaky for s in subs)
         finally:
             dropping = False
