@@ -30,7 +30,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from relay_client import Change, LiveTable, RelayClient, SnapshotComplete, SnapshotError, SnapshotRow
+from relay_client import (
+    Change,
+    LiveTable,
+    RelayClient,
+    ResyncNeeded,
+    SnapshotComplete,
+    SnapshotError,
+    SnapshotRow,
+)
 
 from relay.postgres.migrate import apply_migrations
 from tests.sdk.helpers import until, url
@@ -142,6 +150,7 @@ class Writer:
         self.max_seconds = max_seconds
         self.ids: list[int] = []
         self.transactions = 0
+        self.ops: list[tuple[int, str, int, Any]] = []  # (transaction, what, id, value): for reports
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="live-writer", daemon=True)
@@ -151,26 +160,34 @@ class Writer:
         roll = rng.random()
         if not self.ids or roll < 0.3:
             self.next_id += 1
+            grp, val = rng.choice(GROUPS), rng.randrange(100)
             conn.execute(
-                f"insert into {TABLE} values (%s, %s, %s, %s)",
-                (self.next_id, rng.choice(GROUPS), rng.randrange(100), f"n{self.next_id}"),
+                f"insert into {TABLE} values (%s, %s, %s, %s)", (self.next_id, grp, val, f"n{self.next_id}")
             )
             self.ids.append(self.next_id)
+            self.ops.append((self.transactions, "insert", self.next_id, (grp, val)))
             return
         victim = rng.choice(self.ids)
         if roll < 0.55:
-            conn.execute(f"update {TABLE} set val = %s where id = %s", (rng.randrange(100), victim))
+            val = rng.randrange(100)
+            conn.execute(f"update {TABLE} set val = %s where id = %s", (val, victim))
+            self.ops.append((self.transactions, "val", victim, val))
         elif roll < 0.7:
-            conn.execute(f"update {TABLE} set grp = %s where id = %s", (rng.choice(GROUPS), victim))
+            grp = rng.choice(GROUPS)
+            conn.execute(f"update {TABLE} set grp = %s where id = %s", (grp, victim))
+            self.ops.append((self.transactions, "grp", victim, grp))
         elif roll < 0.78:
             self.next_id += 1
             conn.execute(f"update {TABLE} set id = %s where id = %s", (self.next_id, victim))
             self.ids[self.ids.index(victim)] = self.next_id
+            self.ops.append((self.transactions, "rekey", victim, self.next_id))
         elif roll < 0.85:
             conn.execute(f"update {TABLE} set note = %s where id = %s", (f"t{self.transactions}", victim))
+            self.ops.append((self.transactions, "note", victim, None))
         else:
             conn.execute(f"delete from {TABLE} where id = %s", (victim,))
             self.ids.remove(victim)
+            self.ops.append((self.transactions, "delete", victim, None))
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
@@ -252,6 +269,24 @@ def check_positions(j: Joined) -> None:
             last = item.position
 
 
+def trace(j: Joined, k: int) -> list[str]:
+    """What the client received about row ``k`` (for failure reports)."""
+    out = []
+    for item in j.events:
+        if isinstance(item, SnapshotComplete):
+            out.append(f"marker {item.position}")
+        elif isinstance(item, SnapshotRow | Change):
+            rows = [item.record, item.old_record]
+            if any(r.get("id") == k for r in rows):
+                pos = getattr(item, "position", "")
+                out.append(
+                    f"{item.type}{' moved_out' if getattr(item, 'moved_out', False) else ''} {pos} {rows}"
+                )
+        elif isinstance(item, ResyncNeeded):
+            out.append(f"resync {item.position}")
+    return out
+
+
 def _holds(live: LiveTable, keys: set[tuple[Any, ...]]) -> Callable[[], bool]:
     return lambda: keys <= live.rows.keys()
 
@@ -327,6 +362,9 @@ async def test_live_tables_equal_the_table_under_filter_and_policies(pg_dsn: str
                         f"{who}: missing {missing[:10]}, extra {extra[:10]}, "
                         f"wrong {[(k, got[k], expected[k]) for k in wrong[:5]]}"
                     )
+                    for (k,) in (missing + extra + wrong)[:3]:
+                        failures.append(f"  {k}: writer {[o for o in writer.ops if k in (o[2], o[3])]}")
+                        failures.append(f"  {k}: client {trace(j, k)}")
                 if not j.live.ready or j.live.skipped:
                     failures.append(f"{who}: ready={j.live.ready} skipped={j.live.skipped}")
                 try:
