@@ -772,8 +772,6 @@ class RealtimeChannel:
                 if push is not None:
                     with contextlib.suppress(LinkClosed):
                         await link.send(push)
-            if self._state.resume_lost is not None:
-                await self._report_lost_resume(self._state.resume_lost)
             if self._subscribed is not None and not self._subscribed.done():
                 self._subscribed.set_result(None)
             await self._notify(RealtimeSubscribeStates.SUBSCRIBED, None)
@@ -797,29 +795,6 @@ class RealtimeChannel:
                 log.warning("%s; retrying", err)
                 await self._notify(RealtimeSubscribeStates.CHANNEL_ERROR, err)
                 self._host.wake_joiner()
-
-    async def _report_lost_resume(self, position: str) -> None:
-        """A snapshot join started the channel's other bindings from now: say they may miss changes.
-
-        The relay does not replay for a channel whose join asks for a snapshot, so the bindings
-        without one lose what happened between ``position`` and this join (only on a channel
-        mixing both; see ``ChannelState.begin_join``).  Reported like a relay's resync.
-        """
-        self._state.resume_lost = None
-        self._state.stats.resyncs += 1
-        event = ResyncNeeded(
-            channel=self.name,
-            message=(
-                "resync needed: this join asks for a snapshot, so the relay starts the channel "
-                f"from now; changes after {position} to its other bindings may be missing"
-            ),
-            position=None,
-            resume_from=position,
-        )
-        log.warning("%s on %s", event.message, self.topic)
-        for cb in list(self._resync_callbacks):
-            await _call(cb, event)
-        await self._put(event, kind="resync")
 
     def _on_push_reply(self, push: _Push, payload: Any) -> None:
         ok, response = parse_reply(payload)

@@ -99,7 +99,6 @@ class ChannelState:
     snapshot_due: set[int] = field(default_factory=set)
     snapshot_join: frozenset[int] = frozenset()
     snapshot_seq: int = 0
-    resume_lost: str | None = None  # this join cannot resume from this position (see begin_join)
 
     @property
     def topic(self) -> str:
@@ -125,27 +124,19 @@ class ChannelState:
         ``presence``: ask for the room's presence state and diffs from the join on.
 
         Snapshots: every binding whose snapshot has not completed yet asks for one again — a
-        join lost during its snapshot restarts the snapshot, it never resumes past it.  A join
-        that asks for a snapshot is a fresh one (no ``resume_from``): the relay starts the whole
-        channel from the snapshot's point, and the marker's position becomes the channel's.
-        So when other bindings of the channel had a position to resume from, they would miss
-        what happened meanwhile: with ``resync_snapshot`` they get a snapshot too, otherwise
-        ``resume_lost`` is set and the channel reports a :class:`ResyncNeeded` once joined.
+        join lost during its snapshot restarts the snapshot, it never resumes past it.  When
+        every binding asks, the join is a fresh one (no ``resume_from``: the snapshots hold
+        everything before their point); otherwise the other bindings resume from the channel's
+        position in the same join (the relay serves both).  Either way the marker's position,
+        after which the relay sends every change the channel still needs, becomes the channel's.
         """
         self.state = ChannelStates.JOINING
         self.join_ref, self.join_push = join_ref, ref
         self.token_error = False
         self.snapshot_join = frozenset(self.snapshot_due)
-        self.resume_lost = None
-        if self.snapshot_join and len(self.snapshot_join) < len(self.bindings) and self.position is not None:
-            if self.resync_snapshot:
-                self.snapshot_due = set(range(len(self.bindings)))
-                self.snapshot_join = frozenset(self.snapshot_due)
-            else:
-                self.resume_lost = self.position
         if self.snapshot_join:
             self.snapshot_seq += 1
-        fresh = bool(self.snapshot_join)
+        fresh = bool(self.bindings) and len(self.snapshot_join) == len(self.bindings)
         opts = self.options
         return join_frame(
             self.topic,
@@ -266,8 +257,9 @@ class ChannelState:
             self.stats.snapshots += 1
             self.snapshot_due.difference_update(self._indexes_of(event.binding_id))
             if event.position is not None:
-                # A snapshot join is a fresh one: the marker is where this channel's stream
-                # starts, whatever position it held before (maybe of another stream).
+                # Every change the channel still needs comes after the marker (the relay's
+                # promise, for the bindings that resume in the same join too): it is the
+                # channel's position, whatever it held before (maybe of another stream).
                 self.position = event.position
         elif isinstance(event, SnapshotFailed):
             self.stats.snapshot_errors += 1

@@ -250,17 +250,14 @@ async def test_without_on_resync_snapshot_a_resync_is_only_reported() -> None:
         await client.close()
 
 
-@pytest.mark.parametrize("on_resync", ["report", "snapshot"])
-async def test_a_mixed_channel_rejoining_for_a_snapshot_says_its_other_bindings_lost_their_resume(
-    on_resync: Any,
-) -> None:
-    """The relay starts a channel that asks for a snapshot from now, without replay: a binding
-    without a snapshot loses what happened while the socket was down.  Never silently."""
+async def test_a_mixed_channel_resumes_its_live_bindings_and_snapshots_the_pending_one() -> None:
+    """The relay serves a join asking for a snapshot *and* resuming: the bindings without a
+    snapshot continue from the channel's position, the pending one gets its rows again."""
     async with ScriptedRelay() as relay:
         client = client_for(relay)
         resyncs: list[ResyncNeeded] = []
         ch = (
-            client.channel("dash", on_resync=on_resync)
+            client.channel("dash")
             .on_postgres_changes("*", table="t", snapshot=True)
             .on_postgres_changes("*", table="u")
             .on_resync(resyncs.append)
@@ -273,15 +270,13 @@ async def test_a_mixed_channel_rejoining_for_a_snapshot_says_its_other_bindings_
         n = len(relay.frames)
         await relay.drop()
         rejoin = await relay.next_frame("phx_join", n)
-        assert "resume_from" not in config(rejoin)
-        asked = [b.get("snapshot") for b in config(rejoin)["postgres_changes"]]
+        assert config(rejoin)["resume_from"] == pos(6, 0)
+        assert [b.get("snapshot") for b in config(rejoin)["postgres_changes"]] == [True, None]
         await until(lambda: ch.is_joined, 5, "rejoined")
-        if on_resync == "snapshot":  # every binding gets a snapshot: consistent again
-            assert asked == [True, True] and resyncs == []
-        else:
-            assert asked == [True, None]
-            await until(lambda: len(resyncs) == 1, 5, "the lost resume reported")
-            assert resyncs[0].resume_from == pos(6, 0) and ch.stats.resyncs == 1
+        await relay.complete(TOPIC, 101, 0, pos(8, 0xFFFFFFFF))
+        await relay.change(TOPIC, 102, "INSERT", pos(9, 0), {"id": 10}, table="u")
+        await until(lambda: ch.position == pos(9, 0), 5, "the change after the marker")
+        assert resyncs == [] and ch.stats.snapshots == 1
         await client.close()
 
 
