@@ -235,10 +235,12 @@ class Joined:
     reader: asyncio.Task[None] | None = None
 
 
-async def join(sub: Subscriber, relay_port: int, proxy_port: int) -> Joined:
+async def join(sub: Subscriber, relay_port: int, proxy_port: int, hb_interval: float = 15.0) -> Joined:
     port = proxy_port if sub.flaky else relay_port
     tok = token(sub.role, **sub.claims)
-    client = RelayClient(url(port), tok, initial_backoff=0.05, max_backoff=0.5, timeout=10.0)
+    client = RelayClient(
+        url(port), tok, initial_backoff=0.05, max_backoff=0.5, timeout=10.0, hb_interval=hb_interval
+    )
     channel = client.channel(sub.name)
     live = LiveTable(channel, TABLE, filter=sub.filter)
     joined = Joined(sub, client, live)
@@ -291,33 +293,91 @@ def _holds(live: LiveTable, keys: set[tuple[Any, ...]]) -> Callable[[], bool]:
     return lambda: keys <= live.rows.keys()
 
 
+async def prepare(dsn: str, rng: random.Random, initial: int = 60) -> None:
+    await asyncio.to_thread(apply_migrations, dsn)
+    for sql in SETUP:
+        await asyncio.to_thread(execute, dsn, sql)
+    for i in range(1, initial + 1):
+        await asyncio.to_thread(
+            execute, dsn, f"insert into {TABLE} values (%s, %s, %s, %s)",
+            (i, rng.choice(GROUPS), rng.randrange(100), None if i % 5 == 0 else f"r{i}"),
+        )  # fmt: skip
+
+
+async def compare(dsn: str, joined: list[Joined], writer: Writer) -> list[str]:
+    """Fences, then each client's rows against the table: the failures, described."""
+    # A fence per client, committed after everything else: once a client holds every fence it
+    # may see, it has seen every commit before them (changes come in commit order).
+    fence_id = 1_000_000
+    for j in joined:
+        place = fence_for(j.sub)
+        assert place is not None
+        fence_id += 1
+        await asyncio.to_thread(
+            execute, dsn, f"insert into {TABLE} values (%s, %s, %s, 'fence')", (fence_id, *place)
+        )
+    final = await asyncio.to_thread(table_rows, dsn)
+    failures: list[str] = []
+    for j in joined:
+        expected = {(r["id"],): r for r in final if j.sub.sees(r)}
+        fences = {k for k, r in expected.items() if r["note"] == "fence"}
+        assert fences, f"{j.sub.name} sees no fence"
+        who = (
+            f"{j.sub.name} filter={j.sub.filter!r} role={j.sub.role} claims={j.sub.claims} "
+            f"flaky={j.sub.flaky} snapshots={j.live.snapshots} resyncs={j.live.channel.stats.resyncs}"
+        )
+        try:
+            await until(_holds(j.live, fences), 30, "fences")
+        except AssertionError:
+            failures.append(f"{who}: fences {sorted(fences - j.live.rows.keys())} never arrived")
+        got = j.live.rows
+        missing = sorted(k for k in expected if k not in got)
+        extra = sorted(k for k in got if k not in expected)
+        wrong = sorted(k for k in expected if k in got and got[k] != expected[k])
+        if missing or extra or wrong:
+            failures.append(
+                f"{who}: missing {missing[:10]}, extra {extra[:10]}, "
+                f"wrong {[(k, got[k], expected[k]) for k in wrong[:5]]}"
+            )
+            for (k,) in (missing + extra + wrong)[:3]:
+                failures.append(f"  {k}: writer {[o for o in writer.ops if k in (o[2], o[3])]}")
+                failures.append(f"  {k}: client {trace(j, k)}")
+        if not j.live.ready or j.live.skipped:
+            failures.append(f"{who}: ready={j.live.ready} skipped={j.live.skipped}")
+        try:
+            check_positions(j)
+        except AssertionError as exc:
+            failures.append(f"{who}: {exc}")
+    return failures
+
+
+async def close_all(joined: list[Joined]) -> None:
+    for j in joined:
+        await j.client.close()
+        if j.reader is not None:
+            j.reader.cancel()
+            await asyncio.gather(j.reader, return_exceptions=True)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_live_tables_equal_the_table_under_filter_and_policies(pg_dsn: str, seed: int) -> None:
     rng = random.Random(seed)
-    await asyncio.to_thread(apply_migrations, pg_dsn)
-    for sql in SETUP:
-        await asyncio.to_thread(execute, pg_dsn, sql)
-    initial = 60
-    for i in range(1, initial + 1):
-        await asyncio.to_thread(
-            execute, pg_dsn, f"insert into {TABLE} values (%s, %s, %s, %s)",
-            (i, rng.choice(GROUPS), rng.randrange(100), None if i % 5 == 0 else f"r{i}"),
-        )  # fmt: skip
+    await prepare(pg_dsn, rng)
     subs = [random_subscriber(rng, i) for i in range(8)]
     joins = sorted(rng.uniform(0.0, 4.0) for _ in subs)
     async with running_relay(pg_dsn, demo=False) as relay, FaultProxy(relay.port) as proxy:
         writer = Writer(pg_dsn, random.Random(seed + 1), 10_000, max_seconds=60).start()
-        writer.ids.extend(range(1, initial + 1))
+        writer.ids.extend(range(1, 61))
         joined: list[Joined] = []
+        dropping = True
+
+        async def drops() -> None:
+            while dropping:
+                await asyncio.sleep(rng.uniform(0.2, 0.8))
+                proxy.drop()
+
+        dropper = asyncio.create_task(drops())
         try:
-            dropping = True
-
-            async def drops() -> None:
-                while dropping:
-                    await asyncio.sleep(rng.uniform(0.2, 0.8))
-                    proxy.drop()
-
-            dropper = asyncio.create_task(drops())
             start = time.monotonic()
             for sub, at in zip(subs, joins, strict=True):
                 await asyncio.sleep(max(0.0, start + at - time.monotonic()))
@@ -329,56 +389,48 @@ async def test_live_tables_equal_the_table_under_filter_and_policies(pg_dsn: str
             await dropper
             await writer.stop()
             assert writer.transactions > 50, "the writer barely wrote"
-            # A fence per client, committed after everything else: once a client holds every
-            # fence it may see, it has seen every commit before them (changes come in order).
-            fence_id = 1_000_000
-            for j in joined:
-                place = fence_for(j.sub)
-                assert place is not None
-                fence_id += 1
-                await asyncio.to_thread(
-                    execute, pg_dsn, f"insert into {TABLE} values (%s, %s, %s, 'fence')", (fence_id, *place)
-                )
-            final = await asyncio.to_thread(table_rows, pg_dsn)
-            failures: list[str] = []
-            for j in joined:
-                expected = {(r["id"],): r for r in final if j.sub.sees(r)}
-                fences = {k for k, r in expected.items() if r["note"] == "fence"}
-                assert fences, f"{j.sub.name} sees no fence"
-                who = (
-                    f"{j.sub.name} filter={j.sub.filter!r} role={j.sub.role} claims={j.sub.claims} "
-                    f"flaky={j.sub.flaky} snapshots={j.live.snapshots}"
-                )
-                try:
-                    await until(_holds(j.live, fences), 30, "fences")
-                except AssertionError:
-                    failures.append(f"{who}: fences {sorted(fences - j.live.rows.keys())} never arrived")
-                got = j.live.rows
-                missing = sorted(k for k in expected if k not in got)
-                extra = sorted(k for k in got if k not in expected)
-                wrong = sorted(k for k in expected if k in got and got[k] != expected[k])
-                if missing or extra or wrong:
-                    failures.append(
-                        f"{who}: missing {missing[:10]}, extra {extra[:10]}, "
-                        f"wrong {[(k, got[k], expected[k]) for k in wrong[:5]]}"
-                    )
-                    for (k,) in (missing + extra + wrong)[:3]:
-                        failures.append(f"  {k}: writer {[o for o in writer.ops if k in (o[2], o[3])]}")
-                        failures.append(f"  {k}: client {trace(j, k)}")
-                if not j.live.ready or j.live.skipped:
-                    failures.append(f"{who}: ready={j.live.ready} skipped={j.live.skipped}")
-                try:
-                    check_positions(j)
-                except AssertionError as exc:
-                    failures.append(f"{who}: {exc}")
+            failures = await compare(pg_dsn, joined, writer)
             assert not failures, f"seed {seed}:\n" + "\n".join(failures)
             assert proxy.stats.killed > 0 or not any(s.flaky for s in subs)
         finally:
             dropping = False
+            await asyncio.gather(dropper, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await writer.stop()
+            await close_all(joined)
+
+
+async def test_live_tables_after_resync_needed_are_the_table_again(pg_dsn: str) -> None:
+    """Clients away longer than the relay's replay window get ``resync_needed`` on their rejoin;
+    their LiveTables start again from a fresh snapshot by themselves and end equal to the table."""
+    rng = random.Random(1818)
+    await prepare(pg_dsn, rng)
+    subs = [random_subscriber(rng, i) for i in range(4)]
+    for sub in subs:
+        sub.flaky = True
+    # a replay window of a few kB: a few seconds away under the writer is too long
+    async with (
+        running_relay(pg_dsn, demo=False, resume_max_bytes=48 * 1024) as relay,
+        FaultProxy(relay.port) as proxy,
+    ):
+        writer = Writer(pg_dsn, random.Random(7), 10_000, max_seconds=60).start()
+        writer.ids.extend(range(1, 61))
+        joined: list[Joined] = []
+        try:
+            joined = [await join(sub, relay.port, proxy.port, hb_interval=0.5) for sub in subs]
             for j in joined:
-                await j.client.close()
-                if j.reader is not None:
-                    j.reader.cancel()
-                    await asyncio.gather(j.reader, return_exceptions=True)
+                await j.live.wait_ready(30)
+            proxy.blackhole(True)  # silent network: every client notices within ~1 s, cannot rejoin
+            await until(lambda: not any(j.client.status.online for j in joined), 10, "all offline")
+            await asyncio.sleep(3.0)
+            proxy.blackhole(False)
+            await until(lambda: all(j.live.snapshots >= 2 for j in joined), 30, "fresh snapshots")
+            await asyncio.sleep(0.5)
+            await writer.stop()
+            failures = await compare(pg_dsn, joined, writer)
+            failures += [f"{j.sub.name}: no resync" for j in joined if j.live.channel.stats.resyncs < 1]
+            assert not failures, "\n".join(failures)
+        finally:
+            with contextlib.suppress(Exception):
+                await writer.stop()
+            await close_all(joined)
