@@ -119,7 +119,10 @@ async def test_readme_live_table_example_runs_as_pasted(pg_dsn: str, tmp_path: P
             return out_path.read_text().split("\n")[:-1]  # complete lines only
 
         try:
-            await until(lambda: any(ln.startswith("ready:") for ln in lines()), 20, "the snapshot")
+            try:
+                await until(lambda: any(ln.startswith("ready:") for ln in lines()), 30, "the snapshot")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the example printed:\n{out_path.read_text()}") from None
             ready = next(ln for ln in lines() if ln.startswith("ready:"))
             assert ready == f"ready: {count} alerts", out_path.read_text()
             snapshot = [ROW_LINE.match(ln) for ln in lines()[: lines().index(ready)]]
