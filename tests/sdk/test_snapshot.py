@@ -21,6 +21,7 @@ from relay_client import (
     SnapshotComplete,
     SnapshotError,
     SnapshotRow,
+    SyncRelayClient,
 )
 from relay_client.protocol import Subscribed, parse_system
 
@@ -400,3 +401,25 @@ async def test_live_table_wait_ready_raises_the_snapshot_error() -> None:
             await waiter
         assert info.value.code == "snapshot_timeout" and not live.ready
         await client.close()
+
+
+async def test_the_blocking_facade_asks_for_snapshots_and_streams_their_events() -> None:
+    async with ScriptedRelay() as relay:
+
+        def run() -> list[Any]:
+            with SyncRelayClient(relay.url, token(), **FAST) as client:
+                ch = client.channel("dash", on_resync="snapshot").on_postgres_changes(
+                    "*", table="t", snapshot=True
+                )
+                items = ch.changes(snapshot=True, timeout=5)
+                ch.subscribe(timeout=5)
+                assert ch.channel.resync_snapshot
+                return [next(items), next(items)]
+
+        got = asyncio.create_task(asyncio.to_thread(run))
+        join = await relay.next_frame("phx_join")
+        assert config(join)["postgres_changes"][0]["snapshot"] is True
+        await relay.row(TOPIC, 101, {"id": 1})
+        await relay.complete(TOPIC, 101, 1, pos(3, 0xFFFFFFFF))
+        row, done = await asyncio.wait_for(got, 10)
+        assert isinstance(row, SnapshotRow) and isinstance(done, SnapshotComplete) and done.rows == 1
