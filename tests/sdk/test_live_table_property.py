@@ -198,7 +198,7 @@ class Writer:
                         self._op(conn)
                     conn.commit()
                     self.transactions += 1
-                    self._stop.wait(0.01)
+                    self._stop.wait(0.015)
         except BaseException as exc:  # surfaced by stop()
             self.error = exc
 
@@ -351,6 +351,23 @@ async def compare(dsn: str, joined: list[Joined], writer: Writer) -> list[str]:
     return failures
 
 
+async def all_ready(joined: list[Joined], timeout: float = 60.0) -> None:
+    """Every LiveTable loaded; if not, say how far each got."""
+    try:
+        async with asyncio.timeout(timeout):
+            for j in joined:
+                await j.live.wait_ready()
+    except TimeoutError:
+        raise AssertionError(
+            "not ready: "
+            + "; ".join(
+                f"{j.sub.name} flaky={j.sub.flaky} {j.live!r} {j.live.channel.stats} {j.client.status}"
+                for j in joined
+                if not j.live.ready
+            )
+        ) from None
+
+
 async def close_all(joined: list[Joined]) -> None:
     for j in joined:
         await j.client.close()
@@ -372,8 +389,10 @@ async def test_live_tables_equal_the_table_under_filter_and_policies(pg_dsn: str
         dropping = True
 
         async def drops() -> None:
-            while dropping:
-                await asyncio.sleep(rng.uniform(0.2, 0.8))
+            for _ in range(12):  # bounded: a snapshot must be able to finish between two drops
+                await asyncio.sleep(rng.uniform(0.2, 1.0))
+                if not dropping:
+                    return
                 proxy.drop()
 
         dropper = asyncio.create_task(drops())
@@ -382,8 +401,7 @@ async def test_live_tables_equal_the_table_under_filter_and_policies(pg_dsn: str
             for sub, at in zip(subs, joins, strict=True):
                 await asyncio.sleep(max(0.0, start + at - time.monotonic()))
                 joined.append(await join(sub, relay.port, proxy.port))
-            for j in joined:
-                await j.live.wait_ready(30)
+            await all_ready(joined)
             await asyncio.sleep(1.0)  # changes keep coming after every snapshot
             dropping = False
             await dropper
@@ -418,8 +436,7 @@ async def test_live_tables_after_resync_needed_are_the_table_again(pg_dsn: str) 
         joined: list[Joined] = []
         try:
             joined = [await join(sub, relay.port, proxy.port, hb_interval=0.5) for sub in subs]
-            for j in joined:
-                await j.live.wait_ready(30)
+            await all_ready(joined)
             proxy.blackhole(True)  # silent network: every client notices within ~1 s, cannot rejoin
             await until(lambda: not any(j.client.status.online for j in joined), 10, "all offline")
             await asyncio.sleep(3.0)
