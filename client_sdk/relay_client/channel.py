@@ -294,6 +294,22 @@ class RealtimeChannel:
         self._state.resync_snapshot = True
         return self
 
+    def request_snapshot(self) -> bool:
+        """Ask every binding for a fresh snapshot: the channel joins again now (resuming nothing
+        a snapshot replaces), or with its next join if it is not joined; True if it rejoins now.
+
+        For a snapshot the relay could not send in time (``snapshot_timeout``: its connections
+        were busy, or the query ran too long), or to start over on purpose.  The bindings'
+        callbacks get snapshot events, as with ``snapshot=True``.
+        """
+        self._check_open("request_snapshot")
+        self._state.snapshot_due = set(range(len(self._state.bindings)))
+        if self._state.force_rejoin():
+            self.retry_at = 0.0
+            self._host.wake_joiner()
+            return True
+        return False
+
     @property
     def resync_snapshot(self) -> bool:
         """Whether a ``resync_needed`` makes the channel rejoin with snapshots."""

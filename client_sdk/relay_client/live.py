@@ -105,6 +105,13 @@ class LiveTable:
                 await self._settled.wait()
         return self
 
+    def reload(self) -> None:
+        """Load a fresh snapshot (the channel joins again): e.g. after ``error.code`` is
+        ``snapshot_timeout``.  ``rows`` keeps its content until the new snapshot is complete."""
+        self.error = None
+        self._ready.clear()
+        self.channel.request_snapshot()
+
     # -- events of the binding --------------------------------------------------------------------
     async def _on_event(self, item: Change | SnapshotEvent) -> None:
         if isinstance(item, SnapshotRow):

@@ -378,7 +378,7 @@ async def test_live_table_drops_the_rows_of_a_snapshot_cut_by_a_reconnect() -> N
         await client.close()
 
 
-async def test_live_table_wait_ready_raises_the_snapshot_error() -> None:
+async def test_live_table_wait_ready_raises_the_snapshot_error_and_reload_asks_again() -> None:
     async with ScriptedRelay() as relay:
         client = client_for(relay)
         ch = client.channel("dash")
@@ -400,6 +400,16 @@ async def test_live_table_wait_ready_raises_the_snapshot_error() -> None:
         with pytest.raises(SnapshotError) as info:
             await waiter
         assert info.value.code == "snapshot_timeout" and not live.ready
+        # a timeout may pass: reload() joins again asking for the snapshot
+        n = len(relay.frames)
+        live.reload()
+        rejoin = await relay.next_frame("phx_join", n)
+        assert config(rejoin)["postgres_changes"][0]["snapshot"] is True
+        await until(lambda: ch.is_joined, 5, "rejoined")
+        await relay.row(TOPIC, 101, {"id": 1})
+        await relay.complete(TOPIC, 101, 1, pos(4, 0xFFFFFFFF))
+        await live.wait_ready(5)
+        assert live.rows == {(1,): {"id": 1}} and live.error is None
         await client.close()
 
 
