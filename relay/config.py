@@ -65,6 +65,9 @@ class Config:
     compression: bool = False
     resume_window: float = 300.0
     resume_max_bytes: int = 64 * 1024 * 1024
+    # snapshot on join (docs/protocol.md, "Snapshot on join")
+    snapshot_max_rows: int = 100_000
+    snapshot_timeout: float = 30.0
     log_level: str = "INFO"
     # operations (docs/operations.md)
     log_format: str = "text"
@@ -140,6 +143,10 @@ class Config:
             if getattr(out, name) < 0:
                 got = getattr(out, name)
                 raise ConfigError(f"{ENV_VARS[name][0]} must not be negative (0: no limit), got {got}")
+        if out.snapshot_max_rows < 1:
+            raise ConfigError(f"RELAY_SNAPSHOT_MAX_ROWS must be at least 1, got {out.snapshot_max_rows}")
+        if not out.snapshot_timeout > 0:
+            raise ConfigError(f"RELAY_SNAPSHOT_TIMEOUT must be positive, got {out.snapshot_timeout}")
         if not out.handshake_timeout > 0:
             raise ConfigError(f"RELAY_HANDSHAKE_TIMEOUT must be positive, got {out.handshake_timeout}")
         if out.log_format not in ("text", "json"):
@@ -328,6 +335,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "resume_max_bytes": (
         "RELAY_RESUME_MAX_BYTES",
         "Memory for the resume window; the oldest changes are dropped beyond it",
+    ),
+    "snapshot_max_rows": (
+        "RELAY_SNAPSHOT_MAX_ROWS",
+        "Rows one snapshot on join may send; beyond, the binding gets snapshot_too_large",
+    ),
+    "snapshot_timeout": (
+        "RELAY_SNAPSHOT_TIMEOUT",
+        "Seconds a statement of a snapshot on join may run (statement_timeout); then snapshot_timeout",
     ),
     "log_level": ("RELAY_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
     "log_format": ("RELAY_LOG_FORMAT", "text (for people) or json (one JSON object per line)"),

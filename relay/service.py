@@ -17,7 +17,13 @@ from aiohttp import web
 from relay.config import Config
 from relay.core.changes import Commit, Lsn
 from relay.core.position import pack
-from relay.core.relay_messages import DatabaseBroadcast, PolicyChanged, RelayMessage, TopicPolicyChanged
+from relay.core.relay_messages import (
+    DatabaseBroadcast,
+    PolicyChanged,
+    RelayMessage,
+    SnapshotFence,
+    TopicPolicyChanged,
+)
 from relay.core.tokens import Verifier
 from relay.pipeline import Pipeline, PipelineStats
 from relay.postgres.catalog import Catalog
@@ -82,6 +88,7 @@ class RunningRelay:
                 with suppress(asyncio.CancelledError, Exception):
                     await extra
         await self.runner.cleanup()
+        await self.server.snapshots.close()
         await self.catalog.close()
 
 
@@ -112,6 +119,8 @@ class ServerSink:
             self.store.poke()
         elif type(message) is TopicPolicyChanged:
             self.server.topics.policies_changed(message.xid)
+        elif type(message) is SnapshotFence:  # a snapshot on join: the stream passed its point
+            self.server.snapshots.fence(message.id)
 
     def status(self, stats: PipelineStats) -> None:
         self.server.status = stats.as_dict()

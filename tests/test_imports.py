@@ -70,6 +70,7 @@ SERVER_ORDER: dict[str, int] = {
     "relay.server.probes": 2,
     "relay.server.connection": 2,  # one socket: uses the feed, the hub, the outbox
     "relay.server.feed": 1,  # subscriptions, fan-out, tx_end, resume
+    "relay.server.snapshot": 1,  # snapshot on join: rows, then the feed's held changes
     "relay.server.topics": 1,  # broadcast and presence
     "relay.server.channel": 0,  # the Channel record and the Socket face the feed and hub use
     "relay.server.metrics": 0,

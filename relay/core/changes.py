@@ -123,6 +123,9 @@ class RowChange:
     # The identity of the stream it was read from (relay.core.stream): stamped by the server
     # when it fans the change out, since the decoder does not know which database it reads.
     stream: str = ""
+    # The 32-bit id of its (top-level) transaction, as wal2json prints it (0: not known).  A
+    # snapshot on join decides by it whether the snapshot already holds the change.
+    xid: int = 0
 
     @property
     def position(self) -> str:

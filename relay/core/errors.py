@@ -67,6 +67,11 @@ class Code(StrEnum):
     RESYNC_NEEDED = "resync_needed"
     BROADCAST_REPLAY_INCOMPLETE = "broadcast_replay_incomplete"
     TOKEN_EXPIRING = "token_expiring"
+    # Snapshot on join (docs/protocol.md, "Snapshot on join")
+    SNAPSHOT_COMPLETE = "snapshot_complete"
+    SNAPSHOT_TOO_LARGE = "snapshot_too_large"
+    SNAPSHOT_TIMEOUT = "snapshot_timeout"
+    SNAPSHOT_FAILED = "snapshot_failed"
 
 
 class RelayError(Exception):

@@ -21,6 +21,7 @@ __all__ = [
     "DatabaseBroadcast",
     "PolicyChanged",
     "RelayMessage",
+    "SnapshotFence",
     "TableSetChanged",
     "TopicPolicyChanged",
     "decode_message",
@@ -63,7 +64,16 @@ class DatabaseBroadcast:
     commit_lsn: int
 
 
-RelayMessage = TableSetChanged | PolicyChanged | TopicPolicyChanged | DatabaseBroadcast
+@dataclass(frozen=True, slots=True)
+class SnapshotFence:
+    """A snapshot on join passed this point of the WAL (a message the relay commits right after
+    taking its snapshot): every transaction committed before the snapshot was taken has been
+    decoded by the time the stream reaches it.  ``id`` names the snapshot."""
+
+    id: str
+
+
+RelayMessage = TableSetChanged | PolicyChanged | TopicPolicyChanged | DatabaseBroadcast | SnapshotFence
 
 
 def decode_message(content: str, commit_lsn: int) -> RelayMessage | None:
@@ -88,4 +98,6 @@ def decode_message(content: str, commit_lsn: int) -> RelayMessage | None:
         return TopicPolicyChanged(xid if isinstance(xid, str) else None)
     if op == "broadcast":
         return DatabaseBroadcast(msg, commit_lsn)
+    if op == "snapshot_fence" and isinstance(msg.get("id"), str):
+        return SnapshotFence(msg["id"])
     return None

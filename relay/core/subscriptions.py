@@ -37,6 +37,7 @@ __all__ = [
     "binding_id",
     "change_payload",
     "parse_bindings",
+    "snapshot_payload",
 ]
 
 
@@ -90,6 +91,9 @@ class BindingSpec:
     #: Columns the client wants in ``record``/``old_record``/``columns`` (the primary key always
     #: comes too); None for the whole row.  Filters and policies still see the whole row.
     select: tuple[str, ...] | None = None
+    #: ``snapshot: true``: the binding asks for the table's current rows on join, before its
+    #: live changes (docs/protocol.md, "Snapshot on join").  Does not change the binding's id.
+    snapshot: bool = False
 
 
 def binding_id(event: str, schema: str, table: str | None, filter_text: str | None) -> int:
@@ -140,6 +144,9 @@ def parse_bindings(entries: Any) -> list[BindingSpec]:
         select = _parse_select(i, e.get("select"))
         if select is not None and table is None:
             raise BindingError(f"postgres_changes[{i}]: select needs a table")
+        snapshot = _parse_snapshot(i, e.get("snapshot"))
+        if snapshot and table is None:
+            raise BindingError(f"postgres_changes[{i}]: snapshot needs a table")
         out.append(
             BindingSpec(
                 event,
@@ -149,9 +156,25 @@ def parse_bindings(entries: Any) -> list[BindingSpec]:
                 e,
                 binding_id(event, schema, table, flt.text if flt else None),
                 select,
+                snapshot,
             )
         )
     return out
+
+
+def _parse_snapshot(i: int, value: Any) -> bool:
+    """``snapshot``: JSON ``true``/``false`` or the strings (clients send either for booleans).
+
+    Anything else is refused rather than read as false: a client that asked for rows and
+    silently got none would believe the table empty.
+    """
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise BindingError(f"postgres_changes[{i}]: snapshot must be true or false")
 
 
 def _parse_select(i: int, value: Any) -> tuple[str, ...] | None:
@@ -600,3 +623,20 @@ def _variant_payload(
             data["old_record"] = {}
         data["errors"] = [f"PolicyError {error.code}: {error.message} (policy {error.policy})"]
     return data
+
+
+def snapshot_payload(
+    kind: str, error: Denied | None = None, select: tuple[str, ...] | None = None
+) -> Callable[[RowChange], dict[str, Any]]:
+    """``data`` of a snapshot row: the INSERT's (same columns, values, ``select`` and policy
+    error handling) with ``"type": "SNAPSHOT"`` and no ``position`` (a snapshot row has none:
+    the end marker carries the position live changes follow from)."""
+
+    def build(change: RowChange) -> dict[str, Any]:
+        data = _variant_payload(change, kind, error, select)
+        data["type"] = "SNAPSHOT"
+        data.pop("position", None)
+        data.pop("old_record", None)
+        return data
+
+    return build

@@ -6,7 +6,9 @@ here on is deterministic and tested from captured fixtures, without Postgres.
 Options the relay starts wal2json with (see :data:`WAL2JSON_OPTIONS`): ``include-timestamp``,
 ``include-pk``, ``include-type-oids``, ``include-lsn`` and ``include-transaction`` — so a
 ``B`` message already carries the transaction's commit LSN, which is what gives every change a
-position (commit LSN, index) before the transaction ends.
+position (commit LSN, index) before the transaction ends — and ``include-xids``: every row
+message then carries its transaction's id, which a snapshot on join compares with its Postgres
+snapshot (visibility is decided by xid, not LSN).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ WAL2JSON_OPTIONS: dict[str, str] = {
     "include-type-oids": "1",
     "include-types": "1",
     "include-lsn": "1",
+    "include-xids": "1",
 }
 
 #: wal2json 2.6+ option: numbers as exact strings, NaN/Infinity included (2.5 prints those as
@@ -228,6 +231,9 @@ class Decoder:
             raw,
             errors or None,
         )
+        xid = msg.get("xid")
+        if type(xid) is int:
+            change.xid = xid
         self._index += 1
         return change
 

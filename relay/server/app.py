@@ -47,6 +47,7 @@ from relay.server.metrics import (
 )
 from relay.server.outbox import Outbox
 from relay.server.probes import SlotWatchdog, ready_handler
+from relay.server.snapshot import Snapshots
 from relay.server.topics import TopicHub
 
 __all__ = ["RelayServer"]
@@ -90,8 +91,9 @@ class RelayServer:
         self.feed = ChangeFeed(config, self.authorizer, self.evaluator, self.metrics, self.outbox)
         # Broadcast and presence rooms (private ones admitted by the topic policies).
         self.topics = TopicHub(config, self.metrics, self.outbox, self.feed, TopicAuthorizer(catalog))
+        self.snapshots = Snapshots(config, catalog, self.feed)
         self.services = SocketServices(
-            config, self.verifier, catalog, self.feed, self.topics, self.outbox, self.metrics
+            config, self.verifier, catalog, self.feed, self.topics, self.outbox, self.metrics, self.snapshots
         )
         self.connections: set[Connection] = set()
         self.started_at = time.time()
@@ -234,6 +236,7 @@ class RelayServer:
                 "resumes": self.resumes,
                 "resyncs": self.resyncs,
             },
+            "snapshots": self.snapshots.stats(),
             "stream": self.stream.as_dict() if self.stream is not None else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             **self.status,

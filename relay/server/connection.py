@@ -40,6 +40,7 @@ from relay.server import session
 from relay.server.channel import Channel
 from relay.server.metrics import RelayMetrics
 from relay.server.outbox import Outbox, socket_transport, wait_writable, writing_paused
+from relay.server.snapshot import SnapshotRequest, Snapshots
 from relay.server.topics import JoinRefused, TopicHub
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class SocketServices:
     topics: TopicHub
     outbox: Outbox
     metrics: RelayMetrics
+    snapshots: Snapshots | None = None
 
 
 class Connection:
@@ -87,6 +89,7 @@ class Connection:
         self.topics = services.topics
         self.outbox = services.outbox
         self.metrics = services.metrics
+        self.snapshots = services.snapshots
         self.ws = ws
         self.vsn = vsn
         self.claims = claims
@@ -390,6 +393,14 @@ class Connection:
             return
         if f.topic in self.channels:  # a concurrent rejoin won while we awaited the catalog
             self.close_channel(self.channels[f.topic])
+        # Snapshot on join: the bindings' current rows first, then their live changes.  The
+        # snapshot serves the channel's resume point too (the other bindings resume from it).
+        snapshot = [(s, b) for s, b in zip(specs, bound, strict=True) if s.snapshot]
+        snapshots = self.snapshots if snapshot and self.snapshots is not None else None
+        hold = snapshots is not None and snapshots.available
+        resume = req.resume if snapshot else None
+        if snapshot:
+            after = None
         chan = Channel(self, f.topic, f.join_ref, claims, specs)
         chan.tx_end = req.tx_end
         chan.private, chan.grants = private, grants
@@ -399,6 +410,7 @@ class Connection:
             chan.cursor, chan.replaying = after, True  # live skips it until the replay catches up
         else:
             chan.cursor = self.feed.fresh_cursor()
+            chan.replaying = hold  # a snapshot holds live changes until its rows are out
         # Register before replying: anything the fan-out sees from now on reaches this
         # channel (or its replay), and the reply is queued before any such frame.
         self.channels[f.topic] = chan
@@ -418,6 +430,15 @@ class Connection:
             self.send_frame(chan.system("ok", "Subscribed to PostgreSQL", **start))
         if req.replication_ready:
             self.feed.replication_ready(chan)
+        if snapshot:
+            if snapshots is not None and hold:
+                chan.task = asyncio.get_running_loop().create_task(
+                    snapshots.run(SnapshotRequest(chan, snapshot, resume=resume)), name=f"snapshot {f.topic}"
+                )
+            else:
+                why = "snapshot failed: snapshots need the resume window (RELAY_RESUME_WINDOW > 0)"
+                for s, _ in snapshot:
+                    self.send_frame(chan.system("error", why, code=Code.SNAPSHOT_FAILED, id=s.id))
         if after is not None:
             chan.task = asyncio.get_running_loop().create_task(
                 self.feed.replay(chan, after, stream, str(resume_from)), name=f"replay {f.topic}"

@@ -137,12 +137,33 @@ async def test_documented_roles_migrate_and_serve(
                     for m in await client.collect(1.0)
                     if m["event"] == "postgres_changes"
                 ]
+                # A snapshot on join reads the table as the runtime role: refused clearly until
+                # the grant docs/roles.md names, then served (the policy still applies).
+                snap = [{"event": "*", "schema": "public", "table": "items", "snapshot": True}]
+                ends = []
+                for _ in range(2):
+                    await client.join("snap", snap)
+                    ends.append(
+                        await client.recv_until(
+                            lambda m: str(m["payload"].get("code", "")).startswith("snapshot_")
+                        )
+                    )
+                    _exec(pg_dsn, "GRANT SELECT ON public.items TO relay_runtime")
+                rows = [
+                    m["payload"]["data"]["record"]
+                    for m in client.inbox
+                    if m["event"] == "postgres_changes" and m["payload"]["data"]["type"] == "SNAPSHOT"
+                ]
         finally:
             proc.terminate()
             proc.wait(timeout=20)
     assert [(r["record"], r.get("errors")) for r in records] == [({"id": 2, "note": "long"}, None)], log_tail(
         log_path
     )
+    refused, served = (e["payload"] for e in ends)
+    assert refused["code"] == "snapshot_failed", refused
+    assert "permission denied for table items" in refused["message"]
+    assert served["code"] == "snapshot_complete" and rows == [{"id": 2, "note": "long"}], (served, rows)
 
 
 def test_owner_without_the_evaluation_role_is_told_the_grant(

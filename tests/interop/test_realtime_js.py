@@ -145,6 +145,7 @@ async def subscriber(
     filter: str = "",
     filter_builder: list[list[Any]] | None = None,
     select: list[str] | None = None,
+    snapshot: bool = False,
     vsn: str = "",
     heartbeat_ms: int = 0,
     timeout_ms: int = 15000,
@@ -159,6 +160,7 @@ async def subscriber(
         "RT_FILTER": filter,
         "RT_FILTER_BUILDER": json.dumps(filter_builder) if filter_builder else "",
         "RT_SELECT": json.dumps(select) if select else "",
+        "RT_SNAPSHOT": "1" if snapshot else "",
         "RT_VSN": vsn,
         "RT_COUNT": str(count),
         "RT_TIMEOUT_MS": str(timeout_ms),
@@ -310,6 +312,27 @@ async def test_select(pg_dsn: str, node_env: str) -> None:
         assert ins["eventType"] == "INSERT" and ins["new"] == {"id": bid, "status": "pending"}
         assert upd["eventType"] == "UPDATE" and upd["new"] == {"id": bid, "status": "confirmed"}
         assert upd["old"] == {"id": bid, "status": "pending"}
+
+
+async def test_snapshot_on_join_reaches_a_star_callback(pg_dsn: str, node_env: str) -> None:
+    """realtime-js 2.109 passes ``snapshot: true`` on the binding object through to the join,
+    ignores the ``snapshot_complete`` system frame, and hands each SNAPSHOT row to a ``'*'``
+    callback as ``eventType: "SNAPSHOT"`` with ``new: {}``: it rebuilds ``new`` only for INSERT
+    and UPDATE (documented in docs/protocol.md).  Live changes follow as usual."""
+    async with running_relay(pg_dsn) as relay:
+        first = await insert_booking(pg_dsn, branch=2)
+        second = await insert_booking(pg_dsn, branch=2)
+        await insert_booking(pg_dsn, branch=1)
+        async with subscriber(node_env, relay.url, count=3, filter="branch_id=eq.2", snapshot=True) as sub:
+            await sub.wait_subscribed()
+            rows = [await sub.wait_for(lambda m: "eventType" in m) for _ in range(2)]
+            assert [r["eventType"] for r in rows] == ["SNAPSHOT", "SNAPSHOT"]
+            assert all(r["new"] == {} and r["old"] == {} for r in rows), rows
+            assert all(r["table"] == "bookings" and TS_RE.match(r["commit_timestamp"]) for r in rows)
+            bid = await insert_booking(pg_dsn, branch=2)
+            (ins,) = await sub.payloads()
+            assert ins["eventType"] == "INSERT" and ins["new"]["id"] == bid
+            assert bid not in (first, second)
 
 
 async def test_insert_only_binding(pg_dsn: str, node_env: str) -> None:

@@ -306,3 +306,47 @@ async def test_token_expiring_system_message_then_set_auth(pg_dsn: str, client_e
         assert (await next_item(changes))["data"]["record"]["id"] == bid
         assert channel.is_joined and relay.server.expiry_warnings == 1
         assert client_errors() == []
+
+
+async def test_snapshot_rows_do_not_break_realtime_py(pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """realtime-py has no way to ask for a snapshot (its binding object is rebuilt from fixed
+    fields), so the flag is put on its binding here.  Its pydantic model only knows the types
+    INSERT/UPDATE/DELETE: each SNAPSHOT frame is dropped with an "Unrecognized message format"
+    error log, the ``snapshot_complete`` marker reaches ``on_system``, the channel stays joined
+    and live changes follow (documented in docs/protocol.md)."""
+    from realtime.types import PostgresChangesCallback
+
+    class SnapshotBinding(PostgresChangesCallback):
+        @property
+        def binding_filter(self) -> dict[str, Any]:
+            return {**super().binding_filter, "snapshot": True}
+
+    caplog.set_level(logging.ERROR, logger="realtime")
+    async with running_relay(pg_dsn) as relay, connected(relay.url, token()) as client:
+        await insert_booking(pg_dsn, branch=2)
+        changes: asyncio.Queue[Any] = asyncio.Queue()
+        systems: asyncio.Queue[Any] = asyncio.Queue()
+        channel = client.channel("snap")
+        channel.on_postgres_changes(
+            ListenEvent.All,
+            schema="public",
+            table="bookings",
+            filter="branch_id=eq.2",
+            callback=changes.put_nowait,
+        )
+        cb = channel.postgres_changes_callbacks[0]
+        channel.postgres_changes_callbacks[0] = SnapshotBinding(
+            cb.callback, cb.event, cb.table, cb.schema, cb.filter
+        )
+        channel.on_system(systems.put_nowait)
+        await subscribe(channel)
+        subscribed = await next_item(systems)
+        assert subscribed.message == "Subscribed to PostgreSQL"
+        marker = await next_item(systems)
+        assert marker.status == "ok" and "snapshot complete: 1 rows" in marker.message
+        bid = await insert_booking(pg_dsn, branch=2)
+        ins = await next_item(changes)
+        assert ins["data"]["type"] == "INSERT" and ins["data"]["record"]["id"] == bid
+        assert channel.is_joined
+        dropped = [r.getMessage() for r in caplog.records if r.name.startswith("realtime")]
+        assert len(dropped) == 1 and "Unrecognized message format" in dropped[0], dropped

@@ -23,6 +23,7 @@ SCRIPTS = [
     "latency.py",
     "run_all.py",
     "pyspy_top.py",
+    "snapshot.py",
 ]
 
 

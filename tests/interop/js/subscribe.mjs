@@ -9,6 +9,7 @@
 //   RT_FILTER_BUILDER  JSON list of postgresChangesFilter() calls, e.g.
 //               [["gte","price",10],["not","status","in",["a","b"]]]; wins over RT_FILTER  (--filter-builder)
 //   RT_SELECT   JSON list of columns for the binding's select, e.g. ["status"]  (--select)
+//   RT_SNAPSHOT "1": the binding asks for a snapshot on join (snapshot: true)  (--snapshot)
 //   RT_EVENT    INSERT | UPDATE | DELETE | * (default *)                 (--event)
 //   RT_COUNT    exit 0 after this many payloads (default 1)              (--count)
 //   RT_TIMEOUT_MS  exit 1 if not done by then (default 15000)            (--timeout-ms)
@@ -48,6 +49,7 @@ function settings() {
     filter: pick('filter', 'RT_FILTER', ''),
     filterBuilder: pick('filter-builder', 'RT_FILTER_BUILDER', ''),
     select: pick('select', 'RT_SELECT', ''),
+    snapshot: pick('snapshot', 'RT_SNAPSHOT', '') === '1',
     event: pick('event', 'RT_EVENT', '*'),
     count: Number(pick('count', 'RT_COUNT', '1')),
     timeoutMs: Number(pick('timeout-ms', 'RT_TIMEOUT_MS', '15000')),
@@ -102,6 +104,7 @@ const binding = { event: cfg.event, schema: cfg.schema }
 if (cfg.table) binding.table = cfg.table
 if (cfg.filter) binding.filter = cfg.filter
 if (cfg.select) binding.select = JSON.parse(cfg.select)
+if (cfg.snapshot) binding.snapshot = true
 if (cfg.filterBuilder) {
   // The builder instance itself goes to .on(): realtime-js serializes it.
   let builder = postgresChangesFilter()
