@@ -21,8 +21,10 @@ from relay_client.errors import (
     RelayClientError,
     SendError,
     SendTimeoutError,
+    SnapshotError,
 )
 from relay_client.join_state import ChannelStats
+from relay_client.live import LiveTable
 from relay_client.options import ChannelOptions, ClientOptions
 from relay_client.status import ClientState, Status
 from relay_client.streams import ChangeStream
@@ -40,6 +42,8 @@ from relay_client.types import (
     RealtimePostgresChangesListenEvent,
     RealtimeSubscribeStates,
     ResyncNeeded,
+    SnapshotComplete,
+    SnapshotRow,
 )
 
 AsyncRealtimeClient = RelayClient  # the official client's name, for drop-in switching
@@ -62,6 +66,7 @@ __all__ = [
     "ClientState",
     "GaveUpError",
     "JoinError",
+    "LiveTable",
     "NotJoinedError",
     "Presence",
     "PresenceEvent",
@@ -77,6 +82,9 @@ __all__ = [
     "ResyncNeeded",
     "SendError",
     "SendTimeoutError",
+    "SnapshotComplete",
+    "SnapshotError",
+    "SnapshotRow",
     "Status",
     "SyncChannel",
     "SyncRelayClient",

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar, overload
 
@@ -30,6 +30,7 @@ from relay_client.errors import (
     NotJoinedError,
     SendError,
     SendTimeoutError,
+    SnapshotError,
 )
 from relay_client.join_state import ChannelState, ChannelStats
 from relay_client.link import Link, LinkClosed
@@ -40,12 +41,15 @@ from relay_client.protocol import (
     Frame,
     ProtocolError,
     Refusal,
+    SnapshotFailed,
     TokenExpiring,
     access_token_frame,
     broadcast_frame,
+    is_snapshot_row,
     parse_broadcast,
     parse_change,
     parse_reply,
+    parse_snapshot_row,
     parse_system,
     presence_frame,
 )
@@ -69,14 +73,19 @@ from relay_client.types import (
     RealtimeSubscribeStates,
     ResyncCallback,
     ResyncNeeded,
+    SnapshotComplete,
+    SnapshotRow,
     SubscribeCallback,
 )
 
-__all__ = ["ChannelHost", "RealtimeChannel"]
+__all__ = ["ChannelHost", "EventCallback", "RealtimeChannel", "SnapshotEvent"]
 
 log = logging.getLogger("relay_client")
 
-ChannelEvent = Change | ResyncNeeded
+SnapshotEvent = SnapshotRow | SnapshotComplete | SnapshotError
+ChannelEvent = Change | ResyncNeeded | SnapshotEvent
+EventCallback = Callable[[Change | SnapshotEvent], Awaitable[None] | None]
+"""A binding callback that also takes snapshot events (``snapshot=True`` or ``on_resync="snapshot"``)."""
 T = TypeVar("T")
 ReplyStatus = Literal["ok", "error", "lost"]
 PushResult = tuple[ReplyStatus, str, str | None]  # (status, reason, the relay's code if it refused)
@@ -185,10 +194,10 @@ class RealtimeChannel:
         self._host = host
         self.options = options or ChannelOptions()
         self._state = ChannelState(name, position=resume_from, options=self.options)
-        self._callbacks: list[ChangeCallback | None] = []  # one per binding
+        self._callbacks: list[ChangeCallback | EventCallback | None] = []  # one per binding
         self._resync_callbacks: list[ResyncCallback] = []
         self._subscribe_callbacks: list[SubscribeCallback] = []
-        self._buffers: list[tuple[Buffer[Any], bool]] = []
+        self._buffers: list[tuple[Buffer[Any], bool, bool]] = []  # (buffer, resync?, snapshot?)
         self._broadcast_callbacks: list[tuple[str, BroadcastCallback]] = []
         self._broadcast_subs: list[_Sub[Broadcast]] = []
         self._sync_callbacks: list[PresenceSyncCallback] = []
@@ -250,17 +259,22 @@ class RealtimeChannel:
     def on_postgres_changes(
         self,
         event: RealtimePostgresChangesListenEvent | str,
-        callback: ChangeCallback | None = None,
+        callback: ChangeCallback | EventCallback | None = None,
         table: str | None = None,
         schema: str | None = None,
         filter: str | None = None,
+        *,
+        snapshot: bool = False,
     ) -> Self:
         """Subscribe to row changes; ``callback`` (optional: see ``changes()``) gets each :class:`Change`.
 
-        Call before ``subscribe()``: bindings are part of the join.
+        Call before ``subscribe()``: bindings are part of the join.  ``snapshot=True``: the join
+        also asks for the rows that match now (filter and policies), as of one consistent point:
+        ``callback`` then gets a :class:`SnapshotRow` per row, then a :class:`SnapshotComplete`
+        (or a :class:`SnapshotError`), then the changes committed after that point, each once.
         """
         ev = event.value if isinstance(event, RealtimePostgresChangesListenEvent) else str(event).upper()
-        self._state.add_binding(Binding(ev, schema or "public", table, filter))
+        self._state.add_binding(Binding(ev, schema or "public", table, filter, snapshot))
         self._callbacks.append(callback)
         return self
 
@@ -269,22 +283,66 @@ class RealtimeChannel:
         self._resync_callbacks.append(callback)
         return self
 
+    def snapshot_on_resync(self) -> Self:
+        """After a ``resync_needed``, rejoin asking every binding for a fresh snapshot.
+
+        What ``client.channel(..., on_resync="snapshot")`` sets.  The :class:`ResyncNeeded` is
+        still delivered (callbacks, streams); then the channel joins again, each binding's
+        callback gets snapshot events, and the channel continues from the new snapshot's
+        position: consistent again in one step, with no refetch by hand.
+        """
+        self._state.resync_snapshot = True
+        return self
+
+    def request_snapshot(self) -> bool:
+        """Ask every binding for a fresh snapshot: the channel joins again now (resuming nothing
+        a snapshot replaces), or with its next join if it is not joined; True if it rejoins now.
+
+        For a snapshot the relay could not send in time (``snapshot_timeout``: its connections
+        were busy, or the query ran too long), or to start over on purpose.  The bindings'
+        callbacks get snapshot events, as with ``snapshot=True``.
+        """
+        self._check_open("request_snapshot")
+        self._state.snapshot_due = set(range(len(self._state.bindings)))
+        if self._state.force_rejoin():
+            self.retry_at = 0.0
+            self._host.wake_joiner()
+            return True
+        return False
+
+    @property
+    def resync_snapshot(self) -> bool:
+        """Whether a ``resync_needed`` makes the channel rejoin with snapshots."""
+        return self._state.resync_snapshot
+
     @overload
-    def changes(self, *, resync: Literal[True] = ...) -> ChangeStream[Change | ResyncNeeded]: ...
+    def changes(
+        self, *, resync: Literal[True] = ..., snapshot: Literal[False] = ...
+    ) -> ChangeStream[Change | ResyncNeeded]: ...
     @overload
-    def changes(self, *, resync: Literal[False]) -> ChangeStream[Change]: ...
-    def changes(self, *, resync: bool = True) -> ChangeStream[Any]:
+    def changes(self, *, resync: Literal[False], snapshot: Literal[False] = ...) -> ChangeStream[Change]: ...
+    @overload
+    def changes(
+        self, *, resync: Literal[True] = ..., snapshot: Literal[True]
+    ) -> ChangeStream[Change | ResyncNeeded | SnapshotEvent]: ...
+    @overload
+    def changes(
+        self, *, resync: Literal[False], snapshot: Literal[True]
+    ) -> ChangeStream[Change | SnapshotEvent]: ...
+    def changes(self, *, resync: bool = True, snapshot: bool = False) -> ChangeStream[Any]:
         """Every change of this channel, once, in order, as an async iterator.
 
         With ``resync=True`` (default) a :class:`ResyncNeeded` is yielded in the stream where it
-        happened.  Create it before ``subscribe()`` to see the very first change; it holds at
-        most ``queue_size`` items (then the socket reader waits: see the README's overflow
-        policy).  It ends when the channel is unsubscribed or the client closed.
+        happened; with ``snapshot=True`` the snapshot events too (:class:`SnapshotRow`,
+        :class:`SnapshotComplete`, :class:`SnapshotError`), in their place before the changes
+        that follow them.  Create it before ``subscribe()`` to see the very first change; it
+        holds at most ``queue_size`` items (then the socket reader waits: see the README's
+        overflow policy).  It ends when the channel is unsubscribed or the client closed.
         """
         buf: Buffer[Any] = Buffer(self._host.options.queue_size)
         if self._finished or self._host.closing:
             buf.close(self._finish_error)
-        self._buffers.append((buf, resync))
+        self._buffers.append((buf, resync, snapshot))
         return ChangeStream(buf)
 
     # -- broadcast ---------------------------------------------------------------------------
@@ -610,7 +668,11 @@ class RealtimeChannel:
         ev = frame.event
         try:
             if ev == "postgres_changes":
-                await self._on_change(parse_change(self.name, frame.payload))
+                if is_snapshot_row(frame.payload):
+                    row = parse_snapshot_row(self.name, frame.payload, self._state.snapshot_seq)
+                    await self._on_snapshot_event(row, row.ids)
+                else:
+                    await self._on_change(parse_change(self.name, frame.payload))
             elif ev == "broadcast":
                 await self._on_broadcast(parse_broadcast(self.name, frame.payload))
             elif ev == "presence_state":
@@ -638,8 +700,25 @@ class RealtimeChannel:
             cb = self._callbacks[i]
             if cb is not None:
                 await _call(cb, change)
-        await self._put(change, resync_item=False)
+        await self._put(change)
         st.processed(change.position)
+
+    async def _on_snapshot_event(self, item: SnapshotEvent, ids: tuple[int, ...]) -> None:
+        """A snapshot row, marker or failure: to its binding's callback and snapshot streams.
+
+        Rows are the table's state, not changes: they are neither de-duplicated against nor
+        recorded as the channel's position (the marker's position is, in ``on_system``).
+        """
+        indexes = self._state.binding_indexes(ids)
+        if not indexes:  # no id to route by: every binding this join asked a snapshot for
+            indexes = sorted(self._state.snapshot_join)
+        if isinstance(item, SnapshotRow):
+            self._state.stats.snapshot_rows += 1
+        for i in indexes:
+            cb = self._callbacks[i]
+            if cb is not None:
+                await _call(cb, item)
+        await self._put(item, kind="snapshot")
 
     async def _on_broadcast(self, msg: Broadcast) -> None:
         self._state.stats.broadcasts += 1
@@ -661,13 +740,17 @@ class RealtimeChannel:
                     await _call(scb)
             self._offer(self._presence_subs, item)
 
-    async def _put(self, item: ChannelEvent, resync_item: bool) -> int:
+    async def _put(self, item: ChannelEvent, kind: Literal["change", "resync", "snapshot"] = "change") -> int:
         delivered = 0
         for entry in list(self._buffers):
-            buf, wants_resync = entry
+            buf, wants_resync, wants_snapshot = entry
             if buf.closed:
                 self._buffers.remove(entry)
-            elif wants_resync or not resync_item:
+            elif (
+                kind == "change"
+                or (kind == "resync" and wants_resync)
+                or (kind == "snapshot" and wants_snapshot)
+            ):
                 delivered += await buf.put(item)
         return delivered
 
@@ -742,14 +825,33 @@ class RealtimeChannel:
             log.warning("%s on %s refused: %s", push.what, self.topic, refusal.reason)
 
     async def _on_system(self, payload: Any) -> None:
-        event = parse_system(self.name, payload)
+        event = parse_system(self.name, payload, self._state.snapshot_seq)
         self._state.on_system(event)
         if isinstance(event, ResyncNeeded):
             log.warning("resync needed on %s: %s", self.topic, event.message)
             for cb in list(self._resync_callbacks):
                 await _call(cb, event)
-            if not await self._put(event, resync_item=True) and not self._resync_callbacks:
+            delivered = await self._put(event, kind="resync")
+            if self._state.resync_snapshot:
+                if self._state.force_rejoin():
+                    log.info("rejoining %s with a snapshot after the resync", self.topic)
+                    self.retry_at = 0.0
+                    self._host.wake_joiner()
+            elif not delivered and not self._resync_callbacks:
                 log.error("resync needed on %s but nobody listens (on_resync / changes())", self.topic)
+        elif isinstance(event, SnapshotComplete):
+            log.debug("snapshot of %s complete: %d rows, at %s", self.topic, event.rows, event.position)
+            await self._on_snapshot_event(event, () if event.binding_id is None else (event.binding_id,))
+        elif isinstance(event, SnapshotFailed):
+            log.warning("snapshot on %s failed (%s): %s", self.topic, event.code, event.message)
+            err = SnapshotError(
+                self.name,
+                event.message,
+                code=event.code,
+                binding_id=event.binding_id,
+                snapshot=self._state.snapshot_seq,
+            )
+            await self._on_snapshot_event(err, () if event.binding_id is None else (event.binding_id,))
         elif isinstance(event, ChannelClosedByServer):
             log.warning("relay is closing %s: %s", self.topic, event.message)
             self._close_reason = event.message
@@ -785,7 +887,7 @@ class RealtimeChannel:
         if self._subscribed is not None and not self._subscribed.done():
             self._subscribed.set_exception(error or ClientClosedError("the channel was closed"))
             self._subscribed.exception()
-        for buf, _ in self._buffers:
+        for buf, _, _ in self._buffers:
             buf.close(error)
         self._buffers.clear()
         for bsub in self._broadcast_subs:
@@ -809,7 +911,7 @@ class RealtimeChannel:
 
     def close_streams(self) -> None:
         """End every stream after what it holds (the client is closing)."""
-        for buf, _ in self._buffers:
+        for buf, _, _ in self._buffers:
             buf.close()
         for bsub in self._broadcast_subs:
             bsub.buffer.close()

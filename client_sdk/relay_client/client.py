@@ -20,7 +20,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import aiohttp
 
@@ -232,14 +232,20 @@ class RelayClient:
         broadcast_ack: bool = False,
         presence_key: str = "",
         private: bool = False,
+        on_resync: Literal["report", "snapshot"] = "report",
     ) -> RealtimeChannel:
         """The channel ``name`` (``realtime:`` prefix optional); an existing open one is returned.
 
         ``resume_from``: a position persisted from an earlier run (``channel.position``): the
-        first join resumes after it instead of starting now.  ``broadcast_self``,
-        ``broadcast_ack``, ``presence_key``, ``private``: see :class:`ChannelOptions`; they may
-        also come as the official client's ``params`` (``{"config": {"broadcast": {"self": True}}}``).
+        first join resumes after it instead of starting now.  ``on_resync``: ``"report"`` (the
+        default) delivers a :class:`ResyncNeeded` and goes on live; ``"snapshot"`` also rejoins
+        asking every binding for a fresh snapshot (see ``RealtimeChannel.snapshot_on_resync``).
+        ``broadcast_self``, ``broadcast_ack``, ``presence_key``, ``private``: see
+        :class:`ChannelOptions`; they may also come as the official client's ``params``
+        (``{"config": {"broadcast": {"self": True}}}``).
         """
+        if on_resync not in ("report", "snapshot"):
+            raise ValueError('on_resync is "report" or "snapshot"')
         options = ChannelOptions(broadcast_self, broadcast_ack, presence_key, private)
         if params is not None:
             if options != ChannelOptions():
@@ -249,8 +255,11 @@ class RelayClient:
         if existing is not None and not existing.is_closed:
             if options != ChannelOptions() and options != existing.options:
                 raise ValueError(f"channel {name!r} is open with other options ({existing.options})")
+            if on_resync == "snapshot":
+                existing.snapshot_on_resync()
             return existing
-        return RealtimeChannel(self._host, name.removeprefix("realtime:"), resume_from, options)
+        channel = RealtimeChannel(self._host, name.removeprefix("realtime:"), resume_from, options)
+        return channel.snapshot_on_resync() if on_resync == "snapshot" else channel
 
     def get_channels(self) -> list[RealtimeChannel]:
         return list(self._channels.values())

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["RETRYABLE_JOIN_CODES", "TOKEN_CODES", "Code", "is_token_code"]
+__all__ = [
+    "RETRYABLE_JOIN_CODES",
+    "SNAPSHOT_COMPLETE",
+    "SNAPSHOT_ERROR_CODES",
+    "TOKEN_CODES",
+    "Code",
+    "is_token_code",
+]
 
 
 class Code(StrEnum):
@@ -65,6 +72,11 @@ class Code(StrEnum):
     RESYNC_NEEDED = "resync_needed"
     BROADCAST_REPLAY_INCOMPLETE = "broadcast_replay_incomplete"
     TOKEN_EXPIRING = "token_expiring"
+    # Snapshots on join (docs/protocol.md, "Snapshot on join")
+    SNAPSHOT_COMPLETE = "snapshot_complete"
+    SNAPSHOT_TOO_LARGE = "snapshot_too_large"
+    SNAPSHOT_TIMEOUT = "snapshot_timeout"
+    SNAPSHOT_FAILED = "snapshot_failed"
 
 
 TOKEN_CODES = frozenset(
@@ -75,6 +87,13 @@ TOKEN_CODES = frozenset(
 RETRYABLE_JOIN_CODES = frozenset({Code.UNABLE_TO_CONNECT_TO_PROJECT})
 """A refused join that succeeds later by itself (Postgres was unreachable): retried with backoff,
 even on the first join, as the official clients do."""
+
+
+SNAPSHOT_ERROR_CODES = frozenset({Code.SNAPSHOT_TOO_LARGE, Code.SNAPSHOT_TIMEOUT, Code.SNAPSHOT_FAILED})
+"""A binding's snapshot failed: the channel stays joined, the binding gets live changes only."""
+
+SNAPSHOT_COMPLETE = Code.SNAPSHOT_COMPLETE
+"""``code`` of the ``system`` ok message ending a snapshot (a marker, not an error)."""
 
 
 def is_token_code(code: str) -> bool:

@@ -6,6 +6,7 @@ through ``client.status``); only what the application must act on is an exceptio
     RelayClientError
     ├── ChannelError            the relay refused or ended something on a channel (``reason``)
     │   ├── JoinError           a join was refused
+    │   ├── SnapshotError       a binding's snapshot failed (the channel stays joined, live)
     │   └── SendError           a broadcast / track / untrack was refused or not confirmed
     │       ├── NotJoinedError  the channel is not joined right now (offline, rejoining, closed)
     │       └── SendTimeoutError  no reply in time (also a TimeoutError)
@@ -26,6 +27,7 @@ __all__ = [
     "RelayClientError",
     "SendError",
     "SendTimeoutError",
+    "SnapshotError",
 ]
 
 
@@ -74,6 +76,24 @@ class JoinError(ChannelError):
 
     def __init__(self, channel: str, reason: str, *, code: str | None = None) -> None:
         super().__init__(channel, reason, f"join of {channel!r} refused: {reason}", code=code)
+
+
+class SnapshotError(ChannelError):
+    """The relay could not send a binding's snapshot (``code``: ``snapshot_too_large``,
+    ``snapshot_timeout`` or ``snapshot_failed``).
+
+    Not raised: delivered like a snapshot event (to the binding's callback and to
+    ``changes(snapshot=True)`` streams), because the channel stays joined and live changes of
+    the binding still follow — only the initial rows are missing.  ``snapshot`` is the number
+    of the join that asked (see :class:`~relay_client.types.SnapshotRow`).
+    """
+
+    def __init__(
+        self, channel: str, reason: str, *, code: str | None, binding_id: int | None, snapshot: int
+    ) -> None:
+        super().__init__(channel, reason, f"snapshot on {channel!r} failed: {reason}", code=code)
+        self.binding_id = binding_id
+        self.snapshot = snapshot
 
 
 class SendError(ChannelError):

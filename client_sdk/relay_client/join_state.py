@@ -19,6 +19,7 @@ from relay_client.protocol import (
     Frame,
     Refusal,
     Resumed,
+    SnapshotFailed,
     Subscribed,
     SystemEvent,
     binding_ids,
@@ -27,7 +28,7 @@ from relay_client.protocol import (
     parse_reply,
     topic_of,
 )
-from relay_client.types import Binding, ChannelStates, ResyncNeeded
+from relay_client.types import Binding, ChannelStates, ResyncNeeded, SnapshotComplete
 
 __all__ = ["ChannelState", "ChannelStats", "ReplyOutcome", "same_stream"]
 
@@ -59,6 +60,9 @@ class ChannelStats:
     broadcasts_sent: int = 0  # send_broadcast() calls that wrote their frame
     retracks: int = 0  # tracks the SDK sent by itself on a (re)join (the last tracked state)
     dropped: int = 0  # broadcast / presence stream items dropped because a stream was full
+    snapshot_rows: int = 0  # snapshot rows delivered
+    snapshots: int = 0  # snapshots completed (one per binding and join that asked)
+    snapshot_errors: int = 0  # snapshots the relay could not send (snapshot_too_large, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,13 @@ class ChannelState:
     leave_push: str | None = None
     token_error: bool = False  # the relay closed us over the token: refresh before rejoining
     stats: ChannelStats = field(default_factory=ChannelStats)
+    # Snapshots: which bindings still need their current rows (asked with snapshot=True, or all
+    # of them after a resync with resync_snapshot), which ones the current join asked for, and
+    # the number of the last join that asked (stamped on snapshot events).
+    resync_snapshot: bool = False  # on_resync="snapshot": rejoin with a snapshot after a resync
+    snapshot_due: set[int] = field(default_factory=set)
+    snapshot_join: frozenset[int] = frozenset()
+    snapshot_seq: int = 0
 
     @property
     def topic(self) -> str:
@@ -99,6 +110,8 @@ class ChannelState:
             raise RuntimeError("add on_postgres_changes() bindings before subscribe()")
         self.bindings.append(binding)
         self.ids.append(None)
+        if binding.snapshot:
+            self.snapshot_due.add(len(self.bindings) - 1)
         return len(self.bindings) - 1
 
     def needs_join(self) -> bool:
@@ -109,10 +122,21 @@ class ChannelState:
         """The ``phx_join`` to send now; resumes from the last processed position if any.
 
         ``presence``: ask for the room's presence state and diffs from the join on.
+
+        Snapshots: every binding whose snapshot has not completed yet asks for one again — a
+        join lost during its snapshot restarts the snapshot, it never resumes past it.  When
+        every binding asks, the join is a fresh one (no ``resume_from``: the snapshots hold
+        everything before their point); otherwise the other bindings resume from the channel's
+        position in the same join (the relay serves both).  Either way the marker's position,
+        after which the relay sends every change the channel still needs, becomes the channel's.
         """
         self.state = ChannelStates.JOINING
         self.join_ref, self.join_push = join_ref, ref
         self.token_error = False
+        self.snapshot_join = frozenset(self.snapshot_due)
+        if self.snapshot_join:
+            self.snapshot_seq += 1
+        fresh = bool(self.bindings) and len(self.snapshot_join) == len(self.bindings)
         opts = self.options
         return join_frame(
             self.topic,
@@ -120,12 +144,13 @@ class ChannelState:
             join_ref,
             self.bindings,
             token,
-            self.position,
+            None if fresh else self.position,
             broadcast_self=opts.broadcast_self,
             broadcast_ack=opts.broadcast_ack,
             presence_key=opts.presence_key,
             presence_enabled=presence,
             private=opts.private,
+            snapshot=self.snapshot_join,
         )
 
     def force_rejoin(self) -> bool:
@@ -226,6 +251,20 @@ class ChannelState:
             # from the future.  Taken as is, or every later change would look like a duplicate.
             if event.position is not None:
                 self.position = event.position
+            if self.resync_snapshot:
+                self.snapshot_due = set(range(len(self.bindings)))
+        elif isinstance(event, SnapshotComplete):
+            self.stats.snapshots += 1
+            self.snapshot_due.difference_update(self._indexes_of(event.binding_id))
+            if event.position is not None:
+                # Every change the channel still needs comes after the marker (the relay's
+                # promise, for the bindings that resume in the same join too): it is the
+                # channel's position, whatever it held before (maybe of another stream).
+                self.position = event.position
+        elif isinstance(event, SnapshotFailed):
+            self.stats.snapshot_errors += 1
+            # Not asked again on the next join: the same query would fail the same way.
+            self.snapshot_due.difference_update(self._indexes_of(event.binding_id))
         elif isinstance(event, ChannelClosedByServer):
             self.token_error = event.token
 
@@ -240,6 +279,12 @@ class ChannelState:
         """The change at ``position`` reached the application: rejoins resume after it."""
         self._advance(position)
         self.stats.changes += 1
+
+    def _indexes_of(self, binding_id: int | None) -> list[int]:
+        """Our bindings a snapshot event is about (all the current join asked for, if no id)."""
+        if binding_id is None:
+            return sorted(self.snapshot_join)
+        return [i for i, bid in enumerate(self.ids) if bid == binding_id]
 
     def binding_indexes(self, ids: tuple[int, ...]) -> list[int]:
         """Which of our bindings a change's ``ids`` matched."""

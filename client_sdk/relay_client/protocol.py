@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from relay_client.codes import is_token_code
-from relay_client.types import Binding, Broadcast, Change, ResyncNeeded
+from relay_client.codes import SNAPSHOT_COMPLETE, SNAPSHOT_ERROR_CODES, is_token_code
+from relay_client.types import Binding, Broadcast, Change, ResyncNeeded, SnapshotComplete, SnapshotRow
 
 __all__ = [
     "PHOENIX",
@@ -28,6 +28,7 @@ __all__ = [
     "ProtocolError",
     "Refusal",
     "Resumed",
+    "SnapshotFailed",
     "Subscribed",
     "SystemEvent",
     "access_token_frame",
@@ -35,11 +36,13 @@ __all__ = [
     "decode",
     "encode",
     "heartbeat_frame",
+    "is_snapshot_row",
     "join_frame",
     "leave_frame",
     "parse_broadcast",
     "parse_change",
     "parse_reply",
+    "parse_snapshot_row",
     "parse_system",
     "presence_frame",
     "socket_url",
@@ -138,16 +141,19 @@ def join_frame(
     presence_key: str = "",
     presence_enabled: bool = False,
     private: bool = False,
+    snapshot: Collection[int] = (),
 ) -> Frame:
     """``phx_join`` for ``bindings``; ``resume_from`` asks the relay to replay what was missed.
 
     ``presence_enabled``: send this channel the room's ``presence_state`` and ``presence_diff``
     events from the join on (the relay also turns them on with the first ``track``).
+    ``snapshot``: indexes of the bindings that ask for their current rows on this join
+    (``"snapshot": true`` on the binding object, where realtime-js would carry it too).
     """
     config: dict[str, Any] = {
         "broadcast": {"ack": broadcast_ack, "self": broadcast_self},
         "presence": {"key": presence_key, "enabled": presence_enabled},
-        "postgres_changes": [b.wire() for b in bindings],
+        "postgres_changes": [b.wire(i in snapshot) for i, b in enumerate(bindings)],
         "private": private,
     }
     if resume_from is not None:
@@ -258,24 +264,64 @@ class TokenExpiring:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotFailed:
+    """A binding's snapshot failed (``code`` in ``SNAPSHOT_ERROR_CODES``); live changes follow."""
+
+    message: str
+    code: str
+    binding_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class OtherSystem:
     """A system event the SDK has no use for (kept for logging)."""
 
     payload: Mapping[str, Any]
 
 
-SystemEvent = Subscribed | Resumed | ResyncNeeded | ChannelClosedByServer | TokenExpiring | OtherSystem
+SystemEvent = (
+    Subscribed
+    | Resumed
+    | ResyncNeeded
+    | ChannelClosedByServer
+    | TokenExpiring
+    | SnapshotComplete
+    | SnapshotFailed
+    | OtherSystem
+)
 
 
 def _opt_str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def parse_system(channel: str, payload: Any) -> SystemEvent:
-    """Interpret a ``system`` event (see docs/protocol.md, "Resume")."""
+def _opt_int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def parse_system(channel: str, payload: Any, snapshot: int = 0) -> SystemEvent:
+    """Interpret a ``system`` event (see docs/protocol.md, "Resume" and "Snapshot").
+
+    ``snapshot``: the channel's number of the current snapshot join, stamped on a
+    :class:`SnapshotComplete` so consumers can pair it with its rows.
+    """
     if not isinstance(payload, dict):
         raise ProtocolError("system payload is not an object")
     status, message = payload.get("status"), str(payload.get("message", ""))
+    code = payload.get("code")
+    # Before the "Subscribed" branch: the marker is also an ok postgres_changes system message.
+    if code == SNAPSHOT_COMPLETE and status == "ok":
+        rows = _opt_int(payload.get("rows"))
+        return SnapshotComplete(
+            channel=channel,
+            binding_id=_opt_int(payload.get("id")),
+            rows=0 if rows is None else rows,
+            position=_opt_str(payload.get("position")),
+            snapshot=snapshot,
+            message=message,
+        )
+    if isinstance(code, str) and code in SNAPSHOT_ERROR_CODES and status == "error":
+        return SnapshotFailed(message, code, _opt_int(payload.get("id")))
     if payload.get("code") == "resync_needed":
         return ResyncNeeded(
             channel=channel,
@@ -341,6 +387,35 @@ def parse_change(channel: str, payload: Any) -> Change:
         ids=tuple(i for i in ids if isinstance(i, int)) if isinstance(ids, list) else (),
         moved_out=data.get("moved_out") is True,
     )
+
+
+def parse_snapshot_row(channel: str, payload: Any, snapshot: int) -> SnapshotRow:
+    """A ``postgres_changes`` payload whose ``data.type`` is ``SNAPSHOT`` as a :class:`SnapshotRow`."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        raise ProtocolError("postgres_changes payload without data")
+    data = payload["data"]
+    if data.get("type") != "SNAPSHOT":
+        raise ProtocolError(f"not a snapshot row: {data.get('type')!r}")
+    ids = payload.get("ids")
+    columns = data.get("columns")
+    errors = data.get("errors")
+    return SnapshotRow(
+        channel=channel,
+        schema=str(data.get("schema", "")),
+        table=str(data.get("table", "")),
+        commit_timestamp=str(data.get("commit_timestamp", "")),
+        record=_mapping(data.get("record")),
+        snapshot=snapshot,
+        columns=tuple(c for c in columns if isinstance(c, dict)) if isinstance(columns, list) else (),
+        errors=tuple(str(e) for e in errors) if isinstance(errors, list) else (),
+        ids=tuple(i for i in ids if isinstance(i, int)) if isinstance(ids, list) else (),
+    )
+
+
+def is_snapshot_row(payload: Any) -> bool:
+    """Whether a ``postgres_changes`` payload is a snapshot row (``data.type == "SNAPSHOT"``)."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    return isinstance(data, dict) and data.get("type") == "SNAPSHOT"
 
 
 def parse_broadcast(channel: str, payload: Any) -> Broadcast:

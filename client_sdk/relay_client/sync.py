@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Literal, Self, TypeVar, overload
 
-from relay_client.channel import RealtimeChannel
+from relay_client.channel import EventCallback, RealtimeChannel, SnapshotEvent
 from relay_client.client import RelayClient
 from relay_client.join_state import ChannelStats
 from relay_client.status import Status, StatusCallback
@@ -119,12 +119,17 @@ class SyncChannel:
     def on_postgres_changes(
         self,
         event: RealtimePostgresChangesListenEvent | str,
-        callback: ChangeCallback | None = None,
+        callback: ChangeCallback | EventCallback | None = None,
         table: str | None = None,
         schema: str | None = None,
         filter: str | None = None,
+        *,
+        snapshot: bool = False,
     ) -> Self:
-        self.channel.on_postgres_changes(event, callback, table=table, schema=schema, filter=filter)
+        """``snapshot=True``: the callback also gets the snapshot events (on the client's thread)."""
+        self.channel.on_postgres_changes(
+            event, callback, table=table, schema=schema, filter=filter, snapshot=snapshot
+        )
         return self
 
     def on_resync(self, callback: ResyncCallback) -> Self:
@@ -133,19 +138,27 @@ class SyncChannel:
 
     @overload
     def changes(
-        self, *, resync: Literal[True] = ..., timeout: float | None = ...
+        self, *, resync: Literal[True] = ..., snapshot: Literal[False] = ..., timeout: float | None = ...
     ) -> SyncChangeIterator[Change | ResyncNeeded]: ...
     @overload
     def changes(
-        self, *, resync: Literal[False], timeout: float | None = ...
+        self, *, resync: Literal[False], snapshot: Literal[False] = ..., timeout: float | None = ...
     ) -> SyncChangeIterator[Change]: ...
-    def changes(self, *, resync: bool = True, timeout: float | None = None) -> SyncChangeIterator[Any]:
-        """Blocking iterator; ``timeout`` bounds each wait for the next item (TimeoutError)."""
+    @overload
+    def changes(
+        self, *, resync: bool = ..., snapshot: Literal[True], timeout: float | None = ...
+    ) -> SyncChangeIterator[Change | ResyncNeeded | SnapshotEvent]: ...
+    def changes(
+        self, *, resync: bool = True, snapshot: bool = False, timeout: float | None = None
+    ) -> SyncChangeIterator[Any]:
+        """Blocking iterator; ``timeout`` bounds each wait for the next item (TimeoutError).
+
+        ``snapshot=True``: the snapshot events too (see ``RealtimeChannel.changes``).
+        """
 
         async def make() -> ChangeStream[Any]:
-            if resync:
-                return self.channel.changes(resync=True)
-            return self.channel.changes(resync=False)
+            stream: ChangeStream[Any] = self.channel.changes(resync=resync, snapshot=snapshot)  # type: ignore[call-overload]
+            return stream
 
         return SyncChangeIterator(self._runner, self._runner.run(make()), timeout)
 
@@ -248,6 +261,7 @@ class SyncRelayClient:
         broadcast_ack: bool = False,
         presence_key: str = "",
         private: bool = False,
+        on_resync: Literal["report", "snapshot"] = "report",
     ) -> SyncChannel:
         async def make() -> RealtimeChannel:  # on the loop thread, which owns the client's state
             return self.client.channel(
@@ -258,6 +272,7 @@ class SyncRelayClient:
                 broadcast_ack=broadcast_ack,
                 presence_key=presence_key,
                 private=private,
+                on_resync=on_resync,
             )
 
         return SyncChannel(self._runner, self._runner.run(make()))

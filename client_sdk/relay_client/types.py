@@ -33,6 +33,8 @@ __all__ = [
     "RealtimeSubscribeStates",
     "ResyncCallback",
     "ResyncNeeded",
+    "SnapshotComplete",
+    "SnapshotRow",
     "SubscribeCallback",
 ]
 
@@ -75,13 +77,17 @@ class Binding:
     schema: str = "public"
     table: str | None = None
     filter: str | None = None
+    snapshot: bool = False  # the first join asks for the current rows (docs/protocol.md, Snapshot)
 
-    def wire(self) -> dict[str, str]:
-        out = {"event": self.event, "schema": self.schema}
+    def wire(self, snapshot: bool = False) -> dict[str, Any]:
+        """The binding object of a join; ``snapshot``: ask for the current rows on this join."""
+        out: dict[str, Any] = {"event": self.event, "schema": self.schema}
         if self.table is not None:
             out["table"] = self.table
         if self.filter is not None:
             out["filter"] = self.filter
+        if snapshot:
+            out["snapshot"] = True
         return out
 
 
@@ -121,6 +127,48 @@ class ResyncNeeded:
     position: str | None
     resume_from: str | None = None
     retained_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    """One row of a binding's snapshot: the row as it was at the snapshot's consistent point.
+
+    Shaped like an INSERT :class:`Change` (``record``, ``columns``, ``errors``, ``ids``) so
+    handlers read it the same way, but a distinct type: it is the table's *state*, not an event
+    that happened, and it has no position (the :class:`SnapshotComplete` that follows carries
+    the one live changes continue from).  ``snapshot`` numbers the joins of this channel that
+    asked for a snapshot: a reconnect during a snapshot restarts it under a new number, so a
+    consumer that sees a new number drops the rows it collected for the old one.
+    """
+
+    channel: str
+    schema: str
+    table: str
+    commit_timestamp: str
+    record: Mapping[str, Any]
+    snapshot: int
+    columns: tuple[Mapping[str, Any], ...] = ()
+    errors: tuple[str, ...] = ()
+    ids: tuple[int, ...] = ()
+    type: Literal["SNAPSHOT"] = "SNAPSHOT"
+    old_record: Mapping[str, Any] = field(default_factory=dict)  # always empty, as for INSERT
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotComplete:
+    """A binding's snapshot is complete: ``rows`` rows were sent, live changes follow.
+
+    ``position``: every change committed after the snapshot's point arrives after this event,
+    once; none the snapshot already contained.  The channel resumes from it after a reconnect.
+    ``binding_id``: the relay's id of the binding (as in ``Change.ids``).
+    """
+
+    channel: str
+    binding_id: int | None
+    rows: int
+    position: str | None
+    snapshot: int
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,10 +155,16 @@ class ChangeFeed:
     ) -> None:
         self.outbox.flush()  # what earlier changes queued goes out while Postgres evaluates
         known = len(change.errors or ())
-        await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in pending])
+        # An UPDATE asks for the new row's verdict first, then (once it is known) the old row's:
+        # a second round, or the change was dropped for every subscriber needing Postgres on both.
+        for _ in range(2):
+            await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in pending])
+            deliveries, still = self.index.route(change, decide, self._owners(change))
+            pending = [(c, w) for c, w in still if not c.replaying and c.cursor < change.seq and not c.closed]
+            if not pending:
+                break
         if change.errors and len(change.errors) > known:  # a value the evaluator could not encode
             self._value_errors(change, change.errors[known:])
-        deliveries, still = self.index.route(change, decide, self._owners(change))
         for chan, _ in still:  # e.g. a new token while we awaited: never guess
             if chan.replaying or chan.cursor >= change.seq or chan.closed:
                 continue  # joined after this change, or its replay will decide it
@@ -467,10 +473,12 @@ class ChangeFeed:
         memo, decide = self._decider(change)
         only = {chan}
         deliveries, pending = self.index.route(change, decide, only)
-        mine = [(c, w) for c, w in pending if c is chan]
-        if mine:
+        for _ in range(2):  # an UPDATE may ask for the new row's verdict, then the old row's
+            mine = [(c, w) for c, w in pending if c is chan]
+            if not mine:
+                break
             await self.evaluator.resolve(change, memo, [(c.claims, c.claims_key, w) for c, w in mine])
-            deliveries, _ = self.index.route(change, decide, only)
+            deliveries, pending = self.index.route(change, decide, only)
         self._deliver(change, [d for d in deliveries if d.sub is chan], replay_for=chan)
 
     def _go_live(self, chan: Channel, after: int, replayed: int) -> None:
