@@ -66,6 +66,10 @@ class Code(StrEnum):
     UNKNOWN_EVENT = "unknown_event"
     INVALID_BROADCAST = "invalid_broadcast"
     UNSUPPORTED_VSN = "unsupported_vsn"
+    # Cluster mode: the node lost Redis, so broadcasts reach (and come from) its own members only
+    # until ``cluster_restored`` (docs/protocol.md, Error codes)
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
+    CLUSTER_RESTORED = "cluster_restored"
     # The relay's own failure handling a message
     UNKNOWN_ERROR_ON_CHANNEL = "UnknownErrorOnChannel"
     # System messages about the stream
