@@ -45,7 +45,7 @@ from relay.core.position import seq_before
 from relay.pipeline import Pipeline, PipelineStats, backoff_delay, is_expected
 from relay.postgres.catalog import Catalog
 from relay.postgres.identity import read_identity
-from relay.postgres.replication import with_connect_defaults
+from relay.postgres.replication import terminate_walsender, with_connect_defaults
 
 from .changelog import NEW_GENERATION, ClusterKeys, LogSink, Meta, decode_slot
 
@@ -311,15 +311,8 @@ async def _terminate_walsender(dsn: str, slot: str, pid: int) -> None:
     if pid == os.getpid():
         return
     log.warning("terminating walsender %d: it holds slot %s for a leader that lost its lease", pid, slot)
-    query = "select active_pid from pg_replication_slots where slot_name = %s"
     async with await psycopg.AsyncConnection.connect(with_connect_defaults(dsn), autocommit=True) as conn:
-        await conn.execute("select pg_terminate_backend(%s)", (pid,))
-        for _ in range(50):  # bounded: the slot is released as the process exits
-            cur = await conn.execute(query, (slot,))
-            row = await cur.fetchone()
-            if row is None or row[0] != pid:
-                return
-            await asyncio.sleep(0.1)
+        await terminate_walsender(conn, slot, pid)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -19,7 +19,7 @@ import asyncpg
 
 from relay.core.sqltypes import PG_CAST_TYPES, TypeInfo
 
-__all__ = ["Catalog", "OperandCastError", "TableShape"]
+__all__ = ["Catalog", "OperandCastError", "TableShape", "close_pool"]
 
 #: Session settings for operand casts: the canonical output the filter converters read (ISO dates,
 #: shortest-exact floats; the day/month order stays the database's), and offset-less timestamptz
@@ -50,6 +50,15 @@ class TableShape:
     columns: dict[str, str]
 
 
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close an asyncpg pool within 5 s, else terminate it: a dead server's half-open
+    connections must never hang a relay's shutdown (the catalog's pool, the snapshots' pool)."""
+    try:
+        await asyncio.wait_for(pool.close(), 5)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        pool.terminate()
+
+
 class Catalog:
     """Cached catalog queries; entries expire after ``ttl`` seconds so ALTERs are seen."""
 
@@ -70,10 +79,7 @@ class Catalog:
         """Close the pool; never hang on connections a dead server left half-open."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), 5)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                pool.terminate()
+            await close_pool(pool)
 
     @property
     def pool(self) -> asyncpg.Pool:

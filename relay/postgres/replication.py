@@ -24,7 +24,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from relay.core.changes import Lsn
 from relay.core.stream import StreamIdentity
 
-__all__ = ["ReplicationError", "ReplicationStream", "ServerShuttingDown", "SlotInfo", "ensure_slot"]
+__all__ = [
+    "ReplicationError",
+    "ReplicationStream",
+    "ServerShuttingDown",
+    "SlotInfo",
+    "ensure_slot",
+    "terminate_walsender",
+]
 
 log = logging.getLogger("relay.replication")
 
@@ -185,15 +192,28 @@ async def ensure_slot(dsn: str, slot: str, stale_pid: int | None = None) -> Slot
 
 async def _release_stale(conn: psycopg.AsyncConnection[tuple[object, ...]], slot: str, pid: int) -> None:
     """Terminate our own abandoned walsender ``pid`` if it still holds ``slot``; wait until freed."""
-    query = "select active_pid from pg_replication_slots where slot_name = %s"
-    cur = await conn.execute(query, (slot,))
+    cur = await conn.execute(_SLOT_HOLDER, (slot,))
     row = await cur.fetchone()
     if row is None or row[0] != pid:
         return
     log.warning("terminating walsender %d: it still holds slot %s for a stream the relay gave up", pid, slot)
+    await terminate_walsender(conn, slot, pid)
+
+
+_SLOT_HOLDER = "select active_pid from pg_replication_slots where slot_name = %s"
+
+
+async def terminate_walsender(conn: psycopg.AsyncConnection[tuple[object, ...]], slot: str, pid: int) -> None:
+    """Terminate walsender ``pid`` and wait (bounded, 5 s) until it no longer holds ``slot``.
+
+    Why one function: the relay frees a slot from a walsender in two cases (its own abandoned
+    stream, relay/postgres/replication.py; a deposed cluster leader's, relay/cluster/leader.py),
+    and both must wait for the process to exit, since START_REPLICATION fails while it holds
+    the slot.
+    """
     await conn.execute("select pg_terminate_backend(%s)", (pid,))
     for _ in range(50):  # bounded: the slot is released as the process exits
-        cur = await conn.execute(query, (slot,))
+        cur = await conn.execute(_SLOT_HOLDER, (slot,))
         row = await cur.fetchone()
         if row is None or row[0] != pid:
             return

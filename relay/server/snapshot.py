@@ -54,7 +54,7 @@ from relay.core.snapshot import (
 from relay.core.sqltypes.output import commit_timestamp
 from relay.core.subscriptions import CHANGE, ERROR, BindingSpec, Delivery, FrameCache, snapshot_payload
 from relay.core.wal2json import Decoder
-from relay.postgres.catalog import Catalog
+from relay.postgres.catalog import Catalog, close_pool
 
 if TYPE_CHECKING:
     from relay.server.channel import Channel
@@ -140,10 +140,7 @@ class Snapshots:
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), 5)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                pool.terminate()
+            await close_pool(pool)
 
     def stats(self) -> dict[str, int]:
         """For /health: snapshots started, bindings served, bindings refused, running now."""
