@@ -317,6 +317,108 @@ class RelayCollector(Collector):
         c.add_metric([], m.transactions)
         yield c
         yield from _replication(s.status, health)
+        rooms = s.topics.cluster
+        yield from _cluster(s.status.get("cluster"), rooms.stats() if rooms is not None else None)
+
+
+def _cluster(node: object, rooms: dict[str, object] | None) -> Iterator[Metric]:
+    """Cluster mode only (``RELAY_REDIS_URL``): who leads, and whether this node's two Redis links
+    work.
+
+    Why as metrics and not only on /health: a failover or a Redis outage is an event operators
+    alert on and graph over time (how often leadership moved, how long a node served its members
+    only), which a scrape of counters shows and a probe's current state does not.
+    """
+    if isinstance(node, dict):
+        gauges = (
+            (
+                "relay_cluster_leader",
+                "1 while this node holds the capture lease (it streams from Postgres)",
+                1.0 if node.get("role") == "leader" else 0.0,
+            ),
+            (
+                "relay_cluster_epoch",
+                "Fencing epoch of this node's latest capture term (0: it never led); "
+                "the highest over the nodes is the current term",
+                node.get("epoch"),
+            ),
+            (
+                "relay_cluster_log_up",
+                "1 while this node reads the shared change log from Redis",
+                1.0 if node.get("redis") == "ok" else 0.0,
+            ),
+            (
+                "relay_cluster_log_length",
+                "Entries in the shared change log (Redis stream) at the last read",
+                node.get("log_length"),
+            ),
+        )
+        for name, doc, value in gauges:
+            if isinstance(value, int | float):
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], float(value))
+                yield g
+        counters = (
+            ("relay_cluster_leader_terms", "Times this node became the capture leader", node.get("terms")),
+            (
+                "relay_cluster_log_entries_read",
+                "Change-log entries this node read from Redis",
+                node.get("log_entries_read"),
+            ),
+            (
+                "relay_cluster_log_gaps",
+                "Times the change log had lost entries this node had not read "
+                "(its channels were told resync_needed)",
+                node.get("log_gaps"),
+            ),
+            (
+                "relay_cluster_log_appended",
+                "Change-log entries this node appended while it led",
+                node.get("appended"),
+            ),
+        )
+        for name, doc, value in counters:
+            if isinstance(value, int):
+                c = CounterMetricFamily(name, doc)
+                c.add_metric([], value)
+                yield c
+    if rooms is not None:
+        g = GaugeMetricFamily(
+            "relay_cluster_rooms_up", "1 while broadcast and presence reach the other nodes through Redis"
+        )
+        g.add_metric([], 1.0 if rooms.get("redis") == "up" else 0.0)
+        yield g
+        others = rooms.get("other_nodes")
+        g = GaugeMetricFamily("relay_cluster_nodes", "Relay nodes this node sees, itself included")
+        g.add_metric([], float(1 + (len(others) if isinstance(others, list) else 0)))
+        yield g
+        for key, name, doc in (
+            (
+                "published",
+                "relay_cluster_room_messages_published",
+                "Broadcast and presence messages sent to the other nodes",
+            ),
+            (
+                "received",
+                "relay_cluster_broadcasts_received",
+                "Broadcasts from other nodes delivered to this node's members",
+            ),
+            (
+                "local_only",
+                "relay_cluster_broadcasts_local_only",
+                "Client broadcasts that reached this node's members only (Redis was unreachable)",
+            ),
+            (
+                "outages",
+                "relay_cluster_rooms_outages",
+                "Times this node lost its broadcast/presence link to Redis",
+            ),
+        ):
+            v = rooms.get(key)
+            if isinstance(v, int):
+                c = CounterMetricFamily(name, doc)
+                c.add_metric([], v)
+                yield c
 
 
 def _replication(status: dict[str, object], health: dict[str, object]) -> Iterator[Metric]:

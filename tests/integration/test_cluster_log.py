@@ -125,11 +125,39 @@ async def test_two_nodes_deliver_every_change_once_to_authorized_subscribers(
         h = await _health(b)
         assert h["cluster"]["node_id"] == "n2" and h["cluster"]["log_length"] > 0
         assert h["cluster"]["role"] in ("leader", "follower") and h["cluster"]["epoch"] >= 0
+        # the same state for Prometheus: exactly one leader, both links up, both nodes seen
+        ma, mb = await _metrics(a), await _metrics(b)
+        assert ma["relay_cluster_leader"] + mb["relay_cluster_leader"] == 1.0
+        assert max(ma["relay_cluster_epoch"], mb["relay_cluster_epoch"]) == 1.0  # the first term
+        for m in (ma, mb):
+            assert m["relay_cluster_log_up"] == 1.0 and m["relay_cluster_rooms_up"] == 1.0
+            assert m["relay_cluster_nodes"] == 2.0
+            assert m["relay_cluster_log_entries_read_total"] >= 8 and m["relay_cluster_log_gaps_total"] == 0
+        leader = ma if ma["relay_cluster_leader"] else mb
+        assert (
+            leader["relay_cluster_log_appended_total"] >= 8
+            and leader["relay_cluster_leader_terms_total"] == 1
+        )
         r = Redis.from_url(redis_server.url)
         try:
             assert r.exists("relay:{realtime_relay}:log") or r.exists(f"relay:{{{a.server.config.slot}}}:log")
         finally:
             r.close()
+
+
+async def _metrics(relay: RunningRelay) -> dict[str, float]:
+    """The unlabelled samples of ``GET /metrics``, parsed with prometheus_client's own parser."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{relay.port}/metrics") as resp:
+        text = await resp.text()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 async def _health(relay: RunningRelay) -> dict[str, Any]:
@@ -190,6 +218,11 @@ async def test_redis_restart_with_aof_loses_nothing(pg_dsn: str, redis_server: R
         await _until(lambda: a.server.status.get("cluster", {}).get("redis") != "ok", 10, "redis seen down")
         status, body = await _ready(a)
         assert status == 503 and "redis_unavailable" in [r["code"] for r in body["reasons"]]
+        rooms = a.server.topics.cluster
+        assert rooms is not None
+        await _until(lambda: not rooms.up, 10, "rooms link seen down")
+        down = await _metrics(a)  # what an alert on the scrape sees
+        assert down["relay_cluster_log_up"] == 0.0 and down["relay_cluster_rooms_up"] == 0.0
         await asyncio.to_thread(redis_server.start)
         after = await asyncio.to_thread(_alerts, pg_dsn, 2)
         for c in (ca, cb):
@@ -200,6 +233,10 @@ async def test_redis_restart_with_aof_loses_nothing(pg_dsn: str, redis_server: R
             assert [m for m in frames if m["event"] == "postgres_changes"] == []
             assert not [m for m in frames if m["payload"].get("code") == "resync_needed"]
         await _until(lambda: _ready_sync(a), 10, "ready again")
+        await _until(lambda: rooms.up, 10, "rooms link up again")
+        up = await _metrics(a)
+        assert up["relay_cluster_log_up"] == 1.0 and up["relay_cluster_rooms_up"] == 1.0
+        assert up["relay_cluster_rooms_outages_total"] >= 1
 
 
 def _ready_sync(relay: RunningRelay) -> bool:
