@@ -402,13 +402,16 @@ def warn_weak_secret(cfg: Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
+    from relay.cluster.workers import is_worker
     from relay.postgres.migrate import apply_migrations
     from relay.postgres.preflight import run_preflight
     from relay.service import run_until_stopped
 
     cfg.require_database()
     cfg.require_jwt()
-    warn_weak_secret(cfg)
+    worker = is_worker()  # its supervisor logged the start-up warnings once already
+    if not worker:
+        warn_weak_secret(cfg)
     dsn = _database(cfg)
     if not args.no_migrate:
         applied = apply_migrations(dsn, publication=cfg.publication)
@@ -417,7 +420,9 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     report = run_preflight(dsn, publication=cfg.publication, slot=cfg.slot)
     for check in report.checks:
         if check.status == "warn":
-            log.warning("preflight: %s: %s", check.name, check.message)
+            log.log(
+                logging.DEBUG if worker else logging.WARNING, "preflight: %s: %s", check.name, check.message
+            )
     if not report.ok:
         print(_redactor(args, cfg).scrub(report.render()), file=sys.stderr)
         print("relay: preflight failed; fix the items marked FAIL above", file=sys.stderr)

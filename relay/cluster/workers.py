@@ -83,6 +83,13 @@ def worker_node_id(base: str, index: int, restarts: int = 0) -> str:
     return f"{base}-w{index}" if restarts == 0 else f"{base}-w{index}-r{restarts}"
 
 
+#: Set in a worker's environment by its supervisor.  Why: the supervisor already logged the
+#: start-up warnings (preflight, weak secret) once; N workers repeating each of them made one
+#: finding look like N + 1 in a log pipeline.  A worker still runs the preflight (a failure still
+#: stops it with the report) and logs its warnings at debug level.
+WORKER_MARK = "RELAY_SUPERVISED_WORKER"
+
+
 def worker_env(cfg: Config, node_id: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of one worker: every setting of ``cfg`` as its ``RELAY_*`` variable.
 
@@ -102,7 +109,13 @@ def worker_env(cfg: Config, node_id: str, base: Mapping[str, str] | None = None)
             env[var] = str(value)
     env["RELAY_WORKERS"] = "1"
     env["RELAY_NODE_ID"] = node_id
+    env[WORKER_MARK] = "1"
     return env
+
+
+def is_worker() -> bool:
+    """Whether this process was started by a ``--workers`` supervisor (see :data:`WORKER_MARK`)."""
+    return os.environ.get(WORKER_MARK) == "1"
 
 
 def _die_with_parent() -> None:

@@ -72,6 +72,10 @@ async def test_two_workers_share_the_port_restart_and_stop_cleanly(
         pids = node.worker_pids()
         assert len(pids) == 2, cluster.logs()
         assert set(await per_worker(node, 2)) == {"api-w1", "api-w2"}, cluster.logs()
+        # the supervisor logs the start-up findings once; its workers do not repeat them
+        warned = [line for line in node.log_tail(400).splitlines() if "preflight: " in line]
+        assert warned, "this test's cluster has preflight warnings (unlimited slot WAL); none was logged"
+        assert len(warned) == len(set(w.partition("preflight: ")[2] for w in warned)), warned
 
         async with sockets(node.ws_url, SOCKETS) as socks:
             workers = await per_worker(node, 2)
