@@ -518,8 +518,16 @@ async def _tail(cfg: Config, count: int) -> int:
     from relay.core.subscriptions import change_payload, repair_unencodable
     from relay.pipeline import ChangesOnly, Pipeline
     from relay.postgres.catalog import Catalog
+    from relay.postgres.identity import read_identity
 
     dsn = cfg.require_database()
+    # Positions as the relay gives them: a client may resume from a position read here.  The
+    # stream id is the one of the relay's slot (``cfg.slot``), not of tail's temporary slot:
+    # both read the same database history, and a change's commit LSN and index are the same
+    # in every slot that decodes it.  Read once: tail is a look at a stream, not a consumer
+    # that outlives a failover (its temporary slot would not survive one either).
+    stream = (await read_identity(dsn, cfg.slot)).id
+
     catalog = Catalog(dsn)
     await catalog.open()
     stop = asyncio.Event()
@@ -528,6 +536,7 @@ async def _tail(cfg: Config, count: int) -> int:
 
     def sink(change: RowChange) -> None:
         nonlocal seen
+        change.stream = stream
         try:
             line = dumps(change_payload(change))
         except (TypeError, ValueError, RecursionError):

@@ -21,6 +21,8 @@ import jwt
 import psycopg
 import pytest
 
+from relay.config import Config
+from relay.postgres.identity import read_identity
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from tests.support.relay import SECRET, PhoenixClient
 
@@ -150,6 +152,11 @@ def test_tail_prints_json_lines(pg_dsn: str) -> None:
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert len(lines) == 2, err
     assert lines[0]["table"] == "alerts" and lines[0]["type"] == "INSERT" and "position" in lines[0]
+    # positions as the relay's own slot would give them (a client can resume from one): the
+    # stream id of the relay's slot, not of tail's temporary one
+    relay_stream = asyncio.run(read_identity(pg_dsn, Config().slot)).id
+    for line in lines:
+        assert re.fullmatch(rf"{relay_stream}/[0-9A-F]{{16}}:[0-9A-F]{{8}}", line["position"]), (relay_stream, line["position"])
     with psycopg.connect(pg_dsn) as conn:  # the temporary slot is gone with its connection
         assert conn.execute(
             "select count(*) from pg_replication_slots where slot_name like 'relay_tail_%'"
