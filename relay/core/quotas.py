@@ -32,7 +32,9 @@ __all__ = [
     "MESSAGES",
     "PRESENCE_EVENTS",
     "PRESENCE_KEYS",
+    "REST_MESSAGES",
     "ConnectionCounts",
+    "KeyedBuckets",
     "Quota",
     "TokenBucket",
     "trim_change_data",
@@ -65,6 +67,11 @@ CHANNELS: Final = Quota("channels", Code.TOO_MANY_CHANNELS, "ChannelRateLimitRea
 JOINS: Final = Quota("joins", Code.TOO_MANY_JOINS, "ClientJoinRateLimitReached: Too many joins per second")
 MESSAGES: Final = Quota(
     "messages", Code.TOO_MANY_MESSAGES, "ClientMessageRateLimitReached: Too many messages per second"
+)
+REST_MESSAGES: Final = Quota(
+    "rest_messages",
+    Code.TOO_MANY_MESSAGES,
+    "ClientMessageRateLimitReached: Too many messages per second",
 )
 PRESENCE_EVENTS: Final = Quota(
     "presence_events",
@@ -111,6 +118,57 @@ class TokenBucket:
             self._tokens -= n
             return True
         return False
+
+    @property
+    def stamp(self) -> float:
+        """When tokens were last counted (the last :meth:`take` that moved the clock)."""
+        return self._stamp
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket would be full at ``now`` (forgetting it then changes nothing)."""
+        return self.rate <= 0 or self._tokens + max(0.0, now - self._stamp) * self.rate >= self.burst
+
+
+class KeyedBuckets:
+    """One :class:`TokenBucket` per key (a caller of the HTTP API), with a bounded number of keys.
+
+    Why bounded: the keys come from requests (a token's ``sub``, a remote address), so an
+    unbounded map would let a caller grow the relay's memory at will.  Over ``max_keys`` the
+    buckets that are full again (their caller has been quiet for a second's worth of its rate)
+    are forgotten first, which changes nothing for anyone: a new bucket starts full too.  If
+    that is not enough, the longest-idle ones go; that can only ever let a forgotten caller
+    through early, never refuse one that kept to its rate.
+    """
+
+    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: float | None = None, max_keys: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: dict[Hashable, TokenBucket] = {}
+
+    def take(self, key: Hashable, now: float, n: float = 1.0) -> bool:
+        """Spend ``n`` tokens of ``key``'s bucket at ``now``; False (nothing spent) if short."""
+        if self.rate <= 0:
+            return True
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._prune(now)
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now=now)
+        return bucket.take(now, n)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[key]
+        if len(self._buckets) >= self.max_keys:  # all busy: forget the longest-idle half
+            idle = sorted(self._buckets, key=lambda k: self._buckets[k].stamp)
+            for key in idle[: len(idle) // 2 + 1]:
+                del self._buckets[key]
 
 
 class ConnectionCounts:

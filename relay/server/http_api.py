@@ -20,6 +20,7 @@ from relay.core.broadcast import Broadcast, BroadcastError, checked, event_name,
 from relay.core.errors import Code, RelayError
 from relay.core.payload_limits import PayloadLimits, PayloadRejected
 from relay.core.protocol import BINARY_ENCODING
+from relay.core.quotas import REST_MESSAGES, KeyedBuckets
 from relay.core.tokens import Claims, TokenError
 from relay.logs import audit_event
 from relay.server.topics import JoinRefused, write_denied
@@ -47,6 +48,12 @@ class HttpApi:
 
     def __init__(self, server: RelayServer) -> None:
         self.server = server
+        # REST broadcasts per caller (token ``sub``, else the remote address), at the same rate
+        # as a socket's broadcasts: any holder of the public anon key can call this endpoint, so
+        # without a limit one caller could flood every member of every public room.  The burst
+        # holds one full request (MAX_MESSAGES) even when the rate is lower.
+        rate = server.config.max_events_per_second
+        self.rest_rate = KeyedBuckets(rate, burst=max(rate, MAX_MESSAGES))
 
     def add_routes(self, app: web.Application) -> None:
         for p in PREFIXES:
@@ -99,6 +106,7 @@ class HttpApi:
             # every message is checked (and encoded) before any is sent: all or none
             limits = self.server.config.payload_limits
             parsed = [_message(i, m, limits) for i, m in enumerate(messages)]
+            self._check_rate(request, claims, len(parsed))  # before the policies' queries
             await self._check_write(claims, {(name, private) for name, private, _ in parsed})
             self._check_cluster(len(parsed))
         except HttpError as exc:
@@ -125,12 +133,28 @@ class HttpApi:
             if not name:
                 raise HttpError(400, "the topic must not be empty", Code.INVALID_BROADCAST)
             msg = _checked(msg, self.server.config.payload_limits)
+            self._check_rate(request, claims, 1)  # before the policies' queries
             await self._check_write(claims, {(name, private)})
             self._check_cluster()
         except HttpError as exc:
             return _error(exc.status, str(exc), exc.code)
         self.server.topics.publish(name, private, msg, cluster=True)
         return web.Response(status=202)
+
+    def _check_rate(self, request: web.Request, claims: Claims, n: int) -> None:
+        """``n`` messages within the caller's rate, or 429 (nothing of the request is sent).
+
+        ``service_role`` is not limited: it is the operator's own key (it bypasses the policies
+        too), and backends fanning out notifications use it."""
+        if claims.get("role") == "service_role":
+            return
+        sub = claims.get("sub")
+        key = ("sub", sub) if isinstance(sub, str) and sub else ("address", str(request.remote))
+        if not self.rest_rate.take(key, time.monotonic(), n):
+            self.server.metrics.rate_limited(
+                REST_MESSAGES.kind, code=str(REST_MESSAGES.code), remote=str(request.remote), messages=n
+            )
+            raise HttpError(429, REST_MESSAGES.reason, REST_MESSAGES.code)
 
     def _check_cluster(self, n: int = 1) -> None:
         """Cluster mode without Redis: refuse (503, retryable) rather than reach one node silently."""
@@ -263,4 +287,8 @@ def _error(status: int, text: str, code: Code, index: int | None = None) -> web.
     body: dict[str, Any] = {"error": text, "code": str(code)}
     if index is not None:
         body["index"] = index
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    # 429: the bucket refills within a second at any rate the quota allows (rate >= 1/s)
+    headers = {"Retry-After": "1"} if status == 429 else None
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )

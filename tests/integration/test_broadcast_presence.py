@@ -289,6 +289,47 @@ async def test_private_channel_needs_a_topic_policy(pg_dsn: str) -> None:
         await a.recv_until(lambda m: m["event"] == "phx_close" and m["topic"] == "realtime:secret-room")
 
 
+async def test_rest_broadcast_is_rate_limited_per_caller(pg_dsn: str) -> None:
+    """The anon key is public: without a limit one caller could flood every public room."""
+    async with (
+        running_relay(pg_dsn, max_events_per_second=5) as relay,
+        PhoenixClient.connect(relay, OTHER) as member,
+        aiohttp.ClientSession() as http,
+    ):
+        await ok_join(member, "flood-room")
+        url = f"http://127.0.0.1:{relay.port}/api/broadcast"
+
+        def msgs(n: int, tag: str) -> dict[str, Any]:
+            return {
+                "messages": [
+                    {"topic": "flood-room", "event": tag, "payload": {"i": i}, "private": False}
+                    for i in range(n)
+                ]
+            }
+
+        # one request of up to 100 messages always fits (the burst), the next is over the rate
+        async with http.post(url, json=msgs(100, "first"), headers={"apikey": USER}) as r:
+            assert r.status == 202
+        async with http.post(url, json=msgs(50, "over"), headers={"apikey": USER}) as r:  # 10 s of rate
+            assert r.status == 429 and r.headers["Retry-After"] == "1"
+            body = await r.json()
+            assert body["code"] == "too_many_messages" and "Too many messages per second" in body["error"]
+        # the refused request sent nothing (all or none), and another caller is not affected
+        async with http.post(url, json=msgs(2, "other"), headers={"apikey": token("anon")}) as r:
+            assert r.status == 202
+        got = [m["payload"]["event"] for m in await member.collect(1.0) if m["event"] == "broadcast"]
+        assert got.count("first") == 100 and "over" not in got and got.count("other") == 2
+        # service_role (the operator's own key) is not limited
+        for _ in range(3):
+            async with http.post(url, json=msgs(100, "svc"), headers={"apikey": token()}) as r:
+                assert r.status == 202
+        assert relay.server.metrics.rate_limit_hits["rest_messages"] == 1
+        # the bucket refills at the rate: one message after 1/rate seconds
+        await asyncio.sleep(0.25)
+        async with http.post(url, json=msgs(1, "later"), headers={"apikey": USER}) as r:
+            assert r.status == 202
+
+
 async def test_rest_broadcast_and_stats_api(pg_dsn: str) -> None:
     async with (
         running_relay(pg_dsn) as relay,

@@ -156,7 +156,10 @@ def test_tail_prints_json_lines(pg_dsn: str) -> None:
     # stream id of the relay's slot, not of tail's temporary one
     relay_stream = asyncio.run(read_identity(pg_dsn, Config().slot)).id
     for line in lines:
-        assert re.fullmatch(rf"{relay_stream}/[0-9A-F]{{16}}:[0-9A-F]{{8}}", line["position"]), (relay_stream, line["position"])
+        assert re.fullmatch(rf"{relay_stream}/[0-9A-F]{{16}}:[0-9A-F]{{8}}", line["position"]), (
+            relay_stream,
+            line["position"],
+        )
     with psycopg.connect(pg_dsn) as conn:  # the temporary slot is gone with its connection
         assert conn.execute(
             "select count(*) from pg_replication_slots where slot_name like 'relay_tail_%'"

@@ -14,6 +14,7 @@ from relay.core.quotas import (
     CONNECTIONS_PER_ADDRESS,
     CONNECTIONS_PER_SUB,
     ConnectionCounts,
+    KeyedBuckets,
     TokenBucket,
     trim_change_data,
 )
@@ -41,6 +42,36 @@ def test_bucket_with_rate_zero_is_unlimited_and_a_refusal_spends_nothing() -> No
     assert b.take(0.0) and b.take(0.0)
     assert not b.take(0.0) and not b.take(0.5)
     assert b.take(1.0)  # the refused attempts did not push the refill back
+
+
+def test_keyed_buckets_limit_each_key_on_its_own() -> None:
+    kb = KeyedBuckets(rate=2, burst=5)
+    assert kb.take("a", 0.0, 5) and not kb.take("a", 0.0)  # a burst of 5, then nothing
+    assert kb.take("b", 0.0, 5)  # another caller's bucket is untouched
+    assert not kb.take("a", 0.25) and kb.take("a", 0.5)  # refills at 2 a second
+    assert not kb.take("c", 0.0, 6)  # more than the burst never passes, and spends nothing
+    assert kb.take("c", 0.0, 5)
+    assert all(KeyedBuckets(rate=0).take(i, 0.0, 1000) for i in range(100))  # 0: unlimited
+
+
+def test_keyed_buckets_stay_bounded_and_never_refuse_a_caller_within_its_rate() -> None:
+    kb = KeyedBuckets(rate=1, burst=1, max_keys=100)
+    for i in range(10_000):  # a caller rotating keys cannot grow the map beyond its bound
+        kb.take(("address", i), i * 0.001)
+        assert len(kb) <= 100
+    # a caller that keeps to its rate is never refused, whatever others do meanwhile
+    for step in range(50):
+        now = 20.0 + step * 1.0
+        assert kb.take("steady", now)
+        for j in range(30):
+            kb.take(("flood", step, j), now)
+    # the full buckets go first: a busy caller's spent bucket survives a prune of idle ones
+    kb2 = KeyedBuckets(rate=1, burst=1, max_keys=3)
+    assert kb2.take("busy", 0.0)
+    for k in ("x", "y"):
+        kb2.take(k, 0.0)
+    assert kb2.take("z", 5.0)  # pruning at 5.0: every bucket is full again by then
+    assert kb2.take("busy", 5.0) and not kb2.take("busy", 5.0)
 
 
 def test_connection_counts_refuse_and_release() -> None:
