@@ -310,7 +310,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "max_joins_per_second": ("RELAY_MAX_JOINS_PER_SECOND", "Channel joins per second per connection"),
     "max_events_per_second": (
         "RELAY_MAX_EVENTS_PER_SECOND",
-        "Broadcast messages per second per connection (0: no limit)",
+        "Broadcast messages per second per connection, and per REST caller (0: no limit)",
     ),
     "max_presence_events_per_second": (
         "RELAY_MAX_PRESENCE_EVENTS_PER_SECOND",
