@@ -24,7 +24,7 @@ from relay_client.errors import (
     SnapshotError,
 )
 from relay_client.join_state import ChannelStats
-from relay_client.live import LiveTable
+from relay_client.live import SNAPSHOT_RETRY, LiveTable
 from relay_client.options import ChannelOptions, ClientOptions
 from relay_client.status import ClientState, Status
 from relay_client.streams import ChangeStream
@@ -52,6 +52,7 @@ AsyncRealtimeChannel = RealtimeChannel
 __version__ = "0.1.0"
 
 __all__ = [
+    "SNAPSHOT_RETRY",
     "AsyncRealtimeChannel",
     "AsyncRealtimeClient",
     "Broadcast",

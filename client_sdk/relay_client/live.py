@@ -24,13 +24,22 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from relay_client.backoff import Backoff, BackoffPolicy
 from relay_client.channel import RealtimeChannel, SnapshotEvent
-from relay_client.errors import SnapshotError
+from relay_client.errors import ClientClosedError, NotJoinedError, SnapshotError
 from relay_client.types import Change, ResyncNeeded, SnapshotComplete, SnapshotRow
 
-__all__ = ["LiveTable", "RowCallback", "RowKey"]
+__all__ = ["RETRYABLE_SNAPSHOT_CODES", "SNAPSHOT_RETRY", "LiveTable", "RowCallback", "RowKey"]
 
 log = logging.getLogger("relay_client")
+
+#: Snapshot failures that can pass by themselves: the relay's snapshot connections were busy or
+#: the query ran out of time (``snapshot_timeout``), or the database failed it (``snapshot_failed``:
+#: a restart, a lock timeout).  ``snapshot_too_large`` does not pass: asking again gets it again.
+RETRYABLE_SNAPSHOT_CODES = frozenset({"snapshot_timeout", "snapshot_failed"})
+#: How automatic reloads are spaced: full jitter, so a relay that timed out many clients' snapshots
+#: at once is not asked by all of them again at the same moment.
+SNAPSHOT_RETRY = BackoffPolicy(initial=1.0, maximum=30.0, stable_after=0.0)
 
 RowKey = tuple[Any, ...]
 RowCallback = Callable[[RowKey, dict[str, Any] | None, dict[str, Any] | None], Awaitable[None] | None]
@@ -60,6 +69,8 @@ class LiveTable:
         filter: str | None = None,
         key: Sequence[str] | str = ("id",),
         on_change: RowCallback | None = None,
+        retries: int = 5,
+        retry_policy: BackoffPolicy = SNAPSHOT_RETRY,
     ) -> None:
         self.channel = channel
         self.schema = schema
@@ -73,6 +84,12 @@ class LiveTable:
         self.snapshots = 0  # snapshots loaded
         self.skipped = 0  # rows or changes without the key columns (e.g. a policy error): not applied
         self._on_change = on_change
+        if retries < 0:
+            raise ValueError("retries must not be negative")
+        self.max_retries = retries
+        self.retries = 0  # automatic reloads after a snapshot failure that may pass
+        self._backoff = Backoff(retry_policy)
+        self._retry: asyncio.Task[None] | None = None
         self._building: dict[RowKey, dict[str, Any]] | None = None
         self._building_seq = -1
         self._ready = asyncio.Event()
@@ -99,18 +116,58 @@ class LiveTable:
         """Until ``ready`` (``TimeoutError`` after ``timeout``); the snapshot's error if it failed."""
         async with asyncio.timeout(timeout):
             while not self.ready:
-                if self.error is not None:
+                if self.error is not None and not self.retrying:
                     raise self.error
                 self._settled.clear()
                 await self._settled.wait()
         return self
 
+    @property
+    def retrying(self) -> bool:
+        """An automatic reload is scheduled after a snapshot failure that may pass."""
+        return self._retry is not None and not self._retry.done()
+
     def reload(self) -> None:
-        """Load a fresh snapshot (the channel joins again): e.g. after ``error.code`` is
-        ``snapshot_timeout``.  ``rows`` keeps its content until the new snapshot is complete."""
+        """Load a fresh snapshot (the channel joins again): e.g. after the automatic retries of a
+        ``snapshot_timeout`` ran out.  ``rows`` keeps its content until the new snapshot is
+        complete.  Cancels a scheduled automatic reload (this one replaces it)."""
+        if self._retry is not None and self._retry is not asyncio.current_task():
+            self._retry.cancel()
+        self._retry = None
         self.error = None
         self._ready.clear()
         self.channel.request_snapshot()
+
+    def _schedule_retry(self, error: SnapshotError) -> bool:
+        """After a failure that may pass, reload by itself (backoff with jitter), at most
+        ``retries`` times in a row; False when it will not (permanent, or out of retries)."""
+        if error.code not in RETRYABLE_SNAPSHOT_CODES or self._backoff.attempt >= self.max_retries:
+            return False
+        delay = self._backoff.next_delay()
+        self.retries += 1
+        log.warning(
+            "snapshot of %s.%s failed (%s); asking again in %.1f s (retry %d of %d)",
+            self.schema,
+            self.table,
+            error.code,
+            delay,
+            self._backoff.attempt,
+            self.max_retries,
+        )
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = asyncio.get_running_loop().create_task(self._reload_after(delay))
+        return True
+
+    async def _reload_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.ready:
+            return  # a snapshot came in meanwhile (e.g. a rejoin after a reconnect)
+        try:
+            self.reload()
+        except (ClientClosedError, NotJoinedError):
+            # the client or channel was closed meanwhile: nothing to load into
+            self._settled.set()
 
     # -- events of the binding --------------------------------------------------------------------
     async def _on_event(self, item: Change | SnapshotEvent) -> None:
@@ -122,6 +179,7 @@ class LiveTable:
             self._building = None
             self.error = item
             self._ready.clear()
+            self._schedule_retry(item)
             self._settled.set()
         else:
             await self._apply(item)
@@ -158,6 +216,7 @@ class LiveTable:
         self.rows.update(new)
         self.position = done.position
         self.error = None
+        self._backoff.reset()  # the next failure gets its full number of retries again
         self.snapshots += 1
         self._ready.set()
         self._settled.set()

@@ -23,6 +23,7 @@ from relay_client import (
     SnapshotRow,
     SyncRelayClient,
 )
+from relay_client.backoff import BackoffPolicy
 from relay_client.protocol import Subscribed, parse_system
 
 from tests.sdk.helpers import until
@@ -382,7 +383,7 @@ async def test_live_table_wait_ready_raises_the_snapshot_error_and_reload_asks_a
     async with ScriptedRelay() as relay:
         client = client_for(relay)
         ch = client.channel("dash")
-        live = LiveTable(ch, "t")
+        live = LiveTable(ch, "t", retries=0)  # the application decides when to ask again
         await ch.subscribe(timeout=5)
         waiter = asyncio.create_task(live.wait_ready(5))
         await asyncio.sleep(0.05)
@@ -433,3 +434,63 @@ async def test_the_blocking_facade_asks_for_snapshots_and_streams_their_events()
         await relay.complete(TOPIC, 101, 1, pos(3, 0xFFFFFFFF))
         row, done = await asyncio.wait_for(got, 10)
         assert isinstance(row, SnapshotRow) and isinstance(done, SnapshotComplete) and done.rows == 1
+
+
+def _snapshot_error(code: str) -> dict[str, Any]:
+    return {"status": "error", "extension": "postgres_changes", "code": code, "message": code, "id": 101}
+
+
+QUICK_RETRY = BackoffPolicy(initial=0.02, maximum=0.05, stable_after=0.0)
+
+
+async def test_live_table_asks_again_by_itself_after_a_snapshot_failure_that_may_pass() -> None:
+    async with ScriptedRelay() as relay:
+        client = client_for(relay)
+        ch = client.channel("dash")
+        live = LiveTable(ch, "t", retries=3, retry_policy=QUICK_RETRY)
+        await ch.subscribe(timeout=5)
+        waiter = asyncio.create_task(live.wait_ready(5))  # does not fail while a retry is due
+        for code in ("snapshot_timeout", "snapshot_failed"):
+            n = len(relay.frames)
+            await relay.send(TOPIC, "system", _snapshot_error(code))
+            rejoin = await relay.next_frame("phx_join", n)
+            assert config(rejoin)["postgres_changes"][0]["snapshot"] is True
+            await until(lambda: ch.is_joined, 5, "rejoined")
+        assert not waiter.done() and live.retries == 2
+        await relay.row(TOPIC, 101, {"id": 7})
+        await relay.complete(TOPIC, 101, 1, pos(5, 0xFFFFFFFF))
+        await waiter
+        assert live.rows == {(7,): {"id": 7}} and live.error is None and not live.retrying
+        await client.close()
+
+
+async def test_live_table_does_not_retry_a_snapshot_too_large_and_gives_up_after_its_retries() -> None:
+    async with ScriptedRelay() as relay:
+        client = client_for(relay)
+        ch = client.channel("dash")
+        live = LiveTable(ch, "t", retries=2, retry_policy=QUICK_RETRY)
+        await ch.subscribe(timeout=5)
+        # too large: asking again would get the same answer, so wait_ready fails at once
+        waiter = asyncio.create_task(live.wait_ready(5))
+        await asyncio.sleep(0.05)
+        n = len(relay.frames)
+        await relay.send(TOPIC, "system", _snapshot_error("snapshot_too_large"))
+        with pytest.raises(SnapshotError) as info:
+            await waiter
+        assert info.value.code == "snapshot_too_large" and live.retries == 0
+        await asyncio.sleep(0.2)
+        assert not [f for f in relay.frames[n:] if f.event == "phx_join"], "no rejoin for a permanent error"
+        # timeouts: two automatic reloads, then the third failure is the application's to handle
+        live.reload()
+        waiter = asyncio.create_task(live.wait_ready(5))
+        for _ in range(2):
+            n = len(relay.frames)
+            await until(lambda: ch.is_joined, 5, "joined")
+            await relay.send(TOPIC, "system", _snapshot_error("snapshot_timeout"))
+            await relay.next_frame("phx_join", n)
+        await until(lambda: ch.is_joined, 5, "joined")
+        await relay.send(TOPIC, "system", _snapshot_error("snapshot_timeout"))
+        with pytest.raises(SnapshotError):
+            await waiter
+        assert live.retries == 2 and not live.retrying
+        await client.close()
