@@ -36,6 +36,7 @@ import psycopg
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from relay.core.changes import Begin, Commit, Lsn, Message, RowChange
+from relay.core.publication import ColumnStripper, PublicationRules, stripper_available
 from relay.core.relay_messages import MESSAGE_PREFIX, RelayMessage, TableSetChanged, decode_message
 from relay.core.sqltypes import TypeRegistry
 from relay.core.stream import StreamIdentity
@@ -245,8 +246,10 @@ class Pipeline:
             self.sink.slot(info, self._first_stream)
             self._first_stream = False
         self.types.update(await self.catalog.types())
-        tables = await self.catalog.published_tables(self.publication)
-        stream = await self._start_stream(tables)
+        published = await self.catalog.published_tables(self.publication)
+        rules = await self.catalog.publication_rules(self.publication, fresh=True)
+        tables = self._streamed(published, rules)
+        stream = await self._start_stream(tables, rules)
         self._streaming_since = time.monotonic()
         decoder = Decoder(self.types)
         try:
@@ -261,7 +264,7 @@ class Pipeline:
                 ", ".join(self.stats.tables) or "(none)",
             )
             self.ready.set()
-            await self._consume(stream, decoder, tables, stop)
+            await self._consume(stream, decoder, (published, rules), stop)
         except _Restart:
             raise
         except BaseException:
@@ -271,7 +274,39 @@ class Pipeline:
             self.stats.streaming = False
             await stream.close()
 
-    async def _start_stream(self, tables: list[tuple[str, str]]) -> ReplicationStream:
+    def _streamed(self, published: list[tuple[str, str]], rules: PublicationRules) -> list[tuple[str, str]]:
+        """The published tables the relay can stream as the publication says (see
+        relay.core.publication): not those with a row filter, and not those with a column list
+        when the stripper cannot run.  Says so at every stream start: a DBA must not find out
+        from a dashboard that stays empty."""
+        for (schema, table), where in sorted(rules.row_filters.items()):
+            log.warning(
+                "table %s.%s is not streamed: publication %s has a row filter on it (WHERE %s), which "
+                "the relay cannot apply; joins naming it are refused with publication_row_filter. "
+                "Remove the filter and use a row policy instead (docs/authorization.md)",
+                schema,
+                table,
+                self.publication,
+                where,
+            )
+        tables = rules.streamed(published)
+        if rules.columns and not stripper_available():
+            log.error(
+                "column lists of publication %s need msgspec: those tables are not streamed", self.publication
+            )
+            tables = [t for t in tables if t not in rules.columns]
+        for (schema, table), keep in sorted(rules.columns.items()):
+            log.info(
+                "table %s.%s: only the published columns are streamed (%s)",
+                schema,
+                table,
+                ", ".join(sorted(keep)),
+            )
+        return tables
+
+    async def _start_stream(
+        self, tables: list[tuple[str, str]], rules: PublicationRules | None = None
+    ) -> ReplicationStream:
         """Start streaming, with exact numbers if this wal2json has the option (2.6+).
 
         wal2json 2.5 rejects ``numeric-data-types-as-string`` when decoding starts; we then start
@@ -281,6 +316,9 @@ class Pipeline:
         while True:
             as_text = self.types.numbers_as_text
             options = wal2json_options(tables, (MESSAGE_PREFIX,), numbers_as_text=as_text)
+            actions = rules.wal2json_actions() if rules is not None else None
+            if actions is not None:  # the publication publishes only some row actions
+                options["actions"] = actions
             stream = ReplicationStream(
                 self.dsn,
                 self.slot,
@@ -306,7 +344,11 @@ class Pipeline:
             return stream
 
     async def _consume(
-        self, stream: ReplicationStream, decoder: Decoder, tables: list[tuple[str, str]], stop: asyncio.Event
+        self,
+        stream: ReplicationStream,
+        decoder: Decoder,
+        publication: tuple[list[tuple[str, str]], PublicationRules],
+        stop: asyncio.Event,
     ) -> None:
         skipping = False
         tx_commit = Lsn(0)
@@ -315,7 +357,18 @@ class Pipeline:
         unconfirmed = False
         sink = self.sink
         hand_over = sink.change
-        decode = decoder.decode
+        decode: Callable[[bytes | str], Begin | Commit | RowChange | Message | None] = decoder.decode
+        rules = publication[1]
+        if rules.columns and stripper_available():
+            # Column lists: applied to the bytes before anything reads them (decoder, replay
+            # window, cluster change log); a message that cannot be stripped is skipped below.
+            strip, decode_one = ColumnStripper(rules.columns), decoder.decode
+
+            def decode_stripped(payload: bytes | str) -> Begin | Commit | RowChange | Message | None:
+                return decode_one(strip(payload if isinstance(payload, bytes) else payload.encode()))
+
+            decode = decode_stripped
+
         stats = self.stats
         next_lag_log = time.monotonic() + LAG_LOG_INTERVAL
         async for batch in stream.batches(idle_timeout=min(0.5, self.poll_interval)):
@@ -341,8 +394,11 @@ class Pipeline:
                     self._publish()
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.poll_interval
-                    current = await self.catalog.published_tables(self.publication)
-                    if current != tables:
+                    current = (
+                        await self.catalog.published_tables(self.publication),
+                        await self.catalog.publication_rules(self.publication, fresh=True),
+                    )
+                    if current != publication:
                         log.info("publication %s changed; restarting stream", self.publication)
                         raise _Restart()
                 continue

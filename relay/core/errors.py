@@ -35,6 +35,7 @@ class Code(StrEnum):
     INVALID_RESUME = "InvalidResume"
     INVALID_REPLAY = "InvalidReplay"
     TABLE_NOT_ENABLED = "table_not_enabled"
+    PUBLICATION_ROW_FILTER = "publication_row_filter"
     UNABLE_TO_CONNECT_TO_PROJECT = "UnableToConnectToProject"
     UNAUTHORIZED = "Unauthorized"
     # Quotas (relay/core/quotas.py)

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from relay.core.publication import ROW_ACTIONS, PublicationRules
 from relay.core.sqltypes import PG_CAST_TYPES, TypeInfo
 
 __all__ = ["Catalog", "OperandCastError", "TableShape", "close_pool"]
@@ -43,11 +44,17 @@ class OperandCastError(ValueError):
 
 @dataclass(frozen=True)
 class TableShape:
-    """A table's columns (name -> typname) in column order, and whether it is published."""
+    """A table's columns (name -> typname) in column order, and whether it is published.
+
+    For a published table ``columns`` holds only the columns its publication publishes (a
+    column list, PG 15+) and ``row_filter`` the publication's ``WHERE`` text, if it has one
+    (relay.core.publication: such a table is not streamed).
+    """
 
     schema: str
     table: str
     columns: dict[str, str]
+    row_filter: str | None = None
 
 
 async def close_pool(pool: asyncpg.Pool) -> None:
@@ -69,6 +76,7 @@ class Catalog:
         self._tables: dict[tuple[str, str], tuple[float, TableShape | None]] = {}
         self._published: dict[tuple[str, str, str | None], tuple[float, TableShape | None]] = {}
         self._casts: dict[tuple[str, str], tuple[float, str]] = {}
+        self._rules: dict[str, tuple[float, PublicationRules]] = {}
         # publication look-ups being answered: later misses of the same key await this one
         self._inflight: dict[tuple[str, str, str | None], asyncio.Task[TableShape | None]] = {}
 
@@ -182,7 +190,13 @@ class Catalog:
                 table,
             )
             cols = {r["name"]: r["type"] for r in rows if r["name"] is not None}
-            shape = TableShape(schema, table, cols) if rows else None
+            shape = None
+            if rows:
+                rules = await self.publication_rules(publication, fresh=True)  # as current as the shape
+                keep = rules.columns.get((schema, table))
+                if keep is not None:  # what the publication does not publish does not exist here
+                    cols = {name: t for name, t in cols.items() if name in keep}
+                shape = TableShape(schema, table, cols, rules.row_filters.get((schema, table)))
         if len(self._published) > 4096:  # probes of random names must not grow memory
             self._published.clear()
         self._published[key] = (now, shape)
@@ -245,6 +259,53 @@ class Catalog:
             "from pg_catalog.pg_type"
         )
         return [TypeInfo(r["oid"], r["name"], r["cat"], r["elem"]) for r in rows]
+
+    async def publication_rules(self, publication: str, fresh: bool = False) -> PublicationRules:
+        """The publication's published actions, column lists and row filters (the last two exist
+        from Postgres 15 on), cached for ``ttl`` seconds (``fresh``: read now, at a stream start)."""
+        hit = self._rules.get(publication)
+        now = time.monotonic()
+        if hit is not None and not fresh and now - hit[0] < self.ttl:
+            return hit[1]
+        pub = await self._fetch(
+            "select pubinsert, pubupdate, pubdelete from pg_catalog.pg_publication where pubname = $1",
+            publication,
+        )
+        actions = (
+            frozenset(a for a, on in zip(("insert", "update", "delete"), pub[0].values(), strict=True) if on)
+            if pub
+            else ROW_ACTIONS
+        )
+        if await self._server_version() < 150000:  # no column lists or row filters before 15
+            rules = PublicationRules(actions=actions)
+            self._rules[publication] = (now, rules)
+            return rules
+        rows = await self._fetch(
+            """
+            select p.schemaname::text as s, p.tablename::text as t,
+                   case when r.prattrs is null then null else p.attnames::text[] end as cols,
+                   p.rowfilter::text as f
+            from pg_catalog.pg_publication_tables p
+            join pg_catalog.pg_publication pb on pb.pubname = p.pubname
+            join pg_catalog.pg_namespace n on n.nspname = p.schemaname
+            join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = p.tablename
+            left join pg_catalog.pg_publication_rel r on r.prpubid = pb.oid and r.prrelid = c.oid
+            where p.pubname = $1 and (r.prattrs is not null or p.rowfilter is not null)
+            """,
+            publication,
+        )
+        rules = PublicationRules(
+            columns={(r["s"], r["t"]): frozenset(r["cols"]) for r in rows if r["cols"] is not None},
+            row_filters={(r["s"], r["t"]): r["f"] for r in rows if r["f"] is not None},
+            actions=actions,
+        )
+        self._rules[publication] = (now, rules)
+        return rules
+
+    async def _server_version(self) -> int:
+        """``server_version_num`` (column lists and row filters exist from 150000 on)."""
+        rows = await self._fetch("select pg_catalog.current_setting('server_version_num')::int as v")
+        return int(rows[0]["v"])
 
     async def published_tables(self, publication: str) -> list[tuple[str, str]]:
         rows = await self._fetch(

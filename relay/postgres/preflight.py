@@ -374,6 +374,49 @@ def _check_replica_identity(ctx: _Ctx) -> list[Check]:
     return out
 
 
+def _check_publication_rules(ctx: _Ctx) -> list[Check]:
+    """Column lists and row filters (PG 15+), which the relay applies itself (wal2json does not):
+    a column list is honoured, a table with a row filter is not streamed (relay.core.publication)."""
+    if not ctx.published:
+        return []
+    (num,) = _one(ctx.conn, "select current_setting('server_version_num')::int")
+    if num < 150000:
+        return []
+    rows = ctx.conn.execute(
+        "select p.schemaname::text, p.tablename::text, r.prattrs is not null, p.rowfilter::text "
+        "from pg_publication_tables p "
+        "join pg_publication pb on pb.pubname = p.pubname "
+        "join pg_namespace n on n.nspname = p.schemaname "
+        "join pg_class c on c.relnamespace = n.oid and c.relname = p.tablename "
+        "left join pg_publication_rel r on r.prpubid = pb.oid and r.prrelid = c.oid "
+        "where p.pubname = %s and (r.prattrs is not null or p.rowfilter is not null) order by 1, 2",
+        (ctx.publication,),
+    ).fetchall()
+    out: list[Check] = []
+    filtered = [(str(s), str(t), str(f)) for s, t, _, f in rows if f is not None]
+    if filtered:
+        listed = "; ".join(f"{_q(s, t)} WHERE {f}" for s, t, f in filtered)
+        out.append(
+            Check(
+                "publication rules",
+                "warn",
+                f"not streamed: a row filter the relay cannot apply: {listed}. Joins naming these tables "
+                "are refused (publication_row_filter); remove the filter "
+                f"(ALTER PUBLICATION {_ident(ctx.publication)} SET TABLE ...) and use a row policy instead",
+            )
+        )
+    listed_cols = [_q(str(s), str(t)) for s, t, cols, _ in rows if cols]
+    if listed_cols:
+        out.append(
+            Check(
+                "publication rules",
+                "ok",
+                f"column lists honoured (unlisted columns are never sent): {', '.join(listed_cols)}",
+            )
+        )
+    return out
+
+
 def _check_slot(ctx: _Ctx) -> list[Check]:
     row = ctx.conn.execute(
         "select s.plugin, s.slot_type, s.database, s.database = current_database(), s.active, s.active_pid, "
@@ -668,6 +711,7 @@ CHECKS: list[tuple[str, Callable[[_Ctx], list[Check]]]] = [
     ("publication", _check_publication),
     ("tables", _check_tables),
     ("replica identity", _check_replica_identity),
+    ("publication rules", _check_publication_rules),
     ("row policies", _check_policies),
     ("topic policies", _check_topic_policies),
     ("policy evaluation", _check_policy_sandbox),

@@ -518,6 +518,14 @@ class Connection:
         shape = await catalog.published_table(publication, spec.schema, spec.table)
         if shape is None:
             raise TableUnavailable()
+        if shape.row_filter is not None:
+            # not streamed (relay.core.publication): refused with the reason rather than joined
+            # to a stream that stays silent; the table is published, so naming it reveals nothing
+            raise BindingError(
+                f"{spec.schema}.{spec.table} is not streamed: its publication has a row filter, which the "
+                "relay cannot apply (ask the operator to use a row policy instead)",
+                Code.PUBLICATION_ROW_FILTER,
+            )
         unknown = [c for c in spec.select or () if c not in shape.columns]
         if unknown:
             raise BindingError(f'select: column "{unknown[0]}" does not exist in {spec.schema}.{spec.table}')

@@ -60,6 +60,7 @@ JOIN_CODES = frozenset(
         "TopicPolicyError",
         "payload_too_large",
         "payload_too_deep",
+        "publication_row_filter",
     }
 )
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

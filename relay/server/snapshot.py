@@ -378,6 +378,13 @@ class Snapshots:
         """Step 3 for one binding: its rows, as SNAPSHOT frames; returns how many were sent."""
         assert spec.table is not None
         cols = await conn.fetch(_COLUMNS_SQL, f"{quote_ident(spec.schema)}.{quote_ident(spec.table)}")
+        # a publication's column list (PG 15+): the columns it does not publish never leave, here
+        # as in the stream (relay.core.publication).  Read now, not from the cache: a list added
+        # a moment ago must already hold for this snapshot.
+        rules = await self.catalog.publication_rules(self.config.publication, fresh=True)
+        keep = rules.columns.get((spec.schema, spec.table))
+        if keep is not None:
+            cols = [r for r in cols if r["name"] in keep]
         columns = [SnapshotColumn(r["name"], r["typeoid"], r["type"]) for r in cols]
         # (int2vector subscripts start at 0)
         pk = [r["name"] for r in sorted((r for r in cols if r["pk"] is not None), key=lambda r: r["pk"])]
