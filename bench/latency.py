@@ -24,6 +24,14 @@ One run on a throwaway cluster (migrations + demo schema), the relay in this pro
 Baseline, same run and same relay: the same rate to ONE subscriber (phase 1), then the fan-out
 (phase 2).  Relay settings raised for the bench (printed): ``RELAY_MAX_CONNECTIONS`` and
 ``RELAY_HEARTBEAT_TIMEOUT`` (the clients send no heartbeats).
+
+``--pin on`` gives the relay a CPU of its own (``bench/affinity.py``): the relay (this process,
+every thread) on the last CPU, Postgres (the postmaster, so every backend it forks, and the
+backends already running), the writer and the client processes on the others.  Nothing else of
+the bench then runs on the relay's CPU, but other users' processes still can: the report adds
+how busy the relay's CPU was in total and the relay's share of it, next to its run-queue wait.
+``--pin both`` measures both phases unpinned, then both pinned, with the same relay and cluster,
+and prints one table row for each (``latency``, ``latency_pinned``).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from affinity import CpuTimes, Pinning, postmaster_pid
 from idle_sockets import raise_nofile
 from tablerow import emit
 from throughput import END_MARKER, writer_main
@@ -134,8 +143,14 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
-async def phase(port: int, dsn: str, subs: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One measured run: ``subs`` sockets over at most ``--processes`` client processes."""
+async def phase(
+    port: int, dsn: str, subs: int, args: argparse.Namespace, plan: Pinning | None = None
+) -> dict[str, Any]:
+    """One measured run: ``subs`` sockets over at most ``--processes`` client processes.
+
+    With ``plan``, each child process is moved to the bench's CPUs right after it starts (it was
+    forked from the pinned relay and inherited the relay's CPU).
+    """
     loop = asyncio.get_running_loop()
     ctx = mp.get_context("spawn")
     tokens = [
@@ -149,6 +164,8 @@ async def phase(port: int, dsn: str, subs: int, args: argparse.Namespace) -> dic
             parent, child = ctx.Pipe()
             p = ctx.Process(target=clients_main, args=(port, tokens[k::procs], child), daemon=True)
             p.start()
+            if plan is not None and p.pid is not None:
+                plan.pin_rest(p.pid)
             children.append((parent, p))
         for parent, _ in children:
             await loop.run_in_executor(None, _recv, parent, "the subscribers to join", 180)
@@ -156,7 +173,11 @@ async def phase(port: int, dsn: str, subs: int, args: argparse.Namespace) -> dic
         writer = ctx.Process(target=writer_main, args=(dsn, args.rate, args.seconds, w_child), daemon=True)
         relay_cpu0, t0 = cpu_seconds() or 0.0, time.monotonic()
         wait0 = run_wait_seconds() or 0.0
+        cpus = CpuTimes()
+        cpus.begin()
         writer.start()
+        if plan is not None and writer.pid is not None:
+            plan.pin_rest(writer.pid)
         _, acks, achieved = await loop.run_in_executor(
             None, _recv, w_parent, "the writer", 4 * args.seconds + 60
         )
@@ -167,6 +188,8 @@ async def phase(port: int, dsn: str, subs: int, args: argparse.Namespace) -> dic
         wall = time.monotonic() - t0
         relay_cpu = (cpu_seconds() or 0.0) - relay_cpu0
         relay_wait = (run_wait_seconds() or 0.0) - wait0
+        relay_cpus = sorted(plan.relay) if plan is not None else sorted(os.sched_getaffinity(0))
+        cpu_busy, cpu_steal = cpus.shares(relay_cpus)
     finally:
         for _, p in children:
             p.join(10)
@@ -202,6 +225,10 @@ async def phase(port: int, dsn: str, subs: int, args: argparse.Namespace) -> dic
         "client_cpu": [r[1] for r in results],
         "writer_cpu": writer_cpu,
         "load": os.getloadavg()[0],
+        "pinned": plan is not None,
+        "relay_cpus": relay_cpus,
+        "cpu_busy": cpu_busy,
+        "cpu_steal": cpu_steal,
     }
 
 
@@ -252,6 +279,14 @@ def report(r: dict[str, Any]) -> None:
         f"      relay main thread waited {r['relay_wait'] / w:.0%} of the time for a CPU (run queue); "
         f"load average {r['load']:.1f} on {os.cpu_count()} cores"
     )
+    n = len(r["relay_cpus"])
+    others = max(0.0, r["cpu_busy"] - r["relay_cpu"] / w / n)
+    where = "pinned: the relay" if r["pinned"] else "unpinned: the relay may use"
+    print(
+        f"      {where} CPU {r['relay_cpus']}, "
+        f"busy {r['cpu_busy']:.0%} in total (relay {r['relay_cpu'] / w / n:.0%}, everything else "
+        f"{others:.0%}), hypervisor steal {r['cpu_steal']:.0%}"
+    )
     key, sentence = verdict(r)
     print(f"      VERDICT ({key}): {sentence}")
 
@@ -274,27 +309,42 @@ async def main_async(args: argparse.Namespace) -> int:
             f"RELAY_HEARTBEAT_TIMEOUT={cfg.heartbeat_timeout:.0f}"
         )
         relay = await start_relay(cfg)
+        rows = []
         try:
-            base = await phase(relay.port, dsn, 1, args)
-            report(base)
-            fan = await phase(relay.port, dsn, args.subscribers, args)
-            report(fan)
+            for pinned in {"off": [False], "on": [True], "both": [False, True]}[args.pin]:
+                plan = Pinning.split() if pinned else None
+                try:
+                    if plan is not None:
+                        plan.pin_relay(os.getpid())
+                        plan.pin_rest_tree(postmaster_pid(pg.data_dir))
+                        print(f"pinned: {plan.describe()}")
+                    base = await phase(relay.port, dsn, 1, args, plan)
+                    report(base)
+                    fan = await phase(relay.port, dsn, args.subscribers, args, plan)
+                    report(fan)
+                finally:
+                    if plan is not None:
+                        plan.undo()
+                rows.append((base, fan))
         finally:
             await relay.stop()
-    emit(
-        "latency",
-        f"p50 {fan['p50']:.1f} ms, p99 {fan['p99']:.1f} ms",
-        f"1 subscriber: p50 {base['p50']:.1f} ms, p99 {base['p99']:.1f} ms",
-        round(fan["p99"] / base["p99"], 2),
-        "p99 <= 20 ms",
-        rate=args.rate,
-        subscribers=args.subscribers,
-        relay_core=round(fan["relay_cpu"] / fan["wall"], 2),
-        busiest_client_core=round(max(fan["client_cpu"]) / fan["wall"], 2),
-        relay_run_queue_wait=round(fan["relay_wait"] / fan["wall"], 2),
-        bound_by=verdict(fan)[0],
-        load_average=round(fan["load"], 1),
-    )
+    for base, fan in rows:
+        emit(
+            "latency_pinned" if fan["pinned"] else "latency",
+            f"p50 {fan['p50']:.1f} ms, p99 {fan['p99']:.1f} ms",
+            f"1 subscriber: p50 {base['p50']:.1f} ms, p99 {base['p99']:.1f} ms",
+            round(fan["p99"] / base["p99"], 2),
+            "p99 <= 20 ms",
+            rate=args.rate,
+            subscribers=args.subscribers,
+            pinned=fan["pinned"],
+            relay_core=round(fan["relay_cpu"] / fan["wall"], 2),
+            busiest_client_core=round(max(fan["client_cpu"]) / fan["wall"], 2),
+            relay_run_queue_wait=round(fan["relay_wait"] / fan["wall"], 2),
+            relay_cpu_busy=round(fan["cpu_busy"], 2),
+            bound_by=verdict(fan)[0],
+            load_average=round(fan["load"], 1),
+        )
     return 0
 
 
@@ -304,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subscribers", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--processes", type=int, default=4, help="client processes")
+    ap.add_argument(
+        "--pin",
+        choices=("off", "on", "both"),
+        default="off",
+        help="give the relay a CPU of its own (on), or measure unpinned then pinned in one run (both)",
+    )
     args = ap.parse_args(argv)
     if args.rate <= 0 or args.subscribers < 1 or not 0 < args.seconds <= 120 or args.processes < 1:
         ap.error("need --rate > 0, --subscribers >= 1, 0 < --seconds <= 120, --processes >= 1")
