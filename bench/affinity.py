@@ -28,7 +28,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CpuTimes", "Pinning", "affinity", "descendants", "pin", "pin_tree", "postmaster_pid"]
+__all__ = [
+    "CpuTimes",
+    "Pinning",
+    "affinity",
+    "descendants",
+    "pin",
+    "pin_tree",
+    "postmaster_pid",
+    "set_nice",
+]
 
 
 def affinity(pid: int = 0) -> set[int]:
@@ -90,6 +99,29 @@ def pin_tree(pid: int, cpus: Iterable[int]) -> int:
     for c in descendants(pid):
         n += pin(c, mask)
     return n
+
+
+def set_nice(pid: int, nice: int) -> str:
+    """Give process ``pid`` (every thread) and, with autogroups, its session's group the niceness ``nice``.
+
+    Why both: with ``kernel.sched_autogroup_enabled`` (on here) the scheduler first shares a CPU
+    between *sessions* and only then between the processes of a session, so a thread's nice
+    value alone does not make it win against another session's processes.  A negative value
+    needs root.  Returns what was set, for the report.
+    """
+    for tid in _threads(pid) or [pid]:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except ProcessLookupError:
+            continue
+    group = Path(f"/proc/{pid}/autogroup")
+    try:
+        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1":
+            group.write_text(str(nice))
+            return f"nice {nice} and session {group.read_text().strip()}"
+    except OSError:
+        pass
+    return f"nice {nice} (no autogroup)"
 
 
 def postmaster_pid(data_dir: Path | str) -> int:

@@ -32,12 +32,20 @@ the bench then runs on the relay's CPU, but other users' processes still can: th
 how busy the relay's CPU was in total and the relay's share of it, next to its run-queue wait.
 ``--pin both`` measures both phases unpinned, then both pinned, with the same relay and cluster,
 and prints one table row for each (``latency``, ``latency_pinned``).
+
+``--nice N`` (root for N < 0) sets the niceness of the whole bench — relay, writer and clients
+inherit it, Postgres (its own session) is set after it starts — and of the two sessions'
+scheduler autogroups, so that on a shared machine other users' processes take less of the CPUs;
+the report still prints the relay's run-queue wait.  ``--probe`` times, inside the relay's
+process, what can hold a change besides the CPU: garbage-collector pauses (``gc.callbacks``) and
+the event loop's lag (a task that sleeps 5 ms and measures how late it wakes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -51,7 +59,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from affinity import CpuTimes, Pinning, postmaster_pid
+from affinity import CpuTimes, Pinning, postmaster_pid, set_nice
 from idle_sockets import raise_nofile
 from tablerow import emit
 from throughput import END_MARKER, writer_main
@@ -130,6 +138,68 @@ async def _clients(port: int, tokens: list[str], pipe: Connection) -> None:
     pipe.send(("done", time.process_time() - cpu0, lat.tobytes(), counts, len(stamps)))
 
 
+class StallProbe:
+    """GC pauses and event-loop lag in the relay's process (the relay runs in the bench's process).
+
+    Why: a change can wait between the walsender's message and the socket write while the relay
+    is not running it — a collection of a large heap stops everything, and a long callback delays
+    every other one.  Both are wall-clock times, so a run-queue wait inside them counts too.
+    """
+
+    INTERVAL = 0.005
+
+    def __init__(self) -> None:
+        self.gc: dict[int, array[float]] = {0: array("d"), 1: array("d"), 2: array("d")}
+        self.gc_cpu: dict[int, array[float]] = {0: array("d"), 1: array("d"), 2: array("d")}
+        self.lag = array("d")
+        self.heap = ""
+        self._t = self._c = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t, self._c = time.perf_counter(), time.thread_time()
+        else:
+            self.gc[info["generation"]].append((time.perf_counter() - self._t) * 1000)
+            self.gc_cpu[info["generation"]].append((time.thread_time() - self._c) * 1000)
+
+    async def _lag(self) -> None:
+        for _ in range(100_000_000):  # bounded; cancelled at the end of the phase
+            t = time.perf_counter()
+            await asyncio.sleep(self.INTERVAL)
+            self.lag.append((time.perf_counter() - t - self.INTERVAL) * 1000)
+
+    def start(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        self._task = asyncio.create_task(self._lag())
+
+    def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        if self._task is not None:
+            self._task.cancel()
+        sizes = [len(gc.get_objects(g)) for g in range(3)]
+        self.heap = f"tracked objects by generation {sizes}, frozen {gc.get_freeze_count()}"
+
+    def summary(self) -> str:
+        parts = []
+        for g, d in self.gc.items():
+            if d:
+                c = self.gc_cpu[g]
+                parts.append(
+                    f"gen{g} {len(d)}x max {max(d):.1f} ms (CPU {max(c):.1f}), "
+                    f"total {sum(d):.0f} ms (CPU {sum(c):.0f})"
+                )
+        lag = sorted(self.lag)
+        lag_text = (
+            f"loop lag p50 {_pct(lag, 0.5):.1f} ms, p99 {_pct(lag, 0.99):.1f} ms, max {lag[-1]:.1f} ms "
+            f"({sum(1 for x in lag if x > 10)} wake-ups > 10 ms late)"
+            if lag
+            else "no loop-lag samples"
+        )
+        return f"GC: {', '.join(parts) or 'none'}; {self.heap}; {lag_text}"
+
+
 def _recv(pipe: Connection, what: str, limit: float) -> tuple[Any, ...]:
     if not pipe.poll(limit):
         raise SystemExit(f"bench invalid: timed out waiting for {what}")
@@ -175,6 +245,9 @@ async def phase(
         wait0 = run_wait_seconds() or 0.0
         cpus = CpuTimes()
         cpus.begin()
+        probe = StallProbe() if args.probe else None
+        if probe is not None:
+            probe.start()
         writer.start()
         if plan is not None and writer.pid is not None:
             plan.pin_rest(writer.pid)
@@ -188,6 +261,8 @@ async def phase(
         wall = time.monotonic() - t0
         relay_cpu = (cpu_seconds() or 0.0) - relay_cpu0
         relay_wait = (run_wait_seconds() or 0.0) - wait0
+        if probe is not None:
+            probe.stop()
         relay_cpus = sorted(plan.relay) if plan is not None else sorted(os.sched_getaffinity(0))
         cpu_busy, cpu_steal = cpus.shares(relay_cpus)
     finally:
@@ -229,6 +304,7 @@ async def phase(
         "relay_cpus": relay_cpus,
         "cpu_busy": cpu_busy,
         "cpu_steal": cpu_steal,
+        "probe": probe.summary() if probe is not None else None,
     }
 
 
@@ -287,6 +363,8 @@ def report(r: dict[str, Any]) -> None:
         f"busy {r['cpu_busy']:.0%} in total (relay {r['relay_cpu'] / w / n:.0%}, everything else "
         f"{others:.0%}), hypervisor steal {r['cpu_steal']:.0%}"
     )
+    if r["probe"]:
+        print(f"      relay process: {r['probe']}")
     key, sentence = verdict(r)
     print(f"      VERDICT ({key}): {sentence}")
 
@@ -294,6 +372,8 @@ def report(r: dict[str, Any]) -> None:
 async def main_async(args: argparse.Namespace) -> int:
     with LocalCluster() as pg:
         dsn = pg.dsn()
+        if args.nice:
+            print(f"Postgres: {set_nice(postmaster_pid(pg.data_dir), args.nice)}")
         apply_migrations(dsn)
         apply_demo_schema(dsn)
         cfg = Config(
@@ -354,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subscribers", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--processes", type=int, default=4, help="client processes")
+    ap.add_argument("--nice", type=int, default=0, help="niceness of the whole bench (< 0 needs root)")
+    ap.add_argument("--probe", action="store_true", help="time GC pauses and loop lag in the relay")
     ap.add_argument(
         "--pin",
         choices=("off", "on", "both"),
@@ -365,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("need --rate > 0, --subscribers >= 1, 0 < --seconds <= 120, --processes >= 1")
     logging.basicConfig(level=logging.ERROR)
     raise_nofile()
+    if args.nice:
+        # inherited by the writer and the clients (same session); Postgres: see main_async
+        print(f"relay, writer and clients: {set_nice(os.getpid(), args.nice)}")
     return asyncio.run(main_async(args))
 
 
