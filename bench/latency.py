@@ -67,6 +67,7 @@ from wsload import WsClient, cpu_seconds, run_wait_seconds
 
 from relay.config import Config
 from relay.core.tokens import mint
+from relay.gc_policy import GEN0_THRESHOLD, tune_gc
 from relay.postgres.cluster import LocalCluster
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
 from relay.service import start_relay
@@ -389,6 +390,9 @@ async def main_async(args: argparse.Namespace) -> int:
             f"RELAY_HEARTBEAT_TIMEOUT={cfg.heartbeat_timeout:.0f}"
         )
         relay = await start_relay(cfg)
+        if args.gc_gen0 > 0:  # what `relay serve` does once the relay is started
+            tune_gc(args.gc_gen0)
+        print(f"relay GC: thresholds {gc.get_threshold()}, {gc.get_freeze_count()} objects frozen")
         rows = []
         try:
             for pinned in {"off": [False], "on": [True], "both": [False, True]}[args.pin]:
@@ -436,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=4, help="client processes")
     ap.add_argument("--nice", type=int, default=0, help="niceness of the whole bench (< 0 needs root)")
     ap.add_argument("--probe", action="store_true", help="time GC pauses and loop lag in the relay")
+    ap.add_argument(
+        "--gc-gen0",
+        type=int,
+        default=GEN0_THRESHOLD,
+        help="the relay's GC tuning as `relay serve` applies it (relay/gc_policy.py), with this young "
+        "threshold; 0: Python's default GC (the code before the tuning, for before/after runs)",
+    )
     ap.add_argument(
         "--pin",
         choices=("off", "on", "both"),
