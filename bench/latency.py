@@ -33,10 +33,12 @@ how busy the relay's CPU was in total and the relay's share of it, next to its r
 ``--pin both`` measures both phases unpinned, then both pinned, with the same relay and cluster,
 and prints one table row for each (``latency``, ``latency_pinned``).
 
-``--nice N`` (root for N < 0) sets the niceness of the whole bench — relay, writer and clients
-inherit it, Postgres (its own session) is set after it starts — and of the two sessions'
-scheduler autogroups, so that on a shared machine other users' processes take less of the CPUs;
-the report still prints the relay's run-queue wait.  ``--probe`` times, inside the relay's
+``--nice N`` (root for N < 0) gives the relay (a session of its own: with the kernel's scheduler
+autogroups a CPU is shared between sessions first, so a thread's nice value alone does not
+outrank other users' processes) and Postgres (its own session already) the niceness N, for them
+and for their session's group; the writer and the clients start sessions of their own (nice 0).
+On a shared machine other users' processes then take less of the relay's CPU; the report still
+prints the relay's run-queue wait.  ``--probe`` times, inside the relay's
 process, what can hold a change besides the CPU: garbage-collector pauses (``gc.callbacks``) and
 the event loop's lag (a task that sleeps 5 ms and measures how late it wakes).
 """
@@ -81,8 +83,21 @@ JOIN = (
 NOTES = b'"notes":"'
 
 
-def clients_main(port: int, tokens: list[str], pipe: Connection) -> None:
+def _own_session(nice: int) -> None:
+    """With ``--nice``: leave the relay's session (and scheduler autogroup), with the same niceness."""
+    if nice:
+        os.setsid()
+        set_nice(os.getpid(), nice)
+
+
+def bench_writer_main(dsn: str, rate: float, seconds: float, pipe: Connection, nice: int) -> None:
+    _own_session(nice)
+    writer_main(dsn, rate, seconds, pipe)
+
+
+def clients_main(port: int, tokens: list[str], pipe: Connection, nice: int = 0) -> None:
     try:
+        _own_session(nice)
         raise_nofile()
         asyncio.run(_clients(port, tokens, pipe))
     except BaseException as exc:
@@ -134,9 +149,10 @@ async def _clients(port: int, tokens: list[str], pipe: Connection) -> None:
                 raise t.exception()  # type: ignore[misc]
         raise RuntimeError("not every socket joined within 120 s")
     pipe.send(("joined", len(tokens)))
-    cpu0 = time.process_time()
+    cpu0, wait0 = time.process_time(), run_wait_seconds() or 0.0
     await asyncio.gather(*tasks)
-    pipe.send(("done", time.process_time() - cpu0, lat.tobytes(), counts, len(stamps)))
+    cpu, wait = time.process_time() - cpu0, (run_wait_seconds() or 0.0) - wait0
+    pipe.send(("done", cpu, lat.tobytes(), counts, len(stamps), wait))
 
 
 class StallProbe:
@@ -233,7 +249,7 @@ async def phase(
     try:
         for k in range(procs):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=clients_main, args=(port, tokens[k::procs], child), daemon=True)
+            p = ctx.Process(target=clients_main, args=(port, tokens[k::procs], child, args.nice), daemon=True)
             p.start()
             if plan is not None and p.pid is not None:
                 plan.pin_rest(p.pid)
@@ -241,7 +257,8 @@ async def phase(
         for parent, _ in children:
             await loop.run_in_executor(None, _recv, parent, "the subscribers to join", 180)
         w_parent, w_child = ctx.Pipe()
-        writer = ctx.Process(target=writer_main, args=(dsn, args.rate, args.seconds, w_child), daemon=True)
+        wargs = (dsn, args.rate, args.seconds, w_child, args.nice)
+        writer = ctx.Process(target=bench_writer_main, args=wargs, daemon=True)
         relay_cpu0, t0 = cpu_seconds() or 0.0, time.monotonic()
         wait0 = run_wait_seconds() or 0.0
         cpus = CpuTimes()
@@ -299,6 +316,7 @@ async def phase(
         "relay_cpu": relay_cpu,
         "relay_wait": relay_wait,
         "client_cpu": [r[1] for r in results],
+        "client_wait": [r[5] for r in results],
         "writer_cpu": writer_cpu,
         "load": os.getloadavg()[0],
         "pinned": plan is not None,
@@ -314,6 +332,8 @@ def verdict(r: dict[str, Any]) -> tuple[str, str]:
 
     ``machine``: the relay was runnable but waited for a CPU a large share of the time (other
     processes on the cores), so frames queued behind the wait — the figure is the machine's.
+    ``machine (clients)``: the same for a client process (frames sat in its socket buffer while it
+    waited for a CPU: with ``--pin on`` the clients share one CPU with Postgres and the writer).
     ``relay``: the relay was runnable nearly all the time and mostly running: it is the
     bottleneck.  ``client``: a client process used nearly a core.  ``relay code``: none of these.
     """
@@ -329,6 +349,13 @@ def verdict(r: dict[str, Any]) -> tuple[str, str]:
             f"(this bench's relay, clients and writer used {ours:.1f} of the {os.cpu_count()} cores, "
             f"load average {r['load']:.1f}): frames queued behind the machine, "
             "this is not a measurement of the relay's code"
+        )
+    cwait = max(r["client_wait"]) / w
+    if cwait >= 0.2:
+        return "machine (clients)", (
+            f"the relay ran {busy:.0%} and waited {wait:.0%} of the time, but a client process waited "
+            f"for a CPU {cwait:.0%} of the time (load average {r['load']:.1f}): frames queued in the "
+            "clients' socket buffers, the figure is not the relay's alone"
         )
     if busy + wait >= 0.9:
         return "relay", f"the relay ran {busy:.0%} of the time: it is the bottleneck at this load"
@@ -353,7 +380,8 @@ def report(r: dict[str, Any]) -> None:
         f"busiest process {max(cc) / w:.0%}; writer {'n/a' if wc is None else f'{wc / w:.0%}'}"
     )
     print(
-        f"      relay main thread waited {r['relay_wait'] / w:.0%} of the time for a CPU (run queue); "
+        f"      relay main thread waited {r['relay_wait'] / w:.0%} of the time for a CPU (run queue), "
+        f"client processes up to {max(r['client_wait']) / w:.0%}; "
         f"load average {r['load']:.1f} on {os.cpu_count()} cores"
     )
     n = len(r["relay_cpus"])
@@ -438,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subscribers", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--processes", type=int, default=4, help="client processes")
-    ap.add_argument("--nice", type=int, default=0, help="niceness of the whole bench (< 0 needs root)")
+    ap.add_argument("--nice", type=int, default=0, help="niceness of the relay and Postgres (< 0 needs root)")
     ap.add_argument("--probe", action="store_true", help="time GC pauses and loop lag in the relay")
     ap.add_argument(
         "--gc-gen0",
@@ -459,8 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     raise_nofile()
     if args.nice:
-        # inherited by the writer and the clients (same session); Postgres: see main_async
-        print(f"relay, writer and clients: {set_nice(os.getpid(), args.nice)}")
+        try:
+            os.setsid()  # the relay's own session, so its own autogroup (children leave it)
+        except OSError as exc:
+            print(f"no session of its own for the relay ({exc}): its niceness is shared with its parent's")
+        print(f"relay: {set_nice(os.getpid(), args.nice)}")
     return asyncio.run(main_async(args))
 
 
