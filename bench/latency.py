@@ -443,7 +443,7 @@ async def main_async(args: argparse.Namespace) -> int:
     for base, fan in rows:
         emit(
             "latency_pinned" if fan["pinned"] else "latency",
-            f"p50 {fan['p50']:.1f} ms, p99 {fan['p99']:.1f} ms",
+            f"p50 {fan['p50']:.1f} ms, p99 {fan['p99']:.1f} ms (VERDICT {verdict(fan)[0]})",
             f"1 subscriber: p50 {base['p50']:.1f} ms, p99 {base['p99']:.1f} ms",
             round(fan["p99"] / base["p99"], 2),
             "p99 <= 20 ms",
