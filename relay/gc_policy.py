@@ -5,8 +5,9 @@ tuples and id lists, ``Delivery`` records, frame lists) — about 1,500 per chan
 subscribers.  CPython's default collector starts a young collection every 700 net allocations,
 so one lands inside nearly every fan-out and promotes whatever of that change is still alive;
 those promotions then start a *full* collection every few seconds, and a full collection walks
-every tracked object of the process — ~110,000 after start-up (modules, classes, the aiohttp
-app, caches), 70-100 ms of CPU each on this machine (``bench/latency.py --probe``).  Every
+every tracked object of the process — ~113,000 at 500 subscribers, 90,000 of them start-up
+state (modules, classes, the aiohttp app, caches) — 70-110 ms of CPU each on the 2-core bench
+machine (``bench/latency.py --probe``).  Every
 change that arrives meanwhile waits: at 100 changes/s x 500 subscribers a few such pauses per
 10 s are more than 1 % of the deliveries, i.e. the p99.
 
