@@ -34,7 +34,12 @@ BENCHES: list[tuple[tuple[str, ...], str, list[str], list[str]]] = [
         ["--changes", "5000", "--subscribers", "500", "5000"],
     ),
     (("idle_memory", "joins"), "idle_sockets.py", ["--sockets", "10000"], ["--sockets", "10000"]),
-    (("latency",), "latency.py", ["--seconds", "10"], ["--seconds", "30"]),
+    (
+        ("latency", "latency_pinned"),
+        "latency.py",
+        ["--seconds", "10", "--pin", "both"],
+        ["--seconds", "30", "--pin", "both"],
+    ),
     (
         ("scale_out_1", "scale_out_2", "scale_out_4"),
         "scale_out.py",
@@ -52,6 +57,7 @@ TITLES = {
     "idle_memory": "10,000 idle sockets: relay memory per socket",
     "joins": "10,000 idle sockets: connect + join rate",
     "latency": "commit -> client, 100 changes/s x 500 subscribers",
+    "latency_pinned": "same, relay on a CPU of its own (bench/affinity.py)",
     "scale_out_1": "cluster mode (Redis), authorized fan-out, 1 fan-out process",
     "scale_out_2": "cluster mode (Redis), authorized fan-out, 2 fan-out processes",
     "scale_out_4": "cluster mode (Redis), authorized fan-out, 4 fan-out processes",

@@ -27,6 +27,7 @@ from relay.core.relay_messages import (
     TopicPolicyChanged,
 )
 from relay.core.tokens import Verifier
+from relay.gc_policy import tune_gc
 from relay.pipeline import Pipeline, PipelineStats
 from relay.postgres.catalog import Catalog
 from relay.postgres.policy_store import PolicyStore
@@ -236,6 +237,7 @@ async def run_until_stopped(
 ) -> None:
     """``relay serve``: run until SIGINT/SIGTERM."""
     relay = await start_relay(config, wait_ready=False)
+    tune_gc()  # this process is the relay's alone: no full collection walks the start-up heap
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
