@@ -121,4 +121,5 @@ def compile_policy(policy: Policy, column_types: Mapping[str, str]) -> CompiledP
         index=index,
         columns=columns,
         specialize=root.fold,
+        claim_keys=root.claim_keys(),
     )
