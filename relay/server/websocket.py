@@ -175,12 +175,14 @@ class RelaySocket(asyncio.Protocol):
         "_close_timer",
         "_ctx",
         "_drain_waiter",
+        "_head",
         "_loop",
         "_owner",
         "_paused",
         "_pending",
         "_reader",
         "_sink",
+        "_skip",
         "_state",
         "_tail",
         "_task",
@@ -205,6 +207,8 @@ class RelaySocket(asyncio.Protocol):
         self._sink = _sink(loop)
         self._reader = WebSocketReader(self._sink, max_msg_size, compress=False, decode_text=True)
         self._tail = b""  # bytes the client sent behind the upgrade request (see start)
+        self._head = b""  # an incomplete frame header at the end of the last read (mask check)
+        self._skip = 0  # payload bytes of the current frame still to come (-1: input over)
         self._ctx = ctx  # the handler's log context (remote address, socket id)
         self._pending: list[tuple[int, Any]] | None = None  # frames waiting for the task
         self._task: asyncio.Task[None] | None = None  # handles frames; only while there are some
@@ -258,14 +262,60 @@ class RelaySocket(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self._state == _CLOSED:
+        if self._state == _CLOSED or self._skip < 0:
             return
+        bad = self._unmasked_at(data)
         sink = self._sink
         sink.target = self
         try:
-            self._reader.feed_data(data)
+            self._reader.feed_data(data if bad < 0 else data[:bad])
         finally:
             sink.target = None
+        if bad >= 0:
+            self._skip = -1  # nothing after it is read
+            self._message(_ERROR, WebSocketError(WSCloseCode.PROTOCOL_ERROR, "Received an unmasked frame"))
+
+    def _unmasked_at(self, data: bytes) -> int:
+        """Where the first unmasked frame starts in ``data`` (-1: none), walking frame headers.
+
+        RFC 6455 §5.1: a server MUST close the connection on a frame that is not masked.
+        aiohttp's reader accepts them, so the frame boundaries are followed here (the header
+        only: two to fourteen bytes per frame; payloads are skipped, not read).
+        """
+        head = self._head
+        if head:
+            data = head + data
+            self._head = b""
+        pos, n, skip = 0, len(data), self._skip
+        while True:
+            if skip:
+                step = min(skip, n - pos)
+                pos += step
+                skip -= step
+                if skip:
+                    break
+            if pos >= n:
+                break
+            if n - pos < 2:
+                self._head = data[pos:]
+                break
+            second = data[pos + 1]
+            if not second & 0x80:
+                self._skip = 0
+                return max(0, pos - len(head))
+            length = second & 0x7F
+            size = 6 if length < 126 else 8 if length == 126 else 14
+            if n - pos < size:
+                self._head = data[pos:]
+                break
+            if length == 126:
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            pos += size
+            skip = length
+        self._skip = skip
+        return -1
 
     def eof_received(self) -> bool | None:
         """The client half-closed: nothing more will come, so the socket ends (transport closes)."""
