@@ -287,8 +287,8 @@ class RelayServer:
             return HandedOver()
         self.conn_counts.add(sub_key, peer)
         sock.sub_key = sub_key
-        sock.conn = Connection(self.services, sock, vsn, claims, peer, token_hash=token_hash)
-        self.connections.add(sock.conn)
+        conn = sock.conn = Connection(self.services, sock, vsn, claims, peer, token_hash=token_hash)
+        self.connections.add(conn)
         self.metrics.connections_opened += 1
         sock.start()
         return HandedOver()
@@ -297,7 +297,7 @@ class RelayServer:
     def socket_ended(self, sock: RelaySocket, reason: str) -> None:
         """A socket of the relay's own ended: what the handler's ``finally`` does on aiohttp's."""
         conn = sock.conn
-        assert conn is not None
+        assert isinstance(conn, Connection)
         self.silence.forget(sock)
         self._closed(conn, reason)
         conn.teardown()

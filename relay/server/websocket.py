@@ -38,16 +38,23 @@ import contextvars
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.models import WebSocketError
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 
-if TYPE_CHECKING:
-    from relay.server.connection import Connection
+from relay.config import Config
 
-__all__ = ["CLOSE_TIMEOUT", "HandedOver", "RelaySocket", "SocketOwner", "close_waiting", "handshake"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "FrameHandler",
+    "HandedOver",
+    "RelaySocket",
+    "SocketOwner",
+    "close_waiting",
+    "handshake",
+]
 
 log = logging.getLogger("relay.socket")
 
@@ -157,6 +164,17 @@ def _sink(loop: asyncio.AbstractEventLoop) -> _Messages:
     return _SINK
 
 
+class FrameHandler(Protocol):
+    """What the socket hands its frames to (``Connection``: the Phoenix protocol of one socket)."""
+
+    config: Config
+    peer: str
+
+    async def handle_text(self, data: str) -> None: ...
+
+    async def handle_binary(self, data: bytes) -> None: ...
+
+
 class SocketOwner(Protocol):
     """What a socket tells the server: it ends (the bookkeeping the aiohttp handler did in its
     ``finally``), and when it waits for a frame or is busy (the heartbeat timeout's sweep)."""
@@ -216,7 +234,7 @@ class RelaySocket(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._state = _OPEN
         self._close_timer: asyncio.TimerHandle | None = None
-        self.conn: Connection | None = None  # None until the connection is admitted
+        self.conn: FrameHandler | None = None  # None until the connection is admitted
         self.sub_key: str | None = None  # the owner's quota key (ConnectionCounts)
         self.reason = ""  # why it ended (relay_connections_closed_total), once it has
         self.close_message = b""  # the close frame's reason when the relay ends a silent socket
