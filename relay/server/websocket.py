@@ -275,7 +275,7 @@ class RelaySocket(asyncio.Protocol):
         tail, self._tail = self._tail, b""
         if tail:
             self.data_received(tail)
-        elif self._state == _OPEN and self.conn is not None:
+        if self._state == _OPEN and self._task is None:  # else the task's end starts the wait
             self._owner_waits()
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
@@ -346,7 +346,7 @@ class RelaySocket(asyncio.Protocol):
             self._close_timer = None
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("Connection lost"))
+            waiter.set_result(None)  # the sender's next write finds the transport gone
         if self._state == _CLOSING:  # the relay's close handshake is over either way
             self._state = _CLOSED
             _closing_sockets.discard(self)
