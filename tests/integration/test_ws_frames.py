@@ -250,7 +250,7 @@ async def test_a_client_that_half_closes_is_forgotten(pg_dsn: str) -> None:
 
 
 async def test_a_silent_socket_is_closed_with_heartbeat_timeout_and_forgotten(pg_dsn: str) -> None:
-    async with running_relay(pg_dsn, heartbeat_timeout=0.6) as relay, raw(relay) as c:
+    async with running_relay(pg_dsn, heartbeat_timeout=1.2) as relay, raw(relay) as c:
         await c.send(frame(TEXT, JOIN))
         assert (await c.recv_text())["payload"]["status"] == "ok"
         assert (await c.recv_text())["event"] == "system"
