@@ -303,3 +303,43 @@ def test_claims_only_policies_are_decided_once_per_class_of_claims() -> None:
     before = calls
     ti.add(0, claims_set[0], (counted(roles), OWNER))
     assert calls == before + 1
+
+
+def test_single_comparison_policy_computes_its_index_key_once() -> None:
+    """``assignee_id = auth.uid()``: the key is ``sub`` cast once per join (the policy's fold
+    and the key were two casts), with the same keys and the same errors as folding first."""
+    from collections.abc import Iterator, Mapping
+
+    import pytest
+
+    from relay.core.policies import PolicyEvalError
+
+    class Counting(Mapping[str, Any]):
+        def __init__(self, data: dict[str, Any]) -> None:
+            self.data, self.reads = data, 0
+
+        def __getitem__(self, key: str) -> Any:
+            return self.data[key]
+
+        def get(self, key: str, default: Any = None) -> Any:
+            self.reads += 1
+            return self.data.get(key, default)
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.data)
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+    (term,) = OWNER.index
+    # a policy with more than the indexed comparison folds the whole policy first: the reference
+    (both,) = pol("both", "assignee_id = auth.uid() and claims->>'x' = 'y'").index
+    assert both.keys({"sub": U1, "x": "z"}) == frozenset()  # FALSE for these claims: no row
+    want = both.keys({"sub": U1, "x": "y"})
+    assert len(want) == 1
+    claims = Counting({"role": "authenticated", "sub": U1})
+    assert term.keys(claims) == want
+    assert claims.reads == 1
+    assert term.keys(Counting({"role": "authenticated"})) == frozenset()  # NULL: no key
+    with pytest.raises(PolicyEvalError):
+        term.keys({"role": "authenticated", "sub": "not-a-uuid"})
