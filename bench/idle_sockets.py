@@ -47,6 +47,7 @@ from relay.config import Config
 from relay.core.tokens import mint
 from relay.postgres.cluster import LocalCluster
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
+from relay.gc_policy import tune_gc
 from relay.service import start_relay
 
 SECRET = "bench-idle-secret-0123456789-0123456789"
@@ -299,6 +300,7 @@ async def main_async(args: argparse.Namespace) -> int:
         ]
         floor = await floor_phase(args, tokens, cfg.max_frame_bytes * 4) if args.floor else None
         relay = await start_relay(cfg)
+        tune_gc()  # as `relay serve` does once started
         clients: Clients | None = None
         try:
             await asyncio.sleep(1.0)

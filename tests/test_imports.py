@@ -78,6 +78,7 @@ SERVER_ORDER: dict[str, int] = {
     "relay.server.outbox": 0,
     "relay.server.silence": 0,  # every socket's heartbeat timeout (one sweep)
     "relay.server.session": 0,  # sans-I/O: frames in, typed requests out
+    "relay.server.websocket": 0,  # one socket after the upgrade: frames in, close handshake
 }
 
 # The SDK's channel <-> client circle is being removed on h/arch-checks (issue 13, item 3);

@@ -418,7 +418,12 @@ class ClusterRooms:
             self._apply(self.remote.drop(msg.node))
 
     async def _writer(self, redis: Redis) -> None:
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # cancelled (a stop) while a publish was in flight, and the Redis client took the
+                # cancellation back: end now, or the stop waits on ``_wake`` for ever
+                raise asyncio.CancelledError
             if self._rewrite:
                 self._rewrite = False
                 # the whole state supersedes the queued presence changes (they are in it)

@@ -52,6 +52,7 @@ from relay.server.probes import SlotWatchdog, ready_handler
 from relay.server.silence import SilenceWatch
 from relay.server.snapshot import Snapshots
 from relay.server.topics import TopicHub
+from relay.server.websocket import HandedOver, RelaySocket, close_waiting, handshake
 
 __all__ = ["RelayServer"]
 
@@ -272,6 +273,50 @@ class RelayServer:
         # (the token and the query are ≈ 0.5 KiB; see also ``del msg`` below).
         token_hash = hash(token)
         del token, query
+        if self.config.compression:  # permessage-deflate: aiohttp keeps the socket
+            return await self._aiohttp_socket(request, vsn, claims, peer, token_hash)
+        sock = RelaySocket.take(request, handshake(request), self, self.config.max_frame_bytes * 4)
+        sub = claims.get("sub")
+        sub_key = sub if isinstance(sub, str) and sub else None
+        refused = self.conn_counts.admit(sub_key, peer)
+        if refused is not None:
+            # Accepted then closed, not an HTTP 429: a browser's WebSocket sees the close code
+            # and reason, never a handshake status.  1013: try again later.
+            self.quota_hit(refused, peer)
+            sock.close(WSCloseCode.TRY_AGAIN_LATER, f"{refused.code}: {refused.reason}".encode(), wait=True)
+            return HandedOver()
+        self.conn_counts.add(sub_key, peer)
+        sock.sub_key = sub_key
+        conn = sock.conn = Connection(self.services, sock, vsn, claims, peer, token_hash=token_hash)
+        self.connections.add(conn)
+        self.metrics.connections_opened += 1
+        sock.start()
+        return HandedOver()
+
+    # -- the relay's own sockets (relay/server/websocket.py) -------------------------------------
+    def socket_ended(self, sock: RelaySocket, reason: str) -> None:
+        """A socket of the relay's own ended: what the handler's ``finally`` does on aiohttp's."""
+        conn = sock.conn
+        assert isinstance(conn, Connection)
+        self.silence.forget(sock)
+        self._closed(conn, reason)
+        conn.teardown()
+        self.connections.discard(conn)
+        self.conn_counts.remove(sock.sub_key, conn.peer)
+        conn.cancel_sender()
+
+    def waits(self, sock: RelaySocket) -> None:
+        """``sock`` waits for a frame: its heartbeat timeout runs."""
+        self.silence.waits(sock)
+
+    def busy(self, sock: RelaySocket) -> None:
+        """``sock`` handles a frame: no timeout while it does (as on aiohttp's path)."""
+        self.silence.forget(sock)
+
+    async def _aiohttp_socket(
+        self, request: web.Request, vsn: str, claims: Claims, peer: str, token_hash: int
+    ) -> web.StreamResponse:
+        """A socket served by aiohttp's ``WebSocketResponse`` (compression negotiated by aiohttp)."""
         ws = web.WebSocketResponse(
             # aiohttp's own limit closes the socket; ours (checked per frame) answers with an
             # error frame, so it is the smaller one.
@@ -310,14 +355,7 @@ class RelayServer:
                 if msg.type == WSMsgType.TEXT:
                     await conn.handle_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    try:
-                        await conn.handle_binary(msg.data)
-                    except Exception:  # a handler bug must not take the socket or the server down
-                        log.exception("error handling a binary frame from %s", peer)
-                        self.metrics.handler_errors += 1
-                        conn.send_frame_error(
-                            "internal error handling the binary frame", Code.UNKNOWN_ERROR_ON_CHANNEL
-                        )
+                    await conn.handle_binary(msg.data)
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     reason = "client"
                     break
@@ -345,6 +383,7 @@ class RelayServer:
 
     async def close_all(self) -> None:
         self.silence.stop()
+        close_waiting()
         for conn in list(self.connections):
             conn.abort(1001, SHUTDOWN_REASON)
 

@@ -47,6 +47,7 @@ from relay.server.metrics import RelayMetrics
 from relay.server.outbox import Outbox, socket_transport, wait_writable, writing_paused
 from relay.server.snapshot import SnapshotRequest, Snapshots
 from relay.server.topics import JoinRefused, TopicHub
+from relay.server.websocket import RelaySocket
 
 if TYPE_CHECKING:
     from relay.server.feed import ChangeFeed
@@ -80,7 +81,7 @@ class Connection:
     def __init__(
         self,
         services: SocketServices,
-        ws: web.WebSocketResponse,
+        ws: web.WebSocketResponse | RelaySocket,
         vsn: str,
         claims: Claims,
         peer: str,
@@ -104,8 +105,13 @@ class Connection:
         # Without a compression extension frames are written as prebuilt bytes straight to the
         # transport (shared by every socket that receives them, many per write); with
         # compression each is sent through aiohttp, which compresses per socket.
-        self.raw = request is not None and not self.config.compression and request.transport is not None
-        self._protocol = request.protocol if request is not None else None
+        # A socket the relay took from aiohttp after the upgrade (relay/server/websocket.py) is
+        # its own transport's protocol: flow control is asked of it.
+        own = isinstance(ws, RelaySocket)
+        self.raw = own or (
+            request is not None and not self.config.compression and request.transport is not None
+        )
+        self._protocol: Any = ws if own else request.protocol if request is not None else None
         # Prebuilt WebSocket frames when ``raw``; otherwise text (str) and binary (bytes) messages.
         # A list, not a deque: it is empty nearly always (an empty deque keeps a 512-byte block).
         self.queue: list[bytes | str] = []
@@ -123,6 +129,16 @@ class Connection:
         self.message_rate = TokenBucket(cfg.max_events_per_second, now=now)
         self.presence_rate = TokenBucket(cfg.max_presence_events_per_second, now=now)
         self._audited: dict[str, float] | None = None  # quota kind -> when its last hit was audited
+
+    @property
+    def own(self) -> bool:
+        """The socket is the relay's own (taken from aiohttp after the upgrade).
+
+        A property, not an attribute: an instance with 30 attributes or more no longer shares
+        its class's key table (CPython 3.11), and its ``__dict__`` grows from ≈ 0.3 to ≈ 1.6 KiB
+        per socket — one attribute more than the 29 here did exactly that.
+        """
+        return isinstance(self.ws, RelaySocket)
 
     # -- sending --------------------------------------------------------------------------
     def deliver(self, cache: FrameCache, topic: str, ids: list[int]) -> None:
@@ -167,6 +183,12 @@ class Connection:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    def cancel_sender(self) -> None:
+        """End the sender task without waiting for it (a socket of the relay's own is gone)."""
+        task, self._sender = self._sender, None
+        if task is not None:
+            task.cancel()
 
     def queue_frame(self, frame: Frame) -> None:
         """Queue a relay-initiated frame to go out with the fan-out batch (no write of its own)."""
@@ -256,6 +278,9 @@ class Connection:
         self.close_reason = reason
         self.queue.clear()
         log.warning("closing socket %s: %s", self.peer, reason)
+        if isinstance(self.ws, RelaySocket):
+            self.ws.close(code, reason.encode()[:120], wait=False)
+            return
         asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()[:120]))
 
     async def sender(self) -> None:
@@ -273,11 +298,13 @@ class Connection:
                     if not self.queue:
                         self._draining = False
                 else:
+                    ws = self.ws
+                    assert not isinstance(ws, RelaySocket)  # the relay's own sockets are raw
                     item = self.queue.pop(0)
                     if isinstance(item, str):
-                        await self.ws.send_str(item)
+                        await ws.send_str(item)
                     else:  # without prebuilt frames, bytes are a binary message (kind 4)
-                        await self.ws.send_bytes(item)
+                        await ws.send_bytes(item)
                     self.sent += 1
                     self.bytes_sent += len(item)
         except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send
@@ -289,7 +316,8 @@ class Connection:
     def _write_chunk(self, unbounded: bool = False) -> bool:
         """Pop queued frames (up to 256 KiB unless ``unbounded``) into one transport write."""
         q = self.queue
-        transport = socket_transport(self.ws)
+        ws = self.ws
+        transport = ws.transport if isinstance(ws, RelaySocket) else socket_transport(ws)
         if transport is None or transport.is_closing():
             q.clear()
             self.closing = True
@@ -343,7 +371,12 @@ class Connection:
     async def handle_binary(self, data: bytes) -> None:
         """A binary frame: only vsn 2.0.0 user broadcasts (kind 3) exist; anything else is refused."""
         joined = self.channels
-        await self.apply(session.read_binary(data, self.vsn, self.config.max_frame_bytes, joined))
+        try:
+            await self.apply(session.read_binary(data, self.vsn, self.config.max_frame_bytes, joined))
+        except Exception:  # a handler bug must not take the socket or the server down
+            log.exception("error handling a binary frame from %s", self.peer)
+            self.metrics.handler_errors += 1
+            self.send_frame_error("internal error handling the binary frame", Code.UNKNOWN_ERROR_ON_CHANNEL)
 
     async def apply(self, req: session.Request) -> None:
         """Carry out what the session read from a frame: the I/O and the channel bookkeeping."""

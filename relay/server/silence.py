@@ -9,6 +9,10 @@ per timeout.  A socket silent for longer than the timeout has its receive ended 
 ``TimeoutError``, exactly as before: its handler task is cancelled at its ``await`` and the
 cancellation is taken back (``Task.uncancel``), which is how ``asyncio.timeout`` does it too.
 
+A socket the relay took from aiohttp (relay/server/websocket.py) has no task waiting in a
+receive: it is an entry here from the end of one frame's handling to the next frame
+(:meth:`SilenceWatch.waits`, :meth:`SilenceWatch.forget`), and the sweep calls its ``silent()``.
+
 The close comes between ``timeout`` and ``timeout + interval`` seconds of silence (interval:
 an eighth of the timeout, at most one second), instead of at ``timeout`` to the millisecond.
 """
@@ -16,11 +20,18 @@ an eighth of the timeout, at most one second), instead of at ``timeout`` to the 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from typing import Any, Protocol
 
 from aiohttp import web
 
-__all__ = ["SilenceWatch"]
+__all__ = ["SilenceWatch", "Silent"]
+
+
+class Silent(Protocol):
+    """A socket that ends itself when told it was silent too long."""
+
+    def silent(self) -> None: ...
 
 
 class SilenceWatch:
@@ -31,9 +42,10 @@ class SilenceWatch:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.interval = min(1.0, timeout / 8)
-        # handler task -> loop time its receive began; insertion order is that time's order,
-        # since a task is removed when its receive ends and added again when the next begins
-        self._waiting: dict[asyncio.Task[object], float] = {}
+        # handler task (or socket) -> loop time its receive began; insertion order is that
+        # time's order, since an entry is removed when its receive ends and added again when
+        # the next begins
+        self._waiting: dict[asyncio.Task[object] | Silent, float] = {}
         self._expired: set[asyncio.Task[object]] = set()  # cancelled by the sweep, not yet seen
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -57,6 +69,20 @@ class SilenceWatch:
         finally:
             self._waiting.pop(task, None)
 
+    def waits(self, sock: Silent) -> None:
+        """``sock`` waits for a frame from now on (a socket of the relay's own)."""
+        if self.timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._waiting.pop(sock, None)
+        self._waiting[sock] = loop.time()
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep(), name="socket silence sweep")
+
+    def forget(self, sock: Silent) -> None:
+        """``sock`` handles a frame, or is gone: no timeout until it waits again."""
+        self._waiting.pop(sock, None)
+
     def stop(self) -> None:
         """Stop the sweep (server shutdown); sockets still waiting then never time out."""
         if self._sweeper is not None:
@@ -73,14 +99,20 @@ class SilenceWatch:
             while self._waiting:
                 await asyncio.sleep(self.interval)
                 deadline = loop.time() - self.timeout
-                due = []
+                due: list[asyncio.Task[object] | Silent] = []
                 for task, since in self._waiting.items():
                     if since > deadline:
                         break  # the rest began later
                     due.append(task)
-                for task in due:
-                    del self._waiting[task]
-                    self._expired.add(task)
-                    task.cancel()
+                for key in due:
+                    del self._waiting[key]
+                    if isinstance(key, asyncio.Task):
+                        self._expired.add(key)
+                        key.cancel()
+                    else:
+                        try:
+                            key.silent()
+                        except Exception:  # one socket's failure must not stop the sweep
+                            logging.getLogger("relay.socket").exception("closing a silent socket")
         finally:
             self._sweeper = None

@@ -49,6 +49,15 @@ def _index_term(root: Bool, term: Bool) -> IndexTerm | None:
         else:
             return None
         values = lambda claims: (other.value(claims),)  # noqa: E731
+        if root is term:
+            # the whole policy is this comparison: folding it is computing ``other`` (NULL:
+            # a constant, no key), so the claims-side value (a uuid cast of ``sub``, say) is
+            # computed once per join instead of twice (issue 16: ≈ 5 % of a join's CPU)
+            def single(claims: Mapping[str, Any]) -> frozenset[Any]:
+                v = other.value(claims)
+                return frozenset() if v is None else frozenset((v,))
+
+            return IndexTerm(column.name, single, column.convert)
     elif isinstance(term, InList) and not term.negated and isinstance(term.left, Column):
         column = term.left
         values = term.item_values
@@ -121,4 +130,5 @@ def compile_policy(policy: Policy, column_types: Mapping[str, str]) -> CompiledP
         index=index,
         columns=columns,
         specialize=root.fold,
+        claim_keys=root.claim_keys(),
     )

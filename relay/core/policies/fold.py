@@ -47,6 +47,10 @@ class Value:
     def columns(self) -> frozenset[str]:
         return frozenset()
 
+    def claim_keys(self) -> frozenset[str] | None:
+        """The top-level claims this operand reads; None: unknown (it may read any of them)."""
+        return None
+
 
 class Column(Value):
     __slots__ = ("convert", "name", "typ")
@@ -63,6 +67,9 @@ class Column(Value):
     def columns(self) -> frozenset[str]:
         return frozenset((self.name,))
 
+    def claim_keys(self) -> frozenset[str] | None:
+        return frozenset()
+
 
 class Const(Value):
     __slots__ = ("typ", "val")
@@ -73,6 +80,9 @@ class Const(Value):
 
     def value(self, claims: Claims) -> Any:
         return self.val
+
+    def claim_keys(self) -> frozenset[str] | None:
+        return frozenset()
 
 
 class Claim(Value):
@@ -95,6 +105,9 @@ class Claim(Value):
             return json_text(current)
         return current
 
+    def claim_keys(self) -> frozenset[str] | None:
+        return frozenset(self.path[:1]) if self.path else None  # ``claims`` itself: all of them
+
 
 class Cast(Value):
     """``<text claims expression>::type``: the type's input function (may raise)."""
@@ -115,6 +128,9 @@ class Cast(Value):
         except CastError as exc:
             raise PolicyEvalError(exc.sqlstate, str(exc)) from None
 
+    def claim_keys(self) -> frozenset[str] | None:
+        return self.arg.claim_keys()
+
 
 class Bool:
     """A boolean expression.  ``fold`` is the planner's constant folding for these claims: it
@@ -126,6 +142,26 @@ class Bool:
 
     def columns(self) -> frozenset[str]:
         raise NotImplementedError
+
+    def claim_keys(self) -> frozenset[str] | None:
+        """The top-level claims :meth:`fold` reads (None: unknown, any of them).
+
+        Why: two claims equal on these keys fold to the same verdict, so a claims-only policy
+        is decided once per such class of claims (``TableIndex.add`` at every join), not once
+        per subscriber.  A node that does not say is taken to read every claim.
+        """
+        return None
+
+
+def claim_keys_of(*parts: Value | Bool) -> frozenset[str] | None:
+    """The union of the parts' claim keys; None as soon as one part's are unknown."""
+    out: frozenset[str] = frozenset()
+    for part in parts:
+        keys = part.claim_keys()
+        if keys is None:
+            return None
+        out |= keys
+    return out
 
 
 def is_const(v: Folded) -> bool:
@@ -188,6 +224,9 @@ class Compare(Bool):
     def columns(self) -> frozenset[str]:
         return self.left.columns() | self.right.columns()
 
+    def claim_keys(self) -> frozenset[str] | None:
+        return claim_keys_of(self.left, self.right)
+
 
 def _member(x: Any, values: Iterable[Any], negated: bool) -> bool | None:
     """``x = ANY(values)`` (or ``x <> ALL`` when negated) with SQL's NULL rules."""
@@ -230,6 +269,9 @@ class ArrayOp(Bool):
     def columns(self) -> frozenset[str]:
         return self.left.columns()
 
+    def claim_keys(self) -> frozenset[str] | None:
+        return claim_keys_of(self.left, *self.items)
+
 
 class InList(Bool):
     """``x [NOT] IN (a, b, ...)`` over claims/constants, as parse analysis rewrites it
@@ -264,6 +306,9 @@ class InList(Bool):
 
     def columns(self) -> frozenset[str]:
         return self.left.columns()
+
+    def claim_keys(self) -> frozenset[str] | None:
+        return claim_keys_of(self.left, *self.items, self.chain)
 
 
 def array_elements(array: Any, parse: Callable[[str], Any]) -> list[Any]:
@@ -317,6 +362,9 @@ class AnyArray(Bool):
     def columns(self) -> frozenset[str]:
         return self.left.columns()
 
+    def claim_keys(self) -> frozenset[str] | None:
+        return claim_keys_of(self.left, self.array)
+
 
 class NullTest(Bool):
     """``x IS [NOT] NULL``; for a jsonb claim only SQL NULL counts (JSON ``null`` is a value)."""
@@ -344,6 +392,9 @@ class NullTest(Bool):
     def columns(self) -> frozenset[str]:
         return self.arg.columns()
 
+    def claim_keys(self) -> frozenset[str] | None:
+        return self.arg.claim_keys()
+
 
 class BoolValue(Bool):
     """A boolean operand used as a condition: ``active``, ``(claims->>'is_admin')::boolean``."""
@@ -363,6 +414,9 @@ class BoolValue(Bool):
     def columns(self) -> frozenset[str]:
         return self.arg.columns()
 
+    def claim_keys(self) -> frozenset[str] | None:
+        return self.arg.claim_keys()
+
 
 class Literal(Bool):
     __slots__ = ("val",)
@@ -374,6 +428,9 @@ class Literal(Bool):
         return self.val
 
     def columns(self) -> frozenset[str]:
+        return frozenset()
+
+    def claim_keys(self) -> frozenset[str] | None:
         return frozenset()
 
 
@@ -396,6 +453,9 @@ class Not(Bool):
 
     def columns(self) -> frozenset[str]:
         return self.arg.columns()
+
+    def claim_keys(self) -> frozenset[str] | None:
+        return self.arg.claim_keys()
 
 
 BOOL_TESTS: Final[dict[str, Callable[[bool | None], bool]]] = {
@@ -427,6 +487,9 @@ class BoolTest(Bool):
 
     def columns(self) -> frozenset[str]:
         return self.arg.columns()
+
+    def claim_keys(self) -> frozenset[str] | None:
+        return self.arg.claim_keys()
 
 
 class Junction(Bool):
@@ -477,3 +540,6 @@ class Junction(Bool):
         for arg in self.args:
             out |= arg.columns()
         return out
+
+    def claim_keys(self) -> frozenset[str] | None:
+        return claim_keys_of(*self.args)

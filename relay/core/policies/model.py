@@ -80,7 +80,9 @@ class CompiledPolicy:
     ``slow_reason`` says why a policy is not on the fast path (for logs and ``relay check``).
     ``specialize(claims)`` is ``fast`` split in two: the plan-time, claims-only part evaluated
     once (a constant verdict, or a predicate over the row; it raises where that part raises),
-    so the relay can do it once per subscriber instead of once per row.
+    so the relay can do it once per subscriber instead of once per row.  ``claim_keys``: the
+    top-level claims the predicate reads, so a claims-only policy is decided once per class of
+    claims equal on them (None when not known: every claim counts).
     """
 
     policy: Policy
@@ -91,6 +93,8 @@ class CompiledPolicy:
     columns: frozenset[str]
     slow_reason: str | None = field(default=None, compare=False)
     specialize: Callable[[Mapping[str, Any]], Any] | None = field(default=None, compare=False)
+    #: the top-level claims ``fast`` reads (None: unknown); claims equal on them are one class
+    claim_keys: frozenset[str] | None = field(default=None, compare=False)
 
 
 #: A decoded row (column -> value) and a subscriber's JWT claims, as the fast path reads them.

@@ -232,3 +232,114 @@ def test_memo_answer_from_postgres_overrides_ask() -> None:
     memo.set(0, claims_key(claims), True)
     assert memo.get(0, row(), claims, claims_key(claims)) is True
     assert memo.get(1, row(), claims, claims_key(claims)) is ASK_POSTGRES  # the other row
+
+
+def test_claims_only_policies_are_decided_once_per_class_of_claims() -> None:
+    """``TableIndex.add`` folds a claims-only policy once per class of claims (equal on the
+    claims it reads), and the candidates are exactly those of deciding every subscriber."""
+    import dataclasses
+    import itertools
+
+    calls = 0
+
+    def counted(cp: CompiledPolicy) -> CompiledPolicy:
+        fast = cp.fast
+        assert fast is not None
+
+        def count(row: Any, claims: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return fast(row, claims)
+
+        return dataclasses.replace(cp, fast=count)
+
+    roles = pol("roles", "claims->>'user_role' in ('admin', 'manager')")
+    nested = pol("nested", "(claims->'app'->>'level')::int > 2")
+    whole = pol("whole", "auth.jwt() is not null")  # reads the whole claims: no class is shared
+    assert roles.claim_keys == frozenset({"user_role"}) and nested.claim_keys == frozenset({"app"})
+    assert OWNER.claim_keys == frozenset({"sub"}) and BRANCH.claim_keys == frozenset({"branch_id"})
+    policies = (counted(roles), counted(nested), OWNER)
+    claims_set: list[dict[str, Any]] = [
+        {"role": "authenticated", "sub": f"00000000-0000-4000-8000-{k:012x}"} for k in range(50)
+    ]
+    claims_set += [
+        {"role": "authenticated", "sub": U1, "user_role": "admin"},
+        {"role": "authenticated", "sub": U1, "user_role": "guest"},
+        {"role": "authenticated", "user_role": None},  # null is not missing: its own class
+        {"role": "authenticated", "app": {"level": "3"}},
+        {"role": "authenticated", "app": {"level": 1}},
+        {"role": "authenticated", "app": {"level": "x"}},  # errs: stays a candidate
+        {"role": "authenticated", "app": {"level": float("nan")}},
+    ]
+    ti: TableIndex[int] = TableIndex()
+    for k, claims in enumerate(claims_set):
+        ti.add(k, claims, policies)
+    distinct_roles = {repr(("user_role" in c, c.get("user_role"))) for c in claims_set}
+    distinct_apps = {repr(("app" in c, c.get("app"))) for c in claims_set}
+    assert calls == len(distinct_roles) + len(distinct_apps)  # 4 + 5, not 2 x 57
+    # the same candidates as deciding every subscriber on its own
+    plain: TableIndex[int] = TableIndex()
+    for k, claims in enumerate(claims_set):
+        plain._grants_for = None  # a fresh memo for every add: nothing shared
+        plain.add(k, claims, (roles, nested, OWNER))
+    rows = [row(1, U1), row(2), row(3, "00000000-0000-4000-8000-000000000007")]
+    for r in rows:
+        got: set[int] = set()
+        want: set[int] = set()
+        ti.candidates(r, got)
+        plain.candidates(r, want)
+        assert got == want
+    # a policy reading the whole claims (``auth.jwt()``) is decided per subscriber
+    assert whole.claim_keys is None and whole.fast is not None and whole.claims_only
+    before = calls
+    ti2: TableIndex[int] = TableIndex()
+    for k, claims in enumerate(itertools.islice(claims_set, 5)):
+        ti2.add(k, claims, (counted(whole),))
+    assert calls == before + 5
+    out: set[int] = set()
+    ti2.candidates(row(1), out)
+    assert out == {0, 1, 2, 3, 4}
+    # new policies (a new tuple) start a new memo
+    before = calls
+    ti.add(0, claims_set[0], (counted(roles), OWNER))
+    assert calls == before + 1
+
+
+def test_single_comparison_policy_computes_its_index_key_once() -> None:
+    """``assignee_id = auth.uid()``: the key is ``sub`` cast once per join (the policy's fold
+    and the key were two casts), with the same keys and the same errors as folding first."""
+    from collections.abc import Iterator, Mapping
+
+    import pytest
+
+    from relay.core.policies import PolicyEvalError
+
+    class Counting(Mapping[str, Any]):
+        def __init__(self, data: dict[str, Any]) -> None:
+            self.data, self.reads = data, 0
+
+        def __getitem__(self, key: str) -> Any:
+            return self.data[key]
+
+        def get(self, key: str, default: Any = None) -> Any:
+            self.reads += 1
+            return self.data.get(key, default)
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.data)
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+    (term,) = OWNER.index
+    # a policy with more than the indexed comparison folds the whole policy first: the reference
+    (both,) = pol("both", "assignee_id = auth.uid() and claims->>'x' = 'y'").index
+    assert both.keys({"sub": U1, "x": "z"}) == frozenset()  # FALSE for these claims: no row
+    want = both.keys({"sub": U1, "x": "y"})
+    assert len(want) == 1
+    claims = Counting({"role": "authenticated", "sub": U1})
+    assert term.keys(claims) == want
+    assert claims.reads == 1
+    assert term.keys(Counting({"role": "authenticated"})) == frozenset()  # NULL: no key
+    with pytest.raises(PolicyEvalError):
+        term.keys({"role": "authenticated", "sub": "not-a-uuid"})
