@@ -45,9 +45,9 @@ from wsload import ClosedError, WsClient, cpu_seconds, rss_kib, run_wait_seconds
 
 from relay.config import Config
 from relay.core.tokens import mint
+from relay.gc_policy import tune_gc
 from relay.postgres.cluster import LocalCluster
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
-from relay.gc_policy import tune_gc
 from relay.service import start_relay
 
 SECRET = "bench-idle-secret-0123456789-0123456789"
