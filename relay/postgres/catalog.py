@@ -31,6 +31,54 @@ _CAST_SETTINGS = (
 )
 _CAST_CACHE_SIZE = 4096
 
+# A published table's columns; from Postgres 15 on, only those its column list publishes
+# (``published``) and its row filter (relay.core.publication).
+_TABLE_SQL = """
+select a.attname::text as name, t.typname::text as type,
+       (r.prattrs is null or a.attnum = any(r.prattrs::int2[])) as published,
+       p.rowfilter::text as row_filter
+from pg_catalog.pg_publication_tables p
+join pg_catalog.pg_publication pb on pb.pubname = p.pubname
+join pg_catalog.pg_namespace n on n.nspname = p.schemaname
+join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = p.tablename
+left join pg_catalog.pg_publication_rel r on r.prpubid = pb.oid and r.prrelid = c.oid
+left join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+left join pg_catalog.pg_type t on t.oid = a.atttypid
+where p.pubname = $1 and p.schemaname = $2 and p.tablename = $3
+order by a.attnum
+"""
+_TABLE_SQL_OLD = """
+select a.attname::text as name, t.typname::text as type, true as published, null::text as row_filter
+from pg_catalog.pg_publication_tables p
+join pg_catalog.pg_namespace n on n.nspname = p.schemaname
+join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = p.tablename
+left join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+left join pg_catalog.pg_type t on t.oid = a.atttypid
+where p.pubname = $1 and p.schemaname = $2 and p.tablename = $3
+order by a.attnum
+"""
+# The publication's actions, with one row per table that has a column list or a row filter.
+_RULES_SQL = """
+select pb.pubinsert, pb.pubupdate, pb.pubdelete, x.s, x.t, x.cols, x.f
+from pg_catalog.pg_publication pb
+left join lateral (
+    select p.schemaname::text as s, p.tablename::text as t,
+           case when r.prattrs is null then null else p.attnames::text[] end as cols,
+           p.rowfilter::text as f
+    from pg_catalog.pg_publication_tables p
+    join pg_catalog.pg_namespace n on n.nspname = p.schemaname
+    join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = p.tablename
+    left join pg_catalog.pg_publication_rel r on r.prpubid = pb.oid and r.prrelid = c.oid
+    where p.pubname = pb.pubname and (r.prattrs is not null or p.rowfilter is not null)
+) x on true
+where pb.pubname = $1
+"""
+_RULES_SQL_OLD = """
+select pubinsert, pubupdate, pubdelete,
+       null::text as s, null::text as t, null::text[] as cols, null::text as f
+from pg_catalog.pg_publication where pubname = $1
+"""
+
 
 def _retrieved(task: asyncio.Task[TableShape | None]) -> None:
     """Mark a shared look-up's failure as seen even when every join awaiting it went away."""
@@ -77,11 +125,14 @@ class Catalog:
         self._published: dict[tuple[str, str, str | None], tuple[float, TableShape | None]] = {}
         self._casts: dict[tuple[str, str], tuple[float, str]] = {}
         self._rules: dict[str, tuple[float, PublicationRules]] = {}
+        self.pg_major = 0  # the server's major version, known once open (column lists: 15+)
         # publication look-ups being answered: later misses of the same key await this one
         self._inflight: dict[tuple[str, str, str | None], asyncio.Task[TableShape | None]] = {}
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=10)
+        async with self._pool.acquire() as conn:  # from the connection's start-up, no query
+            self.pg_major = conn.get_server_version().major
 
     async def close(self) -> None:
         """Close the pool; never hang on connections a dead server left half-open."""
@@ -174,29 +225,11 @@ class Catalog:
             shape = TableShape(schema, "*", {}) if rows else None
         else:
             rows = await self._fetch(
-                """
-                select a.attname::text as name, t.typname::text as type
-                from pg_catalog.pg_publication_tables p
-                join pg_catalog.pg_class c on c.relname = p.tablename
-                join pg_catalog.pg_namespace n on n.oid = c.relnamespace and n.nspname = p.schemaname
-                left join pg_catalog.pg_attribute a
-                  on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-                left join pg_catalog.pg_type t on t.oid = a.atttypid
-                where p.pubname = $1 and p.schemaname = $2 and p.tablename = $3
-                order by a.attnum
-                """,
-                publication,
-                schema,
-                table,
+                _TABLE_SQL if await self._major() >= 15 else _TABLE_SQL_OLD, publication, schema, table
             )
-            cols = {r["name"]: r["type"] for r in rows if r["name"] is not None}
-            shape = None
-            if rows:
-                rules = await self.publication_rules(publication, fresh=True)  # as current as the shape
-                keep = rules.columns.get((schema, table))
-                if keep is not None:  # what the publication does not publish does not exist here
-                    cols = {name: t for name, t in cols.items() if name in keep}
-                shape = TableShape(schema, table, cols, rules.row_filters.get((schema, table)))
+            # what the publication does not publish (a column list) does not exist here
+            cols = {r["name"]: r["type"] for r in rows if r["name"] is not None and r["published"]}
+            shape = TableShape(schema, table, cols, rows[0]["row_filter"]) if rows else None
         if len(self._published) > 4096:  # probes of random names must not grow memory
             self._published.clear()
         self._published[key] = (now, shape)
@@ -262,38 +295,17 @@ class Catalog:
 
     async def publication_rules(self, publication: str, fresh: bool = False) -> PublicationRules:
         """The publication's published actions, column lists and row filters (the last two exist
-        from Postgres 15 on), cached for ``ttl`` seconds (``fresh``: read now, at a stream start)."""
+        from Postgres 15 on), cached for ``ttl`` seconds (``fresh``: read now, at a stream start).
+        One query."""
         hit = self._rules.get(publication)
         now = time.monotonic()
         if hit is not None and not fresh and now - hit[0] < self.ttl:
             return hit[1]
-        pub = await self._fetch(
-            "select pubinsert, pubupdate, pubdelete from pg_catalog.pg_publication where pubname = $1",
-            publication,
-        )
-        actions = (
-            frozenset(a for a, on in zip(("insert", "update", "delete"), pub[0].values(), strict=True) if on)
-            if pub
-            else ROW_ACTIONS
-        )
-        if await self._server_version() < 150000:  # no column lists or row filters before 15
-            rules = PublicationRules(actions=actions)
-            self._rules[publication] = (now, rules)
-            return rules
-        rows = await self._fetch(
-            """
-            select p.schemaname::text as s, p.tablename::text as t,
-                   case when r.prattrs is null then null else p.attnames::text[] end as cols,
-                   p.rowfilter::text as f
-            from pg_catalog.pg_publication_tables p
-            join pg_catalog.pg_publication pb on pb.pubname = p.pubname
-            join pg_catalog.pg_namespace n on n.nspname = p.schemaname
-            join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = p.tablename
-            left join pg_catalog.pg_publication_rel r on r.prpubid = pb.oid and r.prrelid = c.oid
-            where p.pubname = $1 and (r.prattrs is not null or p.rowfilter is not null)
-            """,
-            publication,
-        )
+        rows = await self._fetch(_RULES_SQL if await self._major() >= 15 else _RULES_SQL_OLD, publication)
+        actions = ROW_ACTIONS
+        if rows:
+            first = rows[0]
+            actions = frozenset(a for a in ("insert", "update", "delete") if first["pub" + a])
         rules = PublicationRules(
             columns={(r["s"], r["t"]): frozenset(r["cols"]) for r in rows if r["cols"] is not None},
             row_filters={(r["s"], r["t"]): r["f"] for r in rows if r["f"] is not None},
@@ -302,10 +314,15 @@ class Catalog:
         self._rules[publication] = (now, rules)
         return rules
 
-    async def _server_version(self) -> int:
-        """``server_version_num`` (column lists and row filters exist from 150000 on)."""
-        rows = await self._fetch("select pg_catalog.current_setting('server_version_num')::int as v")
-        return int(rows[0]["v"])
+    async def _major(self) -> int:
+        """The server's major version: from the pool's start-up (``open``), else asked once.
+        Never guessed: an unknown version must not fall back to ignoring column lists."""
+        if not self.pg_major:
+            rows = await self._fetch(
+                "select pg_catalog.current_setting('server_version_num')::int / 10000 as v"
+            )
+            self.pg_major = int(rows[0]["v"])
+        return self.pg_major
 
     async def published_tables(self, publication: str) -> list[tuple[str, str]]:
         rows = await self._fetch(
