@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +45,17 @@ def relay_cmd(
     if check and res.returncode != 0:
         raise AssertionError(f"relay {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
+
+
+def relay_cmds(runs: list[tuple[list[str], dict[str, str]]]) -> list[subprocess.CompletedProcess[str]]:
+    """``relay_cmd(*args, env=env)`` for each run, several at a time; results in ``runs`` order.
+
+    Why: the failure tests start a dozen independent ``relay`` processes each, and most of each
+    one's time is the interpreter starting and importing; one after another they made test_cli
+    the suite's slowest file.  Each run is still its own process with its own environment.
+    """
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda run: relay_cmd(*run[0], env=run[1]), runs))
 
 
 @pytest.mark.parametrize(
@@ -364,17 +376,21 @@ def test_bad_database_urls_fail_in_two_lines_without_the_password(kind: str) -> 
     dsn = template.format(port=_free_port())
     # every command with the URL in the environment; the --database-url flag on two of them
     runs = [(cmd, "env") for cmd in COMMANDS] + [(["migrate"], "flag"), (["tables", "list"], "flag")]
-    for cmd, how in runs:
-        env = {"RELAY_JWT_SECRET": STRONG_SECRET, "RELAY_DATABASE_URL": dsn if how == "env" else ""}
-        args = [*cmd, "--database-url", dsn] if how == "flag" else cmd
-        res = relay_cmd(*args, env=env)
+    argv = [[*cmd, "--database-url", dsn] if how == "flag" else cmd for cmd, how in runs]
+    envs = [
+        {"RELAY_JWT_SECRET": STRONG_SECRET, "RELAY_DATABASE_URL": dsn if how == "env" else ""}
+        for _, how in runs
+    ]
+    # at DEBUG the traceback is logged too (that is what DEBUG is for), still without the password
+    argv.append(["--log-level", "DEBUG", "check"])
+    envs.append({"RELAY_DATABASE_URL": dsn})
+    *results, debug = relay_cmds(list(zip(argv, envs, strict=True)))
+    for args, res in zip(argv[:-1], results, strict=True):
         out = _assert_short_and_clean(res, secrets_=(PASSWORD, STRONG_SECRET))
         assert expect in out, f"relay {' '.join(args)}:\n{out}"
         assert "RELAY_DATABASE_URL" in out or "postgresql://" in out, out  # says what to fix
-    # at DEBUG the traceback is logged too (that is what DEBUG is for), still without the password
-    res = relay_cmd("--log-level", "DEBUG", "check", env={"RELAY_DATABASE_URL": dsn})
-    out = res.stdout + res.stderr
-    assert res.returncode != 0 and expect in out and PASSWORD not in out, out
+    out = debug.stdout + debug.stderr
+    assert debug.returncode != 0 and expect in out and PASSWORD not in out, out
 
 
 def test_database_failures_against_a_real_server(pg_dsn: str) -> None:
@@ -383,10 +399,14 @@ def test_database_failures_against_a_real_server(pg_dsn: str) -> None:
         (_with_password(pg_dsn, db="no_such_db"), "no database 'no_such_db'"),
         (_with_password(pg_dsn, user="no_such_role"), "no role 'no_such_role'"),
     ]
-    for dsn, expect in cases:
-        for cmd in (["migrate"], ["check"], ["serve"], ["tables", "list"], ["tail"]):
-            res = relay_cmd(*cmd, env={**env, "RELAY_DATABASE_URL": dsn})
-            assert expect in _assert_short_and_clean(res, secrets_=(PASSWORD, STRONG_SECRET)), cmd
+    runs = [
+        (cmd, {**env, "RELAY_DATABASE_URL": dsn})
+        for dsn, _ in cases
+        for cmd in (["migrate"], ["check"], ["serve"], ["tables", "list"], ["tail"])
+    ]
+    expects = [expect for _, expect in cases for _ in range(5)]
+    for (cmd, _), expect, res in zip(runs, expects, relay_cmds(runs), strict=True):
+        assert expect in _assert_short_and_clean(res, secrets_=(PASSWORD, STRONG_SECRET)), cmd
 
 
 def test_missing_jwt_secret_and_weak_secret() -> None:
