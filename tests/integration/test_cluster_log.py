@@ -33,7 +33,7 @@ ALERTS = [{"event": "*", "schema": "public", "table": "alerts"}]
 async def cluster_node(
     dsn: str, redis_url: str, node_id: str, **overrides: Any
 ) -> AsyncIterator[RunningRelay]:
-    settings: dict[str, Any] = {"port": 0, "publication_poll_interval": 0.5, **overrides}
+    settings: dict[str, Any] = {"port": 0, "publication_poll_interval": 0.2, **overrides}
     cfg = Config(database_url=dsn, jwt_secret=SECRET, redis_url=redis_url, node_id=node_id, **settings)
     relay = await start_relay(cfg)
     try:

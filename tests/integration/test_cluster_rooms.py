@@ -65,7 +65,7 @@ async def track(c: PhoenixClient, channel: str, meta: dict[str, Any]) -> None:
 def settings(dsn: str, redis_url: str, node: str, **overrides: Any) -> Config:
     base: dict[str, Any] = {
         "port": 0,
-        "publication_poll_interval": 0.5,
+        "publication_poll_interval": 0.2,
         "redis_url": redis_url,
         "node_id": node,
         "max_events_per_second": 0,
