@@ -148,6 +148,29 @@ class PhoenixClient:
             if pred(m):
                 return m
 
+    async def collect_n(
+        self, pred: Callable[[dict[str, Any]], bool], n: int, quiet: float = 0.5, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Frames until ``n`` of them match ``pred``, then all that arrive within ``quiet`` seconds.
+
+        For "exactly these arrive": instead of listening a fixed time long enough for the
+        expected frames on a busy machine (seconds each test), wait for them, then listen
+        ``quiet`` more for anything extra (changes come in commit order, so an unwanted one
+        committed before the last expected one is already there).  Fewer than ``n`` within
+        ``timeout``: TimeoutError, naming what did arrive.
+        """
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while sum(1 for m in out if pred(m)) < n:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                out.append(await self.recv(left))
+            except TimeoutError:
+                raise TimeoutError(f"{n} matching frames expected within {timeout} s, got: {out}") from None
+        return out + await self.collect(quiet)
+
     async def collect(self, seconds: float) -> list[dict[str, Any]]:
         """All frames that arrive within ``seconds`` (for "receives nothing" assertions)."""
         out: list[dict[str, Any]] = []
