@@ -434,21 +434,28 @@ def test_missing_jwt_secret_and_weak_secret() -> None:
 def test_version_and_log_level_anywhere() -> None:
     from importlib.metadata import version
 
-    res = relay_cmd("--version", check=True)
-    assert res.stdout.strip() == f"relay {version('pg-change-relay')}"
     env = {"RELAY_JWT_SECRET": STRONG_SECRET}
-    for args in (["--log-level", "debug", "token"], ["token", "--log-level", "WARNING"]):
-        relay_cmd(*args, env=env, check=True)
-    relay_cmd("tables", "list", "--log-level", "ERROR", "--help", check=True)
-    for args in (["--log-level", "LOUD", "token"], ["token", "--log-level", "LOUD"]):
-        res = relay_cmd(*args, env=env)
+    no_env: dict[str, str] = {}
+    runs: list[tuple[list[str], dict[str, str]]] = [
+        (["--version"], no_env),
+        (["--log-level", "debug", "token"], env),
+        (["token", "--log-level", "WARNING"], env),
+        (["tables", "list", "--log-level", "ERROR", "--help"], no_env),
+        (["--log-level", "LOUD", "token"], env),
+        (["token", "--log-level", "LOUD"], env),
+        (["token"], {**env, "RELAY_LOG_LEVEL": "LOUD"}),
+        (["serve", "--no-such-flag"], no_env),
+    ]
+    res_version, *fine, loud1, loud2, loud_env, bad_flag = relay_cmds(runs)
+    for res in (res_version, *fine):
+        assert res.returncode == 0, f"{res.args} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    assert res_version.stdout.strip() == f"relay {version('pg-change-relay')}"
+    for res in (loud1, loud2):
         assert res.returncode == 2 and "'LOUD' is not a log level" in _assert_short_and_clean(
             res, secrets_=()
         )
-    res = relay_cmd("token", env={**env, "RELAY_LOG_LEVEL": "LOUD"})
-    assert res.returncode == 2 and "RELAY_LOG_LEVEL" in _assert_short_and_clean(res, secrets_=())
-    res = relay_cmd("serve", "--no-such-flag")
-    assert res.returncode == 2 and "--no-such-flag" in _assert_short_and_clean(res, secrets_=())
+    assert loud_env.returncode == 2 and "RELAY_LOG_LEVEL" in _assert_short_and_clean(loud_env, secrets_=())
+    assert bad_flag.returncode == 2 and "--no-such-flag" in _assert_short_and_clean(bad_flag, secrets_=())
 
 
 def test_serve_on_a_busy_port_is_two_lines(pg_dsn: str) -> None:
