@@ -40,8 +40,10 @@ js: $(JSDIR)/node_modules/.package-lock.json
 demo: demo-deps venv
 	$(VENV)/bin/relay demo
 
+# --durations: every CI log lists the slowest tests, so a test that creeps toward the 15-minute
+# CI line is seen (and shrunk) before the suite crosses it
 test: system-deps venv js
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 # one list of what is checked: the relay, the SDK, the tests and the benchmarks
 CHECKED := relay client_sdk tests bench

@@ -54,6 +54,10 @@ def _booking(dsn: str, branch: int) -> int:
     return int(rows[0][0])
 
 
+def _is_change(m: dict[str, Any]) -> bool:
+    return bool(m["event"] == "postgres_changes")
+
+
 def _summary(frames: list[dict[str, Any]]) -> list[tuple[str, int, bool]]:
     out = []
     for m in frames:
@@ -101,7 +105,9 @@ async def test_each_subscriber_sees_exactly_its_rows(pg_dsn: str) -> None:
             _exec, pg_dsn, "update bookings set branch_id = 2, status = 'confirmed' where id = %s", (b1,)
         )
         await asyncio.to_thread(_exec, pg_dsn, "delete from bookings where id = %s", (b1,))
-        got = {name: await c.collect(1.5) for name, c in clients.items()}
+        # every client listens over the same 1.5 s (one after another it was 6 s)
+        frames = await asyncio.gather(*(c.collect(1.5) for c in clients.values()))
+        got = dict(zip(clients, frames, strict=True))
         assert _summary(got["u1"]) == [("INSERT", b1, False), ("DELETE", b1, True)]
         assert _summary(got["u2"]) == [("INSERT", b2, False), ("UPDATE", b1, False), ("DELETE", b1, False)]
         assert _summary(got["admin"]) == [
@@ -135,7 +141,7 @@ async def test_claims_are_per_channel_on_one_socket_and_one_name(pg_dsn: str) ->
         await other.join("a", ALL_BOOKINGS)
         b1 = await asyncio.to_thread(_booking, pg_dsn, 1)
         b2 = await asyncio.to_thread(_booking, pg_dsn, 2)
-        frames = await c.collect(1.5)
+        frames = await c.collect_n(_is_change, 2)
         by_topic: dict[str, list[int]] = {}
         for m in frames:
             if m["event"] == "postgres_changes":
@@ -148,7 +154,7 @@ async def test_claims_are_per_channel_on_one_socket_and_one_name(pg_dsn: str) ->
         b3 = await asyncio.to_thread(_booking, pg_dsn, 2)
         ids = [
             (m["topic"], m["payload"]["data"]["record"]["id"])
-            for m in await c.collect(1.5)
+            for m in await c.collect_n(_is_change, 2)
             if m["event"] == "postgres_changes"
         ]
         assert sorted(ids) == [("realtime:a", b3), ("realtime:b", b3)]
@@ -166,7 +172,7 @@ async def test_poisoned_subscriber_does_not_stop_others(pg_dsn: str) -> None:
         await good.join("dash", ALL_BOOKINGS)
         b1 = await asyncio.to_thread(_booking, pg_dsn, 1)
         b2 = await asyncio.to_thread(_booking, pg_dsn, 1)
-        assert [s[1] for s in _summary(await good.collect(1.5))] == [b1, b2]
+        assert [s[1] for s in _summary(await good.collect_n(_is_change, 2))] == [b1, b2]
         errs = [m["payload"]["data"] for m in await bad.collect(0.5) if m["event"] == "postgres_changes"]
         assert len(errs) == 2
         for d in errs:
@@ -189,7 +195,7 @@ async def test_policy_changes_apply_without_restart(pg_dsn: str) -> None:
         await _settle(relay)
         assert time.monotonic() - t0 < 5
         b = await asyncio.to_thread(_booking, pg_dsn, 3)
-        assert [s[1] for s in _summary(await c.collect(1.5))] == [b]
+        assert [s[1] for s in _summary(await c.collect_n(_is_change, 1))] == [b]
         await asyncio.to_thread(
             _exec, pg_dsn, "select realtime.drop_policy('public.bookings', 'branch members')"
         )
@@ -217,6 +223,6 @@ async def test_slow_path_policy_is_evaluated_in_postgres(pg_dsn: str) -> None:
         await c.join("dash", ALL_BOOKINGS)
         await d.join("dash", ALL_BOOKINGS)
         b = await asyncio.to_thread(_booking, pg_dsn, 1)  # service 'cut'
-        assert [s[1] for s in _summary(await c.collect(1.5))] == [b]
+        assert [s[1] for s in _summary(await c.collect_n(_is_change, 1))] == [b]
         assert _summary(await d.collect(0.3)) == []
         assert relay.server.evaluator.queries >= 1

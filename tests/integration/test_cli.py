@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -46,6 +47,17 @@ def relay_cmd(
     if check and res.returncode != 0:
         raise AssertionError(f"relay {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
+
+
+def relay_cmds(runs: list[tuple[list[str], dict[str, str]]]) -> list[subprocess.CompletedProcess[str]]:
+    """``relay_cmd(*args, env=env)`` for each run, several at a time; results in ``runs`` order.
+
+    Why: the failure tests start a dozen independent ``relay`` processes each, and most of each
+    one's time is the interpreter starting and importing; one after another they made test_cli
+    the suite's slowest file.  Each run is still its own process with its own environment.
+    """
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda run: relay_cmd(*run[0], env=run[1]), runs))
 
 
 @pytest.mark.parametrize(
@@ -374,17 +386,21 @@ def test_bad_database_urls_fail_in_two_lines_without_the_password(kind: str) -> 
     dsn = template.format(port=_free_port())
     # every command with the URL in the environment; the --database-url flag on two of them
     runs = [(cmd, "env") for cmd in COMMANDS] + [(["migrate"], "flag"), (["tables", "list"], "flag")]
-    for cmd, how in runs:
-        env = {"RELAY_JWT_SECRET": STRONG_SECRET, "RELAY_DATABASE_URL": dsn if how == "env" else ""}
-        args = [*cmd, "--database-url", dsn] if how == "flag" else cmd
-        res = relay_cmd(*args, env=env)
+    argv = [[*cmd, "--database-url", dsn] if how == "flag" else cmd for cmd, how in runs]
+    envs = [
+        {"RELAY_JWT_SECRET": STRONG_SECRET, "RELAY_DATABASE_URL": dsn if how == "env" else ""}
+        for _, how in runs
+    ]
+    # at DEBUG the traceback is logged too (that is what DEBUG is for), still without the password
+    argv.append(["--log-level", "DEBUG", "check"])
+    envs.append({"RELAY_DATABASE_URL": dsn})
+    *results, debug = relay_cmds(list(zip(argv, envs, strict=True)))
+    for args, res in zip(argv[:-1], results, strict=True):
         out = _assert_short_and_clean(res, secrets_=(PASSWORD, STRONG_SECRET))
         assert expect in out, f"relay {' '.join(args)}:\n{out}"
         assert "RELAY_DATABASE_URL" in out or "postgresql://" in out, out  # says what to fix
-    # at DEBUG the traceback is logged too (that is what DEBUG is for), still without the password
-    res = relay_cmd("--log-level", "DEBUG", "check", env={"RELAY_DATABASE_URL": dsn})
-    out = res.stdout + res.stderr
-    assert res.returncode != 0 and expect in out and PASSWORD not in out, out
+    out = debug.stdout + debug.stderr
+    assert debug.returncode != 0 and expect in out and PASSWORD not in out, out
 
 
 def test_database_failures_against_a_real_server(pg_dsn: str) -> None:
@@ -393,10 +409,14 @@ def test_database_failures_against_a_real_server(pg_dsn: str) -> None:
         (_with_password(pg_dsn, db="no_such_db"), "no database 'no_such_db'"),
         (_with_password(pg_dsn, user="no_such_role"), "no role 'no_such_role'"),
     ]
-    for dsn, expect in cases:
-        for cmd in (["migrate"], ["check"], ["serve"], ["tables", "list"], ["tail"]):
-            res = relay_cmd(*cmd, env={**env, "RELAY_DATABASE_URL": dsn})
-            assert expect in _assert_short_and_clean(res, secrets_=(PASSWORD, STRONG_SECRET)), cmd
+    runs = [
+        (cmd, {**env, "RELAY_DATABASE_URL": dsn})
+        for dsn, _ in cases
+        for cmd in (["migrate"], ["check"], ["serve"], ["tables", "list"], ["tail"])
+    ]
+    expects = [expect for _, expect in cases for _ in range(5)]
+    for (cmd, _), expect, res in zip(runs, expects, relay_cmds(runs), strict=True):
+        assert expect in _assert_short_and_clean(res, secrets_=(PASSWORD, STRONG_SECRET)), cmd
 
 
 def test_missing_jwt_secret_and_weak_secret() -> None:
@@ -424,21 +444,28 @@ def test_missing_jwt_secret_and_weak_secret() -> None:
 def test_version_and_log_level_anywhere() -> None:
     from importlib.metadata import version
 
-    res = relay_cmd("--version", check=True)
-    assert res.stdout.strip() == f"relay {version('pg-change-relay')}"
     env = {"RELAY_JWT_SECRET": STRONG_SECRET}
-    for args in (["--log-level", "debug", "token"], ["token", "--log-level", "WARNING"]):
-        relay_cmd(*args, env=env, check=True)
-    relay_cmd("tables", "list", "--log-level", "ERROR", "--help", check=True)
-    for args in (["--log-level", "LOUD", "token"], ["token", "--log-level", "LOUD"]):
-        res = relay_cmd(*args, env=env)
+    no_env: dict[str, str] = {}
+    runs: list[tuple[list[str], dict[str, str]]] = [
+        (["--version"], no_env),
+        (["--log-level", "debug", "token"], env),
+        (["token", "--log-level", "WARNING"], env),
+        (["tables", "list", "--log-level", "ERROR", "--help"], no_env),
+        (["--log-level", "LOUD", "token"], env),
+        (["token", "--log-level", "LOUD"], env),
+        (["token"], {**env, "RELAY_LOG_LEVEL": "LOUD"}),
+        (["serve", "--no-such-flag"], no_env),
+    ]
+    res_version, *fine, loud1, loud2, loud_env, bad_flag = relay_cmds(runs)
+    for res in (res_version, *fine):
+        assert res.returncode == 0, f"{res.args} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    assert res_version.stdout.strip() == f"relay {version('pg-change-relay')}"
+    for res in (loud1, loud2):
         assert res.returncode == 2 and "'LOUD' is not a log level" in _assert_short_and_clean(
             res, secrets_=()
         )
-    res = relay_cmd("token", env={**env, "RELAY_LOG_LEVEL": "LOUD"})
-    assert res.returncode == 2 and "RELAY_LOG_LEVEL" in _assert_short_and_clean(res, secrets_=())
-    res = relay_cmd("serve", "--no-such-flag")
-    assert res.returncode == 2 and "--no-such-flag" in _assert_short_and_clean(res, secrets_=())
+    assert loud_env.returncode == 2 and "RELAY_LOG_LEVEL" in _assert_short_and_clean(loud_env, secrets_=())
+    assert bad_flag.returncode == 2 and "--no-such-flag" in _assert_short_and_clean(bad_flag, secrets_=())
 
 
 def test_serve_on_a_busy_port_is_two_lines(pg_dsn: str) -> None:

@@ -101,7 +101,7 @@ async def test_filters_and_event_types(pg_dsn: str) -> None:
         b1 = await asyncio.to_thread(_new_booking, pg_dsn, 1)  # not delivered (INSERT only for branch 2)
         b2 = await asyncio.to_thread(_new_booking, pg_dsn, 2)  # delivered
         await asyncio.to_thread(_exec, pg_dsn, "delete from bookings where id in (%s, %s)", (b1, b2))
-        got = [m for m in await c.collect(2.0) if _is_change(m)]
+        got = [m for m in await c.collect_n(_is_change, 2) if _is_change(m)]
         seen = [
             (
                 m["payload"]["data"]["type"],

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from relay.service import RunningRelay
 from tests.support.relay import PhoenixClient, running_relay, token
 
 pytestmark = pytest.mark.pg
@@ -57,6 +58,18 @@ async def _snapshot(
         if m["event"] == "system" and str(p.get("code", "")).startswith("snapshot_"):
             ends.append(p)
     return reply, frames, ends
+
+
+async def _policy_loaded(relay: RunningRelay, name: str, timeout: float = 10.0) -> None:
+    """Until the relay's policy store has loaded policy ``name`` on alerts.
+
+    Why not a fixed sleep of one poll interval: the store reloads as soon as the stream carries
+    the policy change, usually well before the interval, and a busy machine can take longer.
+    """
+    deadline = time.monotonic() + timeout
+    while name not in {cp.policy.name for cp in relay.server.authorizer.policies("public", "alerts")}:
+        assert time.monotonic() < deadline, f"policy {name!r} not loaded after {timeout} s"
+        await asyncio.sleep(0.05)
 
 
 def _rows(frames: list[dict[str, Any]], kind: str = "SNAPSHOT") -> list[dict[str, Any]]:
@@ -328,7 +341,7 @@ async def test_a_policy_evaluated_in_postgres_restricts_the_snapshot(pg_dsn: str
             "$e$pg_catalog.length(title) %% 2 = 0$e$, '{auditor}')",
         )
         await asyncio.to_thread(_alerts, pg_dsn, 12, 1)  # titles 'alert 1' .. 'alert 12'
-        await asyncio.sleep(2.5)  # the policy store reloads
+        await _policy_loaded(relay, "auditors")
         auditor = token("auditor")
         async with PhoenixClient.connect(relay, auditor) as c:
             _, frames, _ = await _snapshot(c, "snap", [_binding()], tok=auditor)
@@ -448,7 +461,7 @@ async def test_a_held_update_under_a_policy_evaluated_in_postgres_follows_the_ma
             "insert into alerts (branch_id, severity, kind, title) "
             "select 1, 'info', 'k', 'xx' || lpad(g::text, 6, '0') from generate_series(1, 300) g",
         )
-        await asyncio.sleep(2.5)  # the policy store reloads
+        await _policy_loaded(relay, "auditors")
         auditor = token("auditor")
         async with PhoenixClient.connect(relay, auditor) as c:
             reply = await c.join("snap", [_binding()], access_token=auditor)
@@ -536,7 +549,12 @@ async def test_a_client_that_stops_reading_loses_its_snapshot_not_its_channel(pg
         async with PhoenixClient.connect(relay) as c:
             reply = await c.join("snap", [_binding()])
             assert reply["payload"]["status"] == "ok"
-            await asyncio.sleep(4)  # not reading: the socket's buffers fill, the relay waits
+            # not reading: the socket's buffers fill, the relay waits, then gives the snapshot up
+            # (snapshot_timeout 1 s); wait for that rather than a fixed time
+            deadline = time.monotonic() + 30
+            while relay.server.snapshots.stats()["failed"] == 0:
+                assert time.monotonic() < deadline, "the relay never gave up on the stalled snapshot"
+                await asyncio.sleep(0.05)
             end = await c.recv_until(lambda m: str(m["payload"].get("code", "")).startswith("snapshot_"), 60)
             assert end["payload"]["status"] == "error" and end["payload"]["code"] == "snapshot_timeout", end
             assert "not read in time" in end["payload"]["message"]

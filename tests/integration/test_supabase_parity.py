@@ -196,7 +196,8 @@ async def test_a_column_hidden_by_select_still_drives_the_row_policy(pg_dsn: str
                 branch,
             )
             ids.append((branch, rows[0][0]))
-        got = [m["payload"]["data"] for m in await c.collect(2.0) if m["event"] == "postgres_changes"]
+        frames = await c.collect_n(lambda m: bool(m["event"] == "postgres_changes"), 2)
+        got = [m["payload"]["data"] for m in frames if m["event"] == "postgres_changes"]
         assert [d["record"] for d in got] == [{"id": i, "status": "pending"} for b, i in ids if b == 1]
 
 

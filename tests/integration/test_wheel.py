@@ -38,10 +38,14 @@ def test_relay_migrate_from_a_venv_with_only_the_wheel(tmp_path: Path, pg_dsn: s
     (wheel,) = wheels.glob("pg_change_relay-*.whl")
     venv = tmp_path / "venv"
     # The base interpreter, not the dev venv's, so nothing of the checkout is importable.
+    # Without pip of its own (ensurepip costs seconds): the dev venv's pip installs into it
+    # (`--python`), the wheel and its declared dependencies, and pip itself is never imported
+    # by the venv's interpreter, so what `relay` finds there is the wheel's content only.
     base = getattr(sys, "_base_executable", sys.executable)
-    _run([base, "-m", "venv", str(venv)], tmp_path, env, 120)
+    _run([base, "-m", "venv", "--without-pip", str(venv)], tmp_path, env, 120)
     py = venv / "bin" / "python"
-    _run([str(py), "-m", "pip", "install", "-q", str(wheel)], tmp_path, env, 600)
+    pip = [sys.executable, "-m", "pip", "--python", str(py)]
+    _run([*pip, "install", "-q", str(wheel)], tmp_path, env, 600)
     # cwd outside the repository: `relay` must come from site-packages, SQL included.
     where = _run([str(py), "-c", "import relay; print(relay.__file__)"], tmp_path, env, 60).stdout
     assert str(venv) in where and str(REPO) not in where

@@ -235,11 +235,13 @@ class Joined:
     reader: asyncio.Task[None] | None = None
 
 
-async def join(sub: Subscriber, relay_port: int, proxy_port: int, hb_interval: float = 15.0) -> Joined:
+async def join(
+    sub: Subscriber, relay_port: int, proxy_port: int, hb_interval: float = 15.0, timeout: float = 10.0
+) -> Joined:
     port = proxy_port if sub.flaky else relay_port
     tok = token(sub.role, **sub.claims)
     client = RelayClient(
-        url(port), tok, initial_backoff=0.05, max_backoff=0.5, timeout=10.0, hb_interval=hb_interval
+        url(port), tok, initial_backoff=0.05, max_backoff=0.5, timeout=timeout, hb_interval=hb_interval
     )
     channel = client.channel(sub.name)
     live = LiveTable(channel, TABLE, filter=sub.filter)
@@ -435,11 +437,16 @@ async def test_live_tables_after_resync_needed_are_the_table_again(pg_dsn: str) 
         writer.ids.extend(range(1, 61))
         joined: list[Joined] = []
         try:
-            joined = [await join(sub, relay.port, proxy.port, hb_interval=0.5) for sub in subs]
+            # handshake timeout 3 s: a reconnect attempt made into the blackhole hangs that long
+            # after the network is back (it was 10 s of the test's 13)
+            joined = [await join(sub, relay.port, proxy.port, hb_interval=0.5, timeout=3.0) for sub in subs]
             await all_ready(joined)
             proxy.blackhole(True)  # silent network: every client notices within ~1 s, cannot rejoin
             await until(lambda: not any(j.client.status.online for j in joined), 10, "all offline")
-            await asyncio.sleep(3.0)
+            # away until the writer has pushed every position they could hold out of the window
+            # (what a fixed 3 s sleep stood for): each rejoin must then be told resync_needed
+            head = relay.server.log.head
+            await until(lambda: not relay.server.log.covers(head), 30, "positions out of the window")
             proxy.blackhole(False)
             await until(lambda: all(j.live.snapshots >= 2 for j in joined), 30, "fresh snapshots")
             await asyncio.sleep(0.5)

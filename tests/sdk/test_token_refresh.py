@@ -105,7 +105,10 @@ async def test_relay_token_expiring_warning_triggers_a_refresh(pg_dsn: str, warn
         ch = client.channel("alerts").on_postgres_changes("INSERT", table="alerts", callback=lambda c: None)
         try:
             await ch.subscribe(timeout=10)
-            await asyncio.sleep(5.5)  # longer than the first token's life
+            if warning:  # past the first token's life (4 s) with a margin: no close came
+                await until(lambda: time.time() > issued[0] + 4.5 and len(issued) >= 2, 10, "a refresh")
+            else:  # the first token's life ends with the relay's close
+                await until_at_least(lambda: ch.stats.server_closes, 1, 10, "the relay's close")
         finally:
             await client.close()
     if warning:

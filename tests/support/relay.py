@@ -27,11 +27,17 @@ def token(role: str = "service_role", ttl: int = 3600, **claims: Any) -> str:
 
 @contextlib.asynccontextmanager
 async def running_relay(dsn: str, *, demo: bool = True, **overrides: Any) -> AsyncIterator[RunningRelay]:
-    """Migrate (and apply the demo schema), then run a relay on a free loopback port."""
+    """Migrate (and apply the demo schema), then run a relay on a free loopback port.
+
+    ``publication_poll_interval`` 0.2 s (not the 1 s default): the pipeline looks at its stop
+    event only between batches, and while idle a batch ends every min(0.5, poll) s, so each
+    ``stop()`` used to wait ~0.4 s for that tick (about a minute over the suite); tests that
+    enable a table on a running relay also see it sooner.
+    """
     await asyncio.to_thread(apply_migrations, dsn)
     if demo:
         await asyncio.to_thread(apply_demo_schema, dsn)
-    settings: dict[str, Any] = {"port": 0, "publication_poll_interval": 0.5, **overrides}
+    settings: dict[str, Any] = {"port": 0, "publication_poll_interval": 0.2, **overrides}
     cfg = Config(database_url=dsn, jwt_secret=SECRET, **settings)
     relay = await start_relay(cfg)
     try:
@@ -141,6 +147,29 @@ class PhoenixClient:
             m = await self.recv(left)
             if pred(m):
                 return m
+
+    async def collect_n(
+        self, pred: Callable[[dict[str, Any]], bool], n: int, quiet: float = 0.5, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Frames until ``n`` of them match ``pred``, then all that arrive within ``quiet`` seconds.
+
+        For "exactly these arrive": instead of listening a fixed time long enough for the
+        expected frames on a busy machine (seconds each test), wait for them, then listen
+        ``quiet`` more for anything extra (changes come in commit order, so an unwanted one
+        committed before the last expected one is already there).  Fewer than ``n`` within
+        ``timeout``: TimeoutError, naming what did arrive.
+        """
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while sum(1 for m in out if pred(m)) < n:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                out.append(await self.recv(left))
+            except TimeoutError:
+                raise TimeoutError(f"{n} matching frames expected within {timeout} s, got: {out}") from None
+        return out + await self.collect(quiet)
 
     async def collect(self, seconds: float) -> list[dict[str, Any]]:
         """All frames that arrive within ``seconds`` (for "receives nothing" assertions)."""
