@@ -350,6 +350,23 @@ class Pipeline:
         publication: tuple[list[tuple[str, str]], PublicationRules],
         stop: asyncio.Event,
     ) -> None:
+        next_lag_log = time.monotonic() + LAG_LOG_INTERVAL
+        # a stop ends the stream's idle wait at once (else it waited for the next idle tick)
+        stopper = asyncio.get_running_loop().create_task(stop.wait(), name="relay-pipeline-stop")
+        stopper.add_done_callback(lambda _: stream.interrupt())
+        try:
+            await self._consume_batches(stream, decoder, publication, stop, next_lag_log)
+        finally:
+            stopper.cancel()
+
+    async def _consume_batches(
+        self,
+        stream: ReplicationStream,
+        decoder: Decoder,
+        publication: tuple[list[tuple[str, str]], PublicationRules],
+        stop: asyncio.Event,
+        next_lag_log: float,
+    ) -> None:
         skipping = False
         tx_commit = Lsn(0)
         restart_after_commit = False
@@ -357,6 +374,7 @@ class Pipeline:
         unconfirmed = False
         sink = self.sink
         hand_over = sink.change
+        stats = self.stats
         decode: Callable[[bytes | str], Begin | Commit | RowChange | Message | None] = decoder.decode
         rules = publication[1]
         if rules.columns and stripper_available():
@@ -368,9 +386,6 @@ class Pipeline:
                 return decode_one(strip(payload if isinstance(payload, bytes) else payload.encode()))
 
             decode = decode_stripped
-
-        stats = self.stats
-        next_lag_log = time.monotonic() + LAG_LOG_INTERVAL
         async for batch in stream.batches(idle_timeout=min(0.5, self.poll_interval)):
             if stop.is_set():
                 return

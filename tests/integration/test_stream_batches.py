@@ -71,3 +71,22 @@ async def test_backlog_is_handed_over_in_batches_larger_than_one_read(pg_dsn: st
     # one read is ~16 KiB; the backlog (about 1.5 MB) comes in batches of up to batch_bytes
     assert max(sizes) >= 128 * 1024, sizes
     assert max(sizes) <= stream.batch_bytes + 1024 * 1024, sizes
+
+
+async def test_interrupt_ends_an_idle_wait_at_once(pg_dsn: str) -> None:
+    """A stop must not wait for the next idle tick: ``interrupt`` makes the wait yield ``[]``."""
+    await asyncio.to_thread(_setup, pg_dsn)
+    stream = ReplicationStream(pg_dsn, "interrupt", wal2json_options([("public", "wide")]), temporary=True)
+    await stream.start()
+    try:
+        batches = stream.batches(idle_timeout=60)  # without an interrupt: a minute per tick
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(anext(batches))
+        await asyncio.sleep(0.3)  # (a dry stream: its wait is armed)
+        assert not first.done()
+        stream.interrupt()
+        assert await asyncio.wait_for(first, 10) == []
+        stream.interrupt()  # nothing waits now: no effect, no error
+        await batches.aclose()
+    finally:
+        await stream.close()
