@@ -422,8 +422,11 @@ class SubscriptionIndex(Generic[S]):
         p_ids: dict[int, tuple[S, list[int]]] = {}
         for group in self._candidates(change, owners):
             for b in group:
-                m_new = b.matches_row(change.record)
-                m_old = b.matches_row(change.old_record)
+                if b.filter is None:  # matches either row: no need to build them (lazy rows)
+                    m_new = m_old = True
+                else:
+                    m_new = b.matches_row(change.record)
+                    m_old = b.matches_row(change.old_record)
                 if b.event in ("*", "UPDATE") and m_new:
                     _add(u_ids, b.owner, b.id)
                 if b.event in ("*", "UPDATE", "DELETE") and m_old:
@@ -524,11 +527,13 @@ def _columns_json(columns: tuple[Column, ...]) -> orjson.Fragment:
     return frag
 
 
-def change_payload(change: RowChange) -> dict[str, Any]:
+def change_payload(change: RowChange, raw: bool = True) -> dict[str, Any]:
     """The ``data`` object of a ``postgres_changes`` frame, in the documented shape.
 
     ``columns`` is a pre-encoded JSON fragment: serialise with :func:`relay.core.protocol.dumps`
-    (or orjson); to inspect it as data, round-trip through JSON.
+    (or orjson); to inspect it as data, round-trip through JSON.  So are ``record`` and
+    ``old_record`` when the decoder kept their JSON (:meth:`RowChange.record_json`) and ``raw``
+    is true; ``raw=False`` gives them as dicts, for code that edits them.
     """
     data: dict[str, Any] = {
         "schema": change.schema,
@@ -540,9 +545,11 @@ def change_payload(change: RowChange) -> dict[str, Any]:
         "position": change.position,
     }
     if change.action is not Action.DELETE:
-        data["record"] = change.record
+        rj = change.record_json() if raw else None
+        data["record"] = orjson.Fragment(rj) if rj is not None else change.record
     if change.action is not Action.INSERT:
-        data["old_record"] = change.old_record
+        oj = change.old_record_json() if raw else None
+        data["old_record"] = orjson.Fragment(oj) if oj is not None else change.old_record
     return data
 
 
@@ -607,9 +614,11 @@ class FrameCache:
         # back, so no depth or number can make this step fail.
         self.trimmed = bool(max_data_bytes) and len(data) > max_data_bytes
         if self.trimmed:
+            if build is change_payload:  # the trimming reads the rows: as dicts, not raw JSON
+                body = change_payload(change, raw=False)
             data = dumps(trim_change_data(body))
         self._max = max_data_bytes
-        self._data = data.decode()
+        self._data = data
         self._frames: dict[tuple[str, tuple[int, ...], str], str] = {}
         self._wire: dict[tuple[str, tuple[int, ...], str], bytes] = {}
         self._variants: dict[str, FrameCache] = {}
@@ -619,7 +628,13 @@ class FrameCache:
         key = (topic, tuple(ids), vsn)
         w = self._wire.get(key)
         if w is None:
-            w = ws_text_frame(self.frame(*key).encode())
+            # the frame's bytes straight from the encoded data (no str of it in between)
+            prefix, suffix = encode_push_prefix(topic, "postgres_changes", vsn)
+            ids_json = ",".join(map(str, key[1]))
+            text = b"".join(
+                (f'{prefix}{{"ids":[{ids_json}],"data":'.encode(), self._data, b"}", suffix.encode())
+            )
+            w = ws_text_frame(text)
             self._wire[key] = w
         return w
 
@@ -647,7 +662,7 @@ class FrameCache:
         if f is None:
             prefix, suffix = encode_push_prefix(topic, "postgres_changes", vsn)
             ids_json = ",".join(str(i) for i in key[1])
-            f = f'{prefix}{{"ids":[{ids_json}],"data":{self._data}}}{suffix}'
+            f = f'{prefix}{{"ids":[{ids_json}],"data":{self._data.decode()}}}{suffix}'
             self._frames[key] = f
         return f
 
@@ -657,7 +672,7 @@ def _variant_payload(
 ) -> dict[str, Any]:
     """``data`` for a moved-out DELETE, a moved-in UPDATE, a per-subscriber error, or a column
     selection (``record``/``old_record``/``columns`` cut to ``select`` plus the primary key)."""
-    data = change_payload(change)
+    data = change_payload(change, raw=False)
     if select is not None:
         keep = set(select).union(change.pk)
         data["columns"] = [{"name": c.name, "type": c.type} for c in change.columns if c.name in keep]

@@ -27,6 +27,7 @@ __all__ = [
     "TypeRegistry",
     "commit_timestamp",
     "numeric_text",
+    "timestamp_json",
     "timestamptz_json",
 ]
 
@@ -123,10 +124,14 @@ def timestamptz_json(v: Any) -> Any:
     return v[:10] + "T" + v[11:]
 
 
-def _timestamp(v: Any) -> Any:
+def timestamp_json(v: Any) -> Any:
+    """``2026-11-23 13:10:50.27`` -> ``2026-11-23T13:10:50.27`` (to_json's shape)."""
     if isinstance(v, str) and len(v) > 10 and v[10] == " ":
         return v[:10] + "T" + v[11:]
     return v
+
+
+_timestamp = timestamp_json
 
 
 _UNPARSED: Any = object()
