@@ -237,15 +237,13 @@ class Decoder:
             schema, table = msg.schema, msg.table
             if schema is _UNSET or table is _UNSET:
                 return _GENERIC  # the generic path raises the DecodeError naming the field
-            # Values are kept as raw JSON, which msgspec checks for syntax only: text the
-            # generic path reads differently (not UTF-8, a \uD800-\uDFFF escape) goes there.
+            # Values are kept as raw JSON, which msgspec checks for syntax (lone surrogate
+            # escapes included) but not for UTF-8: text that is not goes the generic way.
             if not raw.isascii():
                 try:
                     raw.decode()
                 except UnicodeDecodeError:
                     return _GENERIC
-            if b"\\" in raw and (b"\\ud" in raw or b"\\uD" in raw):  # memchr first: cheap
-                return _GENERIC
             cols, ident = msg.columns, msg.identity
             new: _RawRow | dict[str, Any] | None = None
             old: _RawRow | None = None
