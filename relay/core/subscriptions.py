@@ -553,6 +553,73 @@ def change_payload(change: RowChange, raw: bool = True) -> dict[str, Any]:
     return data
 
 
+# (topic, ids, vsn) -> the bytes of a postgres_changes frame before and after its ``data``
+_AROUND: dict[tuple[str, tuple[int, ...], str], tuple[bytes, bytes]] = {}
+
+# (schema, table, action, columns) -> the ``data`` object's constant pieces (see _raw_data)
+_DATA_HEADS: dict[tuple[str, str, Action, int], tuple[tuple[Column, ...], bytes, bytes, bytes]] = {}
+
+
+def _raw_data(change: RowChange) -> bytes | None:
+    """``dumps(change_payload(change))`` without the dict, when the rows are raw JSON.
+
+    Why: per change, the payload dict and its encoding were a Python-level cost as large as
+    the row's own decoding; everything but the timestamp, ``errors``, ``position`` and the rows
+    is the same for every change of a table and action, so those pieces are encoded once.
+    The bytes are those of the dict path, key for key (the differential tests compare them);
+    None when a row is not raw JSON (then the dict path runs).
+    """
+    action = change.action
+    if action is Action.INSERT:
+        rec = change.record_json()
+        if rec is None:
+            return None
+        rows = b',"record":' + rec + b"}"
+    elif action is Action.DELETE:
+        old = change.old_record_json()
+        if old is None:
+            return None
+        rows = b',"old_record":' + old + b"}"
+    else:
+        rec, old = change.record_json(), change.old_record_json()
+        if rec is None or old is None:
+            return None
+        rows = b',"record":' + rec + b',"old_record":' + old + b"}"
+    columns = change.columns
+    key = (change.schema, change.table, action, id(columns))
+    heads = _DATA_HEADS.get(key)
+    if heads is None or heads[0] is not columns:
+        heads = (
+            columns,
+            b'{"schema":'
+            + orjson.dumps(change.schema)
+            + b',"table":'
+            + orjson.dumps(change.table)
+            + b',"commit_timestamp":',
+            b',"type":"'
+            + action.value.encode()
+            + b'","columns":'
+            + orjson.dumps(_columns_json(columns))
+            + b',"errors":',
+            b',"position":',
+        )
+        if len(_DATA_HEADS) > 4096:
+            _DATA_HEADS.clear()
+        _DATA_HEADS[key] = heads
+    errors = change.errors
+    return b"".join(
+        (
+            heads[1],
+            orjson.dumps(change.commit_timestamp),
+            heads[2],
+            b"null" if errors is None else orjson.dumps(errors),
+            heads[3],
+            orjson.dumps(change.position),
+            rows,
+        )
+    )
+
+
 def repair_unencodable(change: RowChange) -> list[str]:
     """Replace the column values JSON cannot encode by ``None``, with an ``errors`` marker each.
 
@@ -601,9 +668,13 @@ class FrameCache:
         self.change = change
         build = payload or change_payload
         self.repaired: list[str] = []
+        fast = _raw_data(change) if payload is None else None
         try:
-            body = build(change)
-            data = dumps(body)
+            if fast is not None:
+                data, body = fast, None
+            else:
+                body = build(change)
+                data = dumps(body)
         except (TypeError, ValueError, RecursionError):
             self.repaired = repair_unencodable(change)
             body = build(change)
@@ -614,27 +685,31 @@ class FrameCache:
         # back, so no depth or number can make this step fail.
         self.trimmed = bool(max_data_bytes) and len(data) > max_data_bytes
         if self.trimmed:
-            if build is change_payload:  # the trimming reads the rows: as dicts, not raw JSON
+            if body is None or build is change_payload:  # trimming reads the rows as dicts
                 body = change_payload(change, raw=False)
             data = dumps(trim_change_data(body))
         self._max = max_data_bytes
         self._data = data
-        self._frames: dict[tuple[str, tuple[int, ...], str], str] = {}
+        self._frames: dict[tuple[str, tuple[int, ...], str], str] | None = None
         self._wire: dict[tuple[str, tuple[int, ...], str], bytes] = {}
-        self._variants: dict[str, FrameCache] = {}
+        self._variants: dict[str, FrameCache] | None = None
 
     def wire(self, topic: str, ids: Iterable[int], vsn: str) -> bytes:
         """The same frame as :meth:`frame`, as ready-to-write WebSocket frame bytes."""
         key = (topic, tuple(ids), vsn)
         w = self._wire.get(key)
         if w is None:
-            # the frame's bytes straight from the encoded data (no str of it in between)
-            prefix, suffix = encode_push_prefix(topic, "postgres_changes", vsn)
-            ids_json = ",".join(map(str, key[1]))
-            text = b"".join(
-                (f'{prefix}{{"ids":[{ids_json}],"data":'.encode(), self._data, b"}", suffix.encode())
-            )
-            w = ws_text_frame(text)
+            # the frame's bytes straight from the encoded data (no str of it in between), around
+            # it the frame's head and tail, which are the same for every change
+            around = _AROUND.get(key)
+            if around is None:
+                prefix, suffix = encode_push_prefix(topic, "postgres_changes", vsn)
+                ids_json = ",".join(map(str, key[1]))
+                around = (f'{prefix}{{"ids":[{ids_json}],"data":'.encode(), b"}" + suffix.encode())
+                if len(_AROUND) > 4096:
+                    _AROUND.clear()
+                _AROUND[key] = around
+            w = ws_text_frame(around[0] + self._data + around[1])
             self._wire[key] = w
         return w
 
@@ -650,6 +725,8 @@ class FrameCache:
         key = kind if error is None else f"{kind}:{error.code}:{error.policy}"
         if select is not None:
             key = f"{key}:select:" + "\x00".join(select)
+        if self._variants is None:
+            self._variants = {}
         v = self._variants.get(key)
         if v is None:
             v = FrameCache(self.change, lambda ch: _variant_payload(ch, kind, error, select), self._max)
@@ -658,6 +735,8 @@ class FrameCache:
 
     def frame(self, topic: str, ids: Iterable[int], vsn: str) -> str:
         key = (topic, tuple(ids), vsn)
+        if self._frames is None:
+            self._frames = {}
         f = self._frames.get(key)
         if f is None:
             prefix, suffix = encode_push_prefix(topic, "postgres_changes", vsn)
