@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, cast
@@ -34,9 +35,11 @@ from relay.core.changes import (
 )
 from relay.core.position import commit_of, index_of
 from relay.core.protocol import dumps
+from relay.core.sqltypes import output as _output
 from relay.core.sqltypes.arrays import identity
 from relay.core.sqltypes.output import (
     Converter,
+    RawJson,
     TypeRegistry,
     commit_timestamp,
     numeric_text,
@@ -541,6 +544,13 @@ class _Layout:
 _GENERIC_CONV = 0  # convert the parsed value, encode the result
 _TSTZ = 1  # timestamptz_json on the JSON text itself
 _TS = 2  # timestamp_json on the JSON text itself
+_JSONV = 3  # json/jsonb: the parsed text is the JSON, as it is (RawJson)
+
+# A row's timestamptz values joined by newlines (which JSON strings cannot hold raw), when every
+# one has the shape the replication session prints (ISO, UTC offset +HH) or is null: then
+# timestamptz_json is a space -> "T" and ":00" before the closing quote, for all of them at once.
+_TSTZ_ONE = rb'(?:"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,6})?[+-]\d\d"|null)'
+_TSTZ_ALL = re.compile(_TSTZ_ONE + rb"(?:\n" + _TSTZ_ONE + rb")*")
 
 
 class _RawPlan:
@@ -550,7 +560,7 @@ class _RawPlan:
     row's JSON is the template with its raw values put in the holes and joined once.
     """
 
-    __slots__ = ("convs", "late", "numerics", "template")
+    __slots__ = ("convs", "late", "numerics", "template", "tstz")
 
     def __init__(self, lay: _Layout) -> None:
         names = lay.names
@@ -561,16 +571,21 @@ class _RawPlan:
         template.append(b"}" if names else b"{}")
         self.template = template
         by_name = dict(lay.convs)
-        self.convs: list[tuple[int, int, Converter]] = []
+        self.convs: list[tuple[int, int, Converter]] = []  # all but timestamptz
         self.late: list[tuple[int, Converter]] = []
+        self.tstz: list[int] = []
         for i, name in enumerate(names):
             conv = by_name.get(name)
             if conv is None:
                 continue
-            kind = _TSTZ if conv is timestamptz_json else _TS if conv is timestamp_json else _GENERIC_CONV
-            self.convs.append((i, kind, conv))
-            if kind != _GENERIC_CONV:
+            if conv is timestamptz_json:
+                self.tstz.append(i)
                 self.late.append((i, conv))
+            elif conv is timestamp_json:
+                self.convs.append((i, _TS, conv))
+                self.late.append((i, conv))
+            else:
+                self.convs.append((i, _JSONV if conv is _output._json else _GENERIC_CONV, conv))
         # numeric columns printed bare: exact re-read of long texts (see _exact_numerics)
         self.numerics = [
             i
@@ -616,37 +631,51 @@ class _RawRow:
                 b = bytes(r)
                 if len(b) > 300 or b"e" in b or b"E" in b:
                     return None  # past a double's range: the generic path reads the whole message
+        tstz = plan.tstz
+        if tstz:
+            joined = b"\n".join([raws[i] for i in tstz])
+            if _TSTZ_ALL.fullmatch(joined) is not None:
+                texts = (joined + b"\n").replace(b" ", b"T").replace(b'"\n', b':00"\n').split(b"\n")
+                for i, text in zip(tstz, texts, strict=False):
+                    parts[2 * i + 1] = text
+            else:
+                for i in tstz:
+                    b = bytes(raws[i])
+                    # timestamptz_json on the text between the quotes (no escapes in a
+                    # timestamp); the first space is the one at [10] of the text
+                    if b.find(b" ") == 11 and len(b) >= 24 and b[0] == 34 and b.find(b"\\") < 0:
+                        b = b.replace(b" ", b"T", 1)
+                        parts[2 * i + 1] = b[:-1] + b':00"' if b[-4] in b"+-" else b
+                        continue
+                    if conv is None:
+                        conv = {}
+                    conv[i], piece = _convert(b, timestamptz_json, lay.names[i], errors)
+                    if piece is None:
+                        encoded = False
+                    else:
+                        parts[2 * i + 1] = piece
         for i, kind, fn in plan.convs:
             r = raws[i]
-            if kind == _TSTZ:
-                b = bytes(r)
-                # timestamptz_json on the text between the quotes (no escapes in a timestamp);
-                # the first space is the one at [10] of the text
-                if b.find(b" ") == 11 and len(b) >= 24 and b[0] == 34 and b.find(b"\\") < 0:
-                    b = b.replace(b" ", b"T", 1)
-                    parts[2 * i + 1] = b[:-1] + b':00"' if b[-4] in b"+-" else b
+            if kind == _JSONV:
+                text = _load(bytes(r))
+                if type(text) is str:  # the json text itself goes into the frame (RawJson)
+                    if conv is None:
+                        conv = {}
+                    conv[i] = RawJson(text)
+                    parts[2 * i + 1] = text.encode()
                     continue
             elif kind == _TS:
                 b = bytes(r)
                 if b.find(b" ") == 11 and len(b) > 12 and b[0] == 34 and b.find(b"\\") < 0:
                     parts[2 * i + 1] = b.replace(b" ", b"T", 1)
                     continue
-            v = _load(bytes(r))
-            if v is not None:
-                try:
-                    v = fn(v)
-                except Exception as exc:
-                    v = None
-                    marker = column_error(DECODE_FAILED, lay.names[i], exc)
-                    if marker not in errors:
-                        errors.append(marker)
             if conv is None:
                 conv = {}
-            conv[i] = v
-            try:
-                parts[2 * i + 1] = dumps(v)
-            except (TypeError, ValueError, RecursionError):
+            conv[i], piece = _convert(bytes(r), fn, lay.names[i], errors)
+            if piece is None:
                 encoded = False
+            else:
+                parts[2 * i + 1] = piece
         return _RawRow(lay, raws, conv, b"".join(parts) if encoded else None)  # type: ignore[arg-type]
 
     def row(self) -> dict[str, Any]:
@@ -671,6 +700,24 @@ class _RawRow:
                 if b[:1] != b'"':
                     vals[i] = _exact_number(b.decode())
         return dict(zip(lay.names, vals, strict=True))
+
+
+def _convert(raw: bytes, fn: Converter, name: str, errors: list[str]) -> tuple[Any, bytes | None]:
+    """One value the generic way: parsed, converted (a failure: None and a marker in
+    ``errors``, as :func:`_values`) and encoded (None: it cannot be, the frame encoder repairs)."""
+    v = _load(raw)
+    if v is not None:
+        try:
+            v = fn(v)
+        except Exception as exc:
+            v = None
+            marker = column_error(DECODE_FAILED, name, exc)
+            if marker not in errors:
+                errors.append(marker)
+    try:
+        return v, dumps(v)
+    except (TypeError, ValueError, RecursionError):
+        return v, None
 
 
 def _load(text: bytes) -> Any:

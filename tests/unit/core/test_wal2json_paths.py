@@ -342,6 +342,17 @@ RAW_EDGE_CASES: list[str] = [
             _col("j", "timestamp with time zone", 1184, '"2026-11-23 13:10:50+00:00:00"'),
         ],
     ),
+    # all of a row's timestamptz rewritten at once (nulls between), and a single one
+    _row(
+        "U",
+        [
+            _col("a", "timestamp with time zone", 1184, "null"),
+            _col("b", "timestamp with time zone", 1184, '"2026-11-23 13:10:50.1+00"'),
+            _col("c", "timestamp with time zone", 1184, '"1999-01-08 04:05:06-08"'),
+            _col("d", "timestamp with time zone", 1184, "null"),
+        ],
+        [_col("a", "timestamp with time zone", 1184, '"0001-01-01 00:00:00+00"')],
+    ),
     # odd identifiers: quotes, backslashes, unicode, JSON-looking names
     _row(
         "I",
