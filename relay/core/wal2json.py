@@ -560,7 +560,7 @@ class _RawPlan:
     row's JSON is the template with its raw values put in the holes and joined once.
     """
 
-    __slots__ = ("convs", "late", "numerics", "template", "tstz")
+    __slots__ = ("convs", "numerics", "template", "tstz")
 
     def __init__(self, lay: _Layout) -> None:
         names = lay.names
@@ -572,7 +572,6 @@ class _RawPlan:
         self.template = template
         by_name = dict(lay.convs)
         self.convs: list[tuple[int, int, Converter]] = []  # all but timestamptz
-        self.late: list[tuple[int, Converter]] = []
         self.tstz: list[int] = []
         for i, name in enumerate(names):
             conv = by_name.get(name)
@@ -580,10 +579,8 @@ class _RawPlan:
                 continue
             if conv is timestamptz_json:
                 self.tstz.append(i)
-                self.late.append((i, conv))
             elif conv is timestamp_json:
                 self.convs.append((i, _TS, conv))
-                self.late.append((i, conv))
             else:
                 self.convs.append((i, _JSONV if conv is _output._json else _GENERIC_CONV, conv))
         # numeric columns printed bare: exact re-read of long texts (see _exact_numerics)
@@ -606,13 +603,13 @@ class _RawRow:
     eager ``12.5``) is the same JSON value, exactly.
     """
 
-    __slots__ = ("_conv", "_lay", "_raws", "json")
+    __slots__ = ("_conv", "_lay", "_parts", "json")
 
     def __init__(
-        self, lay: _Layout, raws: list[Any], conv: dict[int, Any] | None, json_bytes: bytes | None
+        self, lay: _Layout, parts: list[Any], conv: dict[int, Any] | None, json_bytes: bytes | None
     ) -> None:
         self._lay = lay
-        self._raws = raws
+        self._parts = parts  # the row's JSON in pieces: keys, then raw or converted values
         self._conv = conv  # column index -> value already converted (generic converters)
         self.json = json_bytes  # None: a converted value did not encode; frames encode the dict
 
@@ -676,30 +673,32 @@ class _RawRow:
                 encoded = False
             else:
                 parts[2 * i + 1] = piece
-        return _RawRow(lay, raws, conv, b"".join(parts) if encoded else None)  # type: ignore[arg-type]
+        return _RawRow(lay, parts, conv, b"".join(parts) if encoded else None)  # type: ignore[arg-type]
 
     def row(self) -> dict[str, Any]:
-        """The row as a dict: what :func:`_values` gives for the same message."""
+        """The row as a dict: what :func:`_values` gives for the same message.
+
+        One parse of the row's pieces as the frame has them (timestamps already rewritten),
+        with the values converted at decode put back in place of theirs.
+        """
         lay = self._lay
-        plan = lay.plan()
-        raws = self._raws
-        vals = _load(b"[" + b",".join(raws) + b"]")
+        parts = self._parts
+        pieces = parts[1:-1:2]
         conv = self._conv
-        for i, fn in plan.late:
-            if conv is None or i not in conv:
-                v = vals[i]
-                if v is not None:
-                    vals[i] = fn(v)  # timestamp converters: str slicing, they do not fail
+        if conv:
+            for i in conv:
+                pieces[i] = b"null"  # (its piece is the encoded result, perhaps deep json)
+        vals = _load(b"[" + b",".join(pieces) + b"]")
         if conv:
             for i, v in conv.items():
                 vals[i] = v
-        for i in plan.numerics:
-            r = raws[i]
+        for i in lay.plan().numerics:
+            r = parts[2 * i + 1]
             if len(r) > 15 and vals[i] is not None:
                 b = bytes(r)
                 if b[:1] != b'"':
                     vals[i] = _exact_number(b.decode())
-        return dict(zip(lay.names, vals, strict=True))
+        return dict(zip(lay.names, vals, strict=False))  # (same length by construction)
 
 
 def _convert(raw: bytes, fn: Converter, name: str, errors: list[str]) -> tuple[Any, bytes | None]:
