@@ -447,7 +447,7 @@ def test_raw_data_is_the_dict_paths_bytes() -> None:
     dict path encodes from the same change, for every action, errors and stream id."""
     d = Decoder(fast=True)
     d.decode(B)
-    messages = [*_lines(), *RAW_EDGE_CASES]
+    messages: list[bytes | str] = [*_lines(), *RAW_EDGE_CASES]
     seen = 0
     for m in messages:
         ev = d.decode(m)
