@@ -545,6 +545,12 @@ _GENERIC_CONV = 0  # convert the parsed value, encode the result
 _TSTZ = 1  # timestamptz_json on the JSON text itself
 _TS = 2  # timestamp_json on the JSON text itself
 _JSONV = 3  # json/jsonb: the parsed text is the JSON, as it is (RawJson)
+_TEXT_ARRAY = 4  # an array of text-like elements: a simple literal is rewritten on its text
+
+# A one-dimensional array literal whose elements Postgres left unquoted (no quote, backslash,
+# brace, comma, space or control character in them), as a JSON string: its JSON is the
+# elements quoted, unless one is NULL (checked apart, case-insensitively).
+_SIMPLE_ARRAY = re.compile(rb'"\{[^\x00-\x20"\\{},]+(?:,[^\x00-\x20"\\{},]+)*\}"')
 
 # A row's timestamptz values joined by newlines (which JSON strings cannot hold raw), when every
 # one has the shape the replication session prints (ISO, UTC offset +HH) or is null: then
@@ -581,8 +587,10 @@ class _RawPlan:
                 self.tstz.append(i)
             elif conv is timestamp_json:
                 self.convs.append((i, _TS, conv))
+            elif conv is _output._json:
+                self.convs.append((i, _JSONV, conv))
             else:
-                self.convs.append((i, _JSONV if conv is _output._json else _GENERIC_CONV, conv))
+                self.convs.append((i, _TEXT_ARRAY if conv in _output.TEXT_ARRAYS else _GENERIC_CONV, conv))
         # numeric columns printed bare: exact re-read of long texts (see _exact_numerics)
         self.numerics = [
             i
@@ -665,6 +673,12 @@ class _RawRow:
                 b = bytes(r)
                 if b.find(b" ") == 11 and len(b) > 12 and b[0] == 34 and b.find(b"\\") < 0:
                     parts[2 * i + 1] = b.replace(b" ", b"T", 1)
+                    continue
+            elif kind == _TEXT_ARRAY:
+                b = bytes(r)
+                if _SIMPLE_ARRAY.fullmatch(b) is not None and b"null" not in b.lower():
+                    # parse_array's list, as JSON (row() reads it back from this piece)
+                    parts[2 * i + 1] = b'["' + b[2:-2].replace(b",", b'","') + b'"]'
                     continue
             if conv is None:
                 conv = {}

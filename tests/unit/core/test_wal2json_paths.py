@@ -399,6 +399,25 @@ RAW_EDGE_CASES: list[str] = [
             _col("d", "text[]", 1009, '"{\\"a\\\\\\"b\\",NULL}"'),
         ],
     ),
+    # text-like arrays written straight from a simple literal, and those that are not simple
+    _row(
+        "I",
+        [
+            _col("a", "text[]", 1009, '"{bench,live}"'),
+            _col("b", "text[]", 1009, '"{a}"'),
+            _col("c", "text[]", 1009, '"{NULL,x}"'),
+            _col("d", "text[]", 1009, '"{null,Null}"'),
+            _col("e", "character varying[]", 1015, '"{é,ü/x,ab}"'),
+            _col("f", "uuid[]", 2951, '"{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"'),
+            _col("g", "integer[]", 1007, '"{1,2}"'),
+            _col("h", "text[]", 1009, '"{}"'),
+            _col("i", "text[]", 1009, '"[0:1]={a,b}"'),
+            _col("j", "text[]", 1009, '"{{a,b},{c,d}}"'),
+            _col("k", "text[]", 1009, '"{a,\\"b c\\"}"'),
+            _col("l", "text[]", 1009, "null"),
+            _col("m", "bytea[]", 1001, '"{\\\\x01}"'),
+        ],
+    ),
     # control characters and escapes in text, a lone surrogate (never from Postgres)
     _row("I", [_col("s", "text", 25, json.dumps("\x00\x01\b\f\n\r\t\u2028/"))]),
     _row("I", [_col("s", "text", 25, '"\\ud800"'), _col("t", "text", 25, '"ok"')]),
