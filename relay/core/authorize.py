@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import orjson
 
+from relay.core.changes import RowChange
 from relay.core.policies import CompiledPolicy, IndexTerm, PolicyEvalError
 
 __all__ = [
@@ -350,6 +352,9 @@ class Claimant(Protocol):
     def claims_key(self) -> ClaimsKey: ...
 
 
+_UNREAD: Mapping[str, Any] = MappingProxyType({})  # VerdictMemo: a row not built yet
+
+
 class VerdictMemo:
     """Verdicts for one change, keyed by (which row, claims content).
 
@@ -357,7 +362,7 @@ class VerdictMemo:
     one evaluation.  Lives exactly as long as the change's fan-out.
     """
 
-    __slots__ = ("_auth", "_memo", "_plans", "rows", "schema", "table")
+    __slots__ = ("_auth", "_memo", "_plans", "_source", "rows", "schema", "table")
 
     def __init__(
         self,
@@ -365,10 +370,19 @@ class VerdictMemo:
         schema: str,
         table: str,
         rows: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None] = (None, None),
+        source: RowChange | None = None,
     ) -> None:
         self._auth = auth
         self.schema = schema
         self.table = table
+        # ``source``: take the rows from the change, built only when a verdict reads them (a
+        # verdict from the claims alone, e.g. service_role, never does: see RowChange)
+        if source is not None:
+            rows = (
+                _UNREAD if source.has_record else None,
+                _UNREAD if source.has_old_record else None,
+            )
+        self._source = source
         self.rows = rows  # the change's (new row, old row), for decide()
         self._memo: dict[tuple[int, ClaimsKey], Verdict] = {}
         self._plans = auth.plans(schema, table)
@@ -417,9 +431,19 @@ class VerdictMemo:
         if v is None:
             if plan.terms:
                 self._auth.evaluations += 1
+            if row is _UNREAD:
+                row = self._read(which)
             v = plan.evaluate(row)
             self._memo[mk] = v
         return v
+
+    def _read(self, which: int) -> Mapping[str, Any]:
+        """The source change's row ``which``, built now (once) and kept in ``rows``."""
+        assert self._source is not None
+        got = self._source.record if which == 0 else self._source.old_record
+        row: Mapping[str, Any] = got if got is not None else {}
+        self.rows = (row, self.rows[1]) if which == 0 else (self.rows[0], row)
+        return row
 
     def set(self, which: int, key: ClaimsKey, verdict: Verdict) -> None:
         self._memo[(which, key)] = verdict

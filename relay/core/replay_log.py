@@ -22,10 +22,9 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections.abc import Callable
-from datetime import datetime
 from typing import Final
 
-from relay.core.changes import Lsn, format_position
+from relay.core.changes import Lsn, commit_epoch, format_position
 from relay.core.position import commit_of
 
 __all__ = ["ARRIVED", "ENTRY_OVERHEAD", "RAW", "SEQ", "TIMESTAMP", "Entry", "ReplayLog"]
@@ -101,10 +100,7 @@ class ReplayLog:
         """
         if timestamp != self._ts_text:
             self._ts_text = timestamp
-            try:
-                self._ts_epoch = datetime.fromisoformat(timestamp).timestamp()
-            except ValueError:
-                self._ts_epoch = None
+            self._ts_epoch = commit_epoch(timestamp)
         now = self.clock()
         if self._ts_epoch is None:
             return now

@@ -422,8 +422,11 @@ class SubscriptionIndex(Generic[S]):
         p_ids: dict[int, tuple[S, list[int]]] = {}
         for group in self._candidates(change, owners):
             for b in group:
-                m_new = b.matches_row(change.record)
-                m_old = b.matches_row(change.old_record)
+                if b.filter is None:  # matches either row: no need to build them (lazy rows)
+                    m_new = m_old = True
+                else:
+                    m_new = b.matches_row(change.record)
+                    m_old = b.matches_row(change.old_record)
                 if b.event in ("*", "UPDATE") and m_new:
                     _add(u_ids, b.owner, b.id)
                 if b.event in ("*", "UPDATE", "DELETE") and m_old:
@@ -524,11 +527,13 @@ def _columns_json(columns: tuple[Column, ...]) -> orjson.Fragment:
     return frag
 
 
-def change_payload(change: RowChange) -> dict[str, Any]:
+def change_payload(change: RowChange, raw: bool = True) -> dict[str, Any]:
     """The ``data`` object of a ``postgres_changes`` frame, in the documented shape.
 
     ``columns`` is a pre-encoded JSON fragment: serialise with :func:`relay.core.protocol.dumps`
-    (or orjson); to inspect it as data, round-trip through JSON.
+    (or orjson); to inspect it as data, round-trip through JSON.  So are ``record`` and
+    ``old_record`` when the decoder kept their JSON (:meth:`RowChange.record_json`) and ``raw``
+    is true; ``raw=False`` gives them as dicts, for code that edits them.
     """
     data: dict[str, Any] = {
         "schema": change.schema,
@@ -540,10 +545,79 @@ def change_payload(change: RowChange) -> dict[str, Any]:
         "position": change.position,
     }
     if change.action is not Action.DELETE:
-        data["record"] = change.record
+        rj = change.record_json() if raw else None
+        data["record"] = orjson.Fragment(rj) if rj is not None else change.record
     if change.action is not Action.INSERT:
-        data["old_record"] = change.old_record
+        oj = change.old_record_json() if raw else None
+        data["old_record"] = orjson.Fragment(oj) if oj is not None else change.old_record
     return data
+
+
+# (topic, ids, vsn) -> the bytes of a postgres_changes frame before and after its ``data``
+_AROUND: dict[tuple[str, tuple[int, ...], str], tuple[bytes, bytes]] = {}
+
+# (schema, table, action, columns) -> the ``data`` object's constant pieces (see _raw_data)
+_DATA_HEADS: dict[tuple[str, str, Action, int], tuple[tuple[Column, ...], bytes, bytes, bytes]] = {}
+
+
+def _raw_data(change: RowChange) -> bytes | None:
+    """``dumps(change_payload(change))`` without the dict, when the rows are raw JSON.
+
+    Why: per change, the payload dict and its encoding were a Python-level cost as large as
+    the row's own decoding; everything but the timestamp, ``errors``, ``position`` and the rows
+    is the same for every change of a table and action, so those pieces are encoded once.
+    The bytes are those of the dict path, key for key (the differential tests compare them);
+    None when a row is not raw JSON (then the dict path runs).
+    """
+    action = change.action
+    if action is Action.INSERT:
+        rec = change.record_json()
+        if rec is None:
+            return None
+        rows = b',"record":' + rec + b"}"
+    elif action is Action.DELETE:
+        old = change.old_record_json()
+        if old is None:
+            return None
+        rows = b',"old_record":' + old + b"}"
+    else:
+        rec, old = change.record_json(), change.old_record_json()
+        if rec is None or old is None:
+            return None
+        rows = b',"record":' + rec + b',"old_record":' + old + b"}"
+    columns = change.columns
+    key = (change.schema, change.table, action, id(columns))
+    heads = _DATA_HEADS.get(key)
+    if heads is None or heads[0] is not columns:
+        heads = (
+            columns,
+            b'{"schema":'
+            + orjson.dumps(change.schema)
+            + b',"table":'
+            + orjson.dumps(change.table)
+            + b',"commit_timestamp":',
+            b',"type":"'
+            + action.value.encode()
+            + b'","columns":'
+            + orjson.dumps(_columns_json(columns))
+            + b',"errors":',
+            b',"position":',
+        )
+        if len(_DATA_HEADS) > 4096:
+            _DATA_HEADS.clear()
+        _DATA_HEADS[key] = heads
+    errors = change.errors
+    return b"".join(
+        (
+            heads[1],
+            orjson.dumps(change.commit_timestamp),
+            heads[2],
+            b"null" if errors is None else orjson.dumps(errors),
+            heads[3],
+            orjson.dumps(change.position),
+            rows,
+        )
+    )
 
 
 def repair_unencodable(change: RowChange) -> list[str]:
@@ -594,9 +668,13 @@ class FrameCache:
         self.change = change
         build = payload or change_payload
         self.repaired: list[str] = []
+        fast = _raw_data(change) if payload is None else None
         try:
-            body = build(change)
-            data = dumps(body)
+            if fast is not None:
+                data, body = fast, None
+            else:
+                body = build(change)
+                data = dumps(body)
         except (TypeError, ValueError, RecursionError):
             self.repaired = repair_unencodable(change)
             body = build(change)
@@ -607,19 +685,31 @@ class FrameCache:
         # back, so no depth or number can make this step fail.
         self.trimmed = bool(max_data_bytes) and len(data) > max_data_bytes
         if self.trimmed:
+            if body is None or build is change_payload:  # trimming reads the rows as dicts
+                body = change_payload(change, raw=False)
             data = dumps(trim_change_data(body))
         self._max = max_data_bytes
-        self._data = data.decode()
-        self._frames: dict[tuple[str, tuple[int, ...], str], str] = {}
+        self._data = data
+        self._frames: dict[tuple[str, tuple[int, ...], str], str] | None = None
         self._wire: dict[tuple[str, tuple[int, ...], str], bytes] = {}
-        self._variants: dict[str, FrameCache] = {}
+        self._variants: dict[str, FrameCache] | None = None
 
     def wire(self, topic: str, ids: Iterable[int], vsn: str) -> bytes:
         """The same frame as :meth:`frame`, as ready-to-write WebSocket frame bytes."""
         key = (topic, tuple(ids), vsn)
         w = self._wire.get(key)
         if w is None:
-            w = ws_text_frame(self.frame(*key).encode())
+            # the frame's bytes straight from the encoded data (no str of it in between), around
+            # it the frame's head and tail, which are the same for every change
+            around = _AROUND.get(key)
+            if around is None:
+                prefix, suffix = encode_push_prefix(topic, "postgres_changes", vsn)
+                ids_json = ",".join(map(str, key[1]))
+                around = (f'{prefix}{{"ids":[{ids_json}],"data":'.encode(), b"}" + suffix.encode())
+                if len(_AROUND) > 4096:
+                    _AROUND.clear()
+                _AROUND[key] = around
+            w = ws_text_frame(around[0] + self._data + around[1])
             self._wire[key] = w
         return w
 
@@ -635,6 +725,8 @@ class FrameCache:
         key = kind if error is None else f"{kind}:{error.code}:{error.policy}"
         if select is not None:
             key = f"{key}:select:" + "\x00".join(select)
+        if self._variants is None:
+            self._variants = {}
         v = self._variants.get(key)
         if v is None:
             v = FrameCache(self.change, lambda ch: _variant_payload(ch, kind, error, select), self._max)
@@ -643,11 +735,13 @@ class FrameCache:
 
     def frame(self, topic: str, ids: Iterable[int], vsn: str) -> str:
         key = (topic, tuple(ids), vsn)
+        if self._frames is None:
+            self._frames = {}
         f = self._frames.get(key)
         if f is None:
             prefix, suffix = encode_push_prefix(topic, "postgres_changes", vsn)
             ids_json = ",".join(str(i) for i in key[1])
-            f = f'{prefix}{{"ids":[{ids_json}],"data":{self._data}}}{suffix}'
+            f = f'{prefix}{{"ids":[{ids_json}],"data":{self._data.decode()}}}{suffix}'
             self._frames[key] = f
         return f
 
@@ -657,7 +751,7 @@ def _variant_payload(
 ) -> dict[str, Any]:
     """``data`` for a moved-out DELETE, a moved-in UPDATE, a per-subscriber error, or a column
     selection (``record``/``old_record``/``columns`` cut to ``select`` plus the primary key)."""
-    data = change_payload(change)
+    data = change_payload(change, raw=False)
     if select is not None:
         keep = set(select).union(change.pk)
         data["columns"] = [{"name": c.name, "type": c.type} for c in change.columns if c.name in keep]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, cast
@@ -33,8 +34,18 @@ from relay.core.changes import (
     column_error,
 )
 from relay.core.position import commit_of, index_of
+from relay.core.protocol import dumps
+from relay.core.sqltypes import output as _output
 from relay.core.sqltypes.arrays import identity
-from relay.core.sqltypes.output import Converter, TypeRegistry, commit_timestamp, numeric_text
+from relay.core.sqltypes.output import (
+    Converter,
+    RawJson,
+    TypeRegistry,
+    commit_timestamp,
+    numeric_text,
+    timestamp_json,
+    timestamptz_json,
+)
 
 __all__ = [
     "NUMBERS_AS_TEXT",
@@ -100,9 +111,17 @@ if msgspec is not None:
 
     class _Col(msgspec.Struct, gc=False):
         name: str
-        type: str = ""
         typeoid: int | None = None
-        value: Any = None
+        # the value's JSON text as wal2json printed it (a view of the message): see _RawRow.
+        # ``type`` is left out (skipped, not allocated): only a new layout reads it (_types_of)
+        value: msgspec.Raw = msgspec.Raw(b"null")
+
+    class _ColType(msgspec.Struct, gc=False):
+        type: str = ""
+
+    class _MsgTypes(msgspec.Struct, gc=False):
+        columns: list[_ColType] | None = None
+        identity: list[_ColType] | None = None
 
     class _Pk(msgspec.Struct, gc=False):
         name: str
@@ -123,6 +142,13 @@ if msgspec is not None:
         transactional: Any = False
 
     _typed_decode = msgspec.json.Decoder(_Msg).decode
+    _types_decode = msgspec.json.Decoder(_MsgTypes).decode
+
+    def _types_of(raw: bytes, side: str) -> list[str]:
+        """The ``type`` of each column of one side of a row message (a new layout only)."""
+        cols = getattr(_types_decode(raw), side)
+        return [c.type for c in cols or ()]
+
     _TYPED_ERRORS = (msgspec.DecodeError, ValueError)  # ValueError: invalid UTF-8
 
 
@@ -202,7 +228,8 @@ class Decoder:
             else:
                 event = self._decode_typed(msg, data)
                 if event is not _GENERIC:
-                    return cast("Begin | Commit | RowChange | Message | None", event)
+                    result: Begin | Commit | RowChange | Message | None = event  # (no cast(): hot)
+                    return result
         return self._decode_generic(data)
 
     def _decode_typed(self, msg: Any, data: bytes | str) -> Any:
@@ -213,36 +240,45 @@ class Decoder:
             schema, table = msg.schema, msg.table
             if schema is _UNSET or table is _UNSET:
                 return _GENERIC  # the generic path raises the DecodeError naming the field
+            # Values are kept as raw JSON, which msgspec checks for syntax (lone surrogate
+            # escapes included) but not for UTF-8: text that is not goes the generic way.
+            if not raw.isascii():
+                try:
+                    raw.decode()
+                except UnicodeDecodeError:
+                    return _GENERIC
             cols, ident = msg.columns, msg.identity
-            record: dict[str, Any] | None = None
-            old: dict[str, Any] | None = None
+            new: _RawRow | dict[str, Any] | None = None
+            old: _RawRow | None = None
             lay: _Layout | None = None
-            ilay: _Layout | None = None
             errors: list[str] = []
             if cols is not None:
-                lay = self._layout(schema, table, [c.name for c in cols], [c.typeoid for c in cols], cols)
+                lay = self._layout(
+                    schema, table, [c.name for c in cols], [c.typeoid for c in cols], (raw, "columns")
+                )
+                new = _RawRow.build(cols, lay, errors)
+                if new is None:
+                    return _GENERIC
             if ident is not None:
-                ilay = self._layout(schema, table, [c.name for c in ident], [c.typeoid for c in ident], ident)
-            # Only a table with numeric columns can need the exact re-read: the layout knows, so
-            # other tables skip the scan of the message (~1.4 us a row).
-            if (
-                ((lay is not None and lay.numeric) or (ilay is not None and ilay.numeric))
-                and not self.types.numbers_as_text
-                and _long_numeric(raw)
-            ):
-                _exact_numerics((cols, ident), raw, _col_value, _set_col_value)
-            if cols is not None and lay is not None:
-                record = _values([c.value for c in cols], lay, errors)
-            if ident is not None and ilay is not None:
-                old = _values([c.value for c in ident], ilay, errors)
-                lay, record = _complete(lay, ilay, record, old)
+                ilay = self._layout(
+                    schema, table, [c.name for c in ident], [c.typeoid for c in ident], (raw, "identity")
+                )
+                old = _RawRow.build(ident, ilay, errors)
+                if old is None:
+                    return _GENERIC
+                if lay is None:
+                    lay = ilay
+                elif new is not None and len(ilay.names) > len(lay.names):
+                    # an UPDATE's new row without its unchanged TOASTed values: completed from
+                    # the old row, as a dict (rare: not worth a raw form)
+                    lay, new = _complete(lay, ilay, cast(_RawRow, new).row(), old.row())
             pk = msg.pk
             return self._change(
                 schema,
                 table,
                 _ACTIONS[action],
                 lay,
-                record,
+                new,
                 old,
                 [p.name for p in pk] if pk else None,
                 raw,
@@ -329,7 +365,9 @@ class Decoder:
             lsn=Lsn.parse(lsn_text) if lsn_text is not None else Lsn(0),
         )
 
-    def _layout(self, schema: str, table: str, names: list[str], oids: list[Any], cols: list[Any]) -> _Layout:
+    def _layout(
+        self, schema: str, table: str, names: list[str], oids: list[Any], cols: list[Any] | tuple[bytes, str]
+    ) -> _Layout:
         """The cached column layout of a table for this message's column list.
 
         Resolving types and building :class:`Column` objects per column per row was most of the
@@ -340,7 +378,10 @@ class Decoder:
         lay = self._layouts.get(key)
         if lay is not None and lay.names == names and lay.oids == oids:
             return lay
-        types = [c.get("type", "") if type(c) is dict else c.type for c in cols]
+        if isinstance(cols, tuple):  # typed path: (message, side), its types read on demand
+            types = _types_of(*cols)
+        else:
+            types = [c.get("type", "") for c in cols]
         resolved = [self.types.resolve(o, t) for o, t in zip(oids, types, strict=True)]
         lay = _Layout(
             names,
@@ -405,8 +446,8 @@ class Decoder:
         table: str,
         action: Action,
         lay: _Layout | None,
-        record: dict[str, Any] | None,
-        old: dict[str, Any] | None,
+        record: dict[str, Any] | _RawRow | None,
+        old: dict[str, Any] | _RawRow | None,
         pk_names: list[str] | None,
         raw: bytes,
         errors: list[str],
@@ -453,7 +494,17 @@ def _complete(
 class _Layout:
     """Per-table decoding plan: names, oids, shared Column tuple, types, converters."""
 
-    __slots__ = ("_pk", "_pk_names", "column_types", "columns", "convs", "names", "numeric", "oids")
+    __slots__ = (
+        "_pk",
+        "_pk_names",
+        "_plan",
+        "column_types",
+        "columns",
+        "convs",
+        "names",
+        "numeric",
+        "oids",
+    )
 
     def __init__(
         self,
@@ -471,6 +522,14 @@ class _Layout:
         self.convs = convs
         self._pk_names: list[str] | None = None
         self._pk: tuple[str, ...] = ()
+        self._plan: _RawPlan | None = None
+
+    def plan(self) -> _RawPlan:
+        """How rows of this layout become client JSON from raw values (built once)."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = _RawPlan(self)
+        return plan
 
     def pk_of(self, names: list[str] | None) -> tuple[str, ...]:
         """The primary key column names, cached while the key stays the same."""
@@ -480,6 +539,206 @@ class _Layout:
             self._pk_names = names
             self._pk = tuple(names)
         return self._pk
+
+
+_GENERIC_CONV = 0  # convert the parsed value, encode the result
+_TSTZ = 1  # timestamptz_json on the JSON text itself
+_TS = 2  # timestamp_json on the JSON text itself
+_JSONV = 3  # json/jsonb: the parsed text is the JSON, as it is (RawJson)
+_TEXT_ARRAY = 4  # an array of text-like elements: a simple literal is rewritten on its text
+
+# A one-dimensional array literal whose elements Postgres left unquoted (no quote, backslash,
+# brace, comma, space or control character in them), as a JSON string: its JSON is the
+# elements quoted, unless one is NULL (checked apart, case-insensitively).
+_SIMPLE_ARRAY = re.compile(rb'"\{[^\x00-\x20"\\{},]+(?:,[^\x00-\x20"\\{},]+)*\}"')
+
+# A row's timestamptz values joined by newlines (which JSON strings cannot hold raw), when every
+# one has the shape the replication session prints (ISO, UTC offset +HH) or is null: then
+# timestamptz_json is a space -> "T" and ":00" before the closing quote, for all of them at once.
+_TSTZ_ONE = rb'(?:"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,6})?[+-]\d\d"|null)'
+_TSTZ_ALL = re.compile(_TSTZ_ONE + rb"(?:\n" + _TSTZ_ONE + rb")*")
+
+
+class _RawPlan:
+    """Per layout: the JSON object around the values, and which values need work.
+
+    ``template`` is ``{"<name>":`` / ``,"<name>":`` ... ``}`` with a hole after each key, so a
+    row's JSON is the template with its raw values put in the holes and joined once.
+    """
+
+    __slots__ = ("convs", "numerics", "template", "tstz")
+
+    def __init__(self, lay: _Layout) -> None:
+        names = lay.names
+        template: list[bytes | None] = []
+        for i, name in enumerate(names):
+            template.append((b"{" if i == 0 else b",") + orjson.dumps(name) + b":")
+            template.append(None)
+        template.append(b"}" if names else b"{}")
+        self.template = template
+        by_name = dict(lay.convs)
+        self.convs: list[tuple[int, int, Converter]] = []  # all but timestamptz
+        self.tstz: list[int] = []
+        for i, name in enumerate(names):
+            conv = by_name.get(name)
+            if conv is None:
+                continue
+            if conv is timestamptz_json:
+                self.tstz.append(i)
+            elif conv is timestamp_json:
+                self.convs.append((i, _TS, conv))
+            elif conv is _output._json:
+                self.convs.append((i, _JSONV, conv))
+            else:
+                self.convs.append((i, _TEXT_ARRAY if conv in _output.TEXT_ARRAYS else _GENERIC_CONV, conv))
+        # numeric columns printed bare: exact re-read of long texts (see _exact_numerics)
+        self.numerics = [
+            i
+            for i, (name, oid) in enumerate(zip(names, lay.oids, strict=True))
+            if oid == 1700 and name not in by_name
+        ]
+
+
+class _RawRow:
+    """One side of a row message kept as wal2json's value bytes (see :class:`RowChange`).
+
+    Why: most values (numbers, booleans, text, uuid, null...) are already the JSON the client
+    gets, so the row's JSON is the layout's template with the raw values spliced in; only the
+    columns whose type has a converter are decoded and converted now (their errors must be known
+    before the change is fanned out).  Timestamps, the commonest of those, are rewritten on
+    their JSON text directly.  :meth:`row` builds the dict the eager decoder would have built,
+    the first time something reads it.  A number JSON prints differently (``12.50`` for the
+    eager ``12.5``) is the same JSON value, exactly.
+    """
+
+    __slots__ = ("_conv", "_lay", "_parts", "json")
+
+    def __init__(
+        self, lay: _Layout, parts: list[Any], conv: dict[int, Any] | None, json_bytes: bytes | None
+    ) -> None:
+        self._lay = lay
+        self._parts = parts  # the row's JSON in pieces: keys, then raw or converted values
+        self._conv = conv  # column index -> value already converted (generic converters)
+        self.json = json_bytes  # None: a converted value did not encode; frames encode the dict
+
+    @staticmethod
+    def build(cols: list[Any], lay: _Layout, errors: list[str]) -> _RawRow | None:
+        """The side, or None when a value must go through the generic decoder instead."""
+        plan = lay.plan()
+        raws = [c.value for c in cols]
+        parts = plan.template.copy()
+        parts[1:-1:2] = raws
+        conv: dict[int, Any] | None = None
+        encoded = True
+        for i in plan.numerics:
+            r = raws[i]
+            if len(r) > 15:
+                b = bytes(r)
+                if len(b) > 300 or b"e" in b or b"E" in b:
+                    return None  # past a double's range: the generic path reads the whole message
+        tstz = plan.tstz
+        if tstz:
+            joined = b"\n".join([raws[i] for i in tstz])
+            if _TSTZ_ALL.fullmatch(joined) is not None:
+                texts = (joined + b"\n").replace(b" ", b"T").replace(b'"\n', b':00"\n').split(b"\n")
+                for i, text in zip(tstz, texts, strict=False):
+                    parts[2 * i + 1] = text
+            else:
+                for i in tstz:
+                    b = bytes(raws[i])
+                    # timestamptz_json on the text between the quotes (no escapes in a
+                    # timestamp); the first space is the one at [10] of the text
+                    if b.find(b" ") == 11 and len(b) >= 24 and b[0] == 34 and b.find(b"\\") < 0:
+                        b = b.replace(b" ", b"T", 1)
+                        parts[2 * i + 1] = b[:-1] + b':00"' if b[-4] in b"+-" else b
+                        continue
+                    if conv is None:
+                        conv = {}
+                    conv[i], piece = _convert(b, timestamptz_json, lay.names[i], errors)
+                    if piece is None:
+                        encoded = False
+                    else:
+                        parts[2 * i + 1] = piece
+        for i, kind, fn in plan.convs:
+            r = raws[i]
+            if kind == _JSONV:
+                text = _load(bytes(r))
+                if type(text) is str:  # the json text itself goes into the frame (RawJson)
+                    if conv is None:
+                        conv = {}
+                    conv[i] = RawJson(text)
+                    parts[2 * i + 1] = text.encode()
+                    continue
+            elif kind == _TS:
+                b = bytes(r)
+                if b.find(b" ") == 11 and len(b) > 12 and b[0] == 34 and b.find(b"\\") < 0:
+                    parts[2 * i + 1] = b.replace(b" ", b"T", 1)
+                    continue
+            elif kind == _TEXT_ARRAY:
+                b = bytes(r)
+                if _SIMPLE_ARRAY.fullmatch(b) is not None and b"null" not in b.lower():
+                    # parse_array's list, as JSON (row() reads it back from this piece)
+                    parts[2 * i + 1] = b'["' + b[2:-2].replace(b",", b'","') + b'"]'
+                    continue
+            if conv is None:
+                conv = {}
+            conv[i], piece = _convert(bytes(r), fn, lay.names[i], errors)
+            if piece is None:
+                encoded = False
+            else:
+                parts[2 * i + 1] = piece
+        return _RawRow(lay, parts, conv, b"".join(parts) if encoded else None)  # type: ignore[arg-type]
+
+    def row(self) -> dict[str, Any]:
+        """The row as a dict: what :func:`_values` gives for the same message.
+
+        One parse of the row's pieces as the frame has them (timestamps already rewritten),
+        with the values converted at decode put back in place of theirs.
+        """
+        lay = self._lay
+        parts = self._parts
+        pieces = parts[1:-1:2]
+        conv = self._conv
+        if conv:
+            for i in conv:
+                pieces[i] = b"null"  # (its piece is the encoded result, perhaps deep json)
+        vals = _load(b"[" + b",".join(pieces) + b"]")
+        if conv:
+            for i, v in conv.items():
+                vals[i] = v
+        for i in lay.plan().numerics:
+            r = parts[2 * i + 1]
+            if len(r) > 15 and vals[i] is not None:
+                b = bytes(r)
+                if b[:1] != b'"':
+                    vals[i] = _exact_number(b.decode())
+        return dict(zip(lay.names, vals, strict=False))  # (same length by construction)
+
+
+def _convert(raw: bytes, fn: Converter, name: str, errors: list[str]) -> tuple[Any, bytes | None]:
+    """One value the generic way: parsed, converted (a failure: None and a marker in
+    ``errors``, as :func:`_values`) and encoded (None: it cannot be, the frame encoder repairs)."""
+    v = _load(raw)
+    if v is not None:
+        try:
+            v = fn(v)
+        except Exception as exc:
+            v = None
+            marker = column_error(DECODE_FAILED, name, exc)
+            if marker not in errors:
+                errors.append(marker)
+    try:
+        return v, dumps(v)
+    except (TypeError, ValueError, RecursionError):
+        return v, None
+
+
+def _load(text: bytes) -> Any:
+    """JSON as the generic path reads it: orjson, or exact decimals where orjson refuses."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text, parse_float=Decimal)
 
 
 def _values(values: list[Any], lay: _Layout, errors: list[str]) -> dict[str, Any]:
@@ -529,14 +788,6 @@ def _dict_value(c: Any) -> tuple[Any, Any]:
 
 def _set_dict_value(c: Any, v: Any) -> None:
     c["value"] = v
-
-
-def _col_value(c: Any) -> tuple[Any, Any]:
-    return c.typeoid, c.value
-
-
-def _set_col_value(c: Any, v: Any) -> None:
-    c.value = v
 
 
 def _exact_numerics(

@@ -143,7 +143,7 @@ class ChangeFeed:
 
     def _decider(self, change: RowChange) -> tuple[VerdictMemo, Decide[Channel]]:
         """The verdict function route() asks, memoized per distinct claims for this change."""
-        memo = VerdictMemo(self.authorizer, change.schema, change.table, (change.record, change.old_record))
+        memo = VerdictMemo(self.authorizer, change.schema, change.table, source=change)
         return memo, memo.decide
 
     async def _dispatch_slow(
@@ -181,6 +181,10 @@ class ChangeFeed:
         out: set[Channel] = set()
         ti = self.table_index.get((change.schema, change.table))
         if ti is not None:
+            if not ti.by_key:  # nobody indexed by a column: the rows need not be built
+                if change.has_record or change.has_old_record:
+                    out |= ti.always
+                return out
             if change.record is not None:
                 ti.candidates(change.record, out)
             if change.old_record is not None:

@@ -24,7 +24,6 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -32,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from relay.core.changes import Commit
+from relay.core.changes import Commit, commit_epoch
 from relay.core.protocol import Frame
 from relay.core.quotas import Quota
 from relay.logs import audit_event
@@ -153,9 +152,8 @@ class RelayMetrics:
     def observe_commit(self, commit: Commit) -> None:
         """Once per transaction: how long after its commit it was handed to the fan-out."""
         self.transactions += 1
-        try:
-            committed = datetime.fromisoformat(commit.commit_timestamp).timestamp()
-        except ValueError:
+        committed = commit_epoch(commit.commit_timestamp)  # parsed once per transaction
+        if committed is None:
             return
         lag = self.last_lag = max(0.0, time.time() - committed)
         self.latency_counts[bisect_left(LATENCY_BUCKETS, lag)] += 1

@@ -9,6 +9,7 @@ chosen once per column type and cached, so the per-value cost is one function ca
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -27,6 +28,7 @@ __all__ = [
     "TypeRegistry",
     "commit_timestamp",
     "numeric_text",
+    "timestamp_json",
     "timestamptz_json",
 ]
 
@@ -123,10 +125,14 @@ def timestamptz_json(v: Any) -> Any:
     return v[:10] + "T" + v[11:]
 
 
-def _timestamp(v: Any) -> Any:
+def timestamp_json(v: Any) -> Any:
+    """``2026-11-23 13:10:50.27`` -> ``2026-11-23T13:10:50.27`` (to_json's shape)."""
     if isinstance(v, str) and len(v) > 10 and v[10] == " ":
         return v[:10] + "T" + v[11:]
     return v
+
+
+_timestamp = timestamp_json
 
 
 _UNPARSED: Any = object()
@@ -244,6 +250,10 @@ _ELEMENT: dict[str, Converter] = {
 }
 
 
+#: Array converters whose elements are text as printed (no element converter): the decoder may
+#: write such an array's JSON straight from a simple literal (relay/core/wal2json.py).
+TEXT_ARRAYS: weakref.WeakSet[Converter] = weakref.WeakSet()
+
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1  # orjson encodes ints in [-2**63, 2**64 - 1]; others raise
 
@@ -329,6 +339,9 @@ class TypeRegistry:
 
             def conv(v: Any, _e: Converter = elem_conv) -> Any:
                 return parse_array(v, _e) if isinstance(v, str) else v
+
+            if elem_conv is identity:
+                TEXT_ARRAYS.add(conv)
 
         elif name in ("json", "jsonb") and info is not None and info.oid not in (114, 3802):
             conv = identity  # a user type that is only named json: its text is not known to be JSON

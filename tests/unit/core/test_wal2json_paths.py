@@ -23,6 +23,15 @@ from hypothesis import strategies as st
 from relay.core.changes import RowChange
 from relay.core.protocol import dumps
 from relay.core.sqltypes import TypeRegistry
+from relay.core.subscriptions import (
+    CHANGE,
+    MOVED_IN,
+    MOVED_OUT,
+    FrameCache,
+    _raw_data,
+    change_payload,
+    snapshot_payload,
+)
 from relay.core.wal2json import PURE_ENV, Decoder, fast_available
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -252,3 +261,248 @@ def test_decoder_unit_tests_pass_on_the_pure_path() -> None:
         timeout=170,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+# -- raw rows (issue 16, "the record's JSON straight from wal2json's bytes") ---------------------
+#
+# The typed path keeps values as wal2json's JSON and splices them into frames; ``record`` is
+# built on first read.  The frames must be the same JSON as the eager (pure) path's, numbers
+# compared exactly, for every change and every variant the fan-out builds of it.
+
+
+def _exact(frame: str | bytes) -> Any:
+    return json.loads(frame, parse_float=Decimal)
+
+
+def _frames(event: Any, first_column: str | None) -> Any:
+    """Every frame the fan-out can build of ``event``, parsed exactly (or what raised)."""
+    if not isinstance(event, RowChange):
+        return event
+    out: list[Any] = []
+    for max_bytes in (0, 120):  # whole, and trimmed by the payload quota
+        cache = FrameCache(event, max_data_bytes=max_bytes)
+        out.append(
+            (
+                "plain",
+                max_bytes,
+                cache.trimmed,
+                cache.repaired,
+                _exact(cache.frame("realtime:t", [7], "1.0.0")),
+            )
+        )
+        wire = cache.wire("realtime:t", [7, 8], "2.0.0")
+        out.append(("wire", _exact(wire[2:] if wire[1] < 126 else wire[4:] if wire[1] == 126 else wire[10:])))
+        for kind in (MOVED_OUT, MOVED_IN):
+            out.append((kind, _exact(cache.variant(kind).frame("realtime:t", [7], "1.0.0"))))
+        if first_column is not None:
+            sel = cache.variant(CHANGE, select=(first_column,))
+            out.append(("select", _exact(sel.frame("realtime:t", [7], "1.0.0"))))
+    snap = FrameCache(event, snapshot_payload(CHANGE, select=None, row_type="INSERT"))
+    out.append(("snapshot", _exact(snap.frame("realtime:t", [7], "1.0.0"))))
+    # the dict, after the frames (a repair replaces unencodable values by null)
+    out.append(("rows", _typed(event.record), _typed(event.old_record), event.errors))
+    return out
+
+
+def _run_frames(decoder: Decoder, messages: list[bytes | str]) -> list[Any]:
+    out: list[Any] = []
+    for m in messages:
+        try:
+            event = decoder.decode(m)
+        except Exception as exc:
+            out.append(("raised", type(exc).__name__, str(exc)))
+            continue
+        first = event.columns[0].name if isinstance(event, RowChange) and event.columns else None
+        try:
+            out.append(_frames(event, first))
+        except Exception as exc:  # the same failure on both paths
+            out.append(("frame raised", type(exc).__name__, str(exc)))
+    return out
+
+
+def _same_frames(messages: list[bytes | str], types: TypeRegistry | None = None) -> None:
+    fast, pure = Decoder(types, fast=True), Decoder(types, fast=False)
+    assert _run_frames(fast, messages) == _run_frames(pure, messages)
+
+
+RAW_EDGE_CASES: list[str] = [
+    # timestamps: the fast text rewrite and everything it must leave to the converter
+    _row(
+        "I",
+        [
+            _col("a", "timestamp with time zone", 1184, '"2026-11-23 13:10:50+00"'),
+            _col("b", "timestamp with time zone", 1184, '"2026-11-23 13:10:50.123456+05:30"'),
+            _col("c", "timestamp with time zone", 1184, '"infinity"'),
+            _col("d", "timestamp with time zone", 1184, '"0044-03-15 12:00:00+00 BC"'),
+            _col("e", "timestamp with time zone", 1184, '"10000-01-01 00:00:00+00"'),
+            _col("f", "timestamp with time zone", 1184, "null"),
+            _col("g", "timestamp without time zone", 1114, '"2026-11-23 13:10:50.5"'),
+            _col("h", "timestamp without time zone", 1114, '"-infinity"'),
+            _col("i", "timestamp with time zone", 1184, '"2026-11-23 13:10:50\\t+00"'),
+            _col("j", "timestamp with time zone", 1184, '"2026-11-23 13:10:50+00:00:00"'),
+        ],
+    ),
+    # all of a row's timestamptz rewritten at once (nulls between), and a single one
+    _row(
+        "U",
+        [
+            _col("a", "timestamp with time zone", 1184, "null"),
+            _col("b", "timestamp with time zone", 1184, '"2026-11-23 13:10:50.1+00"'),
+            _col("c", "timestamp with time zone", 1184, '"1999-01-08 04:05:06-08"'),
+            _col("d", "timestamp with time zone", 1184, "null"),
+        ],
+        [_col("a", "timestamp with time zone", 1184, '"0001-01-01 00:00:00+00"')],
+    ),
+    # odd identifiers: quotes, backslashes, unicode, JSON-looking names
+    _row(
+        "I",
+        [
+            _col('we"ird', "integer", 23, "1"),
+            _col("back\\slash", "text", 25, '"x"'),
+            _col("ünï 😀", "jsonb", 3802, json.dumps('{"k": "\\u00e9"}')),
+            _col('":{}', "boolean", 16, "true"),
+        ],
+    ),
+    # numbers: trailing zeros, exponents, -0, huge numerics (past a double, with exponents)
+    _row(
+        "I",
+        [
+            _col("n", "numeric", 1700, "42.50"),
+            _col("z", "numeric", 1700, "0.000000000000000000001"),
+            _col("f", "double precision", 701, "1e+20"),
+            _col("g", "double precision", 701, "-0"),
+            _col("r", "real", 700, "3.4028235e+38"),
+        ],
+    ),
+    _row("I", [_col("n", "numeric", 1700, "1" + "0" * 400)]),
+    # past a double, a float beside it: the generic path reads the whole message exactly
+    _row("I", [_col("n", "numeric", 1700, "1" + "0" * 400), _col("f", "double precision", 701, "0.1")]),
+    _row("D", None, [_col("f", "double precision", 701, "0.1"), _col("n", "numeric", 1700, "-1e400")]),
+    _row(
+        "U",
+        [_col("f", "double precision", 701, "0.1")],
+        [_col("f", "double precision", 701, "0.1"), _col("n", "numeric", 1700, "-" + "9" * 320)],
+    ),
+    _row("I", [_col("n", "numeric", 1700, "1234567890123456789.5e3")]),
+    _row("I", [_col("n", "numeric", 1700, "NaN")]),
+    # deep and exact json, json that is not valid JSON text for a user type named json
+    _row("I", [_col("j", "jsonb", 3802, json.dumps("[" * 3000 + "]" * 3000))]),
+    _row("I", [_col("j", "json", 114, json.dumps('{"a": 1e400, "b": 100000000000000000001}'))]),
+    _row("I", [_col("j", "jsonb", 3802, '"not json"'), _col("k", "json", 114, "null")]),
+    # arrays, including one whose conversion fails and one whose value cannot be encoded
+    _row(
+        "I",
+        [
+            _col("a", "double precision[]", 1022, '"{NaN,-Infinity,1e+300,0.1}"'),
+            _col("b", "numeric[]", 1231, '"{NaN,Infinity,100000000000000000000000000000}"'),
+            _col("c", "integer[]", 1007, '"{1,2,x}"'),
+            _col("d", "text[]", 1009, '"{\\"a\\\\\\"b\\",NULL}"'),
+        ],
+    ),
+    # text-like arrays written straight from a simple literal, and those that are not simple
+    _row(
+        "I",
+        [
+            _col("a", "text[]", 1009, '"{bench,live}"'),
+            _col("b", "text[]", 1009, '"{a}"'),
+            _col("c", "text[]", 1009, '"{NULL,x}"'),
+            _col("d", "text[]", 1009, '"{null,Null}"'),
+            _col("e", "character varying[]", 1015, '"{é,ü/x,ab}"'),
+            _col("f", "uuid[]", 2951, '"{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"'),
+            _col("g", "integer[]", 1007, '"{1,2}"'),
+            _col("h", "text[]", 1009, '"{}"'),
+            _col("i", "text[]", 1009, '"[0:1]={a,b}"'),
+            _col("j", "text[]", 1009, '"{{a,b},{c,d}}"'),
+            _col("k", "text[]", 1009, '"{a,\\"b c\\"}"'),
+            _col("l", "text[]", 1009, "null"),
+            _col("m", "bytea[]", 1001, '"{\\\\x01}"'),
+        ],
+    ),
+    # control characters and escapes in text, a lone surrogate (never from Postgres)
+    _row("I", [_col("s", "text", 25, json.dumps("\x00\x01\b\f\n\r\t\u2028/"))]),
+    _row("I", [_col("s", "text", 25, '"\\ud800"'), _col("t", "text", 25, '"ok"')]),
+    _row("U", [_col("s", "text", 25, '"\\uDFFF"')], [_col("s", "text", 25, '"a"')]),
+    # a replica identity of the key only, and one of the full row
+    _row(
+        "U",
+        [
+            _col("id", "integer", 23, "1"),
+            _col("t", "timestamp with time zone", 1184, '"2026-11-23 13:10:50+00"'),
+        ],
+        [_col("id", "integer", 23, "1")],
+    ),
+    _row(
+        "U",
+        [_col("id", "integer", 23, "1"), _col("v", "text", 25, '"new"')],
+        [_col("id", "integer", 23, "1"), _col("v", "text", 25, '"old"')],
+    ),
+    _row("D", None, [_col("id", "integer", 23, "1"), _col("v", "jsonb", 3802, json.dumps("[1, 2]"))]),
+    _row("I", []),
+]
+
+
+def test_raw_rows_give_the_eager_frames_on_fixtures_and_edge_cases() -> None:
+    not_utf8 = _row("I", [_col("s", "text", 25, '"x"')]).encode().replace(b'"x"', b'"\xff"')
+    _same_frames([*_lines(), B, *EDGE_CASES, *RAW_EDGE_CASES, not_utf8])
+
+
+def test_raw_rows_give_the_eager_frames_with_numbers_as_text() -> None:
+    rows = [
+        _row("I", [_col("n", "numeric", 1700, '"12345678901234567890.25"'), _col("i", "int", 23, '"5"')]),
+        _row("I", [_col("f", "double precision", 701, '"NaN"'), _col("g", "real", 700, '"-Infinity"')]),
+        _row("I", [_col("n", "numeric", 1700, '"Infinity"'), _col("m", "numeric", 1700, '"-0.00"')]),
+    ]
+    _same_frames([B.decode(), *rows], TypeRegistry(numbers_as_text=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_rows(), min_size=1, max_size=4))
+def test_raw_rows_give_the_eager_frames_on_random_rows(rows: list[str]) -> None:
+    _same_frames([B.decode(), *rows])
+
+
+def test_raw_data_is_the_dict_paths_bytes() -> None:
+    """The raw rows' ``data`` (encoded without the payload dict) is byte for byte what the
+    dict path encodes from the same change, for every action, errors and stream id."""
+    d = Decoder(fast=True)
+    d.decode(B)
+    messages: list[bytes | str] = [*_lines(), *RAW_EDGE_CASES]
+    seen = 0
+    for m in messages:
+        ev = d.decode(m)
+        if not isinstance(ev, RowChange):
+            continue
+        for stream in ("", 'db"1/x'):
+            ev.stream = stream
+            fast = _raw_data(ev)
+            if fast is None:
+                continue
+            seen += 1
+            assert (
+                fast
+                == dumps(change_payload(ev))
+                == dumps(change_payload(ev, raw=False))
+                .replace(dumps(ev.record) if ev.record is not None else b"\x00", ev.record_json() or b"")
+                .replace(
+                    dumps(ev.old_record) if ev.old_record is not None else b"\x00",
+                    ev.old_record_json() or b"",
+                )
+            )
+    assert seen > 20
+
+
+def test_raw_rows_are_lazy_and_spliced() -> None:
+    """The point of the raw rows: no dict unless something reads it, and the frame carries
+    wal2json's own number text (the same JSON value as the eager ``12.5``)."""
+    d = Decoder(fast=True)
+    d.decode(B)
+    ev = d.decode(_row("I", [_col("id", "integer", 23, "1"), _col("n", "numeric", 1700, "12.50")]))
+    assert isinstance(ev, RowChange)
+    assert ev.record_json() == b'{"id":1,"n":12.50}'
+    assert ev._record is not None and type(ev._record) is not dict  # not built yet
+    assert '"record":{"id":1,"n":12.50}' in FrameCache(ev).frame("realtime:t", [1], "1.0.0")
+    assert type(ev._record) is not dict  # framing did not build it either
+    assert ev.record == {"id": 1, "n": 12.5}
+    ev.record = {"id": 2}  # replacing the row drops its raw JSON
+    assert ev.record_json() is None
+    assert '"record":{"id":2}' in FrameCache(ev).frame("realtime:t", [1], "1.0.0")
