@@ -80,13 +80,15 @@ async def test_interrupt_ends_an_idle_wait_at_once(pg_dsn: str) -> None:
     await stream.start()
     try:
         batches = stream.batches(idle_timeout=60)  # without an interrupt: a minute per tick
-        loop = asyncio.get_running_loop()
-        first = loop.create_task(anext(batches))
+
+        async def next_batch() -> list[bytes]:
+            return await anext(batches)
+
+        first = asyncio.get_running_loop().create_task(next_batch())
         await asyncio.sleep(0.3)  # (a dry stream: its wait is armed)
         assert not first.done()
         stream.interrupt()
         assert await asyncio.wait_for(first, 10) == []
         stream.interrupt()  # nothing waits now: no effect, no error
-        await batches.aclose()
     finally:
         await stream.close()
