@@ -69,16 +69,6 @@ async def _join(c: PhoenixClient, **config: Any) -> str:
     return str(sysmsg["payload"].get("position"))
 
 
-async def _changes(c: PhoenixClient, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        m = await c.recv(max(0.1, deadline - time.monotonic()))
-        if m["event"] == "postgres_changes":
-            out.append(m["payload"]["data"])
-    return out
-
-
 def _ids(changes: list[dict[str, Any]]) -> list[int]:
     return [int(d["record"]["id"]) for d in changes]
 
@@ -116,9 +106,9 @@ async def test_two_nodes_deliver_every_change_once_to_authorized_subscribers(
                 await _join(c)
             mine = await asyncio.to_thread(_alerts, pg_dsn, 5, 1)
             theirs = await asyncio.to_thread(_alerts, pg_dsn, 3, 2)
-            assert _ids(await _changes(a1, 5)) == mine
-            assert _ids(await _changes(b1, 5)) == mine
-            assert _ids(await _changes(b2, 3)) == theirs
+            assert _ids(await a1.changes(5)) == mine
+            assert _ids(await b1.changes(5)) == mine
+            assert _ids(await b2.changes(3)) == theirs
             # exactly once: nothing more arrives (the three listen over the same 0.5 s)
             for frames in await asyncio.gather(*(c.collect(0.5) for c in (a1, b1, b2))):
                 assert [m for m in frames if m["event"] == "postgres_changes"] == []
@@ -176,7 +166,7 @@ async def test_a_client_resumes_on_another_node_with_its_last_position(
         async with PhoenixClient.connect(a) as c:
             await _join(c)
             first = await asyncio.to_thread(_alerts, pg_dsn, 2)
-            got = await _changes(c, 2)
+            got = await c.changes(2)
             assert _ids(got) == first
             last = got[-1]["position"]
         missed = await asyncio.to_thread(_alerts, pg_dsn, 4)
@@ -186,10 +176,10 @@ async def test_a_client_resumes_on_another_node_with_its_last_position(
             assert _role(b) == "follower"
             async with PhoenixClient.connect(b) as c:
                 await _join(c, resume_from=last)
-                got = await _changes(c, 4)
+                got = await c.changes(4)
                 assert _ids(got) == missed
                 live = await asyncio.to_thread(_alerts, pg_dsn, 1)
-                assert _ids(await _changes(c, 1)) == live
+                assert _ids(await c.changes(1)) == live
 
 
 async def _ready(relay: RunningRelay) -> tuple[int, dict[str, Any]]:
@@ -212,7 +202,7 @@ async def test_redis_restart_with_aof_loses_nothing(pg_dsn: str, redis_server: R
         await _join(ca)
         await _join(cb)
         before = await asyncio.to_thread(_alerts, pg_dsn, 3)
-        assert _ids(await _changes(ca, 3)) == before
+        assert _ids(await ca.changes(3)) == before
         await asyncio.to_thread(redis_server.stop)
         during = await asyncio.to_thread(_alerts, pg_dsn, 3)  # captured, not yet appendable
         await _until(lambda: a.server.status.get("cluster", {}).get("redis") != "ok", 10, "redis seen down")
@@ -226,7 +216,7 @@ async def test_redis_restart_with_aof_loses_nothing(pg_dsn: str, redis_server: R
         await asyncio.to_thread(redis_server.start)
         after = await asyncio.to_thread(_alerts, pg_dsn, 2)
         for c in (ca, cb):
-            got = await _changes(c, len(during) + len(after) + (3 if c is cb else 0), timeout=30)
+            got = await c.changes(len(during) + len(after) + (3 if c is cb else 0), timeout=30)
             ids = _ids(got)
             assert ids == (before if c is cb else []) + during + after
             frames = await c.collect(0.5)
@@ -260,7 +250,7 @@ async def test_redis_restart_without_persistence_tells_every_subscriber_to_resyn
             await _join(cb)
             before = await asyncio.to_thread(_alerts, pg_dsn, 3)
             for c in (ca, cb):
-                assert _ids(await _changes(c, 3)) == before
+                assert _ids(await c.changes(3)) == before
             gen = a.cluster.follower.gen if a.cluster is not None else None
             await asyncio.to_thread(redis_server.stop)
             await asyncio.to_thread(redis_server.start)  # empty
@@ -305,11 +295,11 @@ async def test_a_node_that_missed_trimmed_entries_tells_its_subscribers_to_resyn
             await _join(ca)
             await _join(cb)
             first = await asyncio.to_thread(_alerts, pg_dsn, 2)
-            assert _ids(await _changes(ca, 2)) == first
-            assert _ids(await _changes(cb, 2)) == first
+            assert _ids(await ca.changes(2)) == first
+            assert _ids(await cb.changes(2)) == first
             proxy.stall()  # the slow node reads nothing for a while
             missed = await asyncio.to_thread(_alerts, pg_dsn, 3)
-            assert _ids(await _changes(ca, 3)) == missed  # in the log
+            assert _ids(await ca.changes(3)) == missed  # in the log
             r = Redis.from_url(redis_server.url)
             try:
                 r.xtrim(f"relay:{{{a.server.config.slot}}}:log", maxlen=1, approximate=False)
@@ -324,8 +314,8 @@ async def test_a_node_that_missed_trimmed_entries_tells_its_subscribers_to_resyn
             assert "change log lost entries" in told[0]
             assert b.cluster is not None and b.cluster.follower.gaps >= 1
             later = await asyncio.to_thread(_alerts, pg_dsn, 1)
-            assert _ids(await _changes(cb, 1)) == later  # then live again
-            assert _ids(await _changes(ca, 1)) == later
+            assert _ids(await cb.changes(1)) == later  # then live again
+            assert _ids(await ca.changes(1)) == later
             assert not [m for m in await ca.collect(0.3) if m["payload"].get("code") == "resync_needed"]
             assert a.cluster is not None and a.cluster.follower.gaps == 0
 
@@ -351,7 +341,7 @@ async def test_postgres_crash_under_a_cluster_loses_nothing(redis_server: RedisS
             await asyncio.to_thread(cluster.start)
             ids += await asyncio.to_thread(_alerts, dsn, 3)  # before the leader reconnects
             for c in (ca, cb):
-                assert _ids(await _changes(c, 6, timeout=30)) == ids
+                assert _ids(await c.changes(6, timeout=30)) == ids
                 frames = await c.collect(0.5)
                 assert [m for m in frames if m["event"] == "postgres_changes"] == []
                 assert not [m for m in frames if m["payload"].get("code") == "resync_needed"]
@@ -374,10 +364,10 @@ async def test_resume_on_a_node_that_has_not_yet_read_the_position(
             async with PhoenixClient.connect(a) as ca:
                 await _join(ca)
                 await asyncio.to_thread(_alerts, pg_dsn, 2)
-                await _changes(ca, 2)
+                await ca.changes(2)
                 proxy.stall()  # b reads nothing from here on, for now
                 seen = await asyncio.to_thread(_alerts, pg_dsn, 3)
-                got = await _changes(ca, 3)
+                got = await ca.changes(3)
                 assert _ids(got) == seen
                 last = got[-1]["position"]
             missed = await asyncio.to_thread(_alerts, pg_dsn, 2)
@@ -426,7 +416,7 @@ async def test_snapshot_on_join_works_on_every_node(
                         break
                 assert sorted(rows) == before, _role(relay)
                 later = await asyncio.to_thread(_alerts, pg_dsn, 1, 1)
-                assert _ids(await _changes(c, 1)) == later
+                assert _ids(await c.changes(1)) == later
                 before = before + later  # the next node's snapshot has it
     late = [r.getMessage() for r in caplog.records if "did not reach the fence" in r.getMessage()]
     assert not late

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import psycopg
 import pytest
@@ -43,16 +42,6 @@ def _people(dsn: str) -> None:
         "alter table flagged replica identity full",
         f"alter publication {PUB} add table flagged where (active)",
     )
-
-
-async def _changes(c: PhoenixClient, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        m = await c.recv(max(0.1, deadline - time.monotonic()))
-        if m["event"] == "postgres_changes":
-            out.append(m["payload"]["data"])
-    return out
 
 
 async def test_column_lists_and_row_filters_are_honoured_on_every_path(
@@ -86,7 +75,7 @@ async def test_column_lists_and_row_filters_are_honoured_on_every_path(
                 "update people set ssn = '333-33', name = 'Bob' where id = 2",
                 "delete from people where id = 1",
             )
-            got = await _changes(c, 3)
+            got = await c.changes(3)
             assert [d["type"] for d in got] == ["INSERT", "UPDATE", "DELETE"]
             assert got[0]["record"] == {"id": 2, "name": "Bo", "active": False}
             assert got[1]["record"] == {"id": 2, "name": "Bob", "active": False}
@@ -115,7 +104,7 @@ async def test_column_lists_and_row_filters_are_honoured_on_every_path(
                 "insert into flagged values (1, 'hidden', false), (2, 'shown?', true)",
                 "insert into people values (3, 'Cy', '444-44', true)",
             )
-            wide_got = await _changes(c, 2)  # the people insert, on both channels
+            wide_got = await c.changes(2)  # the people insert, on both channels
             assert {d["table"] for d in wide_got} == {"people"}
             assert not [m for m in await c.collect(0.5) if m["event"] == "postgres_changes"]
 
@@ -123,7 +112,7 @@ async def test_column_lists_and_row_filters_are_honoured_on_every_path(
         async with PhoenixClient.connect(relay) as r:
             reply = await r.join("again", [people], resume_from=first)
             assert reply["payload"]["status"] == "ok", reply
-            replayed = await _changes(r, 3)
+            replayed = await r.changes(3)
             assert [d["type"] for d in replayed] == ["UPDATE", "DELETE", "INSERT"]
             assert all("ssn" not in d.get("record", {}) for d in replayed)
             assert "444-44" not in str(replayed)
@@ -170,7 +159,7 @@ async def test_a_publication_of_inserts_only_sends_no_updates_or_deletes(pg_dsn:
                 "delete from alerts",
                 "insert into alerts (branch_id, severity, kind, title) values (1, 'info', 'x', 'two')",
             )
-            got = await _changes(c, 2)
+            got = await c.changes(2)
             assert [(d["type"], d["record"]["title"]) for d in got] == [("INSERT", "one"), ("INSERT", "two")]
             assert not [m for m in await c.collect(0.7) if m["event"] == "postgres_changes"]
             # the relay's own messages still flow (wal2json's actions do not filter them): a

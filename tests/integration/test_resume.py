@@ -84,18 +84,8 @@ async def _resumed_changes(c: PhoenixClient, n: int) -> tuple[list[dict[str, Any
     frames = await _until_resumed(c)
     changes = _changes(frames)
     if len(changes) < n:
-        changes += await _n_changes(c, n - len(changes))
+        changes += await c.changes(n - len(changes))
     return changes, _system(frames)[-1]
-
-
-async def _n_changes(c: PhoenixClient, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        m = await c.recv(max(0.1, deadline - time.monotonic()))
-        if m["event"] == "postgres_changes":
-            out.append(m["payload"]["data"])
-    return out
 
 
 async def test_resume_gets_exactly_the_missed_changes_it_may_see(pg_dsn: str) -> None:
@@ -104,7 +94,7 @@ async def test_resume_gets_exactly_the_missed_changes_it_may_see(pg_dsn: str) ->
         async with PhoenixClient.connect(relay, branch1) as c:
             await _join(c)
             seen = await asyncio.to_thread(_alerts, pg_dsn, 2)
-            got = await _n_changes(c, 2)
+            got = await c.changes(2)
             assert [d["record"]["id"] for d in got] == seen
             last = got[-1]["position"]
         # away: a multi-row transaction, single-row ones, rows of another branch, company-wide
@@ -123,7 +113,7 @@ async def test_resume_gets_exactly_the_missed_changes_it_may_see(pg_dsn: str) ->
             assert resumed["position"] >= positions[resumed["replayed"] - 1]
             # then live, once
             live = await asyncio.to_thread(_alerts, pg_dsn, 1)
-            got = await _n_changes(c, 1)
+            got = await c.changes(1)
             assert [d["record"]["id"] for d in got] == live
             assert _changes(await c.collect(0.5)) == []
 
@@ -154,7 +144,7 @@ async def test_switch_from_replay_to_live_under_writes_has_no_gap_or_duplicate(p
                 got = [d["record"]["id"] for d in _changes(frames)]
                 deadline = time.monotonic() + 15
                 while len(got) < len(expected) and time.monotonic() < deadline:
-                    got += [d["record"]["id"] for d in await _n_changes(c, 1)]
+                    got += [d["record"]["id"] for d in await c.changes(1)]
                 assert got == expected
                 assert _changes(await c.collect(0.5)) == []
         finally:
@@ -181,7 +171,7 @@ async def test_resume_older_than_the_window_says_resync_needed(pg_dsn: str) -> N
             assert resync["retained_from"] > start
             # it continues live from the position it was given
             live = await asyncio.to_thread(_alerts, pg_dsn, 1)
-            got = await _n_changes(c, 1)
+            got = await c.changes(1)
             assert [d["record"]["id"] for d in got] == live and got[0]["position"] > resync["position"]
         # a position inside what is still held resumes normally
         async with PhoenixClient.connect(relay) as c:
@@ -197,7 +187,7 @@ async def test_time_window_expiry_gives_resync(pg_dsn: str) -> None:
         async with PhoenixClient.connect(relay) as c:
             await _join(c)
             await asyncio.to_thread(_alerts, pg_dsn, 1)
-            last = (await _n_changes(c, 1))[0]["position"]
+            last = (await c.changes(1))[0]["position"]
         await asyncio.to_thread(_alerts, pg_dsn, 1)
         deadline = time.monotonic() + 10
         while relay.server.log.covers(parse_position(last)) and time.monotonic() < deadline:
@@ -213,7 +203,7 @@ async def test_resume_after_relay_restart_replays_from_the_slot(pg_dsn: str) -> 
         async with PhoenixClient.connect(relay) as c:
             await _join(c)
             await asyncio.to_thread(_alerts, pg_dsn, 2)
-            last = (await _n_changes(c, 2))[-1]["position"]
+            last = (await c.changes(2))[-1]["position"]
         after_client = await asyncio.to_thread(_alerts, pg_dsn, 2)
     # relay down: these are committed with nobody reading
     while_down = await asyncio.to_thread(_alerts, pg_dsn, 3)
@@ -230,7 +220,7 @@ async def test_resume_after_relay_restart_replays_from_the_slot(pg_dsn: str) -> 
             # a fresh join after the restart does not get the replayed history
             assert _changes(await fresh.collect(0.5)) == []
             live = await asyncio.to_thread(_alerts, pg_dsn, 1)
-            assert [d["record"]["id"] for d in await _n_changes(fresh, 1)] == live
+            assert [d["record"]["id"] for d in await fresh.changes(1)] == live
 
 
 async def test_tx_end_marks_each_transaction(pg_dsn: str) -> None:
@@ -286,7 +276,7 @@ async def test_lost_slot_is_recreated_and_subscribers_told_to_resync(pg_dsn: str
         msg = await c.recv_until(lambda m: m["event"] == "system", timeout=20)
         assert msg["payload"]["code"] == "resync_needed" and "slot was lost" in msg["payload"]["message"]
         live = await asyncio.to_thread(_alerts, pg_dsn, 1)
-        assert [d["record"]["id"] for d in await _n_changes(c, 1, timeout=20)] == live
+        assert [d["record"]["id"] for d in await c.changes(1, timeout=20)] == live
 
 
 async def test_slot_is_confirmed_only_to_the_window(pg_dsn: str) -> None:
@@ -296,15 +286,15 @@ async def test_slot_is_confirmed_only_to_the_window(pg_dsn: str) -> None:
     async with running_relay(pg_dsn) as relay, PhoenixClient.connect(relay) as c:
         await _join(c)
         await asyncio.to_thread(_alerts, pg_dsn, 1)
-        first = (await _n_changes(c, 1))[0]["position"]
+        first = (await c.changes(1))[0]["position"]
         await asyncio.to_thread(_alerts, pg_dsn, 1)
-        await _n_changes(c, 1)
+        await c.changes(1)
         await asyncio.sleep(1.5)  # status updates go out every second
         assert confirmed() <= parse_position(first) >> 32  # the window's oldest commit is kept
     async with running_relay(pg_dsn, resume_window=0) as relay, PhoenixClient.connect(relay) as c:
         await _join(c)
         await asyncio.to_thread(_alerts, pg_dsn, 1)
-        last = (await _n_changes(c, 1))[0]["position"]
+        last = (await c.changes(1))[0]["position"]
         deadline = time.monotonic() + 5
         while confirmed() <= parse_position(last) >> 32:  # no window: confirmed past it
             assert time.monotonic() < deadline

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_resume import _alerts, _changes, _join, _n_changes, _system, _until_resumed
+from tests.integration.test_resume import _alerts, _changes, _join, _system, _until_resumed
 from tests.support.relay import PhoenixClient, running_relay, token
 
 pytestmark = pytest.mark.pg
@@ -52,7 +52,7 @@ async def test_resume_position_on_the_binding_objects(pg_dsn: str) -> None:
         async with PhoenixClient.connect(relay, branch1) as c:
             await _join(c)
             await asyncio.to_thread(_alerts, pg_dsn, 2)
-            last = (await _n_changes(c, 2))[-1]["position"]
+            last = (await c.changes(2))[-1]["position"]
         missed = await asyncio.to_thread(_alerts, pg_dsn, 3)
         async with PhoenixClient.connect(relay, branch1) as c:
             binding = {**ALERTS, "resume_from": last, "tx_end": True}
@@ -65,7 +65,7 @@ async def test_resume_position_on_the_binding_objects(pg_dsn: str) -> None:
             got = _changes(frames)
             deadline = time.monotonic() + 10
             while len(got) < len(missed) and time.monotonic() < deadline:
-                got += await _n_changes(c, 1)
+                got += await c.changes(1)
             assert [d["record"]["id"] for d in got] == missed
             assert _system(frames)[-1]["resumed_from"] == last
             # tx_end requested on the binding: the transaction's end follows its rows
@@ -79,7 +79,7 @@ async def test_earliest_binding_position_wins_and_bad_positions_are_refused(pg_d
         async with PhoenixClient.connect(relay) as c:
             await _join(c)
             await asyncio.to_thread(_alerts, pg_dsn, 2, 1, False)
-            first, second = await _n_changes(c, 2)
+            first, second = await c.changes(2)
         async with PhoenixClient.connect(relay) as c:
             bindings = [
                 {**ALERTS, "event": "INSERT", "resume_from": second["position"]},

@@ -148,6 +148,16 @@ class PhoenixClient:
             if pred(m):
                 return m
 
+    async def changes(self, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """The ``data`` of the next ``n`` ``postgres_changes`` frames (other frames skipped)."""
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            m = await self.recv(max(0.1, deadline - time.monotonic()))
+            if m["event"] == "postgres_changes":
+                out.append(m["payload"]["data"])
+        return out
+
     async def collect_n(
         self, pred: Callable[[dict[str, Any]], bool], n: int, quiet: float = 0.5, timeout: float = 10.0
     ) -> list[dict[str, Any]]:
