@@ -9,7 +9,8 @@ The layers, lowest first (a module may import its own layer and the layers below
 
 ====  =====================================================  ====================================
  0    ``relay.core.*``                                       pure logic and value types, no I/O
- 1    ``relay.config``, ``relay.logs``, ``relay.redact``     settings and logging helpers
+ 1    ``relay.config``, ``relay.logs``, ``relay.redact``,    settings, logging and process helpers
+      ``relay.gc_policy``
  2    ``relay.postgres.*``                                   everything that talks to Postgres
  3    ``relay.pipeline``                                     WAL stream -> ChangeSink
  4    ``relay.server.*``                                     WebSocket/HTTP serving
@@ -39,6 +40,7 @@ LAYERS: dict[str, int] = {
     "relay.config": 1,
     "relay.logs": 1,
     "relay.redact": 1,
+    "relay.gc_policy": 1,  # the process's GC settings (relay serve, each worker)
     "relay.postgres": 2,
     "relay.pipeline": 3,
     "relay.cluster": 4,  # cluster mode (issue 17): capture leader, change log, followers; wired by service
