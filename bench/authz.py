@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from idle_sockets import raise_nofile
 from tablerow import emit
-from wsload import ClosedError, WsClient, run_wait_seconds
+from wsload import ClosedError, join_bookings, run_wait_seconds
 
 from relay.config import Config
 from relay.core.tokens import mint
@@ -182,14 +182,7 @@ async def _clients(port: int, tokens: list[str], pipe: Connection) -> None:
 
     async def _one(tok: str, ready: asyncio.Event) -> None:
         nonlocal received
-        c = await WsClient.connect(
-            "127.0.0.1", port, "/realtime/v1/websocket", {"apikey": tok, "vsn": "2.0.0"}
-        )
-        c.send_text(
-            '["1","1","realtime:dash","phx_join",{"config":{"postgres_changes":'
-            '[{"event":"*","schema":"public","table":"bookings"}]}}]'
-        )
-        await asyncio.wait_for(c.recv(), 30)
+        c = await join_bookings(port, tok)
         ready.set()
         while not done.is_set():
             try:

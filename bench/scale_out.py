@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from authz import POLICIES, SECRET, audience, make_backlog, subscriber_tokens, take_slot
 from idle_sockets import raise_nofile
 from tablerow import emit
-from wsload import ClosedError, WsClient, cpu_seconds, run_wait_seconds
+from wsload import ClosedError, cpu_seconds, join_bookings, run_wait_seconds
 
 from relay.postgres.cluster import LocalCluster, free_port
 from relay.postgres.migrate import apply_demo_schema, apply_migrations
@@ -190,14 +190,7 @@ async def _clients(ports: list[int], tokens: list[str], pipe: Connection) -> Non
     async def one(port: int, tok: str, ready: asyncio.Event) -> None:
         nonlocal received, first, last
         try:
-            c = await WsClient.connect(
-                "127.0.0.1", port, "/realtime/v1/websocket", {"apikey": tok, "vsn": "2.0.0"}
-            )
-            c.send_text(
-                '["1","1","realtime:dash","phx_join",{"config":{"postgres_changes":'
-                '[{"event":"*","schema":"public","table":"bookings"}]}}]'
-            )
-            await asyncio.wait_for(c.recv(), 30)
+            c = await join_bookings(port, tok)
             ready.set()
             while not done.is_set():
                 try:

@@ -128,6 +128,21 @@ class WsClient:
         self.writer.close()
 
 
+BOOKINGS_JOIN = (
+    '["1","1","realtime:dash","phx_join",{"config":{"postgres_changes":'
+    '[{"event":"*","schema":"public","table":"bookings"}]}}]'
+)
+
+
+async def join_bookings(port: int, token: str, timeout: float = 30) -> WsClient:
+    """A vsn 2.0.0 socket on loopback ``port`` joined to every change of ``public.bookings``
+    (the fan-out benches' subscriber), once the join's reply has arrived."""
+    c = await WsClient.connect("127.0.0.1", port, "/realtime/v1/websocket", {"apikey": token, "vsn": "2.0.0"})
+    c.send_text(BOOKINGS_JOIN)
+    await asyncio.wait_for(c.recv(), timeout)
+    return c
+
+
 def cpu_seconds(pid: int | None = None) -> float | None:
     """User + system CPU seconds of a process (default: this one) from /proc; None if it is gone."""
     try:
