@@ -38,6 +38,13 @@ def client_for(relay: ScriptedRelay) -> RelayClient:
     return RelayClient(relay.url, token(), **FAST)
 
 
+async def _rejoin_after_drop(relay: ScriptedRelay) -> Any:
+    """Drop the client's socket and return the ``phx_join`` it sends when it reconnects."""
+    n = len(relay.frames)
+    await relay.drop()
+    return await relay.next_frame("phx_join", n)
+
+
 def config(frame: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = frame.payload["config"]
     return cfg
@@ -95,9 +102,7 @@ async def test_rows_marker_then_changes_in_order_and_the_marker_is_the_resume_po
         assert await asyncio.wait_for(plain_stream.__anext__(), 2) == seen[3]
         assert len(plain_stream) == 0
         # After the marker a reconnect resumes from the channel's position, asking nothing again.
-        n = len(relay.frames)
-        await relay.drop()
-        rejoin = await relay.next_frame("phx_join", n)
+        rejoin = await _rejoin_after_drop(relay)
         assert config(rejoin)["resume_from"] == pos(8, 0)
         assert "snapshot" not in config(rejoin)["postgres_changes"][0]
         await client.close()
@@ -114,9 +119,7 @@ async def test_marker_position_alone_is_where_a_rejoin_resumes() -> None:
         await relay.complete(TOPIC, 101, 0, pos(6, 0xFFFFFFFF))
         await until(lambda: ch.stats.snapshots == 1, 5, "marker")
         assert ch.position == pos(6, 0xFFFFFFFF)
-        n = len(relay.frames)
-        await relay.drop()
-        rejoin = await relay.next_frame("phx_join", n)
+        rejoin = await _rejoin_after_drop(relay)
         assert config(rejoin)["resume_from"] == pos(6, 0xFFFFFFFF)
         await client.close()
 
@@ -130,9 +133,7 @@ async def test_a_join_lost_during_its_snapshot_restarts_the_snapshot() -> None:
         await relay.subscribed(TOPIC, pos(5, 0xFFFFFFFF))
         await relay.row(TOPIC, 101, {"id": 1})
         await until(lambda: len(seen) == 1, 5, "first row")
-        n = len(relay.frames)
-        await relay.drop()
-        rejoin = await relay.next_frame("phx_join", n)
+        rejoin = await _rejoin_after_drop(relay)
         # Not a resume from Subscribed's position (the rest of the snapshot would be lost): a
         # fresh join asking for the snapshot again.
         assert "resume_from" not in config(rejoin)
@@ -180,9 +181,7 @@ async def test_a_snapshot_error_reaches_the_binding_and_live_changes_follow() ->
         assert isinstance(seen[1], Change) and ch.is_joined and ch.stats.snapshot_errors == 1
         assert await asyncio.wait_for(stream.__anext__(), 2) is err
         # not asked again: the same query would fail the same way
-        n = len(relay.frames)
-        await relay.drop()
-        rejoin = await relay.next_frame("phx_join", n)
+        rejoin = await _rejoin_after_drop(relay)
         assert config(rejoin)["resume_from"] == pos(6, 0)
         assert "snapshot" not in config(rejoin)["postgres_changes"][0]
         await client.close()
@@ -269,9 +268,7 @@ async def test_a_mixed_channel_resumes_its_live_bindings_and_snapshots_the_pendi
         await relay.subscribed(TOPIC, pos(5, 0xFFFFFFFF))
         await relay.change(TOPIC, 102, "INSERT", pos(6, 0), {"id": 9}, table="u")
         await until(lambda: ch.position == pos(6, 0), 5, "live change of the other binding")
-        n = len(relay.frames)
-        await relay.drop()
-        rejoin = await relay.next_frame("phx_join", n)
+        rejoin = await _rejoin_after_drop(relay)
         assert config(rejoin)["resume_from"] == pos(6, 0)
         assert [b.get("snapshot") for b in config(rejoin)["postgres_changes"]] == [True, None]
         await until(lambda: ch.is_joined, 5, "rejoined")
