@@ -88,3 +88,20 @@ def test_published_actions_become_wal2json_actions() -> None:
     assert PublicationRules(actions=frozenset()).wal2json_actions() == "truncate"
     rules = PublicationRules(row_filters={("public", "f"): "active"})
     assert rules.streamed([("public", "f"), ("public", "g")]) == [("public", "g")]
+
+
+def test_hostile_values_pass_byte_for_byte() -> None:
+    """What wal2json prints for the values Postgres can hold: deep jsonb (a JSON string), NaN
+    (null), huge numerics (digits), control characters and non-ASCII text."""
+    strip = ColumnStripper({("public", "people"): frozenset({"id", "doc", "n", "t"})})
+    deep = '"' + "[" * 100_000 + "]" * 100_000 + '"'
+    cols = [
+        ("id", "integer", "1"),
+        ("doc", "jsonb", deep),
+        ("n", "numeric", "1" + "0" * 5000),
+        ("t", "text", '"\\u0000é\\u0001\\"\\\\"'),
+        ("ssn", "text", '"x"'),
+        ("f", "double precision", "null"),
+    ]
+    out = strip(_row("public", "people", cols))
+    assert out == _row("public", "people", [c for c in cols if c[0] in {"id", "doc", "n", "t"}])
